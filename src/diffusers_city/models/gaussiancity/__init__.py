@@ -1,0 +1,3 @@
+"""models/gaussiancity components."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""models/sat2city components."""
+
+__all__: list[str] = []

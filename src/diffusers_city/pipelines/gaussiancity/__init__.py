@@ -1,0 +1,3 @@
+"""pipelines/gaussiancity components."""
+
+__all__: list[str] = []

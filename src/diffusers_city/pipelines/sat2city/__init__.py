@@ -1,0 +1,3 @@
+"""pipelines/sat2city components."""
+
+__all__: list[str] = []
