@@ -1,3 +1,10 @@
-"""models/gaussiancity components."""
+"""GaussianCity components (Xie et al., "Generative Gaussian Splatting for Unbounded 3D City
+Generation"): the BEV scene encoder, the BEV-point decoder (building and background instances)
+and the semantic discriminator used in training."""
 
-__all__: list[str] = []
+from .bev_point_decoder import BEVPointDecoder
+from .bev_scene_encoder import BEVSceneEncoder
+from .semantic_discriminator import SemanticDiscriminator
+from .vgg19_perceptual import VGG19PerceptualLoss
+
+__all__ = ["BEVPointDecoder", "BEVSceneEncoder", "SemanticDiscriminator", "VGG19PerceptualLoss"]

@@ -1,3 +1,5 @@
-"""pipelines/gaussiancity components."""
+"""GaussianCity pipeline: BEV layouts -> 3D Gaussians -> rendered frames."""
 
-__all__: list[str] = []
+from .pipeline_gaussiancity import GaussianCityPipeline, GaussianCityPipelineOutput
+
+__all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]

@@ -1,0 +1,660 @@
+"""BEV points: GaussianCity's compact scene representation (Sec. 3.2-3.3).
+
+A layout is a semantic map and a height field (plus an optional ground height). Every pixel is
+extruded into a column of points from its ground to its top; a per-class *density map* keeps
+only every ``stride``-th pixel and level of a class (road 2, facade 1, roof 1, vegetation 2,
+construction 1, water 4, ground 2 px), and only the hollow shell of the extruded solid is kept:
+the top surface plus the levels that a lower neighbour (a height change, a map edge) exposes.
+Building footprints (roof pixels) become instances by connected components; their exposed walls
+are ``facade`` points, their tops ``roof`` points.
+
+Units: a layout is handled in *voxel units* where one unit is ``meters_per_pixel`` metres on all
+three axes. Pixel ``(i, j)`` covers ``x in [j, j + 1)``, ``y in [i, i + 1)``; a point at height
+level ``k`` sits at ``z = k``. World coordinates follow docs/design.md:
+``world = origin + voxel * meters_per_pixel`` (so pixel centres are at ``(j + 0.5, i + 0.5)``).
+
+Visibility (Eq. 2) casts one ray per image pixel through the extruded solid (a 2D DDA over the
+height field, with a coarse max-height grid to skip empty space) and keeps the first hit of each
+ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
+Only a window of the layout around the cameras (bounded by ``max_distance``) is ever moved to the
+compute device, and rays are processed in chunks, so memory does not grow with the layout size.
+Everything is vectorized torch; Python loops run only over ray-marching steps and chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.classes import CLASSES, FACADE, GROUND, NUM_CLASSES, ROAD, ROOF, WATER
+
+__all__ = [
+    "DEFAULT_CLASS_STRIDES",
+    "FLAT_CLASSES",
+    "BEVLayout",
+    "BEVPoints",
+    "bev_points",
+    "visible_bev_points",
+]
+
+DEFAULT_CLASS_STRIDES: tuple[int, ...] = (2, 2, 1, 1, 2, 4, 1, 1)
+"""Sampling stride in pixels per class id (ground/zone 2, road 2, facade 1, roof 1, vegetation 2,
+water 4, vehicle 1, construction 1): GaussianCity's binary density map."""
+
+FLAT_CLASSES: tuple[int, ...] = (GROUND, ROAD, WATER)
+"""Classes whose Gaussians are thin in z (flat surfaces)."""
+
+_FAR_BELOW = -(1 << 40)
+
+
+def _as_map(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+    else:
+        try:
+            t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a 2D array, got {type(value).__name__}") from err
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2D [H, W] map, got shape {list(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {list(t.shape)})")
+    return t
+
+
+def _as_int_map(name: str, value: Any) -> torch.Tensor:
+    t = _as_map(name, value)
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold integer ids, got dtype {t.dtype}")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+            raise ValueError(f"{name} must hold integer ids, got non-integer values")
+    return t.long()
+
+
+def _as_height_map(name: str, value: Any) -> torch.Tensor:
+    t = _as_map(name, value)
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must be numeric, got dtype {t.dtype}")
+    t = t.double()
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        i, j = torch.nonzero(bad)[0].tolist()
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values (first at row {i}, column {j})")
+    return t
+
+
+def _label_buildings(semantic: torch.Tensor, instance: torch.Tensor | None) -> torch.Tensor:
+    """Building instance ids 1..I on roof pixels (0 elsewhere): the given ids where present, connected
+    components (4-connectivity) of the remaining roof pixels otherwise (CityDreamer's Eq. 3)."""
+    from scipy import ndimage
+
+    roof = (semantic == ROOF).numpy()
+    out = np.zeros(roof.shape, dtype=np.int64)
+    next_id = 1
+    if instance is not None:
+        given = instance.numpy()
+        ids = np.unique(given[roof & (given > 0)])
+        if ids.size:
+            lookup = np.searchsorted(ids, given[roof & (given > 0)])
+            out[roof & (given > 0)] = lookup + 1
+            next_id = ids.size + 1
+        roof = roof & (given <= 0)
+    labels, count = ndimage.label(roof)
+    out[labels > 0] = labels[labels > 0] + next_id - 1
+    return torch.from_numpy(out)
+
+
+@dataclass
+class BEVLayout:
+    """A validated BEV layout on the CPU (built with :meth:`from_maps` / :meth:`from_scene`).
+
+    Attributes:
+        semantic: ``[H, W]`` long class ids (table ``diffusers_city.data.classes.CLASSES``).
+        top: ``[H, W]`` long top level per pixel, ``round(height / meters_per_pixel)``.
+        bottom: ``[H, W]`` long lowest level per pixel (ground, never above ``top``).
+        instance: ``[H, W]`` long building instance ids (1..I on roof pixels, 0 elsewhere).
+        meters_per_pixel: metres per pixel and per height level.
+        origin: world position of the layout's corner ``(x, y, z)``.
+        class_strides: sampling stride (pixels) per class id.
+        instance_min / instance_max: ``[I + 1, 3]`` float bounding boxes in voxel units; row 0
+            covers the whole layout (the box of background points).
+    """
+
+    semantic: torch.Tensor
+    top: torch.Tensor
+    bottom: torch.Tensor
+    instance: torch.Tensor
+    meters_per_pixel: float
+    origin: tuple[float, float, float]
+    class_strides: tuple[int, ...]
+    instance_min: torch.Tensor
+    instance_max: torch.Tensor
+
+    @classmethod
+    def from_maps(
+        cls,
+        semantic: Any,
+        height: Any,
+        ground: Any = None,
+        instance: Any = None,
+        meters_per_pixel: float = 1.0,
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+        class_strides: Sequence[int] = DEFAULT_CLASS_STRIDES,
+    ) -> BEVLayout:
+        """Validate the maps (``ValueError`` naming the problem) and precompute instances.
+
+        ``height`` and ``ground`` are in metres; ``ground=None`` extrudes columns from z = 0 (or
+        from their top where the top is below 0). ``instance`` ids are used on roof pixels where
+        positive; remaining roof pixels are labelled by connected components.
+        """
+        sem = _as_int_map("semantic_map", semantic)
+        hgt = _as_height_map("height_map", height)
+        if sem.shape != hgt.shape:
+            raise ValueError(f"semantic_map {list(sem.shape)} and height_map {list(hgt.shape)} differ in size")
+        bad = (sem < 0) | (sem >= NUM_CLASSES)
+        if bool(bad.any()):
+            ids = torch.unique(sem[bad])[:8].tolist()
+            raise ValueError(f"semantic_map holds unknown class ids {ids}; known: 0..{NUM_CLASSES - 1} {CLASSES}")
+        mpp = float(meters_per_pixel)
+        if not math.isfinite(mpp) or mpp <= 0:
+            raise ValueError(f"meters_per_pixel must be a positive finite number, got {meters_per_pixel!r}")
+        org = tuple(float(v) for v in origin)
+        if len(org) != 3 or not all(math.isfinite(v) for v in org):
+            raise ValueError(f"origin must be 3 finite numbers (x, y, z), got {origin!r}")
+        strides = tuple(class_strides)
+        if len(strides) != NUM_CLASSES or any(isinstance(s, bool) or int(s) != s or s < 1 for s in strides):
+            raise ValueError(f"class_strides must be {NUM_CLASSES} positive ints (one per class), got {class_strides!r}")
+        strides = tuple(int(s) for s in strides)
+        grd = None
+        if ground is not None:
+            grd = _as_height_map("ground_map", ground)
+            if grd.shape != hgt.shape:
+                raise ValueError(f"ground_map {list(grd.shape)} and height_map {list(hgt.shape)} differ in size")
+        inst = None
+        if instance is not None:
+            inst = _as_int_map("instance_map", instance)
+            if inst.shape != hgt.shape:
+                raise ValueError(f"instance_map {list(inst.shape)} and height_map {list(hgt.shape)} differ in size")
+        top = torch.round(hgt / mpp).long()
+        bottom = torch.zeros_like(top) if grd is None else torch.round(grd / mpp).long()
+        bottom = torch.minimum(bottom, top)
+        buildings = _label_buildings(sem, inst)
+        inst_min, inst_max = _instance_boxes(buildings, top, bottom)
+        return cls(sem, top, bottom, buildings, mpp, org, strides, inst_min, inst_max)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_scene(cls, scene: Any, class_strides: Sequence[int] = DEFAULT_CLASS_STRIDES) -> BEVLayout:
+        """Layout of a ``diffusers_city.data.CityScene`` (its height, semantic, ground, instance)."""
+        return cls.from_maps(
+            scene.semantic,
+            scene.height,
+            ground=getattr(scene, "ground", None),
+            instance=getattr(scene, "instance", None),
+            meters_per_pixel=scene.meters_per_pixel,
+            origin=tuple(scene.origin),
+            class_strides=class_strides,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.semantic.shape)  # type: ignore[return-value]
+
+    @property
+    def num_instances(self) -> int:
+        """Number of building instances (ids 1..num_instances)."""
+        return self.instance_min.shape[0] - 1
+
+    @property
+    def block(self) -> int:
+        """Least common multiple of the strides: windows aligned to it never split a column block."""
+        return math.lcm(*self.class_strides)
+
+    def instance_centers(self) -> torch.Tensor:
+        """``[I + 1, 3]`` world centres of the instance boxes (row 0: the whole layout)."""
+        centre = (self.instance_min + self.instance_max) / 2
+        return torch.tensor(self.origin, dtype=torch.float64) + centre * self.meters_per_pixel
+
+
+def _instance_boxes(instance: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-instance ``(min, max)`` voxel-unit boxes: footprint cells in xy, bottom..top in z."""
+    h, w = instance.shape
+    count = int(instance.max()) + 1
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    lo = torch.stack([jj, ii, bottom.double()], -1).reshape(-1, 3)
+    hi = torch.stack([jj + 1, ii + 1, top.double()], -1).reshape(-1, 3)
+    idx = instance.reshape(-1, 1).expand(-1, 3)
+    inst_min = torch.full((count, 3), math.inf, dtype=torch.float64).scatter_reduce(0, idx, lo, "amin")
+    inst_max = torch.full((count, 3), -math.inf, dtype=torch.float64).scatter_reduce(0, idx, hi, "amax")
+    inst_min[0] = lo.amin(0)
+    inst_max[0] = hi.amax(0)
+    return inst_min, inst_max
+
+
+@dataclass
+class BEVPoints:
+    """A set of BEV points and their attributes (Sec. 3.3), all tensors on one device.
+
+    Attributes:
+        positions: ``[N, 3]`` float world positions (metres).
+        voxels: ``[N, 3]`` long global voxel indices ``(x = column, y = row, z = level)`` of each
+            point's column block corner (used for serialization).
+        classes: ``[N]`` long class ids (roof-column walls are ``facade``).
+        instances: ``[N]`` long building instance ids (0 for background points).
+        strides: ``[N]`` long sampling stride of each point (pixels).
+        relative: ``[N, 3]`` float coordinates relative to the instance box, in ``[-1, 1]`` (Eq. 5-6).
+        instance_center: ``[N, 3]`` float world centre of the instance box.
+        instance_size: ``[N, 3]`` float size of the instance box (metres).
+        meters_per_pixel: voxel size in metres.
+    """
+
+    positions: torch.Tensor
+    voxels: torch.Tensor
+    classes: torch.Tensor
+    instances: torch.Tensor
+    strides: torch.Tensor
+    relative: torch.Tensor
+    instance_center: torch.Tensor
+    instance_size: torch.Tensor
+    meters_per_pixel: float
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def _map(self, fn) -> BEVPoints:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return BEVPoints(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+    def to(self, device: torch.device | str) -> BEVPoints:
+        return self._map(lambda t: t.to(device))
+
+    def select(self, index: torch.Tensor) -> BEVPoints:
+        """The points picked by a bool mask or an index tensor."""
+        return self._map(lambda t: t[index])
+
+    @property
+    def is_building(self) -> torch.Tensor:
+        return self.instances > 0
+
+    @staticmethod
+    def cat(parts: Sequence[BEVPoints]) -> BEVPoints:
+        """Concatenate point sets of one layout (at least one)."""
+        if len(parts) == 1:
+            return parts[0]
+        values = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BEVPoints) if f.name != "meters_per_pixel"}
+        return BEVPoints(**values, meters_per_pixel=parts[0].meters_per_pixel)
+
+
+@dataclass
+class _Columns:
+    """Shell columns of a window: one per (stride block, class), with their kept level counts."""
+
+    keys: torch.Tensor  # [M] sorted int64 (block row, block col, class) keys
+    top: torch.Tensor  # [M] top level
+    count: torch.Tensor  # [M] number of kept levels (top-down)
+    offset: torch.Tensor  # [M] index of the column's first point in the expanded shell
+    stride: torch.Tensor  # [M]
+    cls: torch.Tensor  # [M]
+    inst: torch.Tensor  # [M]
+    centroid: torch.Tensor  # [M, 2] (x, y) voxel units, global
+    block: torch.Tensor  # [M, 2] (x, y) global block corner
+    window: tuple[int, int, int, int]  # r0, r1, c0, c1
+
+
+def _window_maps(layout: BEVLayout, window: tuple[int, int, int, int], device: torch.device):
+    """Crop (with a one-pixel halo for the neighbour test) moved to ``device``."""
+    r0, r1, c0, c1 = window
+    h, w = layout.shape
+    top = torch.full((r1 - r0 + 2, c1 - c0 + 2), _FAR_BELOW, dtype=torch.long)
+    a0, a1, b0, b1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
+    top[a0 - r0 + 1 : a1 - r0 + 1, b0 - c0 + 1 : b1 - c0 + 1] = layout.top[a0:a1, b0:b1]
+    crop = (slice(r0, r1), slice(c0, c1))
+    return (
+        layout.semantic[crop].to(device),
+        top.to(device),
+        layout.bottom[crop].to(device),
+        layout.instance[crop].to(device),
+    )
+
+
+def _columns(layout: BEVLayout, window: tuple[int, int, int, int], device: torch.device) -> _Columns:
+    """Group the window's pixels into shell columns (vectorized)."""
+    r0, r1, c0, c1 = window
+    sem, top_halo, bottom, inst = _window_maps(layout, window, device)
+    top = top_halo[1:-1, 1:-1]
+    neighbour_min = torch.minimum(
+        torch.minimum(top_halo[:-2, 1:-1], top_halo[2:, 1:-1]), torch.minimum(top_halo[1:-1, :-2], top_halo[1:-1, 2:])
+    )
+    # Level z of a column is on the shell iff z >= the top of one of its pixels or z > a neighbour's top.
+    low = torch.minimum(top - 1, neighbour_min).reshape(-1)
+    strides = torch.tensor(layout.class_strides, device=device)[sem].reshape(-1)
+    hc, wc = r1 - r0, c1 - c0
+    ii = torch.arange(r0, r1, device=device).view(-1, 1).expand(hc, wc).reshape(-1)
+    jj = torch.arange(c0, c1, device=device).view(1, -1).expand(hc, wc).reshape(-1)
+    bi = torch.div(ii, strides, rounding_mode="floor") * strides
+    bj = torch.div(jj, strides, rounding_mode="floor") * strides
+    cls = sem.reshape(-1)
+    pixel_key = ((bi - r0) * wc + (bj - c0)) * NUM_CLASSES + cls
+    keys, inverse = torch.unique(pixel_key, return_inverse=True)
+    m = keys.numel()
+
+    def reduce(values: torch.Tensor, how: str, init: float) -> torch.Tensor:
+        return torch.full((m,), init, dtype=values.dtype, device=device).scatter_reduce(0, inverse, values, how)
+
+    col_top = reduce(top.reshape(-1), "amax", _FAR_BELOW)
+    col_bottom = reduce(bottom.reshape(-1), "amin", -_FAR_BELOW)
+    col_low = reduce(low, "amin", -_FAR_BELOW)
+    col_inst = reduce(inst.reshape(-1), "amax", 0)
+    col_stride = reduce(strides, "amax", 1)
+    col_cls = torch.remainder(keys, NUM_CLASSES)
+    counts = torch.zeros(m, device=device).index_add_(0, inverse, torch.ones_like(ii, dtype=torch.float32))
+    centroid = torch.zeros(m, 2, device=device, dtype=torch.float64).index_add_(
+        0, inverse, torch.stack([jj, ii], -1).double() + 0.5
+    ) / counts[:, None].double()
+    levels = torch.div(col_top - col_bottom, col_stride, rounding_mode="floor") + 1
+    exposed = -torch.div(-(col_top - col_low), col_stride, rounding_mode="floor")  # ceil((top - low) / s)
+    count = torch.clamp(torch.minimum(levels, exposed), min=1)
+    offset = torch.cumsum(count, 0) - count
+    cell = torch.div(keys, NUM_CLASSES, rounding_mode="floor")
+    block = torch.stack([torch.remainder(cell, wc) + c0, torch.div(cell, wc, rounding_mode="floor") + r0], -1)
+    return _Columns(keys, col_top, count, offset, col_stride, col_cls, col_inst, centroid, block, window)
+
+
+def _points_of(layout: BEVLayout, cols: _Columns, column: torch.Tensor, level: torch.Tensor) -> BEVPoints:
+    """Attributes of the points ``(column index, level index)``."""
+    device = column.device
+    mpp = layout.meters_per_pixel
+    z = cols.top[column] - level * cols.stride[column]
+    cls = cols.cls[column]
+    cls = torch.where((cls == ROOF) & (level > 0), torch.full_like(cls, FACADE), cls)
+    inst = cols.inst[column]
+    xy = cols.centroid[column]
+    vox = torch.cat([xy, z[:, None].double()], 1)
+    inst_min = layout.instance_min.to(device)[inst]
+    inst_max = layout.instance_max.to(device)[inst]
+    centre = (inst_min + inst_max) / 2
+    half = torch.clamp((inst_max - inst_min) / 2, min=0.5)
+    relative = torch.clamp((vox - centre) / half, -1.0, 1.0)
+    origin = torch.tensor(layout.origin, dtype=torch.float64, device=device)
+    return BEVPoints(
+        positions=(origin + vox * mpp).float(),
+        voxels=torch.cat([cols.block[column], z[:, None]], 1),
+        classes=cls,
+        instances=inst,
+        strides=cols.stride[column],
+        relative=relative.float(),
+        instance_center=(origin + centre * mpp).float(),
+        instance_size=((inst_max - inst_min) * mpp).float(),
+        meters_per_pixel=mpp,
+    )
+
+
+def _aligned_window(layout: BEVLayout, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int] | None:
+    h, w = layout.shape
+    b = layout.block
+    r0, c0 = max(0, (r0 // b) * b), max(0, (c0 // b) * b)
+    r1, c1 = min(h, -(-r1 // b) * b), min(w, -(-c1 // b) * b)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return r0, r1, c0, c1
+
+
+def bev_points(
+    layout: BEVLayout,
+    window: tuple[int, int, int, int] | None = None,
+    device: torch.device | str = "cpu",
+    tile: int = 1024,
+) -> BEVPoints:
+    """All shell points of the layout, or of ``window = (row0, row1, col0, col1)`` (Eq. 1).
+
+    Windows are widened to whole stride blocks. The work runs tile by tile (``tile`` pixels a
+    side) so temporary memory stays bounded; the result holds every point of the window.
+    """
+    device = torch.device(device)
+    h, w = layout.shape
+    r0, r1, c0, c1 = (0, h, 0, w) if window is None else window
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError(f"window {window} is empty")
+    aligned = _aligned_window(layout, r0, r1, c0, c1)
+    if aligned is None:
+        raise ValueError(f"window {window} lies outside the layout of shape {list(layout.shape)}")
+    r0, r1, c0, c1 = aligned
+    tile = max(layout.block, (tile // layout.block) * layout.block)
+    parts = []
+    for a in range(r0, r1, tile):
+        for b in range(c0, c1, tile):
+            cols = _columns(layout, (a, min(a + tile, r1), b, min(b + tile, c1)), device)
+            column = torch.repeat_interleave(torch.arange(cols.keys.numel(), device=device), cols.count)
+            level = torch.arange(column.numel(), device=device) - cols.offset[column]
+            parts.append(_points_of(layout, cols, column, level))
+    return BEVPoints.cat(parts)
+
+
+def _pixel_grid(width: int, height: int, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``(u, v)`` every ``step`` pixels."""
+    u = torch.arange(0, width, step, device=device, dtype=torch.float64) + 0.5
+    v = torch.arange(0, height, step, device=device, dtype=torch.float64) + 0.5
+    return u, v
+
+
+def _camera_rays(
+    layout: BEVLayout, K: torch.Tensor, world_to_cam: torch.Tensor, u: torch.Tensor, v: torch.Tensor, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Origins and unit directions (voxel units) of the rays through image points ``u x v``."""
+    vv, uu = torch.meshgrid(v.to(device), u.to(device), indexing="ij")
+    pix = torch.stack([uu, vv, torch.ones_like(uu)], -1).reshape(-1, 3)
+    cam_dirs = pix @ torch.linalg.inv(K.double().to(device)).T
+    rot = world_to_cam[:3, :3].double().to(device)
+    trans = world_to_cam[:3, 3].double().to(device)
+    dirs = cam_dirs @ rot  # R^T d for row vectors
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    origin_world = -(rot.T @ trans)
+    origin = (origin_world - torch.tensor(layout.origin, dtype=torch.float64, device=device)) / layout.meters_per_pixel
+    return origin.expand_as(dirs).contiguous(), dirs
+
+
+def _slab(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray parameter interval inside the box ``[lo, hi]`` (per axis; an infinite bound disables it)."""
+    with torch.no_grad():
+        inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+        t1 = (lo - o) * inv
+        t2 = (hi - o) * inv
+        tn = torch.minimum(t1, t2).nan_to_num(-math.inf)
+        tf = torch.maximum(t1, t2).nan_to_num(math.inf)
+        return tn.amax(1), tf.amin(1)
+
+
+def _view_window(
+    layout: BEVLayout, cameras: Any, max_distance: float | None
+) -> tuple[int, int, int, int] | None:
+    """Aligned layout window holding every ray segment of the cameras inside the height slab."""
+    h, w = layout.shape
+    zlo, zhi = float(layout.bottom.min()), float(layout.top.max()) + 1.0
+    lo = torch.tensor([0.0, 0.0, zlo], dtype=torch.float64)
+    hi = torch.tensor([float(w), float(h), zhi], dtype=torch.float64)
+    tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
+    boxes = []
+    for c in range(cameras.K.shape[0]):
+        # A 17 x 17 grid of rays from image border to image border bounds the frustum's footprint.
+        u = torch.linspace(0.0, float(cameras.width), 17, dtype=torch.float64)
+        v = torch.linspace(0.0, float(cameras.height), 17, dtype=torch.float64)
+        o, d = _camera_rays(layout, cameras.K[c].cpu(), cameras.world_to_cam[c].cpu(), u, v, "cpu")
+        tn, tf = _slab(o, d, lo, hi)
+        tn = tn.clamp(min=0.0)
+        tf = tf.clamp(max=tmax)
+        ok = tf > tn
+        if not bool(ok.any()):
+            continue
+        ends = torch.cat([o[ok] + d[ok] * tn[ok, None], o[ok] + d[ok] * tf[ok, None]])
+        boxes.append(torch.cat([ends[:, :2].amin(0), ends[:, :2].amax(0)]))
+    if not boxes:
+        return None
+    box = torch.stack(boxes)
+    x0, y0 = (box[:, :2].amin(0) - 2).floor().tolist()
+    x1, y1 = (box[:, 2:].amax(0) + 2).ceil().tolist()
+    return _aligned_window(layout, int(max(y0, 0)), int(min(y1, h)), int(max(x0, 0)), int(min(x1, w)))
+
+
+def _coarse_max(top: torch.Tensor, cell: int) -> torch.Tensor:
+    """Max top over ``cell x cell`` blocks (empty-space skipping grid)."""
+    h, w = top.shape
+    pad = (0, (-w) % cell, 0, (-h) % cell)
+    t = torch.nn.functional.pad(top.double()[None, None], pad, value=float(_FAR_BELOW))
+    return torch.nn.functional.max_pool2d(t, cell)[0, 0]
+
+
+def _march(
+    o: torch.Tensor, d: torch.Tensor, top: torch.Tensor, coarse: torch.Tensor, cell: int, tmax: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First hit of each ray with the extruded height field ``top`` (window-local voxel units).
+
+    Returns ``(hit [R] bool, pixel [R] long flat index, level [R] long)``: the hit pixel and the
+    height level at which the ray enters its column (its top where it lands on the top face).
+    """
+    hc, wc = top.shape
+    device = o.device
+    n = o.shape[0]
+    hit = torch.zeros(n, dtype=torch.bool, device=device)
+    pixel = torch.zeros(n, dtype=torch.long, device=device)
+    level = torch.zeros(n, dtype=torch.long, device=device)
+    zhi = float(top.max()) + 1.0
+    lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype, device=device)
+    hi = torch.tensor([float(wc), float(hc), zhi], dtype=o.dtype, device=device)
+    tn, tf = _slab(o, d, lo, hi)
+    tn = tn.clamp(min=0.0)
+    tf = tf.clamp(max=tmax)
+    active = torch.nonzero(tf > tn).squeeze(1)
+    t = tn[active] + 1e-6
+    tf = tf[active]
+    o, d = o[active], d[active]
+    eps = 1e-5
+    sign = (d[:, :2] > 0).to(o.dtype)
+    inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
+    top_flat = top.reshape(-1)
+    coarse_flat = coarse.reshape(-1)
+    cw = coarse.shape[1]
+    while active.numel():
+        p = o + d * t[:, None]
+        xy = p[:, :2]
+        cx = torch.clamp(xy[:, 0].floor().long(), 0, wc - 1)
+        cy = torch.clamp(xy[:, 1].floor().long(), 0, hc - 1)
+        # Coarse cell: skip it whole when the ray stays above its highest top.
+        ccx, ccy = torch.div(cx, cell, rounding_mode="floor"), torch.div(cy, cell, rounding_mode="floor")
+        cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
+        tc = (((cb + sign * cell) - o[:, :2]) * inv).amin(1)
+        tc = torch.minimum(tc, tf)
+        zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
+        skip = zc > coarse_flat[ccy * cw + ccx]
+        # Fine cell: hit when the ray's lowest z inside it is at or below the top.
+        fb = torch.stack([cx, cy], 1).to(o.dtype)
+        te = torch.minimum((((fb + sign) - o[:, :2]) * inv).amin(1), tf)
+        flat = cy * wc + cx
+        col_top = top_flat[flat]
+        z_exit = o[:, 2] + d[:, 2] * te
+        is_hit = ~skip & (torch.minimum(p[:, 2], z_exit) <= col_top)
+        if bool(is_hit.any()):
+            idx = active[is_hit]
+            hit[idx] = True
+            pixel[idx] = flat[is_hit]
+            z_in = p[is_hit, 2]
+            level[idx] = torch.minimum(col_top[is_hit], torch.ceil(z_in - 1e-6).long())
+        t = torch.maximum(torch.where(skip, tc, te), t) + eps
+        keep = ~is_hit & (t < tf)
+        active, t, tf, o, d, sign, inv = (v[keep] for v in (active, t, tf, o, d, sign, inv))
+    return hit, pixel, level
+
+
+def visible_bev_points(
+    layout: BEVLayout,
+    cameras: Any,
+    max_distance: float | None = None,
+    ray_step: int = 1,
+    ray_chunk: int = 1 << 18,
+    coarse_cell: int = 8,
+    device: torch.device | str | None = None,
+) -> BEVPoints:
+    """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2).
+
+    Args:
+        layout: the BEV layout.
+        cameras: ``diffusers_city.render.Cameras`` (``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``,
+            ``width``, ``height``); the union of the visible sets is returned.
+        max_distance: rays stop after this many metres (``None``: at the layout border). It
+            bounds the layout window moved to ``device`` and so the memory of one call.
+        ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).
+        ray_chunk: rays marched at once; bounds the temporary memory.
+        coarse_cell: side (pixels) of the empty-space skipping grid.
+        device: where the work runs (default: the cameras' device).
+
+    Returns:
+        At most ``ceil(W / ray_step) * ceil(H / ray_step) * C`` points, whatever the layout size;
+        an empty set when no ray meets the layout (cameras looking away are valid).
+    """
+    _check_cameras(cameras)
+    if isinstance(ray_step, bool) or int(ray_step) != ray_step or ray_step < 1:
+        raise ValueError(f"ray_step must be a positive int, got {ray_step!r}")
+    if max_distance is not None and not (max_distance > 0):
+        raise ValueError(f"max_distance must be positive or None, got {max_distance!r}")
+    device = torch.device(device) if device is not None else cameras.K.device
+    window = _view_window(layout, cameras, max_distance)
+    if window is None:
+        return _empty_points(layout, device)
+    r0, r1, c0, c1 = window
+    cols = _columns(layout, window, device)
+    top = layout.top[r0:r1, c0:c1].to(device)
+    sem = layout.semantic[r0:r1, c0:c1].to(device).reshape(-1)
+    strides = torch.tensor(layout.class_strides, device=device)
+    coarse = _coarse_max(top, coarse_cell)
+    shift = torch.tensor([c0, r0, 0.0], dtype=torch.float64, device=device)
+    tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
+    wc = c1 - c0
+    found = []
+    for c in range(cameras.K.shape[0]):
+        u, v = _pixel_grid(int(cameras.width), int(cameras.height), ray_step, device)
+        o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
+        o = o - shift
+        for s in range(0, o.shape[0], ray_chunk):
+            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, coarse, coarse_cell, tmax)
+            pixel, level = pixel[hit], level[hit]
+            cls = sem[pixel]
+            st = strides[cls]
+            pi, pj = torch.div(pixel, wc, rounding_mode="floor"), torch.remainder(pixel, wc)
+            bi = torch.div(pi + r0, st, rounding_mode="floor") * st - r0
+            bj = torch.div(pj + c0, st, rounding_mode="floor") * st - c0
+            key = (bi * wc + bj) * NUM_CLASSES + cls
+            column = torch.searchsorted(cols.keys, key).clamp(max=cols.keys.numel() - 1)
+            ok = cols.keys[column] == key
+            column, level = column[ok], level[ok]
+            k = torch.div(cols.top[column] - level, cols.stride[column], rounding_mode="floor")
+            k = torch.clamp(k, min=0)
+            k = torch.minimum(k, cols.count[column] - 1)
+            found.append(torch.unique(cols.offset[column] + k))
+    ids = torch.unique(torch.cat(found)) if found else torch.empty(0, dtype=torch.long, device=device)
+    column = torch.searchsorted(cols.offset, ids, right=True) - 1
+    return _points_of(layout, cols, column, ids - cols.offset[column])
+
+
+def _empty_points(layout: BEVLayout, device: torch.device) -> BEVPoints:
+    f = torch.empty(0, 3, device=device)
+    i = torch.empty(0, dtype=torch.long, device=device)
+    return BEVPoints(f, torch.empty(0, 3, dtype=torch.long, device=device), i, i, i, f, f, f, layout.meters_per_pixel)
+
+
+def _check_cameras(cameras: Any) -> None:
+    for name in ("K", "world_to_cam", "width", "height"):
+        if not hasattr(cameras, name):
+            raise ValueError(f"cameras must have K, world_to_cam, width and height; missing {name!r}")
+    K, w2c = cameras.K, cameras.world_to_cam
+    if K.dim() != 3 or K.shape[1:] != (3, 3):
+        raise ValueError(f"cameras.K must be [C, 3, 3], got {list(K.shape)}")
+    if w2c.dim() != 3 or w2c.shape[1:] != (4, 4) or w2c.shape[0] != K.shape[0]:
+        raise ValueError(f"cameras.world_to_cam must be [C, 4, 4] with C = {K.shape[0]}, got {list(w2c.shape)}")
+    if int(cameras.width) <= 0 or int(cameras.height) <= 0:
+        raise ValueError(f"image size must be positive, got {cameras.width} x {cameras.height}")
+    if not bool(torch.isfinite(K).all()) or not bool(torch.isfinite(w2c).all()):
+        raise ValueError("cameras hold NaN/inf intrinsics or poses")

@@ -1,0 +1,87 @@
+"""``diffusers-city`` command line: ``info``, ``demo``, ``scene``, ``generate {sat2city,gaussiancity}``.
+
+Each subcommand lives in its own module of this package exposing ``add_arguments(parser)``
+and ``run(args) -> int``. Only the invoked subcommand's module is imported, so one that is
+missing or broken cannot break ``--help`` or the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+
+# name -> (module in diffusers_city.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "versions, sparse backends, renderer and device of this installation"),
+    "demo": ("demo", "run the shipped default pipelines and write their outputs"),
+    "scene": ("scene", "make, convert or preview a city scene"),
+}
+GENERATE: dict[str, tuple[str, str]] = {
+    "sat2city": ("generate_sat2city", "height map -> 3D city with the Sat2City pipeline"),
+    "gaussiancity": ("generate_gaussiancity", "BEV layout -> 3D Gaussian city with the GaussianCity pipeline"),
+}
+
+
+def _requested(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command path named in ``argv`` (e.g. ``("generate", "sat2city")``), before parsing.
+
+    The top-level parser and ``generate`` take no valued options, so the first positional
+    tokens are the command names.
+    """
+    words = [a for a in argv if not a.startswith("-")]
+    if words[:1] == ["generate"]:
+        return tuple(words[:2])
+    return tuple(words[:1])
+
+
+def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> None:
+    """Import the subcommand's module and let it add its arguments; record an import failure."""
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as error:
+        parser.set_defaults(_cli_unavailable=f"diffusers-city {command} is not available: {error}")
+        return
+    module.add_arguments(parser)
+    parser.set_defaults(_cli_run=module.run)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The CLI parser; the subcommand named in ``argv`` gets its full arguments."""
+    requested = _requested(argv)
+    parser = argparse.ArgumentParser(
+        prog="diffusers-city",
+        description="Generative 3D cities (Sat2City, EarthCrafter, GaussianCity) as diffusers pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffusers-city {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if requested == (name,):
+            _attach(sub, module, name)
+    generate = commands.add_parser("generate", help="run a pipeline on your own input",
+                                   description="Run a pipeline on your own input.")
+    systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
+    for name, (module, help_text) in GENERATE.items():
+        sub = systems.add_parser(name, help=help_text, description=help_text)
+        if requested == ("generate", name):
+            _attach(sub, module, f"generate {name}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``diffusers-city`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    if hasattr(args, "_cli_unavailable"):
+        print(args._cli_unavailable, file=sys.stderr)
+        return 1
+    command = " ".join(filter(None, (args.command, getattr(args, "system", None))))
+    try:
+        return int(args._cli_run(args))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"diffusers-city {command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,125 @@
+"""``diffusers-city scene``: make a procedural scene (``--seed``, ``--size``) or build one from a
+DSM / point cloud (``--from FILE``), save it (``CityScene.save``) and write every export format:
+coloured point PLY, GLB and OBJ meshes, a 3D Gaussian splat PLY of the points as small
+Gaussians, LAS and LAZ, and top / oblique preview PNGs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("ply", "glb", "obj", "splat", "las", "laz", "png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--seed", type=int, default=0, help="procedural city seed (default 0)")
+    source.add_argument("--from", dest="source", type=Path, help="DSM (.png/.tif) or point cloud (.ply/.las/.laz) to convert")
+    parser.add_argument("--size", type=float, default=256.0, help="procedural city side in metres (default 256)")
+    parser.add_argument("--meters-per-pixel", type=float, default=None, help="raster resolution (procedural default 1; required for a plain PNG DSM)")
+    parser.add_argument("--points-per-m2", type=float, default=4.0, help="procedural surface point density (default 4)")
+    parser.add_argument("--vertical-scale", type=float, default=1.0, help="DSM: metres per pixel value (default 1)")
+    parser.add_argument("--vertical-offset", type=float, default=0.0, help="DSM: metres added to every height (default 0)")
+    parser.add_argument("--voxel-size", type=float, default=None, help="mesh voxel size in metres (default 2 x meters-per-pixel)")
+    parser.add_argument("--splat-sh-degree", type=int, choices=(0, 3), default=3, help="3DGS PLY SH degree: 3 (every viewer) or 0 (smaller)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created; scene/ and the exports go inside)")
+
+
+def _formats(text: str) -> list[str]:
+    chosen = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = sorted(set(chosen) - set(FORMATS))
+    if unknown or not chosen:
+        raise ValueError(f"--formats: unknown {unknown} (choose from {', '.join(FORMATS)})")
+    return chosen
+
+
+def _build_scene(args: argparse.Namespace):
+    from ..data import procedural_city
+    from ..data.readers import scene_from_file
+
+    if args.source is not None:
+        return scene_from_file(
+            args.source,
+            args.meters_per_pixel,
+            vertical_scale=args.vertical_scale,
+            vertical_offset=args.vertical_offset,
+        )
+    return procedural_city(
+        args.seed,
+        size_m=args.size,
+        meters_per_pixel=1.0 if args.meters_per_pixel is None else args.meters_per_pixel,
+        points_per_m2=args.points_per_m2,
+    )
+
+
+def scene_surface(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points, colours and classes of a scene: its point cloud, or one point per raster pixel
+    (top surface, coloured by the aerial image or the class colours) when it has none."""
+    from ..data import semantic_to_rgb
+
+    if scene.points is not None:
+        colors = scene.colors if scene.colors is not None else semantic_to_rgb(scene.point_classes) if scene.point_classes is not None else None
+        return scene.points.astype(np.float64), colors, scene.point_classes
+    xs, ys = scene.pixel_centers()
+    pts = np.stack([xs, ys, scene.world_height()], axis=-1).reshape(-1, 3).astype(np.float64)
+    if scene.image is not None:
+        k = scene.image_scale
+        colors = scene.image.reshape(scene.shape[0], k, scene.shape[1], k, 3).mean(axis=(1, 3)).reshape(-1, 3)
+    else:
+        colors = semantic_to_rgb(scene.semantic).reshape(-1, 3)
+    return pts, np.clip(colors, 0, 1), scene.semantic.reshape(-1)
+
+
+def export_scene(scene, out: Path, formats: list[str], voxel_size: float, sh_degree: int = 3) -> list[Path]:
+    """Write the chosen export formats of ``scene`` into ``out``; returns the written paths."""
+    from .. import export
+
+    points, colors, classes = scene_surface(scene)
+    offset = np.asarray(scene.origin, dtype=np.float64)
+    factor = float(scene.metadata.get("crs_unit_factor", 1.0))
+    crs = scene.crs
+    written: list[Path] = []
+    if "ply" in formats:
+        written.append(export.write_point_ply(out / "points.ply", points, colors, scene.normals, classes, crs=crs, offset=offset))
+    if "glb" in formats or "obj" in formats:
+        mesh = export.mesh_from_points(points, colors, voxel_size)
+        for fmt in ("glb", "obj"):
+            if fmt in formats:
+                written.append(export.write_mesh(out / f"mesh.{fmt}", mesh, crs=crs, offset=offset))
+    if "splat" in formats:
+        spacing = scene.meters_per_pixel if scene.points is None else 1.0 / np.sqrt(max(len(points) / max(scene.size_m[0] * scene.size_m[1], 1e-9), 1e-9))
+        written.append(
+            export.write_gaussian_ply(out / "splat.ply", points, colors, scales=0.5 * spacing, opacities=0.95, sh_degree=sh_degree, crs=crs, offset=offset)
+        )
+    for fmt in ("las", "laz"):
+        if fmt in formats:
+            written.append(export.write_las(out / f"points.{fmt}", points, colors, classes, crs=crs, unit_factor=factor))
+    if "png" in formats:
+        for view in ("top", "oblique"):
+            written.append(export.write_preview(out / f"preview_{view}.png", points, colors, view=view, width=768, height=768))
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    formats = _formats(args.formats)
+    if args.source is not None and not args.source.exists():
+        raise FileNotFoundError(f"--from file {args.source} does not exist")
+    for name in ("size", "points_per_m2", "meters_per_pixel", "voxel_size"):
+        value = getattr(args, name)
+        if value is not None and (not np.isfinite(value) or value <= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder")
+    scene = _build_scene(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    scene.save(args.out / "scene")
+    voxel = args.voxel_size if args.voxel_size is not None else 2.0 * scene.meters_per_pixel
+    written = export_scene(scene, args.out, formats, voxel, args.splat_sh_degree)
+    print(f"{scene}")
+    print(f"scene folder: {args.out / 'scene'}")
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0

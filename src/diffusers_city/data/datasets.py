@@ -1,0 +1,299 @@
+"""Torch datasets of fixed-size crops of procedural cities, generated on the fly or cached.
+
+Sample ``index`` comes from scene ``index // crops_per_scene`` (scene seed = hash of
+``(base_seed, scene index)``) at a crop position drawn from ``(base_seed, index)``, so every
+sample is deterministic per seed and index, in any order, in any worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .convert import splat_normals
+from .noise import hash_u64, hash_uniform, noisy_height_map
+from .procedural import procedural_city
+from .scene import CityScene
+
+
+class SceneSource:
+    """Procedural scenes by index, kept in a small in-memory LRU and optionally cached on disk.
+
+    Args:
+        base_seed: scene ``i`` uses seed ``hash(base_seed, i) mod 2**31``.
+        scene_size_m / meters_per_pixel / points_per_m2 / style: `procedural_city` arguments.
+        cache_dir: if set, scenes are saved there with `CityScene.save` and reloaded later.
+        memory_cache: how many scenes to keep in memory.
+    """
+
+    def __init__(
+        self,
+        base_seed: int = 0,
+        scene_size_m: float = 256.0,
+        meters_per_pixel: float = 1.0,
+        points_per_m2: float = 4.0,
+        style: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        memory_cache: int = 2,
+    ) -> None:
+        if cache_dir is not None:
+            cache_dir = Path(cache_dir)
+            if cache_dir.exists() and not cache_dir.is_dir():
+                raise ValueError(f"cache_dir {cache_dir} is not a folder")
+            if not cache_dir.parent.exists():
+                raise FileNotFoundError(f"parent of cache_dir {cache_dir} does not exist")
+        if memory_cache < 0:
+            raise ValueError(f"memory_cache must be >= 0, got {memory_cache}")
+        self.base_seed = int(base_seed)
+        self.kwargs = dict(size_m=scene_size_m, meters_per_pixel=meters_per_pixel, points_per_m2=points_per_m2, **(style or {}))
+        # validate arguments once, cheaply, before any work is scheduled
+        procedural_city(0, **{**self.kwargs, "size_m": 4 * float(meters_per_pixel)}, with_points=False)
+        self.cache_dir = cache_dir
+        self.memory_cache = memory_cache
+        self._lru: OrderedDict[int, CityScene] = OrderedDict()
+
+    def seed(self, scene_index: int) -> int:
+        return int(hash_u64(self.base_seed, scene_index, 0x5CE7E) % np.uint64(2**31))
+
+    def __call__(self, scene_index: int) -> CityScene:
+        if scene_index in self._lru:
+            self._lru.move_to_end(scene_index)
+            return self._lru[scene_index]
+        scene = None
+        path = None if self.cache_dir is None else self.cache_dir / f"scene_{self.base_seed}_{scene_index:06d}"
+        if path is not None and (path / "scene.json").is_file():
+            scene = CityScene.load(path)
+        if scene is None:
+            scene = procedural_city(self.seed(scene_index), **self.kwargs)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scene.save(path)
+        if self.memory_cache:
+            self._lru[scene_index] = scene
+            while len(self._lru) > self.memory_cache:
+                self._lru.popitem(last=False)
+        return scene
+
+
+class _CropDataset(Dataset):
+    def __init__(self, num_scenes: int, crops_per_scene: int, crop_size_px: int, source: SceneSource) -> None:
+        if num_scenes < 1 or crops_per_scene < 1:
+            raise ValueError(f"num_scenes and crops_per_scene must be >= 1, got {num_scenes}, {crops_per_scene}")
+        if crop_size_px < 1:
+            raise ValueError(f"crop_size_px must be >= 1, got {crop_size_px}")
+        scene_px = int(round(float(source.kwargs["size_m"]) / float(source.kwargs["meters_per_pixel"])))
+        if crop_size_px > scene_px:
+            raise ValueError(f"crop_size_px {crop_size_px} exceeds the scene size {scene_px} px")
+        self.num_scenes = num_scenes
+        self.crops_per_scene = crops_per_scene
+        self.crop_size_px = crop_size_px
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.num_scenes * self.crops_per_scene
+
+    def crop(self, index: int) -> tuple[CityScene, CityScene]:
+        """(full scene, crop) of sample ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        scene = self.source(index // self.crops_per_scene)
+        h, w = scene.shape
+        c = self.crop_size_px
+        r0 = int(hash_uniform(self.source.base_seed, index, 1) * (h - c + 1))
+        c0 = int(hash_uniform(self.source.base_seed, index, 2) * (w - c + 1))
+        return scene, scene.crop(r0, c0, c, c)
+
+
+class VoxelCropDataset(_CropDataset):
+    """Crops for the voxel models (Sat2City, EarthCrafter).
+
+    Each sample is a dict in the crop's local frame (x, y from the crop corner, z from the
+    scene's lowest ground rounded down to a voxel):
+
+    - ``coords`` ``[M, 3]`` int64 voxel indices and ``normals`` ``[M, 3]`` (trilinear splat,
+      see `splat_normals`); voxel grid origin ``(v/2, v/2, v/2)`` so voxels align with pixels
+      when ``voxel_size == meters_per_pixel``;
+    - ``points`` ``[N, 3]``, ``colors`` ``[N, 3]``, ``point_classes`` ``[N]`` (at most ``max_points``);
+    - ``height`` ``[1, H, W]`` clean top surface (metres, local z), ``height_noisy`` ``[1, H, W]``
+      Sat2City condition (gray / 255, normalised over the whole scene: ``z_min``/``z_max``),
+      ``semantic`` ``[H, W]`` int64, ``image`` ``[3, H, W]`` (if the scene has one);
+    - ``z_min``, ``z_max`` (local metres of gray 0 and 255), ``origin`` (world position of the
+      local frame), ``voxel_size``, ``index``.
+    """
+
+    def __init__(
+        self,
+        num_scenes: int,
+        crops_per_scene: int = 4,
+        crop_size_px: int = 128,
+        voxel_size: float = 1.0,
+        base_seed: int = 0,
+        scene_size_m: float = 256.0,
+        meters_per_pixel: float = 1.0,
+        points_per_m2: float = 4.0,
+        max_points: int | None = None,
+        style: dict[str, Any] | None = None,
+        noise_kwargs: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        if max_points is not None and max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        source = SceneSource(base_seed, scene_size_m, meters_per_pixel, points_per_m2, style, cache_dir)
+        super().__init__(num_scenes, crops_per_scene, crop_size_px, source)
+        self.voxel_size = float(voxel_size)
+        self.max_points = max_points
+        self.noise_kwargs = dict(noise_kwargs or {})
+        self._noisy: dict[int, tuple[np.ndarray, float, float]] = {}
+
+    def _noisy_map(self, scene_index: int, scene: CityScene) -> tuple[np.ndarray, float, float]:
+        if scene_index not in self._noisy:
+            z_min, z_max = float(scene.height.min()), float(scene.height.max())
+            gray = noisy_height_map(scene, self.source.seed(scene_index), **self.noise_kwargs)
+            self._noisy = {scene_index: (gray, z_min, z_max)}  # one scene at a time
+        return self._noisy[scene_index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene, crop = self.crop(index)
+        scene_index = index // self.crops_per_scene
+        gray, z_min, z_max = self._noisy_map(scene_index, scene)
+        r0, c0, h, w = crop.metadata["crop"]
+        v = self.voxel_size
+        ground = scene.ground if scene.ground is not None else scene.height
+        z0 = float(np.floor(ground.min() / v) * v)
+        local = np.array([crop.origin[0], crop.origin[1], crop.origin[2] + z0])
+        if crop.points is None or crop.num_points == 0:
+            raise ValueError(f"scene {scene_index} crop at {(r0, c0)} has no points (points_per_m2 too low?)")
+        points = crop.points.astype(np.float64) - local
+        keep = np.arange(points.shape[0])
+        if self.max_points is not None and points.shape[0] > self.max_points:
+            rng = np.random.default_rng([self.source.base_seed & 0xFFFFFFFF, index, 3])
+            keep = np.sort(rng.choice(points.shape[0], self.max_points, replace=False))
+        normals = crop.normals if crop.normals is not None else np.tile([0.0, 0.0, 1.0], (crop.num_points, 1))
+        grid = splat_normals(points, normals, v, origin=(v / 2, v / 2, v / 2))
+        sample: dict[str, Any] = {
+            "index": index,
+            "coords": torch.from_numpy(grid["coords"]),
+            "normals": torch.from_numpy(grid["normals"]),
+            "points": torch.from_numpy(points[keep].astype(np.float32)),
+            "colors": torch.from_numpy(crop.colors[keep]) if crop.colors is not None else None,
+            "point_classes": torch.from_numpy(crop.point_classes[keep].astype(np.int64)) if crop.point_classes is not None else None,
+            "height": torch.from_numpy(crop.height - np.float32(z0))[None],
+            "height_noisy": torch.from_numpy(gray[r0 : r0 + h, c0 : c0 + w].astype(np.float32) / 255.0)[None],
+            "semantic": torch.from_numpy(crop.semantic.astype(np.int64)),
+            "z_min": z_min - z0,
+            "z_max": z_max - z0,
+            "origin": torch.from_numpy(local),
+            "voxel_size": v,
+        }
+        if crop.image is not None:
+            sample["image"] = torch.from_numpy(np.ascontiguousarray(crop.image.transpose(2, 0, 1)))
+        return sample
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch samples: ``voxels`` a `SparseTensor` (feats = normals, coords (b, x, y, z)),
+        points concatenated with ``points_batch`` indices, rasters stacked."""
+        from ..sparse import SparseTensor
+
+        if not batch:
+            raise ValueError("cannot collate an empty batch")
+        voxel_sizes = {s["voxel_size"] for s in batch}
+        if len(voxel_sizes) != 1:
+            raise ValueError(f"samples have different voxel sizes {sorted(voxel_sizes)}")
+        v = voxel_sizes.pop()
+        coords = torch.cat(
+            [torch.cat([torch.full((s["coords"].shape[0], 1), b, dtype=torch.int64), s["coords"]], 1) for b, s in enumerate(batch)]
+        ).to(torch.int32)
+        out: dict[str, Any] = {
+            "voxels": SparseTensor(
+                torch.cat([s["normals"] for s in batch]), coords, voxel_size=v, origin=(v / 2, v / 2, v / 2), batch_size=len(batch)
+            ),
+            "points": torch.cat([s["points"] for s in batch]),
+            "points_batch": torch.cat([torch.full((s["points"].shape[0],), b, dtype=torch.int64) for b, s in enumerate(batch)]),
+            "index": torch.tensor([s["index"] for s in batch]),
+            "z_min": torch.tensor([s["z_min"] for s in batch]),
+            "z_max": torch.tensor([s["z_max"] for s in batch]),
+            "origin": torch.stack([s["origin"] for s in batch]),
+        }
+        for name in ("colors", "point_classes"):
+            if all(s[name] is not None for s in batch):
+                out[name] = torch.cat([s[name] for s in batch])
+        for name in ("height", "height_noisy", "semantic", "image"):
+            if all(name in s for s in batch):
+                out[name] = torch.stack([s[name] for s in batch])
+        return out
+
+
+class CameraViewDataset(_CropDataset):
+    """Crops with cameras for the Gaussian models (GaussianCity): each sample is
+    ``{"scene": CityScene crop, "cameras": Cameras, "index": int}``.
+
+    ``trajectory`` is ``"orbit"``, ``"drone"``, ``"street"`` or ``"mixed"`` (one of the three
+    per sample, drawn from the index); cameras come from `diffusers_city.render` with
+    ``n_views`` frames and ``width`` x ``height`` pixels (``trajectory_kwargs`` pass through).
+    """
+
+    TRAJECTORIES = ("orbit", "drone", "street")
+
+    def __init__(
+        self,
+        num_scenes: int,
+        crops_per_scene: int = 4,
+        crop_size_px: int = 128,
+        n_views: int = 8,
+        trajectory: str = "mixed",
+        width: int = 256,
+        height: int = 256,
+        base_seed: int = 0,
+        scene_size_m: float = 256.0,
+        meters_per_pixel: float = 1.0,
+        points_per_m2: float = 4.0,
+        style: dict[str, Any] | None = None,
+        trajectory_kwargs: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if trajectory not in (*self.TRAJECTORIES, "mixed"):
+            raise ValueError(f"trajectory must be one of {(*self.TRAJECTORIES, 'mixed')}, got {trajectory!r}")
+        if n_views < 1 or width < 1 or height < 1:
+            raise ValueError(f"n_views, width and height must be >= 1, got {n_views}, {width}, {height}")
+        source = SceneSource(base_seed, scene_size_m, meters_per_pixel, points_per_m2, style, cache_dir)
+        super().__init__(num_scenes, crops_per_scene, crop_size_px, source)
+        self.n_views, self.trajectory = n_views, trajectory
+        self.width, self.height = width, height
+        self.trajectory_kwargs = dict(trajectory_kwargs or {})
+
+    def trajectory_of(self, index: int) -> str:
+        if self.trajectory != "mixed":
+            return self.trajectory
+        return self.TRAJECTORIES[int(hash_uniform(self.source.base_seed, index, 4) * 3)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from .. import render
+
+        _, crop = self.crop(index)
+        kind = self.trajectory_of(index)
+        kwargs = {"width": self.width, "height": self.height, **self.trajectory_kwargs}
+        if kind != "orbit":
+            kwargs.setdefault("seed", int(hash_u64(self.source.base_seed, index, 5) % np.uint64(2**31)))
+        if kind == "street" and not (crop.semantic == 1).any():
+            kind = "drone"  # a crop without any road cannot host a street-level path
+        cameras = getattr(render, f"{kind}_trajectory")(crop, self.n_views, **kwargs)
+        return {"scene": crop, "cameras": cameras, "index": index, "trajectory": kind}
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, list]:
+        """Keep scenes and cameras as lists (every item has its own point count and views)."""
+        if not batch:
+            raise ValueError("cannot collate an empty batch")
+        return {key: [s[key] for s in batch] for key in batch[0]}
+
+
+__all__ = ["SceneSource", "VoxelCropDataset", "CameraViewDataset"]

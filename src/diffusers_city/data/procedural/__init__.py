@@ -1,0 +1,146 @@
+"""Procedural cities: the training and test data of every model in diffusers-city.
+
+`procedural_city` lays out districts with rotated street grids, blocks, lots and buildings
+(rectangles, L shapes, courtyards, towers on podiums, round towers; flat, gable and hip roofs),
+parks, ponds, rivers, parking lots, construction sites, trees, vehicles and gentle terrain
+(`layout`), colours them (`texture`), and samples a dense coloured point cloud with normals on
+the top surface and on every wall (`surface`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..classes import NUM_CLASSES
+from ..scene import CityScene
+from .layout import MATERIAL_CLASS, Layout, build_layout
+from .style import CityStyle, KIND_NAMES
+from .surface import sample_top, sample_walls, wall_classes
+from .texture import shade, sun_direction, top_colors, wall_colors
+
+__all__ = ["procedural_city", "CityStyle", "KIND_NAMES"]
+
+
+def _check_size(size_m, meters_per_pixel: float) -> tuple[int, int]:
+    sizes = (size_m, size_m) if np.isscalar(size_m) else tuple(size_m)
+    if len(sizes) != 2:
+        raise ValueError(f"size_m must be a number or (size_x, size_y), got {size_m!r}")
+    out = []
+    for s in sizes:
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise ValueError(f"size_m must be numeric, got {size_m!r}") from None
+        if not math.isfinite(s) or s <= 0:
+            raise ValueError(f"size_m must be finite and > 0, got {size_m!r}")
+        n = int(round(s / meters_per_pixel))
+        if n < 1:
+            raise ValueError(f"size_m {s} is smaller than one pixel of {meters_per_pixel} m")
+        out.append(n)
+    return out[1], out[0]  # (H, W)
+
+
+def procedural_city(
+    seed: int,
+    size_m: float | tuple[float, float] = 256.0,
+    meters_per_pixel: float = 1.0,
+    points_per_m2: float = 4.0,
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    with_points: bool = True,
+    with_image: bool = True,
+    **style,
+) -> CityScene:
+    """Generate a deterministic procedural city.
+
+    Args:
+        seed: any integer; the same seed, size, resolution and style give the same scene.
+        size_m: side (or ``(size_x, size_y)``) in metres; the raster has ``round(size / mpp)`` pixels.
+        meters_per_pixel: raster resolution.
+        points_per_m2: surface point density (top surfaces per m^2 of surface, walls per m^2 of wall).
+        origin: world position of the scene corner (x, y) and of height 0 (z).
+        with_points / with_image: skip the point cloud or the aerial image when not needed.
+        **style: any `CityStyle` field (district size, height scale, densities, terrain...).
+
+    Returns:
+        `CityScene` with height, ground, semantic, instance, points / colors / normals /
+        point_classes (walls labelled facade on buildings), the aerial image (top colours with a
+        baked sun term) and ``metadata`` recording the generator arguments.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    try:
+        mpp = float(meters_per_pixel)
+    except (TypeError, ValueError):
+        raise ValueError(f"meters_per_pixel must be a number, got {meters_per_pixel!r}") from None
+    if not math.isfinite(mpp) or mpp <= 0:
+        raise ValueError(f"meters_per_pixel must be finite and > 0, got {meters_per_pixel!r}")
+    if not (isinstance(points_per_m2, (int, float, np.number)) and math.isfinite(points_per_m2) and points_per_m2 > 0):
+        raise ValueError(f"points_per_m2 must be finite and > 0, got {points_per_m2!r}")
+    shape = _check_size(size_m, mpp)
+    origin_arr = np.asarray(origin, dtype=np.float64).reshape(-1)
+    if origin_arr.shape != (3,) or not np.isfinite(origin_arr).all():
+        raise ValueError(f"origin must be 3 finite numbers, got {origin!r}")
+    city_style = CityStyle.from_kwargs(**style)
+    seed = int(seed)
+
+    layout = build_layout(seed, shape, mpp, city_style)
+    sun = sun_direction(seed, city_style.sun_azimuth_deg, city_style.sun_elevation_deg)
+    fields: dict = {}
+    if with_points:
+        fields.update(_points(layout, seed, mpp, float(points_per_m2), city_style, sun, origin_arr))
+    if with_image:
+        fields["image"] = _image(layout, mpp, city_style.image_scale, sun)
+    semantic = layout.semantic
+    assert semantic.max() < NUM_CLASSES
+    metadata = {
+        "generator": "procedural_city",
+        "seed": seed,
+        "size_m": [shape[1] * mpp, shape[0] * mpp],
+        "meters_per_pixel": mpp,
+        "points_per_m2": float(points_per_m2),
+        "style": city_style.to_json(),
+    }
+    return CityScene(
+        height=layout.height,
+        semantic=semantic,
+        meters_per_pixel=mpp,
+        origin=tuple(origin_arr),
+        ground=layout.ground,
+        metadata=metadata,
+        **fields,
+    )
+
+
+def _points(layout: Layout, seed: int, mpp: float, ppm2: float, style: CityStyle, sun: np.ndarray, origin: np.ndarray) -> dict:
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x9017])
+    top_xyz, top_n, top_cell = sample_top(layout.height, layout.gx, layout.gy, mpp, ppm2, rng)
+    wall_xyz, wall_n, wall_cell = sample_walls(layout.height, mpp, ppm2, style.wall_min_step_m, rng)
+    top_rgb = shade(top_colors(layout, top_xyz[:, 0], top_xyz[:, 1], top_cell), top_n, sun)
+    wall_rgb = shade(
+        wall_colors(layout, wall_xyz[:, 0], wall_xyz[:, 1], wall_xyz[:, 2], wall_n[:, 0], wall_n[:, 1], wall_cell), wall_n, sun
+    )
+    material = layout.material.ravel()
+    classes = np.concatenate([MATERIAL_CLASS[material[top_cell]], wall_classes(MATERIAL_CLASS[material[wall_cell]])])
+    points = np.concatenate([top_xyz, wall_xyz]) + origin
+    return {
+        "points": points.astype(np.float32),
+        "colors": np.concatenate([top_rgb, wall_rgb]).astype(np.float32),
+        "normals": np.concatenate([top_n, wall_n]).astype(np.float32),
+        "point_classes": classes,
+    }
+
+
+def _image(layout: Layout, mpp: float, scale: int, sun: np.ndarray) -> np.ndarray:
+    """Aerial orthophoto: top colours at the centres of a ``scale``-times finer pixel grid."""
+    h, w = layout.height.shape
+    ii, jj = np.meshgrid(np.arange(h * scale), np.arange(w * scale), indexing="ij")
+    ii, jj = ii.ravel(), jj.ravel()
+    cell = (ii // scale) * w + (jj // scale)
+    x = (jj + 0.5) * (mpp / scale)
+    y = (ii + 0.5) * (mpp / scale)
+    gx, gy = layout.gx.ravel()[cell].astype(np.float64), layout.gy.ravel()[cell].astype(np.float64)
+    normals = np.stack([-gx, -gy, np.ones_like(gx)], axis=1) / np.sqrt(1 + gx * gx + gy * gy)[:, None]
+    rgb = shade(top_colors(layout, x, y, cell), normals, sun)
+    return (np.round(rgb * 255) / 255.0).astype(np.float32).reshape(h * scale, w * scale, 3)

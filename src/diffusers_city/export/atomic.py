@@ -1,0 +1,113 @@
+"""Atomic file writes and georeference side files shared by every writer.
+
+Every writer renders into a temporary file in the destination folder and renames it into place
+with ``os.replace``, so a failure (bad input found late, a full disk, an interrupt) never leaves
+a half-written file, and an existing file is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_write", "crs_to_wkt", "resolve_offset", "write_georef_sidecar"]
+
+# Coordinates beyond this magnitude (metres) lose precision as float32 (ulp >= 1 mm at 16 km).
+_FLOAT32_SAFE = 1.0e4
+_WKT_ROOTS = ("PROJCS", "GEOGCS", "GEOCCS", "COMPD_CS", "PROJCRS", "GEOGCRS", "GEODCRS", "COMPOUNDCRS", "BOUNDCRS", "VERTCRS", "VERT_CS")
+
+
+def check_destination(path: str | os.PathLike) -> Path:
+    """The destination as a ``Path``; its folder must exist and it must not be a folder."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"output path {path} is a folder")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so format detection by extension
+    works) and move it onto ``path`` when the block succeeds; on any error remove it."""
+    path = check_destination(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resolve_offset(points: np.ndarray, offset: Sequence[float] | None) -> np.ndarray:
+    """The offset subtracted before storing coordinates as float32.
+
+    ``None`` picks zero when every coordinate is within +-10 km, else the floor of the minimum
+    corner (whole metres), so georeferenced scenes (UTM, state plane) keep millimetre precision.
+    """
+    if offset is not None:
+        off = np.asarray(offset, dtype=np.float64).reshape(-1)
+        if off.shape != (3,) or not np.isfinite(off).all():
+            raise ValueError(f"offset must be 3 finite numbers, got {offset!r}")
+        return off
+    if len(points) == 0 or np.abs(points).max() < _FLOAT32_SAFE:
+        return np.zeros(3)
+    return np.floor(points.min(0).astype(np.float64))
+
+
+def crs_to_wkt(crs: str | None) -> str | None:
+    """WKT for a CRS string: WKT is returned as is (one line); other forms (``"EPSG:32633"``)
+    are converted with rasterio when it is installed, else ``None``."""
+    if not crs:
+        return None
+    text = " ".join(crs.split())
+    if text.upper().startswith(_WKT_ROOTS):
+        return text
+    try:
+        from rasterio.crs import CRS
+    except ImportError:
+        return None
+    try:
+        return CRS.from_user_input(text).to_wkt()
+    except Exception as err:  # rasterio raises its own CRSError subclasses
+        raise ValueError(f"unrecognised CRS {crs!r}: {err}") from None
+
+
+def write_georef_sidecar(path: str | os.PathLike, *, crs: str | None, offset: Sequence[float], unit_factor: float = 1.0) -> list[Path]:
+    """Side files for formats without a CRS field: ``<file>.geo.json`` (``crs``, ``offset``:
+    add it to the stored coordinates for world metres, ``unit_factor``) and, when the CRS has a
+    WKT form, an ESRI-style ``<stem>.prj``. Written only when there is something to record."""
+    path = Path(path)
+    offset = [float(v) for v in offset]
+    written: list[Path] = []
+    if crs is None and not any(offset):
+        return written
+    info = {"crs": crs, "offset": offset, "units": "metre", "crs_unit_factor": float(unit_factor)}
+    side = path.with_name(path.name + ".geo.json")
+    with atomic_write(side) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    written.append(side)
+    wkt = crs_to_wkt(crs)
+    if wkt is not None:
+        prj = path.with_suffix(".prj")
+        with atomic_write(prj) as tmp:
+            tmp.write_text(wkt)
+        written.append(prj)
+    return written

@@ -1,0 +1,28 @@
+"""Input checks shared by the metric functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_points(name: str, x, *, dtype: torch.dtype = torch.float64, allow_batch: bool = False) -> torch.Tensor:
+    """A finite, non-empty ``[N, 3]`` (or ``[B, N, 3]`` with ``allow_batch``) float tensor."""
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    ndims = (2, 3) if allow_batch else (2,)
+    if x.ndim not in ndims or x.shape[-1] != 3:
+        shape = "[N, 3] or [B, N, 3]" if allow_batch else "[N, 3]"
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+    if x.shape[-2] == 0:
+        raise ValueError(f"{name} has no points")
+    x = x.to(dtype)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf coordinates")
+    return x

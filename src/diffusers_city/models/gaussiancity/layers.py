@@ -1,0 +1,65 @@
+"""Building blocks shared by GaussianCity's models (Sec. 3.4): sin/cos positional encoding,
+StyleGAN2 modulated linear layers and grid pooling of serialized points."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ModulatedLinear", "grid_pool", "leaky_relu", "sincos_encoding"]
+
+
+def sincos_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """Eq. 12: ``[x, sin(2^k pi x), cos(2^k pi x)]`` for ``k < num_freqs``, per value of ``x [N, D]``.
+
+    Returns ``[N, D * (1 + 2 * num_freqs)]``.
+    """
+    if num_freqs == 0:
+        return x
+    freqs = (2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)) * math.pi
+    angles = x[..., None] * freqs
+    return torch.cat([x, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
+
+
+class ModulatedLinear(nn.Module):
+    """StyleGAN2 modulated linear layer (Karras et al. 2020): the weight is scaled per input
+    channel by an affine map of the style code, then (optionally) demodulated per output.
+
+    Styles come per batch item (``styles [B, style_dim]``) and points pick theirs with
+    ``batch_index [N]``; modulation is applied to the activations, so no per-point weight is built.
+    """
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int, demodulate: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.affine = nn.Linear(style_dim, in_features)
+        nn.init.ones_(self.affine.bias)  # StyleGAN2: styles start around 1
+        self.demodulate = demodulate
+
+    def forward(self, x: torch.Tensor, styles: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        s = self.affine(styles)  # [B, in]
+        out = (x * s[batch_index]) @ self.weight.T
+        if self.demodulate:
+            demod = torch.rsqrt((s * s) @ (self.weight * self.weight).T + 1e-8)  # [B, out]
+            out = out * demod[batch_index]
+        return out + self.bias
+
+
+def grid_pool(coords: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stride-2 grid pooling of ``coords [N, 4]`` (b, x, y, z): ``(coarse coords, mean-pooled feats,
+    parent index [N])``, the pooling step of a PTv3-style encoder."""
+    coarse = torch.cat([coords[:, :1], torch.div(coords[:, 1:], 2, rounding_mode="floor")], 1)
+    unique, parent = torch.unique(coarse, dim=0, return_inverse=True)
+    pooled = torch.zeros(unique.shape[0], feats.shape[1], device=feats.device, dtype=feats.dtype)
+    pooled.index_add_(0, parent, feats)
+    count = torch.bincount(parent, minlength=unique.shape[0]).clamp(min=1).to(feats.dtype)
+    return unique, pooled / count[:, None], parent
+
+
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU 0.2, the activation of the modulated MLP."""
+    return F.leaky_relu(x, 0.2)

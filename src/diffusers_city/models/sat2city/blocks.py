@@ -1,0 +1,275 @@
+"""Building blocks shared by the Sat2City models (not models themselves).
+
+- :class:`SparseEncoder`: the sparse-conv encoder of every Sat2City VAE and of the condition
+  encoder (Sec. 3.1, "sparse convolutional neural networks as encoders to downsample").
+- :class:`StructureDecoder`: XCube's structure-prediction backbone (Sec. 3.1): at every level it
+  subdivides each voxel into 8, predicts occupancy, prunes, then refines the kept voxels. It
+  records its pruning decisions (``struct``) so that a second decoder can follow them (the
+  appearance decoder D_c, Sec. 3.2 / supplementary 6.2).
+- coordinate helpers (matching, coarsening) and the diagonal-Gaussian KL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...sparse import SparseTensor
+from ...sparse.kernel_map import build_index, unique_coords
+from ...sparse.nn import SparseConv3d, SparseResBlock, SubMConv3d, prune, subdivide
+
+def match_coords(query: torch.Tensor, reference: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Row of ``reference`` [N, 4] holding each ``query`` coordinate [M, 4], ``-1`` where absent."""
+    return build_index(reference, batch_size).lookup(query)
+
+
+def coarsen_coords(coords: torch.Tensor, factor: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct coordinates of the level ``factor`` times coarser and each row's parent index."""
+    c = coords.long().clone()
+    c[:, 1:] = torch.div(c[:, 1:], factor, rounding_mode="floor")
+    return unique_coords(c, batch_size)
+
+
+def level_geometry(voxel_size: float, origin: tuple[float, float, float], factor: int) -> tuple[float, tuple]:
+    """Voxel size and origin of the level ``factor`` times coarser (docs/design.md conventions)."""
+    coarse = voxel_size * factor
+    shift = (coarse - voxel_size) / 2
+    return coarse, tuple(o + shift for o in origin)
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), summed over channels, averaged over latent voxels."""
+    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+    return kl.sum(1).mean()
+
+
+def sample_gaussian(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Reparameterised sample of the diagonal Gaussian posterior."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + (0.5 * logvar).exp() * noise
+
+
+class SparseEncoder(nn.Module):
+    """Sparse-conv encoder: ``len(block_channels) - 1`` stride-2 downsamplings with residual blocks.
+
+    ``forward(x, return_all=True)`` also returns the features of every scale (used by the
+    multi-scale condition encoder, supplementary 6.2).
+    """
+
+    def __init__(self, in_channels: int, block_channels: tuple[int, ...], layers_per_block: int) -> None:
+        super().__init__()
+        self.conv_in = SubMConv3d(in_channels, block_channels[0])
+        self.blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, ch in enumerate(block_channels):
+            self.blocks.append(nn.ModuleList(SparseResBlock(ch, ch) for _ in range(layers_per_block)))
+            if i + 1 < len(block_channels):
+                self.downsamplers.append(SparseConv3d(ch, block_channels[i + 1], kernel_size=2, stride=2))
+
+    def forward(self, x: SparseTensor, return_all: bool = False) -> SparseTensor | list[SparseTensor]:
+        h = self.conv_in(x)
+        scales = []
+        for i, blocks in enumerate(self.blocks):
+            for block in blocks:
+                h = block(h)
+            scales.append(h)
+            if i < len(self.downsamplers):
+                h = self.downsamplers[i](h)
+        return scales if return_all else h
+
+
+@dataclass
+class StructureDecoding:
+    """What a :class:`StructureDecoder` produced.
+
+    Attributes:
+        output: head output on the finest kept voxels (normals, or appearance features).
+        structures: kept voxels of every level, coarse to fine (their features are the decoder's).
+        struct: per level, the pruning decision over that level's candidate voxels.
+        candidates: per level, the candidate coordinates ``[N_l, 4]`` the decisions refer to.
+        logits: per level occupancy logits over the candidates (empty without an occupancy head).
+        targets: per level ground-truth occupancy of the candidates (only when a target was given).
+    """
+
+    output: SparseTensor
+    structures: list[SparseTensor]
+    struct: list[torch.Tensor]
+    candidates: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    targets: list[torch.Tensor] | None
+
+
+class StructureDecoder(nn.Module):
+    """Subdivide -> predict occupancy -> prune -> refine, once per level (XCube, Sec. 3.1).
+
+    Level 0 works on the input voxels (no subdivision); every later level subdivides the kept
+    voxels of the previous one into 8 children. A child gets its parent's features through a
+    linear map plus a learned embedding of its octant, a pointwise head predicts its occupancy
+    (so nothing heavy runs on candidates that get pruned), and residual sparse-conv blocks refine
+    the kept voxels. Pruning follows, in order of priority: the given ``struct`` (the appearance
+    decoder follows the geometry decoder's decisions), the ground truth ``target`` (teacher
+    forcing in training), or the predicted logits (> 0).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        block_channels: tuple[int, ...],
+        out_channels: int,
+        layers_per_block: int = 1,
+        predict_structure: bool = True,
+    ) -> None:
+        super().__init__()
+        self.predict_structure = predict_structure
+        self.conv_in = SubMConv3d(in_channels, block_channels[0])
+        self.level0_blocks = nn.ModuleList(SparseResBlock(block_channels[0], block_channels[0]) for _ in range(layers_per_block))
+        self.child_proj = nn.ModuleList()
+        self.child_embed = nn.ParameterList()
+        self.blocks = nn.ModuleList()
+        for prev, ch in zip(block_channels[:-1], block_channels[1:]):
+            self.child_proj.append(nn.Linear(prev, ch))
+            self.child_embed.append(nn.Parameter(torch.zeros(8, ch)))
+            self.blocks.append(nn.ModuleList(SparseResBlock(ch, ch) for _ in range(layers_per_block)))
+        if predict_structure:
+            self.occupancy_heads = nn.ModuleList(
+                nn.Sequential(nn.SiLU(), nn.Linear(ch, 1)) for ch in block_channels
+            )
+        self.norm_out = nn.LayerNorm(block_channels[-1])
+        self.head = nn.Linear(block_channels[-1], out_channels)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.blocks) + 1
+
+    def _decide(
+        self,
+        level: int,
+        h: SparseTensor,
+        target: SparseTensor | None,
+        struct: list[torch.Tensor] | None,
+        record: dict,
+    ) -> torch.Tensor:
+        if self.predict_structure:
+            record["logits"].append(self.occupancy_heads[level](h.feats).squeeze(-1))
+        gt = None
+        if target is not None:
+            factor = 2 ** (self.num_levels - 1 - level)
+            gt_coords = coarsen_coords(target.coords, factor, target.batch_size)[0] if factor > 1 else target.coords
+            gt = match_coords(h.coords, gt_coords, h.batch_size) >= 0
+            record["targets"].append(gt)
+        if struct is not None:
+            keep = struct[level]
+            if keep.shape[0] != h.num_voxels:
+                raise ValueError(f"struct level {level} has {keep.shape[0]} decisions for {h.num_voxels} voxels")
+        elif gt is not None:
+            keep = gt
+        elif self.predict_structure:
+            keep = record["logits"][-1] > 0
+        else:
+            raise ValueError("a decoder without occupancy head needs struct or target to prune")
+        record["struct"].append(keep)
+        record["candidates"].append(h.coords)
+        return keep
+
+    def forward(
+        self,
+        x: SparseTensor,
+        target: SparseTensor | None = None,
+        struct: list[torch.Tensor] | None = None,
+        structures: list[SparseTensor] | None = None,
+    ) -> StructureDecoding:
+        """Decode ``x`` level by level; ``structures`` (from an earlier pass with the same
+        ``struct``) lets the kept voxels reuse that pass's cached kernel maps."""
+        if struct is not None and len(struct) != self.num_levels:
+            raise ValueError(f"struct has {len(struct)} levels, the decoder has {self.num_levels}")
+        record: dict = {"logits": [], "targets": [], "struct": [], "candidates": []}
+        kept: list[SparseTensor] = []
+        h = self.conv_in(x)
+        for level in range(self.num_levels):
+            if level > 0:
+                h = subdivide(h)
+                octant = (h.coords[:, 1] & 1) * 4 + (h.coords[:, 2] & 1) * 2 + (h.coords[:, 3] & 1)
+                h = h.replace(self.child_proj[level - 1](h.feats) + self.child_embed[level - 1][octant.long()])
+            keep = self._decide(level, h, target, struct, record)
+            h = structures[level].replace(h.feats[keep]) if structures is not None else prune(h, keep)
+            if h.num_voxels:  # everything pruned: the remaining levels stay empty
+                for block in self.level0_blocks if level == 0 else self.blocks[level - 1]:
+                    h = block(h)
+            kept.append(h)
+        out = h.replace(self.head(F.silu(self.norm_out(h.feats))))
+        return StructureDecoding(
+            output=out,
+            structures=kept,
+            struct=record["struct"],
+            candidates=record["candidates"],
+            logits=record["logits"],
+            targets=record["targets"] if target is not None else None,
+        )
+
+
+def full_grid(
+    dense: torch.Tensor, voxel_size: float, origin: tuple[float, float, float], stride: int
+) -> SparseTensor:
+    """Every voxel of a dense ``[B, C, X, Y, Z]`` grid as a ``SparseTensor`` (the dense neck)."""
+    mask = torch.ones(dense.shape[:1] + dense.shape[2:], dtype=torch.bool, device=dense.device)
+    return SparseTensor.from_dense(dense, mask=mask, voxel_size=voxel_size, origin=origin, stride=stride)
+
+
+def scatter_to_dense(x: SparseTensor, shape: tuple[int, int, int], reduce: str = "sum") -> torch.Tensor:
+    """Features of ``x`` in a dense ``[B, C, *shape]`` grid indexed by voxel coordinates
+    (voxels outside ``shape`` are dropped; ``reduce`` combines duplicates: "sum" or "mean")."""
+    c = x.coords.long()
+    inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(shape, device=c.device))).all(1)
+    c, feats = c[inside], x.feats[inside]
+    flat = ((c[:, 0] * shape[0] + c[:, 1]) * shape[1] + c[:, 2]) * shape[2] + c[:, 3]
+    total = x.batch_size * shape[0] * shape[1] * shape[2]
+    out = feats.new_zeros(total, feats.shape[1]).index_add_(0, flat, feats)
+    if reduce == "mean":
+        count = feats.new_zeros(total).index_add_(0, flat, torch.ones_like(flat, dtype=feats.dtype))
+        out = out / count.clamp(min=1).unsqueeze(1)
+    return out.view(x.batch_size, *shape, -1).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def _pool_to_latent(fine_coords: torch.Tensor, feats: torch.Tensor, latent: SparseTensor, factor: int) -> torch.Tensor:
+    """Sum of ``feats`` of fine voxels per latent voxel (``latent`` is ``factor`` times coarser)."""
+    parent = fine_coords.long().clone()
+    parent[:, 1:] = torch.div(parent[:, 1:], factor, rounding_mode="floor")
+    rows = match_coords(parent, latent.coords, latent.batch_size)
+    inside = rows >= 0
+    out = feats.new_zeros(latent.num_voxels, feats.shape[1])
+    return out.index_add_(0, rows[inside], feats[inside])
+
+
+def grid_condition(voxels: SparseTensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Condition of the sparse stage from a decoded fine grid {G, A_N} (Sec. 3.2, Eq. 5).
+
+    Returns the latent coordinates (the fine voxels coarsened by ``factor``) and per latent voxel
+    ``[mean normal (3), occupied fraction of its factor^3 fine voxels (1)]``.
+    """
+    coords, inverse = coarsen_coords(voxels.coords, factor, voxels.batch_size)
+    ones = voxels.feats.new_ones(voxels.num_voxels, 1)
+    sums = voxels.feats.new_zeros(coords.shape[0], 4).index_add_(0, inverse, torch.cat([voxels.feats[:, :3], ones], 1))
+    count = sums[:, 3:].clamp(min=1)
+    return coords, torch.cat([sums[:, :3] / count, sums[:, 3:] / factor**3], 1)
+
+
+def struct_condition(decoding: StructureDecoding, latent: SparseTensor) -> torch.Tensor:
+    """Condition of the appearance stage from the pruning decisions ``struct`` (Sec. 3.2, Eq. 6).
+
+    Per latent voxel: for every decoder level l the fraction of its 8^l descendants kept there,
+    and the mean decoded normal of its kept finest voxels (``num_levels + 3`` channels).
+    """
+    feats = []
+    for level, (cand, keep) in enumerate(zip(decoding.candidates, decoding.struct)):
+        factor = 2**level
+        kept = cand[keep]
+        ones = latent.feats.new_ones(kept.shape[0], 1)
+        feats.append(_pool_to_latent(kept, ones, latent, factor) / factor**3)
+    out = decoding.output
+    count = _pool_to_latent(out.coords, out.feats.new_ones(out.num_voxels, 1), latent, 2 ** (len(decoding.struct) - 1))
+    normals = _pool_to_latent(out.coords, out.feats[:, :3], latent, 2 ** (len(decoding.struct) - 1))
+    feats.append(normals / count.clamp(min=1))
+    return torch.cat(feats, 1)

@@ -1,0 +1,385 @@
+"""GaussianCity pipeline: BEV layout (semantic + height maps) + cameras -> 3D Gaussians -> frames.
+
+Xie et al., "Generative Gaussian Splatting for Unbounded 3D City Generation". Per frame: the BEV
+points visible from the camera are found by ray casting (Sec. 3.2), decoded into Gaussian colours
+by the background and building decoders (Sec. 3.3-3.4), and rasterized. Memory per frame depends
+on the image size and the view distance, not on the layout size.
+
+Style codes form a table ``[num_instances + 1, style_dim]``: row 0 styles the background, row ``i``
+building instance ``i`` (``layout.instance``). Codes are standard normal (the decoders'
+``style_distribution``), in training and inference alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ...bev import BEVLayout, BEVPoints, bev_points, visible_bev_points
+from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
+from ...render import Cameras, Gaussians, render_gaussians
+
+__all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "gaussians")
+TRAJECTORIES = ("orbit", "drone", "street")
+
+
+@dataclass
+class GaussianCityPipelineOutput(BaseOutput):
+    """Output of :class:`GaussianCityPipeline`.
+
+    Attributes:
+        images: rendered frames: a list of PIL images (``"pil"``), ``[F, H, W, 3]`` float 0..1
+            (``"np"``, ``"pt"``), or ``None`` for ``output_type="gaussians"``.
+        gaussians: the whole layout's Gaussians (``output_type="gaussians"`` or
+            ``return_gaussians="layout"``), a list with each frame's visible Gaussians
+            (``return_gaussians="visible"``), else ``None``.
+        styles: the ``[num_instances + 1, style_dim]`` style table used (edit it and pass it back).
+        layout: the validated :class:`~diffusers_city.bev.BEVLayout` (instance ids, boxes).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
+    gaussians: Gaussians | list[Gaussians] | None
+    styles: torch.Tensor
+    layout: BEVLayout
+
+
+def _concat_gaussians(parts: Sequence[Gaussians], device: torch.device) -> Gaussians:
+    names = ("means", "quats", "scales", "opacities", "colors")
+    if not parts:
+        empty = {n: torch.empty((0, 4 if n == "quats" else 3) if n != "opacities" else (0,), device=device) for n in names}
+        return Gaussians(**empty)
+    return Gaussians(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+
+
+class GaussianCityPipeline(DiffusionPipeline):
+    """Feed-forward 3D city generation with Gaussian splatting (single pass, no denoising steps).
+
+    Components:
+        scene_encoder: :class:`BEVSceneEncoder` (background context; also holds the BEV settings).
+        background_decoder: :class:`BEVPointDecoder` without point transformer (background points).
+        building_decoder: :class:`BEVPointDecoder` with point transformer (building points).
+    """
+
+    model_cpu_offload_seq = "scene_encoder->background_decoder->building_decoder"
+
+    def __init__(
+        self, scene_encoder: BEVSceneEncoder, background_decoder: BEVPointDecoder, building_decoder: BEVPointDecoder
+    ) -> None:
+        super().__init__()
+        if background_decoder.config.style_dim != building_decoder.config.style_dim:
+            raise ValueError(
+                f"background and building decoders must share style_dim, got "
+                f"{background_decoder.config.style_dim} and {building_decoder.config.style_dim}"
+            )
+        if background_decoder.config.scene_channels != scene_encoder.config.out_channels:
+            raise ValueError(
+                f"background_decoder.scene_channels ({background_decoder.config.scene_channels}) must equal "
+                f"scene_encoder.out_channels ({scene_encoder.config.out_channels})"
+            )
+        self.register_modules(
+            scene_encoder=scene_encoder, background_decoder=background_decoder, building_decoder=building_decoder
+        )
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, size: str = "tiny", seed: int = 0) -> GaussianCityPipeline:
+        """An untrained pipeline of preset ``size`` (``pipelines/gaussiancity/presets/<size>.json``)."""
+        from ...presets import load_preset
+
+        preset = load_preset("gaussiancity", size)
+        comps = preset["components"]
+        classes = {"scene_encoder": BEVSceneEncoder, "background_decoder": BEVPointDecoder, "building_decoder": BEVPointDecoder}
+        missing = sorted(set(classes) - set(comps))
+        if missing:
+            raise ValueError(f"preset gaussiancity/{size} lacks components {missing}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built = {name: klass.from_config(comps[name]) for name, klass in classes.items()}
+        return cls(**built)
+
+    # -- layouts and styles ---------------------------------------------------------------
+    def prepare_layout(
+        self,
+        semantic_map: Any,
+        height_map: Any,
+        ground_map: Any = None,
+        instance_map: Any = None,
+        meters_per_pixel: float = 1.0,
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> BEVLayout:
+        """Validated :class:`BEVLayout` with this pipeline's sampling strides."""
+        return BEVLayout.from_maps(
+            semantic_map,
+            height_map,
+            ground=ground_map,
+            instance=instance_map,
+            meters_per_pixel=meters_per_pixel,
+            origin=origin,
+            class_strides=self.scene_encoder.config.class_strides,
+        )
+
+    @property
+    def style_dim(self) -> int:
+        return int(self.building_decoder.config.style_dim)
+
+    def sample_styles(self, layout: BEVLayout, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A style table ``[I + 1, style_dim]`` drawn from the decoders' distribution (standard normal)."""
+        return self.building_decoder.sample_styles(layout.num_instances + 1, generator, device="cpu")
+
+    @staticmethod
+    def edit_style(styles: torch.Tensor, instance_id: int, code: torch.Tensor) -> torch.Tensor:
+        """A copy of ``styles`` with building ``instance_id``'s code replaced (local editing, App. B.1)."""
+        if not 1 <= instance_id < styles.shape[0]:
+            raise ValueError(f"instance_id must be in 1..{styles.shape[0] - 1}, got {instance_id}")
+        if code.shape != styles.shape[1:]:
+            raise ValueError(f"code must have shape [{styles.shape[1]}], got {list(code.shape)}")
+        out = styles.clone()
+        out[instance_id] = code.to(out)
+        return out
+
+    @staticmethod
+    def interpolate_styles(
+        layout: BEVLayout, styles: torch.Tensor, start: torch.Tensor, end: torch.Tensor, axis: str = "x"
+    ) -> torch.Tensor:
+        """A copy of ``styles`` whose building codes go linearly from ``start`` to ``end`` with the
+        buildings' centre position along ``axis`` (``"x"``: columns, ``"y"``: rows), App. B.1."""
+        if axis not in ("x", "y"):
+            raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+        if start.shape != styles.shape[1:] or end.shape != styles.shape[1:]:
+            raise ValueError(f"start and end must have shape [{styles.shape[1]}]")
+        out = styles.clone()
+        if layout.num_instances == 0:
+            return out
+        centre = layout.instance_centers()[1:, 0 if axis == "x" else 1]
+        span = (centre.max() - centre.min()).clamp(min=1e-9)
+        t = ((centre - centre.min()) / span).to(out.dtype)[:, None]
+        out[1:] = (1 - t) * start.to(out) + t * end.to(out)
+        return out
+
+    # -- decoding -------------------------------------------------------------------------
+    def _scene_features(self, layout: BEVLayout, xy_world: torch.Tensor) -> torch.Tensor:
+        """Scene-encoder features at the points, computed on the layout crop around them."""
+        mpp = layout.meters_per_pixel
+        xy = (xy_world.double() - torch.tensor(layout.origin[:2], dtype=torch.float64, device=xy_world.device)) / mpp
+        margin = self.scene_encoder.receptive_margin
+        step = 2 ** self.scene_encoder.config.num_down
+        h, w = layout.shape
+        lo = (xy.amin(0).floor().long() - margin).tolist()
+        hi = (xy.amax(0).ceil().long() + margin).tolist()
+        c0, r0 = max(0, lo[0] // step * step), max(0, lo[1] // step * step)
+        c1, r1 = min(w, hi[0]), min(h, hi[1])
+        device = self.scene_encoder.device
+        sem = layout.semantic[r0:r1, c0:c1][None].to(device)
+        hgt = (layout.top[r0:r1, c0:c1].double() * mpp)[None].to(device)
+        feats = self.scene_encoder(sem, hgt)
+        local = xy - torch.tensor([c0, r0], dtype=torch.float64, device=xy.device)
+        return BEVSceneEncoder.sample(feats, local.to(device), (r1 - r0, c1 - c0))
+
+    def decode_points(self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor) -> Gaussians:
+        """Gaussians of ``points``: background points through the background decoder with scene
+        features and style row 0, building points through the building decoder, one batch item
+        (and style row) per instance."""
+        device = self.building_decoder.device
+        points = points.to(device)
+        styles = styles.to(device)
+        parts = []
+        bg = points.select(points.instances == 0)
+        if len(bg):
+            feats = self._scene_features(layout, bg.positions[:, :2])
+            zeros = torch.zeros(len(bg), dtype=torch.long, device=device)
+            rgb = self.background_decoder(
+                bg.positions, bg.relative, bg.voxels, bg.classes, zeros, styles[:1], scene_features=feats
+            )
+            parts.append(self.background_decoder.gaussians(bg.positions, bg.strides, bg.classes, rgb, layout.meters_per_pixel))
+        bd = points.select(points.instances > 0)
+        if len(bd):
+            ids, batch = torch.unique(bd.instances, return_inverse=True)
+            rgb = self.building_decoder(bd.positions, bd.relative, bd.voxels, bd.classes, batch, styles[ids])
+            parts.append(self.building_decoder.gaussians(bd.positions, bd.strides, bd.classes, rgb, layout.meters_per_pixel))
+        return _concat_gaussians(parts, device)
+
+    def layout_gaussians(self, layout: BEVLayout, styles: torch.Tensor, tile: int = 512) -> Gaussians:
+        """Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
+        h, w = layout.shape
+        parts = []
+        done = torch.zeros(layout.num_instances + 1, dtype=torch.bool)
+        for r in range(0, h, tile):
+            for c in range(0, w, tile):
+                pts = bev_points(layout, window=(r, min(r + tile, h), c, min(c + tile, w)))
+                # A building is decoded whole, with the tile holding its first pixel.
+                ids = torch.unique(pts.instances[pts.instances > 0])
+                new = ids[~done[ids]]
+                done[new] = True
+                keep = (pts.instances == 0) | torch.isin(pts.instances, new)
+                pts = pts.select(keep)
+                for inst in new.tolist():
+                    pts = _append_instance(layout, pts, inst, (r, min(r + tile, h), c, min(c + tile, w)))
+                if len(pts):
+                    parts.append(self.decode_points(layout, pts, styles))
+        return _concat_gaussians(parts, self.building_decoder.device)
+
+    # -- checks ---------------------------------------------------------------------------
+    def _check_styles(self, styles: Any, layout: BEVLayout) -> torch.Tensor:
+        if not isinstance(styles, torch.Tensor):
+            raise ValueError(f"style must be a torch.Tensor [num_instances + 1, {self.style_dim}], got {type(styles).__name__}")
+        expected = (layout.num_instances + 1, self.style_dim)
+        if tuple(styles.shape) != expected:
+            raise ValueError(
+                f"style must have shape [num_instances + 1, style_dim] = {list(expected)} "
+                f"(row 0: background, rows 1..{layout.num_instances}: buildings), got {list(styles.shape)}"
+            )
+        if not styles.is_floating_point() or not bool(torch.isfinite(styles).all()):
+            raise ValueError("style must be a finite floating-point tensor")
+        return styles.float().cpu()
+
+    def _cameras(self, cameras, trajectory, layout, num_frames, width, height, scene) -> Cameras | None:
+        if cameras is not None and trajectory is not None:
+            raise ValueError("pass either cameras or trajectory, not both")
+        if cameras is not None:
+            if not isinstance(cameras, Cameras):
+                raise ValueError(f"cameras must be a diffusers_city.render.Cameras, got {type(cameras).__name__}")
+            return cameras
+        if trajectory is None:
+            return None
+        if trajectory not in TRAJECTORIES:
+            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
+        for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        from ... import render
+
+        if scene is None:
+            mpp = layout.meters_per_pixel
+            scene = SimpleNamespace(
+                height=layout.top.double().numpy() * mpp,
+                ground=layout.bottom.double().numpy() * mpp,
+                semantic=layout.semantic.numpy(),
+                meters_per_pixel=mpp,
+                origin=layout.origin,
+            )
+        make = getattr(render, f"{trajectory}_trajectory")
+        return make(scene, num_frames, width=width, height=height)
+
+    # -- call -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        semantic_map: Any = None,
+        height_map: Any = None,
+        *,
+        scene: Any = None,
+        ground_map: Any = None,
+        instance_map: Any = None,
+        meters_per_pixel: float = 1.0,
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+        cameras: Cameras | None = None,
+        trajectory: str | None = None,
+        num_frames: int = 16,
+        width: int = 256,
+        height: int = 256,
+        style: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        return_gaussians: str | None = None,
+        background: Sequence[float] | None = None,
+        ray_step: int = 1,
+        callback_on_step_end: Callable[[Any, int, None, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
+        return_dict: bool = True,
+    ) -> GaussianCityPipelineOutput | tuple:
+        """Render a BEV layout.
+
+        Args:
+            semantic_map, height_map: ``[H, W]`` class ids and heights (metres); or ``scene``.
+            scene: a ``CityScene`` (its semantic, height, ground, instance, mpp, origin).
+            ground_map, instance_map, meters_per_pixel, origin: the rest of the layout.
+            cameras: ``Cameras`` to render from; or ``trajectory`` (``"orbit"``, ``"drone"``,
+                ``"street"``) with ``num_frames``, ``width``, ``height``.
+            style: ``[num_instances + 1, style_dim]`` style table (``None``: sampled with ``generator``).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (frames) or ``"gaussians"`` (the whole
+                layout's Gaussians, no frames; cameras optional).
+            return_gaussians: also return ``"visible"`` (per frame) or ``"layout"`` Gaussians.
+            background: RGB fill of uncovered pixels (default black).
+            ray_step: visibility rays every ``ray_step`` pixels.
+            callback_on_step_end: called after each frame as ``fn(pipe, frame, None, kwargs)`` with
+                ``kwargs["image"]`` the frame ``[H, W, 3]``; may return a dict replacing it.
+
+        Raises:
+            ValueError: naming the problem, before any work, for inconsistent maps, unknown
+                classes, NaN heights, zero-size images, wrong style sizes or bad options.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if return_gaussians not in (None, "visible", "layout"):
+            raise ValueError(f"return_gaussians must be None, 'visible' or 'layout', got {return_gaussians!r}")
+        if scene is not None:
+            if semantic_map is not None or height_map is not None:
+                raise ValueError("pass either scene or semantic_map/height_map, not both")
+            semantic_map, height_map = scene.semantic, scene.height
+            ground_map, instance_map = getattr(scene, "ground", None), getattr(scene, "instance", None)
+            meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)
+        if semantic_map is None or height_map is None:
+            raise ValueError("semantic_map and height_map (or scene) are required")
+        layout = self.prepare_layout(semantic_map, height_map, ground_map, instance_map, meters_per_pixel, origin)
+        cams = self._cameras(cameras, trajectory, layout, num_frames, width, height, scene)
+        if cams is None and output_type != "gaussians":
+            raise ValueError("rendering frames needs cameras or a trajectory (or use output_type='gaussians')")
+        styles = self.sample_styles(layout, generator) if style is None else self._check_styles(style, layout)
+        bg = None
+        if background is not None:
+            bg = torch.as_tensor(background, dtype=torch.float32)
+            if bg.shape != (3,):
+                raise ValueError(f"background must be 3 values (RGB), got shape {list(bg.shape)}")
+
+        device = self.building_decoder.device
+        layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
+        frames, visible = [], []
+        if output_type != "gaussians":
+            cams = cams.to(device)
+            max_distance = float(self.scene_encoder.config.max_view_distance)
+            for i in self.progress_bar(range(len(cams))):
+                cam = cams[i]
+                pts = visible_bev_points(layout, cam, max_distance=max_distance, ray_step=ray_step, device=device)
+                g = self.decode_points(layout, pts, styles)
+                image = render_gaussians(g, cam, background=None if bg is None else bg.to(device)).rgb[0].clamp(0, 1)
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, None, {"image": image})
+                    image = (out or {}).get("image", image)
+                frames.append(image)
+                if return_gaussians == "visible":
+                    visible.append(g)
+        images: Any = None
+        if frames:
+            stack = torch.stack(frames).float()
+            if output_type == "pt":
+                images = stack
+            else:
+                images = stack.cpu().numpy()
+                if output_type == "pil":
+                    images = [PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in images]
+        gaussians = visible if return_gaussians == "visible" else layout_g
+        if not return_dict:
+            return images, gaussians, styles, layout
+        return GaussianCityPipelineOutput(images=images, gaussians=gaussians, styles=styles, layout=layout)
+
+
+def _append_instance(layout: BEVLayout, pts: BEVPoints, inst: int, window: tuple[int, int, int, int]) -> BEVPoints:
+    """``pts`` plus the points of building ``inst`` lying outside ``window``."""
+    rows, cols = torch.nonzero(layout.instance == inst, as_tuple=True)
+    r0, r1, c0, c1 = window
+    if int(rows.min()) >= r0 and int(rows.max()) < r1 and int(cols.min()) >= c0 and int(cols.max()) < c1:
+        return pts
+    full = bev_points(layout, window=(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1))
+    vx, vy = full.voxels[:, 0], full.voxels[:, 1]
+    outside = (vy < r0) | (vy >= r1) | (vx < c0) | (vx >= c1)
+    return BEVPoints.cat([pts, full.select((full.instances == inst) & outside)])

@@ -1,0 +1,47 @@
+"""Sat2City demo: the shipped default pipeline on the shipped example height map (CPU-friendly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...export.mesh import write_mesh
+from ...export.ply import write_point_ply
+from ...export.preview import write_preview
+from ...presets import bundled_path
+from .pipeline_output import Sat2CityPipelineOutput
+from .pipeline_sat2city import Sat2CityPipeline
+
+DEMO_STEPS = 50
+EXAMPLE = ("sat2city", "examples", "height_map.png")
+
+
+def write_city(output: Sat2CityPipelineOutput, out_dir: Path, stem: str = "city") -> list[Path]:
+    """Write ``<stem>.ply`` (points, colours, normals), ``<stem>.glb`` (mesh) and ``<stem>_preview.png``."""
+    if output.points is None or len(output.points) == 0:
+        raise ValueError("the pipeline produced no voxels: nothing to write")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = output.colors.clip(0, 1)
+    paths = [write_point_ply(out_dir / f"{stem}.ply", output.points, colors, output.normals, crs=output.crs)]
+    if output.mesh is not None:
+        paths.append(write_mesh(out_dir / f"{stem}.glb", output.mesh, crs=output.crs))
+    paths.append(write_preview(out_dir / f"{stem}_preview.png", output.points, colors))
+    return paths
+
+
+def run_demo(out_dir: Path, device: str) -> list[Path]:
+    """Generate a city from ``pipelines/sat2city/examples/height_map.png`` with the shipped default."""
+    model = bundled_path("sat2city", "default")
+    example = bundled_path(*EXAMPLE)
+    if not (model / "model_index.json").is_file():
+        raise FileNotFoundError(f"no shipped Sat2City weights at {model}")
+    if not example.is_file():
+        raise FileNotFoundError(f"no example height map at {example}")
+    pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+    generator = torch.Generator("cpu").manual_seed(0)
+    output = pipe(example, num_inference_steps=DEMO_STEPS, generator=generator, output_type="mesh")
+    return write_city(output, out_dir)

@@ -1,0 +1,393 @@
+"""Sat2City: height map -> coloured 3D city by cascaded latent diffusion (Hua et al., Sec. 3.2).
+
+Three DDIM stages, each conditioned on the previous one (Fig. 6, supplementary 6.2):
+
+1. dense latent X_D | c(P_h): the height map lifted to a point cloud, encoded by the
+   ``condition_encoder``; decoded by the dense VAE into a first voxel grid {G, A_N};
+2. sparse latent X_S | {G, A_N}: on the coarsened decoded grid; decoded by D_s into the final
+   geometry + normals, recording the pruning decisions ``struct``;
+3. appearance latent X_C0 | struct: re-hashed into n coarser levels, decoded by D_c along
+   ``struct`` and read back at the output voxels by inverse sampling (colours).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ...data.noise import height_from_gray
+from ...export.mesh import mesh_from_voxels
+from ...data.scene import CityScene
+from ...models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
+from ...models.sat2city.blocks import grid_condition, struct_condition
+from ...sparse import SparseTensor
+from .pipeline_output import Sat2CityPipelineOutput
+
+OUTPUT_TYPES = ("points", "mesh", "voxels", "pt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Rough peak bytes per finest surface voxel and decoder channel (activations, kernel maps,
+# candidates); surface voxels of a 2.5D city ~ 4 per column. Used only to refuse absurd inputs.
+_BYTES_PER_VOXEL_CHANNEL = 64
+_SURFACE_VOXELS_PER_COLUMN = 4
+MIN_PIXELS = 8
+
+
+class HeightMap:
+    """A validated height map in metres with its georeference (crop frame -> world)."""
+
+    def __init__(self, height: np.ndarray, meters_per_pixel: float, origin: tuple[float, float, float], crs: str | None):
+        self.height = height
+        self.meters_per_pixel = meters_per_pixel
+        self.origin = origin
+        self.crs = crs
+        self.z_base = float(height.min())
+
+    def points(self) -> np.ndarray:
+        """P_h: one point per pixel centre ``((j + .5) mpp, (i + .5) mpp, h - z_base)`` in the crop frame."""
+        rows, cols = np.indices(self.height.shape, dtype=np.float32)
+        mpp = self.meters_per_pixel
+        return np.stack([(cols + 0.5) * mpp, (rows + 0.5) * mpp, self.height - self.z_base], -1).reshape(-1, 3)
+
+
+def _gray_array(value: Any, source: str) -> np.ndarray:
+    """2D numeric array from an array, tensor or image (RGB images go to luminance)."""
+    if isinstance(value, Image.Image):
+        if value.mode in ("I", "I;16", "I;16B", "F"):
+            return np.asarray(value, dtype=np.float32)
+        return np.asarray(value.convert("L"), dtype=np.float32)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{source}: height map must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{source}: height map must be a 2D [H, W] array, got rank {arr.ndim} (shape {arr.shape})")
+    return arr.astype(np.float32)
+
+
+def load_height_map(
+    height_map: Any,
+    meters_per_pixel: float | None,
+    height_range: tuple[float, float],
+    default_extent_m: float,
+) -> HeightMap:
+    """Validate any supported input into a :class:`HeightMap` (``ValueError`` naming the problem).
+
+    ``CityScene``: its metric ``height``, ``meters_per_pixel``, ``origin`` and ``crs``. Arrays,
+    tensors, images and image / ``.npy`` paths: Sat2City grayscale 0..255, mapped linearly to
+    ``height_range`` metres; ``meters_per_pixel`` defaults to covering ``default_extent_m``.
+    """
+    origin, crs = (0.0, 0.0, 0.0), None
+    if isinstance(height_map, CityScene):
+        height = np.asarray(height_map.height, dtype=np.float32)
+        mpp = float(height_map.meters_per_pixel) if meters_per_pixel is None else float(meters_per_pixel)
+        origin, crs = tuple(float(o) for o in height_map.origin), height_map.crs
+        source = "CityScene"
+    else:
+        source = "height map"
+        if isinstance(height_map, (str, Path)):
+            path = Path(height_map)
+            source = str(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"height map file not found: {path}")
+            if path.suffix.lower() == ".npy":
+                height_map = np.load(path, allow_pickle=False)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as img:
+                    height_map = img.copy()
+            else:
+                raise ValueError(f"{path}: unsupported height map file type {path.suffix!r} (use {IMAGE_SUFFIXES} or .npy)")
+        elif not isinstance(height_map, (np.ndarray, torch.Tensor, Image.Image)):
+            raise ValueError(
+                f"height_map must be an array, tensor, PIL image, file path or CityScene, got {type(height_map).__name__}"
+            )
+        gray = _gray_array(height_map, source)
+        if gray.size == 0:
+            raise ValueError(f"{source}: height map is empty (shape {gray.shape})")
+        if not np.isfinite(gray).all():
+            raise ValueError(f"{source}: height map holds {int((~np.isfinite(gray)).sum())} NaN/inf values")
+        if gray.min() < 0 or gray.max() > 255:
+            raise ValueError(
+                f"{source}: grayscale height maps must lie in 0..255 (got {gray.min():g}..{gray.max():g}); "
+                "pass metric heights as a CityScene"
+            )
+        height = height_from_gray(gray, *height_range)
+        mpp = default_extent_m / max(gray.shape) if meters_per_pixel is None else float(meters_per_pixel)
+    if height.size == 0:
+        raise ValueError(f"{source}: height map is empty (shape {height.shape})")
+    if not np.isfinite(height).all():
+        raise ValueError(f"{source}: height map holds {int((~np.isfinite(height)).sum())} NaN/inf values")
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"meters_per_pixel must be a finite number > 0, got {mpp}")
+    if min(height.shape) < MIN_PIXELS:
+        raise ValueError(f"{source}: height map of {height.shape[0]}x{height.shape[1]} px is too small (min {MIN_PIXELS} px a side)")
+    if float(height.max()) == float(height.min()):
+        raise ValueError(f"{source}: height map is constant ({float(height.min()):g} m everywhere): nothing to generate")
+    return HeightMap(height, mpp, origin, crs)
+
+
+class Sat2CityPipeline(DiffusionPipeline):
+    """Height map -> 3D city (Sat2City, Hua et al. 2025): cascaded dense / sparse / appearance latent diffusion.
+
+    Components: ``dense_vae`` (:class:`DenseGeometryVAE`), ``sparse_vae`` (:class:`SparseGeometryVAE`),
+    ``condition_encoder`` (:class:`HeightFieldEncoder`), ``dense_unet`` (:class:`DenseUNet3D`),
+    ``sparse_unet`` and ``appearance_unet`` (:class:`SparseUNet3D`) and a ``DDIMScheduler``
+    (v-prediction, shared by the three stages).
+    """
+
+    model_cpu_offload_seq = "condition_encoder->dense_unet->dense_vae->sparse_unet->sparse_vae->appearance_unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        dense_vae: DenseGeometryVAE,
+        sparse_vae: SparseGeometryVAE,
+        condition_encoder: HeightFieldEncoder,
+        dense_unet: DenseUNet3D,
+        sparse_unet: SparseUNet3D,
+        appearance_unet: SparseUNet3D,
+        scheduler: DDIMScheduler,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            dense_vae=dense_vae,
+            sparse_vae=sparse_vae,
+            condition_encoder=condition_encoder,
+            dense_unet=dense_unet,
+            sparse_unet=sparse_unet,
+            appearance_unet=appearance_unet,
+            scheduler=scheduler,
+        )
+        self.check_components()
+        self.stage: str | None = None
+
+    @classmethod
+    def from_preset(cls, size: str = "tiny", seed: int = 0) -> Sat2CityPipeline:
+        """An untrained pipeline of preset ``size`` (``pipelines/sat2city/presets/<size>.json``)."""
+        from ...presets import build_pipeline
+
+        pipe = build_pipeline("sat2city", size, seed=seed)
+        if not isinstance(pipe, cls):
+            raise ValueError(f"preset sat2city/{size} builds {type(pipe).__name__}, not {cls.__name__}")
+        return pipe
+
+    def check_components(self) -> None:
+        """``ValueError`` naming the first pair of components whose configs do not fit together."""
+        d, s, c = self.dense_vae.config, self.sparse_vae.config, self.condition_encoder.config
+        checks = [
+            (d.voxel_size == s.voxel_size == c.voxel_size,
+             f"voxel sizes differ: dense_vae {d.voxel_size}, sparse_vae {s.voxel_size}, condition_encoder {c.voxel_size}"),
+            (self.condition_encoder.total_stride == self.dense_vae.downsample_factor,
+             f"condition_encoder downsamples by {self.condition_encoder.total_stride}, dense_vae by {self.dense_vae.downsample_factor}"),
+            (self.dense_unet.config.in_channels == d.latent_channels,
+             f"dense_unet in_channels {self.dense_unet.config.in_channels} != dense_vae latent_channels {d.latent_channels}"),
+            (self.dense_unet.config.condition_channels == c.condition_channels,
+             f"dense_unet condition_channels {self.dense_unet.config.condition_channels} != condition_encoder condition_channels {c.condition_channels}"),
+            (self.sparse_unet.config.in_channels == s.latent_channels,
+             f"sparse_unet in_channels {self.sparse_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
+            (self.sparse_unet.config.condition_channels == 4,
+             f"sparse_unet condition_channels must be 4 (normal + occupancy), got {self.sparse_unet.config.condition_channels}"),
+            (self.appearance_unet.config.in_channels == s.latent_channels,
+             f"appearance_unet in_channels {self.appearance_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
+            (self.appearance_unet.config.condition_channels == len(s.decoder_channels) + 3,
+             f"appearance_unet condition_channels must be {len(s.decoder_channels) + 3} (struct levels + normal), "
+             f"got {self.appearance_unet.config.condition_channels}"),
+            (self.dense_vae.downsample_factor % self.sparse_vae.downsample_factor == 0,
+             f"dense_vae factor {self.dense_vae.downsample_factor} must be a multiple of sparse_vae factor {self.sparse_vae.downsample_factor}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"Sat2CityPipeline components do not match: {message}")
+
+    # -- sizes ------------------------------------------------------------------------------
+    def grid_for(self, hmap: HeightMap) -> tuple[int, int, int]:
+        """Fine grid (x, y, z) covering the height map, padded to the dense latent factor."""
+        v, f = self.dense_vae.config.voxel_size, self.dense_vae.downsample_factor
+        h, w = hmap.height.shape
+        nx = math.ceil(w * hmap.meters_per_pixel / v / f) * f
+        ny = math.ceil(h * hmap.meters_per_pixel / v / f) * f
+        return nx, ny, int(self.dense_vae.config.grid_size[2])
+
+    def estimate_memory_bytes(self, grid: tuple[int, int, int]) -> int:
+        """Rough peak memory of one generation on a ``grid`` (fine voxels x, y, z)."""
+        surface = grid[0] * grid[1] * _SURFACE_VOXELS_PER_COLUMN
+        channels = max(max(self.dense_vae.config.decoder_channels), max(self.sparse_vae.config.decoder_channels))
+        candidates = 8 * surface / 4  # subdivided candidates of the finest level
+        dense = np.prod(self.dense_vae.latent_shape(grid)) * max(self.dense_unet.config.block_channels) * 4 * 16
+        return int((surface + candidates) * channels * _BYTES_PER_VOXEL_CHANNEL + dense)
+
+    # -- stages -----------------------------------------------------------------------------
+    def _denoise(
+        self,
+        stage: str,
+        unet: torch.nn.Module,
+        latents: torch.Tensor,
+        wrap: Callable[[torch.Tensor], Any],
+        condition: torch.Tensor,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator | None,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """DDIM loop on ``latents``; ``wrap`` turns the feature tensor into the unet's sample."""
+        self.stage = stage
+        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        timesteps = self.scheduler.timesteps
+        with self.progress_bar(total=len(timesteps)) as bar:
+            bar.set_description(f"sat2city {stage}")
+            for i, t in enumerate(timesteps):
+                v = unet(wrap(latents), t, condition).sample
+                v = v.feats if isinstance(v, SparseTensor) else v
+                if guidance_scale != 1.0:
+                    v_uncond = unet(wrap(latents), t, torch.zeros_like(condition)).sample
+                    v_uncond = v_uncond.feats if isinstance(v_uncond, SparseTensor) else v_uncond
+                    v = v_uncond + guidance_scale * (v - v_uncond)
+                latents = self.scheduler.step(v, t, latents, generator=generator).prev_sample
+                if callback_on_step_end is not None:
+                    local = {"latents": latents}
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                bar.update()
+        return latents
+
+    def _validate_call(self, num_inference_steps: int, output_type: str, guidance_scale: float, tensor_inputs: list[str]) -> None:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be an integer in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps!r}"
+            )
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"guidance_scale must be a finite number >= 1, got {guidance_scale!r}")
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        height_map: Any,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        output_type: str = "points",
+        meters_per_pixel: float | None = None,
+        height_range: tuple[float, float] | None = None,
+        guidance_scale: float = 1.0,
+        max_memory_gb: float = 32.0,
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> Sat2CityPipelineOutput | tuple:
+        """Generate a coloured 3D city from one height map.
+
+        Args:
+            height_map: ``CityScene`` (metric heights, georeferenced), or a grayscale height map
+                (0..255, Sat2City convention) as array / tensor / PIL image / PNG or ``.npy`` path.
+            num_inference_steps: DDIM steps of each of the three stages.
+            generator: torch generator for the initial noise of every stage.
+            output_type: ``"points"`` (numpy points / colours / normals), ``"mesh"`` (plus a
+                trimesh surface), ``"voxels"`` (a ``SparseTensor`` of normals + colours) or ``"pt"``.
+            meters_per_pixel: ground sampling distance; default: the scene's, or the training
+                crop width divided by the map's larger side for plain grayscale maps.
+            height_range: metres of gray 0 and 255 (default ``(0, max_height_m)`` of the condition encoder).
+            guidance_scale: classifier-free guidance on the stage conditions (1 = off).
+            max_memory_gb: refuse inputs whose estimated peak memory exceeds this.
+            callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
+                DDIM step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
+            callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
+        """
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        self._validate_call(num_inference_steps, output_type, guidance_scale, tensor_inputs)
+        enc = self.condition_encoder.config
+        vae = self.dense_vae.config
+        hrange = (0.0, float(enc.max_height_m)) if height_range is None else tuple(float(h) for h in height_range)
+        if len(hrange) != 2 or not hrange[1] > hrange[0]:
+            raise ValueError(f"height_range must be (z_min, z_max) with z_max > z_min, got {height_range}")
+        hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
+        grid = self.grid_for(hmap)
+        need = self.estimate_memory_bytes(grid)
+        if need > max_memory_gb * 1e9:
+            h, w = hmap.height.shape
+            raise ValueError(
+                f"height map of {h}x{w} px at {hmap.meters_per_pixel:g} m/px needs a {grid[0]}x{grid[1]}x{grid[2]} voxel grid "
+                f"at {vae.voxel_size:g} m: estimated peak memory {need / 1e9:.1f} GB exceeds max_memory_gb={max_memory_gb:g}; "
+                "crop the map, lower its resolution or raise max_memory_gb"
+            )
+
+        device = self._execution_device
+        dtype = self.dense_unet.dtype
+        args = (num_inference_steps, guidance_scale, generator, callback_on_step_end, tensor_inputs)
+
+        # Stage 1: dense latent X_D | c(P_h).
+        points = torch.from_numpy(hmap.points()).to(device)
+        points[:, 2] = points[:, 2].clamp(0, grid[2] * vae.voxel_size - 1e-3)
+        latent_shape = self.dense_vae.latent_shape(grid)
+        cond = self.condition_encoder(points, torch.zeros(points.shape[0], dtype=torch.long, device=device), latent_shape, 1)
+        shape = (1, vae.latent_channels, *latent_shape)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        x_d = self._denoise("dense", self.dense_unet, noise, lambda x: x, cond.to(dtype), *args)
+        first = self.dense_vae.decode(x_d * vae.scaling_factor).output
+        first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
+
+        voxels, colors = self._geometry_and_appearance(first, args) if first.num_voxels else (first, first.feats.new_zeros(0, 3))
+        normals = F.normalize(voxels.feats.float(), dim=1)
+        self.stage = None
+        self.maybe_free_model_hooks()
+        output = self._build_output(hmap, voxels, normals, colors.float(), output_type)
+        return output if return_dict else output.to_tuple()
+
+    def _geometry_and_appearance(self, first: SparseTensor, args: tuple) -> tuple[SparseTensor, torch.Tensor]:
+        """Stages 2 and 3 on the dense stage's decoded grid: final voxels (normals) and their colours."""
+        device, dtype = first.device, self.sparse_unet.dtype
+        generator = args[2]
+        # Stage 2: sparse latent X_S | {G, A_N}; D_s records struct.
+        svae = self.sparse_vae
+        coords, grid_cond = grid_condition(first, svae.downsample_factor)
+        structure = svae.latent_structure(coords, 1)
+        noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
+        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, grid_cond.to(dtype), *args)
+        geometry = svae.decode_geometry(structure.replace(x_s * svae.config.scaling_factor))
+
+        # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
+        app_cond = struct_condition(geometry, structure)
+        noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
+        x_c = self._denoise("appearance", self.appearance_unet, noise, structure.replace, app_cond.to(dtype), *args)
+        voxels = geometry.output
+        if voxels.num_voxels:
+            features = svae.decode_appearance(svae.rehash(structure.replace(x_c * svae.config.appearance_scaling_factor)), geometry)
+            colors = svae.inverse_sample(features, voxels.world_positions(), voxels.coords[:, 0].long())
+        else:
+            colors = voxels.feats.new_zeros(0, 3)
+        return voxels, colors
+
+    def _build_output(
+        self, hmap: HeightMap, voxels: SparseTensor, normals: torch.Tensor, colors: torch.Tensor, output_type: str
+    ) -> Sat2CityPipelineOutput:
+        """World-frame outputs: crop frame + (origin x, origin y, origin z + z_base)."""
+        shift = torch.tensor([hmap.origin[0], hmap.origin[1], hmap.origin[2] + hmap.z_base], dtype=torch.float64)
+        world = voxels.world_positions().double().cpu() + shift
+        voxel_size = float(voxels.voxel_size)
+        info = {"voxel_size": voxel_size, "origin": shift.numpy(), "crs": hmap.crs}
+        if output_type == "pt":
+            return Sat2CityPipelineOutput(points=world.float(), colors=colors.cpu(), normals=normals.cpu(), **info)
+        origin = (torch.tensor(voxels.origin, dtype=torch.float64) + shift).tolist()
+        if output_type == "voxels":
+            feats = torch.cat([normals, colors], 1).cpu()
+            grid = SparseTensor(feats, voxels.coords.cpu(), voxel_size=voxel_size, origin=origin, batch_size=1)
+            return Sat2CityPipelineOutput(voxels=grid, **info)
+        out = Sat2CityPipelineOutput(
+            points=world.float().numpy(), colors=colors.cpu().numpy(), normals=normals.cpu().numpy(), **info
+        )
+        if output_type == "mesh" and voxels.num_voxels:
+            out.mesh = mesh_from_voxels(voxels.coords[:, 1:].cpu().numpy(), voxel_size, origin, colors=out.colors.clip(0, 1))
+        return out

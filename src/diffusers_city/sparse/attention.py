@@ -1,0 +1,380 @@
+"""Sparse attention over variable-length token groups through ``scaled_dot_product_attention``.
+
+Two groupings cover the sparse transformers of the three systems:
+
+- window attention (EarthCrafter's sparse Swin blocks, TRELLIS-style): voxels of one batch item
+  inside the same (optionally shifted) cubic window attend to each other;
+- serialized attention (GaussianCity's PTv3-like point transformer, Sec. 3.3): points sorted
+  along a space-filling curve (:mod:`.serialize`) and cut per batch item into patches of fixed
+  size (1024 in GaussianCity); the last patch of an item may be shorter.
+
+Groups are packed into padded ``[G, L, heads, dim]`` batches. Groups are bucketed by padded
+length (powers of two and their 3/4, so padding stays below 50% of a group) and each bucket is
+one SDPA call, with a key-padding mask only where a bucket holds partial groups (full buckets run
+unmasked, which lets SDPA pick its flash kernel). The packing plan (:class:`AttentionGroups`)
+depends only on the structure; modules cache it in ``SparseTensor.cache``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .serialize import ORDERS, serialize
+
+if TYPE_CHECKING:
+    from .tensor import SparseTensor
+
+__all__ = [
+    "AttentionGroups",
+    "SerializedAttention",
+    "SparseTransformerBlock",
+    "SparseWindowAttention",
+    "grouped_attention",
+    "serialized_attention",
+    "serialized_groups",
+    "window_attention",
+    "window_groups",
+]
+
+
+@dataclass(frozen=True)
+class AttentionGroups:
+    """Packing plan of ``N`` tokens into length buckets of groups.
+
+    The padded token sequence ``gather_index`` holds bucket after bucket; bucket ``(G, L, mask)``
+    is ``G`` groups of padded length ``L`` (padding repeats a group's first token), ``mask``
+    ``[G, 1, 1, L]`` bool marks real keys, ``None`` when every group of the bucket fills it.
+
+    Attributes:
+        gather_index: ``[P]`` token index of every padded slot, ``P = sum(G * L)``.
+        buckets: ``(G, L, mask)`` per bucket, in ``gather_index`` order.
+        scatter_index: ``[N]`` slot of each token in ``gather_index``.
+        lengths: ``[num_groups]`` token count of each group.
+    """
+
+    gather_index: torch.Tensor
+    buckets: tuple[tuple[int, int, torch.Tensor | None], ...]
+    scatter_index: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.scatter_index.numel()
+
+    @property
+    def num_groups(self) -> int:
+        return self.lengths.numel()
+
+    def useful_flops(self, heads: int, head_dim: int) -> int:
+        """FLOPs of the unpadded attention: ``4 * sum(L_g^2) * head_dim`` per head."""
+        return 4 * int((self.lengths.long() ** 2).sum()) * head_dim * heads
+
+
+def _padded_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Round up to the ladder 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and their 3/4)."""
+    pow2 = torch.ones_like(lengths)
+    big = lengths > 1
+    pow2[big] = 2 ** torch.ceil(torch.log2(lengths[big].double())).long()
+    three_quarters = pow2 * 3 // 4
+    return torch.where((pow2 >= 4) & (lengths <= three_quarters), three_quarters, pow2)
+
+
+def _pack(order: torch.Tensor, group_sorted: torch.Tensor, num_groups: int) -> AttentionGroups:
+    """Plan from ``order`` (tokens sorted by group) and ``group_sorted`` (their group ids 0..G-1,
+    non-decreasing)."""
+    device = order.device
+    n = order.numel()
+    lengths = torch.bincount(group_sorted, minlength=num_groups)
+    starts = torch.cumsum(lengths, 0) - lengths
+    rank = torch.arange(n, device=device) - starts[group_sorted]
+    padded = _padded_lengths(lengths)
+    base = torch.empty(num_groups, dtype=torch.long, device=device)
+    buckets, slots = [], []
+    offset = 0
+    for length in torch.unique(padded).tolist():
+        members = torch.nonzero(padded == length).squeeze(1)
+        count = members.numel()
+        base[members] = offset + torch.arange(count, device=device) * length
+        offset += count * length
+        slot = torch.arange(length, device=device)
+        valid = slot[None, :] < lengths[members][:, None]
+        first = starts[members][:, None]
+        slots.append(torch.where(valid, first + slot[None, :], first).flatten())
+        buckets.append((count, length, None if bool(valid.all()) else valid[:, None, None, :]))
+    gather_index = order[torch.cat(slots)] if slots else order
+    scatter_index = torch.empty(n, dtype=torch.long, device=device)
+    scatter_index[order] = base[group_sorted] + rank
+    return AttentionGroups(gather_index, tuple(buckets), scatter_index, lengths)
+
+
+def _as_triple(name: str, value: int | tuple[int, int, int], positive: bool) -> tuple[int, int, int]:
+    values = (value,) * 3 if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be an int or a triple of ints, got {value!r}")
+    if positive and any(v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+def _check_index(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must be an integer tensor")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+
+
+def window_groups(
+    coords: torch.Tensor, window_size: int | tuple[int, int, int], shift: int | tuple[int, int, int] = 0
+) -> AttentionGroups:
+    """Group voxels by (batch item, window): window index ``floor((xyz + shift) / window_size)``.
+
+    ``coords`` is ``[N, 4]`` int ``(b, x, y, z)`` in the units ``window_size`` is given in; a
+    shifted Swin layer uses ``shift = window_size // 2``.
+    """
+    if not isinstance(coords, torch.Tensor) or coords.dim() != 2 or coords.shape[1] != 4:
+        raise ValueError(f"coords must have shape [N, 4] (b, x, y, z), got {getattr(coords, 'shape', None)}")
+    _check_index("coords", coords, (coords.shape[0], 4))
+    size = torch.tensor(_as_triple("window_size", window_size, positive=True), device=coords.device)
+    offset = torch.tensor(_as_triple("shift", shift, positive=False), device=coords.device)
+    coords = coords.long()
+    n = coords.shape[0]
+    if n == 0:
+        return _pack(coords.new_empty(0), coords.new_empty(0), 0)
+    windows = torch.div(coords[:, 1:] + offset, size, rounding_mode="floor")
+    cells = torch.cat([coords[:, :1], windows], dim=1)
+    cells = cells - cells.min(dim=0).values
+    extent = (cells.max(dim=0).values + 1).tolist()
+    if extent[0] * extent[1] * extent[2] * extent[3] >= 1 << 63:
+        raise ValueError("coords span too many windows to index with int64; raise window_size")
+    key = ((cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]) * extent[3] + cells[:, 3]
+    order = torch.argsort(key, stable=True)
+    _, group_sorted = torch.unique_consecutive(key[order], return_inverse=True)
+    return _pack(order, group_sorted, int(group_sorted[-1]) + 1)
+
+
+def serialized_groups(keys: torch.Tensor, batch_idx: torch.Tensor, patch_size: int) -> AttentionGroups:
+    """Group points into patches: sort each batch item's points by ``keys`` (stable) and cut the
+    sequence into ``patch_size`` runs; an item's last patch holds the remainder."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    if not isinstance(keys, torch.Tensor) or keys.dim() != 1:
+        raise ValueError(f"keys must have shape [N], got {getattr(keys, 'shape', None)}")
+    _check_index("keys", keys, tuple(keys.shape))
+    _check_index("batch_idx", batch_idx, tuple(keys.shape))
+    n = keys.numel()
+    if n == 0:
+        return _pack(keys.new_empty(0, dtype=torch.long), keys.new_empty(0, dtype=torch.long), 0)
+    by_key = torch.argsort(keys, stable=True)
+    order = by_key[torch.argsort(batch_idx[by_key], stable=True)]
+    _, item_sorted, item_counts = torch.unique_consecutive(
+        batch_idx[order], return_inverse=True, return_counts=True
+    )
+    item_starts = torch.cumsum(item_counts, 0) - item_counts
+    patches = (item_counts + patch_size - 1) // patch_size
+    patch_starts = torch.cumsum(patches, 0) - patches
+    rank = torch.arange(n, device=keys.device) - item_starts[item_sorted]
+    group_sorted = patch_starts[item_sorted] + torch.div(rank, patch_size, rounding_mode="floor")
+    return _pack(order, group_sorted, int(patches.sum()))
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must have shape [N, heads, dim], got {getattr(t, 'shape', None)}")
+    if not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"q, k, v must have the same N, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
+    if not q.shape[1] == k.shape[1] == v.shape[1]:
+        raise ValueError(f"q, k, v must have the same number of heads, got {q.shape[1]}, {k.shape[1]}, {v.shape[1]}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[2]} and {k.shape[2]}")
+
+
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: AttentionGroups, scale: float | None = None
+) -> torch.Tensor:
+    """Softmax attention inside each group of ``groups``; ``q, k, v`` are ``[N, heads, dim]``,
+    returns ``[N, heads, dim_v]``."""
+    _check_qkv(q, k, v)
+    if groups.num_tokens != q.shape[0]:
+        raise ValueError(f"groups were built for {groups.num_tokens} tokens, q has {q.shape[0]}")
+    if q.shape[0] == 0:
+        return v.new_empty(v.shape)
+    heads, dim_v = v.shape[1], v.shape[2]
+    q, k, v = q[groups.gather_index], k[groups.gather_index], v[groups.gather_index]
+    outputs = []
+    offset = 0
+    for count, length, mask in groups.buckets:
+        rows = slice(offset, offset + count * length)
+        offset = rows.stop
+        qb, kb, vb = (t[rows].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+        outputs.append(out.transpose(1, 2).reshape(count * length, heads, dim_v))
+    packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return packed[groups.scatter_index]
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    coords: torch.Tensor,
+    window_size: int | tuple[int, int, int],
+    shift: int | tuple[int, int, int] = 0,
+) -> torch.Tensor:
+    """(Shifted) window attention: tokens attend within their batch item's window (see
+    :func:`window_groups`). ``q, k, v``: ``[N, heads, dim]``, ``coords``: ``[N, 4]`` int."""
+    _check_qkv(q, k, v)
+    if isinstance(coords, torch.Tensor) and coords.dim() == 2 and coords.shape[0] != q.shape[0]:
+        raise ValueError(f"coords has {coords.shape[0]} rows but q has N={q.shape[0]}")
+    return grouped_attention(q, k, v, window_groups(coords, window_size, shift))
+
+
+def serialized_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keys: torch.Tensor,
+    batch_idx: torch.Tensor,
+    patch_size: int,
+) -> torch.Tensor:
+    """Patch attention along a serialization: tokens attend within their ``patch_size`` patch of
+    their batch item's ``keys``-sorted sequence (see :func:`serialized_groups`)."""
+    _check_qkv(q, k, v)
+    if isinstance(keys, torch.Tensor) and keys.dim() == 1 and keys.shape[0] != q.shape[0]:
+        raise ValueError(f"keys has {keys.shape[0]} entries but q has N={q.shape[0]}")
+    return grouped_attention(q, k, v, serialized_groups(keys, batch_idx, patch_size))
+
+
+def _cached_groups(x: SparseTensor, key: tuple, build: Callable[[], AttentionGroups]) -> AttentionGroups:
+    cache = getattr(x, "cache", None)
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+class _SparseSelfAttention(nn.Module):
+    """Fused qkv projection, grouped SDPA and output projection on ``SparseTensor`` features."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if num_heads <= 0 or dim <= 0 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def attend(self, x: SparseTensor, groups: AttentionGroups) -> SparseTensor:
+        feats = x.feats
+        if feats.dim() != 2 or feats.shape[1] != self.dim:
+            raise ValueError(f"expected features [N, {self.dim}], got {list(feats.shape)}")
+        n = feats.shape[0]
+        q, k, v = self.qkv(feats).view(n, 3, self.num_heads, self.dim // self.num_heads).unbind(1)
+        out = grouped_attention(q, k, v, groups)
+        return x.replace(self.proj(out.reshape(n, self.dim)))
+
+
+class SparseWindowAttention(_SparseSelfAttention):
+    """Multi-head self-attention inside cubic windows of ``window_size`` voxels (EarthCrafter's
+    sparse Swin attention); ``shift=True`` offsets the windows by ``window_size // 2``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int, int],
+        shift: bool = False,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias)
+        self.window_size = _as_triple("window_size", window_size, positive=True)
+        self.shift = tuple(s // 2 for s in self.window_size) if shift else (0, 0, 0)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        groups = _cached_groups(
+            x,
+            ("attention", "window", self.window_size, self.shift),
+            lambda: window_groups(x.coords, self.window_size, self.shift),
+        )
+        return self.attend(x, groups)
+
+
+class SerializedAttention(_SparseSelfAttention):
+    """Multi-head self-attention inside ``patch_size`` patches of each batch item's points,
+    serialized in ``order`` at ``grid_size`` (GaussianCity's point transformer, PTv3-like)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        patch_size: int = 1024,
+        order: str = "z",
+        grid_size: int = 1,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size <= 0:
+            raise ValueError(f"grid_size must be a positive int, got {grid_size!r}")
+        self.patch_size = patch_size
+        self.order = order
+        self.grid_size = grid_size
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        def build() -> AttentionGroups:
+            keys = serialize(x.coords, self.order, self.grid_size)
+            return serialized_groups(keys, x.coords[:, 0], self.patch_size)
+
+        key = ("attention", "serialized", self.order, self.grid_size, self.patch_size)
+        return self.attend(x, _cached_groups(x, key, build))
+
+
+class SparseTransformerBlock(nn.Module):
+    """Pre-LN transformer block on a ``SparseTensor``: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``.
+
+    ``attention="window"`` gives EarthCrafter's sparse Swin layer (``window_size``, ``shift``);
+    ``attention="serialized"`` gives a GaussianCity / PTv3 point-transformer layer
+    (``patch_size``, ``order``, ``grid_size``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attention: str = "window",
+        mlp_ratio: float = 4.0,
+        window_size: int | tuple[int, int, int] = 8,
+        shift: bool = False,
+        patch_size: int = 1024,
+        order: str = "z",
+        grid_size: int = 1,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if attention == "window":
+            self.attn: _SparseSelfAttention = SparseWindowAttention(dim, num_heads, window_size, shift, qkv_bias)
+        elif attention == "serialized":
+            self.attn = SerializedAttention(dim, num_heads, patch_size, order, grid_size, qkv_bias)
+        else:
+            raise ValueError(f"attention must be 'window' or 'serialized', got {attention!r}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        h = x.feats + self.attn(x.replace(self.norm1(x.feats))).feats
+        return x.replace(h + self.mlp(self.norm2(h)))

@@ -1,0 +1,160 @@
+"""BEV points (GaussianCity Sec. 3.2-3.3): density map, hollow shell, instances, visibility."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_city.bev import BEVLayout, bev_points, visible_bev_points
+from diffusers_city.data.classes import FACADE, GROUND, ROAD, ROOF, WATER
+from diffusers_city.render import Cameras
+
+
+def _box_layout(size=16, box=(6, 10, 6, 10), height=10.0, mpp=1.0):
+    sem = np.full((size, size), GROUND, dtype=np.int64)
+    hgt = np.zeros((size, size), dtype=np.float32)
+    r0, r1, c0, c1 = box
+    sem[r0:r1, c0:c1] = ROOF
+    hgt[r0:r1, c0:c1] = height
+    return BEVLayout.from_maps(sem, hgt, meters_per_pixel=mpp)
+
+
+def _key_set(points):
+    return {tuple(v) for v in torch.cat([points.voxels, points.classes[:, None]], 1).tolist()}
+
+
+def test_flat_layout_density_map():
+    sem = np.zeros((8, 12), dtype=np.int64)
+    sem[:, 8:] = WATER
+    layout = BEVLayout.from_maps(sem, np.zeros((8, 12)))
+    pts = bev_points(layout)
+    ground = pts.classes == GROUND
+    water = pts.classes == WATER
+    assert int(ground.sum()) == 4 * 4  # stride 2 over 8 x 8
+    assert int(water.sum()) == 2 * 1  # stride 4 over 8 x 4
+    assert bool((pts.positions[:, 2] == 0).all())
+    assert bool((pts.strides[water] == 4).all())
+
+
+def test_building_hollow_shell_roof_facade_and_instances():
+    layout = _box_layout()
+    pts = bev_points(layout)
+    roof, facade = pts.classes == ROOF, pts.classes == FACADE
+    assert int(roof.sum()) == 16
+    # 12 perimeter pixels, exposed levels 1..9 below the roof; interior columns stay hollow.
+    assert int(facade.sum()) == 12 * 9
+    assert layout.num_instances == 1
+    assert bool((pts.instances[roof | facade] == 1).all())
+    assert bool((pts.instances[~(roof | facade)] == 0).all())
+    rel = pts.relative[roof | facade]
+    assert float(rel.abs().max()) <= 1.0
+    assert torch.allclose(rel[roof[roof | facade], 2], torch.ones(16))
+    assert torch.allclose(pts.instance_size[roof][0], torch.tensor([4.0, 4.0, 10.0]))
+    assert torch.allclose(pts.instance_center[roof][0], torch.tensor([8.0, 8.0, 5.0]))
+    # World convention: pixel (i, j) centre at origin + (j + 0.5, i + 0.5) * mpp.
+    xy = pts.positions[roof][:, :2]
+    assert float(xy.min()) == 6.5 and float(xy.max()) == 9.5
+
+
+def test_map_edges_extrude_whole_columns_and_components():
+    sem = np.zeros((6, 6), dtype=np.int64)
+    hgt = np.zeros((6, 6))
+    sem[0:2, 0:2] = ROOF
+    hgt[0:2, 0:2] = 3.0
+    sem[4:6, 4:6] = ROOF
+    hgt[4:6, 4:6] = 5.0
+    layout = BEVLayout.from_maps(sem, hgt)
+    pts = bev_points(layout)
+    assert layout.num_instances == 2
+    # Corner pixel (0, 0) touches two map edges: levels 0..2 below its roof are all kept.
+    corner = (pts.voxels[:, 0] == 0) & (pts.voxels[:, 1] == 0)
+    assert sorted(pts.voxels[corner, 2].tolist()) == [0, 1, 2, 3]
+
+
+def test_windows_are_consistent_with_whole_layout():
+    rng = np.random.default_rng(0)
+    sem = rng.integers(0, 8, size=(24, 20))
+    hgt = rng.integers(0, 6, size=(24, 20)).astype(float)
+    layout = BEVLayout.from_maps(sem, hgt)
+    whole = _key_set(bev_points(layout))
+    tiled = _key_set(bev_points(layout, tile=8))
+    assert whole == tiled
+    part = _key_set(bev_points(layout, window=(8, 16, 4, 12)))
+    assert part <= whole and len(part) < len(whole)
+
+
+def _camera(eye, target, width=32, height=24, focal=20.0):
+    return Cameras.look_at(torch.tensor(eye), torch.tensor(target), width=width, height=height, focal=focal)
+
+
+def test_top_down_view_sees_every_top_and_nothing_else():
+    layout = _box_layout()
+    cam = _camera([8.0, 8.0, 40.0], [8.0, 8.0, 0.0], width=96, height=96, focal=110.0)
+    vis = visible_bev_points(layout, cam)
+    tops = bev_points(layout)
+    is_top = (tops.classes != FACADE)
+    assert _key_set(vis) == _key_set(tops.select(is_top))
+
+
+def test_side_view_sees_front_wall_not_back_wall():
+    layout = _box_layout(size=32, box=(12, 20, 12, 20), height=8.0)
+    cam = _camera([0.5, 16.0, 4.0], [16.0, 16.0, 4.0], width=64, height=48, focal=40.0)
+    vis = visible_bev_points(layout, cam)
+    facade = vis.classes == FACADE
+    assert int(facade.sum()) > 10
+    xs = vis.voxels[facade, 0]
+    assert bool((xs == 12).all()), "only the wall facing the camera (x = 12) is visible"
+    assert len(vis) <= 64 * 48
+
+
+def test_visible_points_bounded_and_subset_on_large_layout():
+    rng = np.random.default_rng(1)
+    size = 160
+    sem = np.full((size, size), ROAD, dtype=np.int64)
+    hgt = np.zeros((size, size))
+    for _ in range(40):
+        r, c = rng.integers(0, size - 6, 2)
+        sem[r : r + 5, c : c + 5] = ROOF
+        hgt[r : r + 5, c : c + 5] = rng.integers(4, 20)
+    layout = BEVLayout.from_maps(sem, hgt)
+    cam = _camera([80.0, 20.0, 30.0], [80.0, 80.0, 0.0], width=40, height=30, focal=30.0)
+    vis = visible_bev_points(layout, cam, max_distance=60.0)
+    assert 0 < len(vis) <= 40 * 30
+    assert _key_set(vis) <= _key_set(bev_points(layout))
+    dist = (vis.positions - cam.centers[0]).norm(dim=1)
+    assert float(dist.max()) <= 60.0 + 2 * math.sqrt(3)
+
+
+def test_camera_looking_away_gives_empty_set():
+    layout = _box_layout()
+    cam = _camera([8.0, 8.0, 40.0], [8.0, 8.0, 80.0])
+    vis = visible_bev_points(layout, cam)
+    assert len(vis) == 0 and vis.positions.shape == (0, 3)
+    away = _camera([-50.0, 8.0, 5.0], [-100.0, 8.0, 5.0])
+    assert len(visible_bev_points(layout, away)) == 0
+
+
+@pytest.mark.parametrize(
+    "sem, hgt, match",
+    [
+        (np.zeros((4, 4), int), np.zeros((4, 5)), "differ in size"),
+        (np.full((4, 4), 9), np.zeros((4, 4)), "unknown class ids \\[9\\]"),
+        (np.zeros((4, 4), int), np.full((4, 4), np.nan), "NaN"),
+        (np.zeros((0, 4), int), np.zeros((0, 4)), "empty"),
+        (np.zeros(4, int), np.zeros(4), "2D"),
+    ],
+)
+def test_bad_maps_raise(sem, hgt, match):
+    with pytest.raises(ValueError, match=match):
+        BEVLayout.from_maps(sem, hgt)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="meters_per_pixel"):
+        BEVLayout.from_maps(np.zeros((4, 4), int), np.zeros((4, 4)), meters_per_pixel=0)
+    with pytest.raises(ValueError, match="class_strides"):
+        BEVLayout.from_maps(np.zeros((4, 4), int), np.zeros((4, 4)), class_strides=(1, 2))
+    layout = _box_layout()
+    with pytest.raises(ValueError, match="ray_step"):
+        visible_bev_points(layout, _camera([8.0, 8.0, 40.0], [8.0, 8.0, 0.0]), ray_step=0)

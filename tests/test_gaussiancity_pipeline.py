@@ -1,0 +1,142 @@
+"""GaussianCityPipeline: rendering, determinism, styles, save/load, Hub round trip, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from diffusers_city import GaussianCityPipeline
+from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION
+from diffusers_city.render import Cameras
+
+
+def _maps(size=48):
+    sem = np.full((size, size), ROAD)
+    hgt = np.zeros((size, size))
+    sem[::12] = GROUND
+    sem[30:40, 2:12] = VEGETATION
+    for k, (r, c, h) in enumerate([(4, 4, 12), (4, 24, 20), (20, 14, 8), (34, 30, 16)]):
+        sem[r : r + 8, c : c + 8] = ROOF
+        hgt[r : r + 8, c : c + 8] = h
+    return sem, hgt
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return GaussianCityPipeline.from_preset("tiny", seed=0)
+
+
+def _run(pipe, **kw):
+    sem, hgt = _maps()
+    args = dict(trajectory="orbit", num_frames=2, width=32, height=24, output_type="np")
+    args.update(kw)
+    return pipe(sem, hgt, **args)
+
+
+def test_frames_determinism_and_progress(pipe):
+    a = _run(pipe, generator=torch.Generator().manual_seed(1))
+    b = _run(pipe, generator=torch.Generator().manual_seed(1))
+    c = _run(pipe, generator=torch.Generator().manual_seed(2))
+    assert a.images.shape == (2, 24, 32, 3)
+    assert np.array_equal(a.images, b.images)
+    assert not np.allclose(a.images, c.images)
+    assert a.styles.shape == (4 + 1, pipe.style_dim)
+    assert a.layout.num_instances == 4
+    assert a.images.std() > 0.01
+    pil = _run(pipe, output_type="pil", style=a.styles)
+    assert pil.images[0].size == (32, 24)
+    assert np.allclose(np.asarray(pil.images[0]) / 255.0, a.images[0], atol=1 / 255 + 1e-6)
+
+
+def test_style_edit_changes_only_that_building(pipe):
+    sem, hgt = _maps()
+    cam = Cameras.look_at(torch.tensor([24.0, 24.0, 90.0]), torch.tensor([24.0, 24.0, 0.0]), width=48, height=48, focal=40.0)
+    base = pipe(sem, hgt, cameras=cam, generator=torch.Generator().manual_seed(0), output_type="np",
+                return_gaussians="visible")
+    styles = base.styles
+    edited = pipe.edit_style(styles, 2, torch.randn(pipe.style_dim, generator=torch.Generator().manual_seed(5)))
+    out = pipe(sem, hgt, cameras=cam, style=edited, output_type="np", return_gaussians="visible")
+    g0, g1 = base.gaussians[0], out.gaussians[0]
+    assert torch.equal(g0.means, g1.means)
+    changed = (g0.colors - g1.colors).abs().amax(1) > 1e-6
+    inst = out.layout.instance
+    # Building 2 covers rows 4..11, columns 24..31: every changed Gaussian lies on it.
+    xy = g0.means[changed][:, :2]
+    assert changed.any()
+    assert bool(((xy[:, 0] >= 24) & (xy[:, 0] <= 32) & (xy[:, 1] >= 4) & (xy[:, 1] <= 12)).all())
+    assert int(inst[6, 26]) == 2
+    row = pipe.interpolate_styles(out.layout, styles, torch.zeros(pipe.style_dim), torch.ones(pipe.style_dim))
+    centres = out.layout.instance_centers()[1:, 0]
+    order = torch.argsort(centres)
+    means = row[1:][order].mean(1)
+    assert torch.all(means[1:] >= means[:-1]) and float(means[0]) == 0.0 and float(means[-1]) == 1.0
+
+
+def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
+    seen = []
+
+    def cb(p, i, t, kwargs):
+        seen.append(i)
+        return {"image": torch.zeros_like(kwargs["image"])}
+
+    out = _run(pipe, callback_on_step_end=cb, return_gaussians="layout")
+    assert seen == [0, 1] and float(np.abs(out.images).max()) == 0.0
+    g = out.gaussians
+    sem, hgt = _maps()
+    only = pipe(sem, hgt, output_type="gaussians", style=out.styles)
+    assert only.images is None and len(only.gaussians) == len(g)
+    assert bool((g.opacities == 1).all()) and float(g.colors.min()) >= 0 and float(g.colors.max()) <= 1
+    from plyfile import PlyData
+
+    from diffusers_city.export.splat import write_gaussian_ply
+
+    path = write_gaussian_ply(tmp_path / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(),
+                              g.opacities.numpy(), g.quats.numpy())
+    vertex = PlyData.read(str(path))["vertex"]
+    assert vertex.count == len(g) and np.allclose(vertex["x"], g.means[:, 0].numpy())
+
+
+def test_save_load_and_from_pretrained_by_path_and_repo_id(pipe, tmp_path, offline_hub):
+    ref = _run(pipe, generator=torch.Generator().manual_seed(3))
+    pipe.save_pretrained(tmp_path / "gc")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "gc")
+    assert isinstance(loaded, GaussianCityPipeline)
+    again = _run(loaded, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(ref.images, again.images)
+    pipe.push_to_hub("org/gc-tiny")
+    hub = DiffusionPipeline.from_pretrained("org/gc-tiny")
+    assert np.array_equal(_run(hub, generator=torch.Generator().manual_seed(3)).images, ref.images)
+
+
+def test_cameras_looking_away_give_empty_frames(pipe):
+    sem, hgt = _maps()
+    cam = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)
+    out = pipe(sem, hgt, cameras=cam, output_type="np", background=(0.2, 0.4, 0.6))
+    assert np.allclose(out.images[0], np.array([0.2, 0.4, 0.6]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(height_map=np.zeros((48, 40))), "differ in size"),
+        (dict(semantic_map=np.full((48, 48), 11)), "unknown class ids"),
+        (dict(height_map=np.full((48, 48), np.nan)), "NaN"),
+        (dict(width=0), "width must be a positive int"),
+        (dict(style=torch.zeros(5, 7)), "style must have shape"),
+        (dict(style=torch.zeros(3, 32)), "num_instances \\+ 1"),
+        (dict(output_type="latent"), "output_type"),
+        (dict(trajectory="spiral"), "trajectory must be one of"),
+        (dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
+         "either cameras or trajectory"),
+    ],
+)
+def test_bad_input_raises_before_work(pipe, kwargs, match):
+    sem, hgt = _maps()
+    args = dict(semantic_map=sem, height_map=hgt, trajectory="orbit", num_frames=1, width=16, height=12)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        pipe(**args)
+    with pytest.raises(ValueError, match="style_dim"):
+        GaussianCityPipeline(pipe.scene_encoder, pipe.background_decoder,
+                             type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(),
+                                                         dec_channels=()))

@@ -1,0 +1,55 @@
+"""Z-buffered point-cloud previews."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_city.render import render_points_preview
+
+BG = (255, 255, 255)
+
+
+def test_top_view_size_and_points_land_where_expected():
+    # a 10 x 8 m red floor at z = 0 and a blue 2 x 2 m roof at z = 5 in its +x/+y corner
+    xs, ys = np.meshgrid(np.linspace(0, 10, 101), np.linspace(0, 8, 81))
+    floor = np.stack([xs.ravel(), ys.ravel(), np.zeros(xs.size)], -1)
+    rx, ry = np.meshgrid(np.linspace(8, 10, 21), np.linspace(6, 8, 21))
+    roof = np.stack([rx.ravel(), ry.ravel(), np.full(rx.size, 5.0)], -1)
+    pts = np.concatenate([floor, roof])
+    cols = np.concatenate([np.tile([1.0, 0.0, 0.0], (len(floor), 1)), np.tile([0.0, 0.0, 1.0], (len(roof), 1))])
+    img = np.asarray(render_points_preview(pts, cols, view="top", width=100, height=80, shading=False))
+    assert img.shape == (80, 100, 3)
+    assert (img[40, 30] == [255, 0, 0]).all()  # floor near the middle
+    assert (img[75, 95] == [0, 0, 255]).all()  # roof: high x -> right, high y -> bottom (raster rows)
+    assert (img[0, :] == BG).all(axis=-1).mean() > 0.5  # margin stays background
+    shaded = np.asarray(render_points_preview(pts, cols, view="oblique", width=64, height=48))
+    assert shaded.shape == (48, 64, 3) and (shaded != 255).any(axis=-1).sum() > 200
+
+
+def test_nearest_point_wins_and_torch_input():
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]])
+    cols = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    img = np.asarray(render_points_preview(pts, cols, view="top", width=20, height=20, shading=False, point_size=1))
+    drawn = img[(img != 255).any(axis=-1)]
+    assert any((c == [0, 255, 0]).all() for c in drawn) and not any((c == [255, 0, 0]).all() for c in drawn)
+    assert any((c == [0, 0, 255]).all() for c in drawn)
+
+
+def test_empty_and_uncoloured_clouds():
+    img = render_points_preview(np.zeros((0, 3)), None, width=16, height=12)
+    assert img.size == (16, 12) and (np.asarray(img) == 255).all()
+    img = render_points_preview(np.random.default_rng(0).normal(size=(500, 3)), None, width=32, height=32)
+    assert (np.asarray(img) != 255).any()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="points"):
+        render_points_preview(np.zeros((4, 2)), None)
+    with pytest.raises(ValueError, match="colors"):
+        render_points_preview(np.zeros((4, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        render_points_preview(np.full((4, 3), np.nan), None)
+    with pytest.raises(ValueError, match="image size"):
+        render_points_preview(np.zeros((4, 3)), None, width=0)
+    with pytest.raises(ValueError, match="view"):
+        render_points_preview(np.zeros((4, 3)), None, view="side")

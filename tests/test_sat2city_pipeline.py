@@ -1,0 +1,191 @@
+"""Sat2CityPipeline: outputs, determinism, callbacks, save/load, Hub, CLI and bad input (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from diffusers_city import Sat2CityPipeline
+from diffusers_city.cli import main as cli_main
+from diffusers_city.data.scene import CityScene
+from diffusers_city.sparse import SparseTensor
+
+STEPS = 2
+
+
+def keep_everything(pipe: Sat2CityPipeline) -> Sat2CityPipeline:
+    """Untrained occupancy heads prune at random; bias them to keep voxels so outputs are non-empty."""
+    for decoder in (pipe.dense_vae.decoder, pipe.sparse_vae.geometry_decoder):
+        for head in decoder.occupancy_heads:
+            torch.nn.init.constant_(head[1].bias, 3.0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Sat2CityPipeline:
+    return keep_everything(Sat2CityPipeline.from_preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sat2city") / "tiny"
+    pipe.save_pretrained(path)
+    return path
+
+
+def height_map(size: int = 32) -> np.ndarray:
+    hm = np.zeros((size, size), np.uint8)
+    hm[8:16, 8:20] = 200
+    hm[20:28, 4:12] = 90
+    return hm
+
+
+def run(pipe, hm=None, seed=0, **kwargs):
+    return pipe(height_map() if hm is None else hm, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_points_output_and_seeded_determinism(pipe):
+    a, b, c = run(pipe), run(pipe), run(pipe, seed=1)
+    assert a.points.shape[1] == 3 and a.points.shape == a.colors.shape == a.normals.shape
+    assert len(a.points) > 0
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.colors, b.colors)
+    assert not np.array_equal(a.colors, c.colors)
+    assert ((a.colors >= 0) & (a.colors <= 1)).all()
+    assert np.allclose(np.linalg.norm(a.normals, axis=1), 1, atol=1e-4)
+    # 32 px over the 128 m tiny crop: points lie inside the crop footprint
+    assert a.points[:, :2].min() >= 0 and a.points[:, :2].max() <= 128
+
+
+def test_cityscene_output_is_georeferenced(pipe):
+    heights = height_map().astype(np.float32) / 8 + 100.0
+    scene = CityScene(heights, np.zeros_like(heights, dtype=np.int64), meters_per_pixel=4.0, origin=(5000.0, 7000.0, 20.0), crs="EPSG:32633")
+    out = run(pipe, scene)
+    plain = run(pipe, height_map(), meters_per_pixel=4.0, height_range=(100.0, 100.0 + 255 / 8))
+    assert out.crs == "EPSG:32633"
+    assert np.allclose(out.origin, [5000.0, 7000.0, 120.0])
+    assert out.points[:, 0].min() >= 5000 and out.points[:, 1].min() >= 7000 and out.points[:, 2].min() >= 120
+    assert np.allclose(out.points - out.origin, plain.points - plain.origin, atol=1e-3)
+
+
+def test_output_types(pipe):
+    pt = run(pipe, output_type="pt")
+    assert isinstance(pt.points, torch.Tensor) and pt.points.shape[1] == 3
+    vox = run(pipe, output_type="voxels").voxels
+    assert isinstance(vox, SparseTensor) and vox.num_channels == 6 and vox.num_voxels == len(pt.points)
+    assert torch.allclose(vox.world_positions(), pt.points, atol=1e-4)
+    mesh = run(pipe, output_type="mesh")
+    assert isinstance(mesh.mesh, trimesh.Trimesh) and len(mesh.mesh.faces) > 0
+    points, _ = run(pipe, return_dict=False)[:2]
+    assert np.array_equal(points, mesh.points)
+
+
+def test_callback_sees_every_step_of_every_stage_and_can_edit_latents(pipe):
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append((p.stage, i, tuple(kwargs["latents"].shape)))
+        return {"latents": kwargs["latents"] * 0} if p.stage == "appearance" else kwargs
+
+    out = run(pipe, callback_on_step_end=callback)
+    assert [s for s, _, _ in seen] == ["dense"] * STEPS + ["sparse"] * STEPS + ["appearance"] * STEPS
+    assert [i for _, i, _ in seen] == list(range(STEPS)) * 3
+    assert len(seen[0][2]) == 5 and len(seen[-1][2]) == 2  # dense grid, then per-voxel features
+    assert not np.array_equal(out.colors, run(pipe).colors)
+
+
+def test_save_and_load_are_bit_exact(pipe, saved):
+    loaded = Sat2CityPipeline.from_pretrained(saved)
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for (k, v), (k2, v2) in zip(component.state_dict().items(), getattr(loaded, name).state_dict().items()):
+                assert k == k2 and torch.equal(v, v2), f"{name}.{k}"
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded).colors, run(pipe).colors)
+    generic = DiffusionPipeline.from_pretrained(saved)
+    assert type(generic) is Sat2CityPipeline
+    assert generic.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_from_pretrained_by_repo_id(pipe, offline_hub):
+    pipe.push_to_hub("org/sat2city-tiny")
+    assert "model_index.json" in offline_hub.files("org/sat2city-tiny")
+    loaded = DiffusionPipeline.from_pretrained("org/sat2city-tiny")
+    assert type(loaded) is Sat2CityPipeline
+    assert torch.equal(loaded.dense_unet.conv_in.weight, pipe.dense_unet.conv_in.weight)
+
+
+def edited_copy(saved, tmp_path, component: str, **changes):
+    import json
+    import shutil
+
+    folder = tmp_path / f"edited-{component}"
+    shutil.copytree(saved, folder)
+    cfg_path = folder / component / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), **changes}))
+    return folder
+
+
+def test_mismatched_components_are_refused(saved, tmp_path):
+    with pytest.raises(ValueError, match="voxel sizes differ"):
+        Sat2CityPipeline.from_pretrained(edited_copy(saved, tmp_path, "sparse_vae", voxel_size=3.0))
+
+
+def test_weights_not_matching_their_config_are_refused(saved, tmp_path):
+    with pytest.raises(ValueError, match="conv_in.weight expected shape"):
+        Sat2CityPipeline.from_pretrained(edited_copy(saved, tmp_path, "dense_unet", condition_channels=7))
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "match"),
+    [
+        (np.full((32, 32), np.nan, np.float32), {}, "NaN/inf"),
+        (np.where(np.eye(32) > 0, np.inf, 1.0), {}, "NaN/inf"),
+        (np.full((32, 32), 7, np.uint8), {}, "constant"),
+        (np.zeros((0, 32), np.uint8), {}, "empty"),
+        (np.zeros((2, 32, 32), np.uint8), {}, "rank 3"),
+        (np.zeros((4, 4), np.uint8) + np.eye(4, dtype=np.uint8), {}, "too small"),
+        (np.full((32, 32), 300.0), {}, "0..255"),
+        (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
+        (height_map(), {"output_type": "gltf"}, "output_type"),
+        (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
+        ({"height": 1}, {}, "height_map must be"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(pipe, monkeypatch, value, kwargs, match):
+    def no_work(*args, **kw):
+        raise AssertionError("work started before validation")
+
+    monkeypatch.setattr(pipe.condition_encoder, "forward", no_work)
+    with pytest.raises(ValueError, match=match):
+        pipe(value, **{"num_inference_steps": STEPS, **kwargs})
+
+
+def test_missing_file_is_refused(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        pipe(tmp_path / "missing.png")
+
+
+def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
+    png = tmp_path / "hm.png"
+    Image.fromarray(height_map()).save(png)
+    out = tmp_path / "out"
+    code = cli_main(["generate", "sat2city", "--height-map", str(png), "--out", str(out), "--model", str(saved), "--steps", "2"])
+    assert code == 0
+    for name in ("city.ply", "city.glb", "city_preview.png"):
+        assert (out / name).stat().st_size > 0
+    assert trimesh.load(out / "city.glb", force="mesh").vertices.shape[0] > 0
+    bad = cli_main(["generate", "sat2city", "--height-map", str(tmp_path / "nope.png"), "--out", str(out), "--model", str(saved)])
+    assert bad == 2 and "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload moves components to a CUDA device")
+def test_model_cpu_offload_matches(pipe):
+    pipe.enable_model_cpu_offload()
+    out = run(pipe)
+    pipe.remove_all_hooks()
+    assert len(out.points) > 0

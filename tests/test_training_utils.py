@@ -1,0 +1,185 @@
+"""training_utils on a toy model on CPU: checkpoints, resume, EMA, validation images, Hub push."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from diffusers_city import training_utils as tu
+
+
+class TrainingUtilsToyModel(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, width: int = 3):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test builds its own Accelerator; accelerate keeps process-wide singletons."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def parse(tmp_path, *extra: str):
+    return tu.training_parser("toy").parse_args(
+        ["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--cpu", *extra]
+    )
+
+
+def train(args, steps: int, start_step: int = 0):
+    """A few SGD-with-momentum steps; checkpoints every --checkpointing_steps. Returns the live objects."""
+    accelerator = tu.setup_accelerator(args)
+    model = TrainingUtilsToyModel()
+    ema = tu.create_ema(model, args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=0.9)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    step = tu.maybe_resume(accelerator, args)
+    assert step == start_step
+    data = torch.Generator().manual_seed(123)
+    while step < start_step + steps:
+        x = torch.randn(4, 3, generator=data)
+        loss = (model(x) - 2 * x).pow(2).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        if ema is not None:
+            ema.step(model.parameters())
+        step += 1
+        if step % args.checkpointing_steps == 0:
+            tu.save_checkpoint(accelerator, args, step)
+    return accelerator, model, optimizer, ema
+
+
+def test_parser_defaults_and_validation(tmp_path):
+    args = parse(tmp_path)
+    assert args.mixed_precision == "no" and args.preset == "tiny" and args.checkpoints_total_limit is None
+    assert not args.use_ema and not args.push_to_hub
+    parser = tu.training_parser("toy")
+    for bad in (["--mixed_precision", "fp32"], ["--train_batch_size", "0"], ["--lr_scheduler", "nope"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_checkpoint_limit_and_resume_latest_restores_everything(tmp_path):
+    args = parse(tmp_path, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--use_ema",
+                 "--ema_decay", "0.5", "--learning_rate", "0.05")
+    _, model, optimizer, ema = train(args, steps=6)
+    run = tmp_path / "run"
+    assert [p.name for p in tu.list_checkpoints(run)] == ["checkpoint-4", "checkpoint-6"]
+    assert not list(run.glob(".checkpoint-*"))
+    saved_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    saved_shadow = [p.clone() for p in ema.shadow_params]
+    assert not all(torch.equal(a, b) for a, b in zip(saved_shadow, model.parameters()))
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    args.resume_from_checkpoint = "latest"
+    _, model2, optimizer2, ema2 = train(args, steps=0, start_step=6)
+    assert all(torch.equal(model2.state_dict()[k], v) for k, v in saved_weights.items())
+    momentum = [optimizer2.state[p]["momentum_buffer"] for p in model2.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(momentum, saved_momentum))
+    assert all(torch.equal(a, b) for a, b in zip(ema2.shadow_params, saved_shadow))
+    assert ema2.optimization_step == ema.optimization_step == 6
+
+
+def test_resume_by_name_and_bad_values(tmp_path):
+    args = parse(tmp_path, "--checkpointing_steps", "1")
+    train(args, steps=2)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = tu.setup_accelerator(args)
+    accelerator.prepare(TrainingUtilsToyModel())
+    args.resume_from_checkpoint = "checkpoint-1"
+    assert tu.maybe_resume(accelerator, args) == 1
+    args.resume_from_checkpoint = "checkpoint-99"
+    with pytest.raises(FileNotFoundError, match="checkpoint-99"):
+        tu.maybe_resume(accelerator, args)
+    (tmp_path / "run" / "notacheckpoint").mkdir()
+    args.resume_from_checkpoint = "notacheckpoint"
+    with pytest.raises(ValueError, match="checkpoint-<step>"):
+        tu.maybe_resume(accelerator, args)
+    args.resume_from_checkpoint, args.output_dir = "latest", str(tmp_path / "empty")
+    assert tu.maybe_resume(accelerator, args) == 0
+
+
+def test_create_ema_is_none_without_flag(tmp_path):
+    args = parse(tmp_path)
+    tu.setup_accelerator(args)
+    assert tu.create_ema(TrainingUtilsToyModel(), args) is None
+
+
+def test_tracker_only_when_installed(tmp_path):
+    args = parse(tmp_path, "--report_to", "tensorboard")
+    accelerator = tu.setup_accelerator(args)
+    installed = importlib.util.find_spec("tensorboard") is not None
+    assert [t.name for t in accelerator.trackers] == (["tensorboard"] if installed else [])
+    accelerator.end_training()
+
+
+def test_validation_images_written_atomically(tmp_path):
+    args = parse(tmp_path)
+    accelerator = tu.setup_accelerator(args)
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    images = {"render": Image.fromarray(pixels), "depth": Image.fromarray(pixels[..., 0])}
+    paths = tu.log_validation_images(accelerator, args, images, step=7)
+    folder = tmp_path / "run" / "validation" / "step-7"
+    assert paths == [folder / "render.png", folder / "depth.png"]
+    assert np.array_equal(np.asarray(Image.open(paths[0])), pixels)
+    assert np.array_equal(np.asarray(Image.open(paths[1])), pixels[..., 0])
+    assert sorted(p.name for p in folder.iterdir()) == ["depth.png", "render.png"]
+    with pytest.raises(ValueError, match="plain file names"):
+        tu.log_validation_images(accelerator, args, {"../escape": images["render"]}, step=8)
+    with pytest.raises(ValueError, match="PIL"):
+        tu.log_validation_images(accelerator, args, {"x": pixels}, step=8)
+    assert not (tmp_path / "run" / "validation" / "step-8").exists()
+
+
+def test_push_folder_to_hub_writes_model_card(tmp_path, offline_hub):
+    args = parse(tmp_path, "--push_to_hub", "--hub_model_id", "city-org/toy", "--learning_rate", "0.003")
+    folder = tmp_path / "pipeline"
+    TrainingUtilsToyModel().save_pretrained(folder)
+    (folder / "checkpoint-5").mkdir()
+    (folder / "checkpoint-5" / "state.bin").write_bytes(b"x")
+    system = tmp_path / "toy.md"
+    system.write_text("## Toy system\n\nTrained on $dataset.\n")
+    fields = {"title": "Toy city model", "description": "A toy.", "dataset": "procedural cities"}
+
+    with pytest.raises(ValueError, match="dataset"):
+        tu.push_folder_to_hub(args, folder, str(system), {"title": "t", "description": "d"})
+    with pytest.raises(ValueError, match="repo_id"):
+        tu.push_folder_to_hub(args, folder, str(system), {**fields, "repo_id": "x"})
+    assert not offline_hub.repo_folder("city-org/toy").exists()
+
+    assert tu.push_folder_to_hub(args, folder, str(system), fields) == "city-org/toy"
+    files = offline_hub.files("city-org/toy")
+    assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors"} <= set(files)
+    assert not any(f.startswith("checkpoint-") for f in files)
+    card = ModelCard.load(offline_hub.snapshot("city-org/toy") / "README.md")
+    assert card.text.startswith("# Toy city model")
+    for text in ("A toy.", "## Toy system", "Trained on procedural cities.",
+                 'DiffusionPipeline.from_pretrained("city-org/toy")', "- `learning_rate`: 0.003"):
+        assert text in card.text
+    assert card.data.library_name == "diffusers"
+    assert card.data.tags == ["diffusers-city", "toy"]
+
+    # A second push keeps the Hub card's metadata without duplicating tags, and refreshes the text.
+    tu.push_folder_to_hub(args, folder, str(system), {**fields, "title": "Toy v2"})
+    card = ModelCard.load(offline_hub.snapshot("city-org/toy") / "README.md")
+    assert card.text.startswith("# Toy v2") and card.data.tags == ["diffusers-city", "toy"]
