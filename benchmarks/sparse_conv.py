@@ -246,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=540.0, help="skip remaining rows after this wall time")
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.channels, args.warmup, args.iters = "3000,12000", "8,16", 1, 3
+        args.sizes, args.channels, args.warmup, args.iters = "2000,5000", "8,16", 1, 2
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.channels = [int(c) for c in args.channels.split(",")]
     args.kinds = args.kinds.split(",")

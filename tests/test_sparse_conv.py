@@ -51,7 +51,7 @@ def test_subm_equals_dense(kernel_size):
 
 
 def check_strided(x: SparseTensor, kernel_size: int, stride: int, padding: int):
-    conv = snn.SparseConv3d(x.num_channels, 5, kernel_size, stride, padding).double()
+    conv = snn.SparseConv3d(x.num_channels, 5, kernel_size, stride, padding=padding).double()
     y = conv(x)
     margin = kernel_size + stride
     c = x.coords.long()[:, 1:]
@@ -102,7 +102,7 @@ def inverse_reference(conv, x: SparseTensor, target: SparseTensor) -> torch.Tens
 def test_inverse_equals_dense_after_down(kernel_size, stride, padding):
     target = random_tensor(3)
     down, y = check_strided(target, kernel_size, stride, padding)
-    inv = snn.SparseInverseConv3d(5, 2, kernel_size, stride, padding).double()
+    inv = snn.SparseInverseConv3d(5, 2, kernel_size, stride, padding=padding).double()
     out = inv(y, target)
     assert torch.equal(out.coords, target.coords) and out.cache is target.cache
     torch.testing.assert_close(out.feats, inverse_reference(inv, y, target), rtol=1e-10, atol=1e-10)
@@ -207,3 +207,32 @@ def test_kernel_maps_cached_and_shared():
     kmap = x.cache[("torch", "subm", 3)]
     conv(y)
     assert y.cache[("torch", "subm", 3)] is kmap
+
+
+def test_benchmark_cpu_quick_run(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_conv.py"
+    spec = importlib.util.spec_from_file_location("sparse_conv_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "sparse_conv.json").read_text())
+    assert len(result["rows"]) == 16 and not any("error" in r for r in result["rows"])
+    assert all(r["conv_torch_ms"] > 0 and r["map_torch_ms"] > 0 for r in result["rows"])
+    assert (tmp_path / "sparse_conv.md").read_text().count("\n| ") == 17
+    with pytest.raises(ValueError, match="--kinds"):
+        bench.parse_args(["--out", str(tmp_path), "--device", "cpu", "--kinds", "pool"])
+    voxels = bench.city_voxels(4000, seed=1)
+    assert abs(len(voxels) - 4000) < 400 and len(torch.unique(voxels, dim=0)) == len(voxels)
+
+
+def test_dtype_and_device_mismatch_raise():
+    x = random_tensor(10)  # float64
+    with pytest.raises(ValueError, match="float32 but the features are torch.float64"):
+        snn.SubMConv3d(3, 3)(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = snn.SubMConv3d(3, 3)(x.to(torch.float32))
+    assert out.dtype == torch.bfloat16

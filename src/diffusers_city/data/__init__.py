@@ -59,3 +59,30 @@ __all__ = [
 ]
 
 # DATA-B: readers / export re-exports are appended below.
+from .readers import (  # noqa: E402
+    HeightMap,
+    PointCloud,
+    asprs_to_city,
+    city_to_asprs,
+    read_aerial_image,
+    read_height_map,
+    read_las,
+    read_ply,
+    read_point_cloud,
+    read_semantic_map,
+    scene_from_file,
+)
+
+__all__ += [
+    "HeightMap",
+    "PointCloud",
+    "asprs_to_city",
+    "city_to_asprs",
+    "read_aerial_image",
+    "read_height_map",
+    "read_las",
+    "read_ply",
+    "read_point_cloud",
+    "read_semantic_map",
+    "scene_from_file",
+]

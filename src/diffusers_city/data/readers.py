@@ -483,60 +483,48 @@ def _ground_estimate(height: np.ndarray, mpp: float, window_m: float = 40.0) -> 
     return np.minimum(ground, height)
 
 
-def _rasterize_points(cloud: PointCloud, mpp: float) -> dict:
-    """Top-surface rasters of a classified cloud: height (top point), the class of the top
-    point, ground (lowest ground / road / water point, else the opened DSM); empty cells take
-    the nearest filled cell. Unclassified points are labelled by height above ground (< 2 m
-    ground, above: vegetation when green-dominant, else roof)."""
-    pts = cloud.points
-    lo = np.floor(pts.min(0) / mpp) * mpp
-    oz = float(np.floor(pts[:, 2].min()))
-    col = np.floor((pts[:, 0] - lo[0]) / mpp).astype(np.int64)
-    row = np.floor((pts[:, 1] - lo[1]) / mpp).astype(np.int64)
-    h, w = row.max() + 1, col.max() + 1
-    if h * w > 64_000_000:
-        raise ValueError(f"a {w} x {h} raster at {mpp} m/px is too large; use a larger meters_per_pixel")
-    cell = row * w + col
-    z = pts[:, 2] - oz
-    order = np.lexsort((z, cell))  # per cell ascending z: the last of each run is the top
-    last = np.r_[cell[order][1:] != cell[order][:-1], True]
-    top_idx = order[last]
-    filled = np.zeros(h * w, dtype=bool)
-    filled[cell[top_idx]] = True
-    height = np.full(h * w, np.nan)
-    height[cell[top_idx]] = z[top_idx]
-    classes = cloud.classes if cloud.classes is not None else np.full(len(pts), UNKNOWN, np.uint8)
+def _ground_raster(points: np.ndarray, classes: np.ndarray, mpp: float, origin, top: np.ndarray) -> np.ndarray:
+    """Terrain raster (relative to ``origin[2]``): the lowest ground / road / water point of each
+    cell, holes filled from the nearest such cell and smoothed; without such points the
+    morphological estimate of the top surface ``top``."""
+    h, w = top.shape
     groundish = np.isin(classes, (GROUND, ROAD, WATER))
-    ground = np.full(h * w, np.inf)
-    np.minimum.at(ground, cell[groundish], z[groundish])
-    _, (ri, ci) = ndimage.distance_transform_edt(~filled.reshape(h, w), return_indices=True)
-    height = height.reshape(h, w)[ri, ci]
-    if groundish.any():
-        g = ground.reshape(h, w)
-        _, (gi, gj) = ndimage.distance_transform_edt(~np.isfinite(g), return_indices=True)
-        ground = ndimage.uniform_filter(g[gi, gj], size=3, mode="nearest")
-    else:
-        ground = _ground_estimate(height, mpp)
-    ground = np.minimum(ground, height)
-    classes = classes.copy()
+    if not groundish.any():
+        return _ground_estimate(top, mpp)
+    g = points[groundish]
+    col = np.clip(np.floor((g[:, 0] - origin[0]) / mpp).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor((g[:, 1] - origin[1]) / mpp).astype(np.int64), 0, h - 1)
+    low = np.full(h * w, np.inf)
+    np.minimum.at(low, row * w + col, g[:, 2] - origin[2])
+    low = low.reshape(h, w)
+    _, (ri, ci) = ndimage.distance_transform_edt(~np.isfinite(low), return_indices=True)
+    return np.minimum(ndimage.uniform_filter(low[ri, ci], size=3, mode="nearest"), top)
+
+
+def _cloud_scene(cloud: PointCloud, mpp: float, crs: str | None) -> CityScene:
+    """A scene from a point cloud through `points_to_scene` (top point per cell gives height,
+    class and image colour). Points still ``UNKNOWN`` are labelled first by their height above
+    the terrain: < 2 m ground, above it vegetation when green-dominant, else roof."""
+    from .convert import points_to_height_map, points_to_scene
+
+    pts = cloud.points
+    origin = (*(np.floor(pts[:, :2].min(0) / mpp) * mpp).tolist(), float(np.floor(pts[:, 2].min())))
+    top, _, _ = points_to_height_map(pts, mpp, origin)
+    classes = cloud.classes.copy() if cloud.classes is not None else np.full(len(pts), UNKNOWN, np.uint8)
+    ground = _ground_raster(pts, classes, mpp, origin, top)
     unknown = classes == UNKNOWN
     if unknown.any():
-        above = z[unknown] - ground[row[unknown], col[unknown]]
-        green = np.zeros(int(unknown.sum()), dtype=bool)
+        u = pts[unknown]
+        col = np.clip(np.floor((u[:, 0] - origin[0]) / mpp).astype(np.int64), 0, top.shape[1] - 1)
+        row = np.clip(np.floor((u[:, 1] - origin[1]) / mpp).astype(np.int64), 0, top.shape[0] - 1)
+        above = u[:, 2] - origin[2] - ground[row, col]
+        green = np.zeros(len(u), dtype=bool)
         if cloud.colors is not None:
             c = cloud.colors[unknown]
             green = (c[:, 1] > c[:, 0]) & (c[:, 1] > c[:, 2])
         classes[unknown] = np.where(above < 2.0, GROUND, np.where(green, VEGETATION, ROOF))
-    semantic = np.zeros(h * w, dtype=np.uint8)
-    semantic[cell[top_idx]] = classes[top_idx]
-    semantic = np.where(semantic == FACADE, ROOF, semantic).reshape(h, w)[ri, ci]
-    return {
-        "height": height.astype(np.float32),
-        "ground": ground.astype(np.float32),
-        "semantic": semantic.astype(np.uint8),
-        "origin": (float(lo[0]), float(lo[1]), oz),
-        "point_classes": classes,
-    }
+    scene = points_to_scene(pts, mpp, cloud.colors, cloud.normals, classes, origin=origin, shape=top.shape, crs=crs)
+    return scene.replace(ground=np.minimum(ground, scene.height))
 
 
 def scene_from_file(
@@ -556,9 +544,10 @@ def scene_from_file(
     DSM: heights as read by `read_height_map`; the terrain is a morphological estimate and the
     semantic map, unless given (``semantic`` + ``class_mapping``), labels pixels more than
     2.5 m above it as roof (vegetation where an ``image`` is green-dominant), ground elsewhere.
-    Point cloud: rasterized at ``meters_per_pixel`` (default 1 m) from the top point of every
-    cell (its class), unclassified points labelled by height above ground; the points, colours
-    and classes are kept on the scene. The CRS (read, or ``crs``) and the unit factor travel
+    Point cloud: rasterized at ``meters_per_pixel`` (default 1 m) by
+    `~diffusers_city.data.points_to_scene` (the top point of every cell gives its height, class
+    and image colour) after unclassified points are labelled by height above the terrain; the
+    points, colours and classes are kept on the scene. The CRS (read, or ``crs``) and the unit factor travel
     along (``scene.crs``, ``scene.metadata["crs_unit_factor"]``).
     """
     path = Path(path)
@@ -572,26 +561,15 @@ def scene_from_file(
     if suffix in _POINT_SUFFIXES:
         mpp = 1.0 if meters_per_pixel is None else _positive(meters_per_pixel, "meters_per_pixel")
         cloud = read_point_cloud(path)
-        r = _rasterize_points(cloud, mpp)
-        sem = r["semantic"]
+        scene = _cloud_scene(cloud, mpp, crs or cloud.crs)
+        changes: dict = {"metadata": {"source": path.name, "crs_unit_factor": cloud.unit_factor}}
         if semantic is not None:
-            sem = read_semantic_map(semantic, class_mapping)
-            if sem.shape != r["height"].shape:
-                raise ValueError(f"semantic map shape {sem.shape} does not match the rasterized cloud {r['height'].shape}")
-        return CityScene(
-            height=r["height"],
-            semantic=sem,
-            meters_per_pixel=mpp,
-            origin=r["origin"],
-            ground=r["ground"],
-            crs=crs or cloud.crs,
-            points=cloud.points,
-            colors=cloud.colors,
-            normals=cloud.normals,
-            point_classes=r["point_classes"],
-            image=None if image is None else read_aerial_image(image),
-            metadata={"source": path.name, "crs_unit_factor": cloud.unit_factor},
-        )
+            changes["semantic"] = read_semantic_map(semantic, class_mapping)
+            if changes["semantic"].shape != scene.shape:
+                raise ValueError(f"semantic map shape {changes['semantic'].shape} does not match the rasterized cloud {scene.shape}")
+        if image is not None:
+            changes["image"] = read_aerial_image(image)
+        return scene.replace(**changes)
     hm = read_height_map(
         path, meters_per_pixel=meters_per_pixel, vertical_scale=vertical_scale, vertical_offset=vertical_offset, fill_nodata=fill_nodata
     )

@@ -53,6 +53,8 @@ class Gaussians:
                 raise ValueError(f"Gaussians.{name} contains NaN or Inf")
         if n and bool((self.scales < 0).any()):
             raise ValueError("Gaussians.scales must be non-negative (linear scales, not log-scales)")
+        if n and bool(((self.opacities < 0) | (self.opacities > 1)).any()):
+            raise ValueError("Gaussians.opacities must lie in [0, 1] (activated opacities, not logits)")
         if n and bool((self.quats.norm(dim=-1) == 0).any()):
             raise ValueError("Gaussians.quats contains a zero quaternion")
 

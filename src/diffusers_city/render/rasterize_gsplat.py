@@ -23,25 +23,25 @@ def rasterize_gsplat(
 
     C = len(cameras)
     common = dict(
-        means=g.means,
-        quats=g.quats,
-        scales=g.scales,
-        opacities=g.opacities,
-        viewmats=cameras.world_to_cam,
-        Ks=cameras.K,
+        means=g.means.contiguous(),
+        quats=g.quats.contiguous(),
+        scales=g.scales.contiguous(),
+        opacities=g.opacities.contiguous(),
+        viewmats=cameras.world_to_cam.contiguous(),
+        Ks=cameras.K.contiguous(),
         width=cameras.width,
         height=cameras.height,
         near_plane=near_plane,
         far_plane=far_plane,
         eps2d=eps2d,
-        backgrounds=background,
+        backgrounds=background.contiguous(),
         render_mode="RGB+ED",
     )
     if mode == "3dgs":
-        colors, alphas, _ = gsplat.rasterization(colors=g.colors, **common)
+        colors, alphas, _ = gsplat.rasterization(colors=g.colors.contiguous(), **common)
         normal = None
     else:
         # rasterization_2dgs wants per-camera colours [C, N, 3].
-        colors_c = g.colors[None].expand(C, -1, -1)
+        colors_c = g.colors[None].expand(C, -1, -1).contiguous()
         colors, alphas, normal, _, _, _, _ = gsplat.rasterization_2dgs(colors=colors_c, **common)
     return RenderOutput(rgb=colors[..., :3], depth=colors[..., 3:4], alpha=alphas, normal=normal)

@@ -13,11 +13,15 @@ check them:
 * Splats are culled outside ``(near_plane, far_plane)`` and outside the image, binned into
   16x16 pixel tiles exactly like gsplat's tile intersection, sorted front to back by camera z
   (ties by index), and composited per pixel: ``alpha = min(0.999, o exp(-sigma))``,
-  skipped when ``alpha < 1/255`` or ``sigma < 0``, stopping before the splat that would bring
-  the transmittance to ``<= 1e-4``. Depth is the expected z ``sum w z / max(alpha, 1e-10)``.
+  skipped when ``alpha < 1/255``, stopping before the splat that would bring the
+  transmittance to ``<= 1e-4`` (gsplat also skips ``sigma < 0``, which only rounding produces;
+  here the exponent is clamped at 0). Depth is the expected z ``sum w z / max(alpha, 1e-10)``.
 
-The work is vectorised over (tiles x 256 pixels x a chunk of splats); the chunk grows
-geometrically so opaque scenes stop early, and ``max_chunk_elements`` bounds memory.
+The work is vectorised over (tiles x pixels x a chunk of splats), the exponents of a tile
+coming from one batched matmul; the chunk grows geometrically so opaque scenes stop early,
+and ``max_chunk_elements`` bounds memory. 3DGS uses 8x8 tiles: with opacities <= 1 no
+splat reaches alpha >= 1/255 outside its opacity-aware box, so this equals gsplat's 16x16
+binning; 2DGS keeps 16x16 because its low-pass filter reaches past the box inside a tile.
 """
 
 from __future__ import annotations
@@ -302,12 +306,12 @@ def rasterize_torch(
         if mode == "3dgs":
             proj = project_3dgs(g, w2c, K, width, height, eps2d, near_plane, far_plane)
             feats = torch.cat([g.colors, proj["depths"][:, None]], dim=-1)
-            sigma_fn = _sigma_3dgs
+            sigma_fn, tile_size = _sigma_3dgs, 8
         else:
             proj = project_2dgs(g, w2c, K, width, height, near_plane, far_plane)
             feats = torch.cat([g.colors, proj["depths"][:, None], proj.pop("normals")], dim=-1)
-            sigma_fn = _sigma_2dgs
-        acc, trans = composite_tiles(proj, g.opacities, feats, sigma_fn, width, height, max_chunk_elements)
+            sigma_fn, tile_size = _sigma_2dgs, TILE_SIZE
+        acc, trans = composite_tiles(proj, g.opacities, feats, sigma_fn, width, height, max_chunk_elements, tile_size)
         alpha = 1.0 - trans[..., None]
         rgbs.append(acc[..., :3] + trans[..., None] * background[c])
         depths.append(acc[..., 3:4] / alpha.clamp_min(1e-10))

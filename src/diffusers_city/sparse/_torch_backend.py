@@ -25,7 +25,7 @@ def apply_kernel_map(
     out = torch.zeros(kmap.num_out, c_out, dtype=acc_dtype, device=feats.device)
     for k, (ii, oi) in enumerate(zip(kmap.in_idx, kmap.out_idx)):
         if ii.numel():
-            out = out.index_add(0, oi, torch.mm(feats.index_select(0, ii), w[:, k].t()).to(acc_dtype))
+            out.index_add_(0, oi, torch.mm(feats.index_select(0, ii), w[:, k].t()).to(acc_dtype))
     out = out.to(dtype)
     return out if bias is None else out + bias.to(dtype)
 

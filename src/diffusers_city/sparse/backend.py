@@ -52,20 +52,19 @@ class ConvBackend(Protocol):
 
 
 @functools.cache
-def _spconv_importable() -> bool:
+def _available() -> tuple[str, ...]:
+    if not torch.cuda.is_available():
+        return ("torch",)
     try:
         import spconv_triton.pytorch  # noqa: F401
     except Exception:
-        return False
-    return True
+        return ("torch",)
+    return ("torch", "spconv")
 
 
 def available_backends() -> list[str]:
     """Backends usable in this process: always ``"torch"``; ``"spconv"`` with CUDA + spconv-triton."""
-    names = ["torch"]
-    if torch.cuda.is_available() and _spconv_importable():
-        names.append("spconv")
-    return names
+    return list(_available())
 
 
 @contextmanager
@@ -86,7 +85,7 @@ def backend_name(device: torch.device) -> str:
     """Name of the backend that runs on ``device`` right now."""
     name = _override.get()
     if name is None:
-        return "spconv" if device.type == "cuda" and "spconv" in available_backends() else "torch"
+        return "spconv" if device.type == "cuda" and "spconv" in _available() else "torch"
     if name == "spconv" and device.type != "cuda":
         raise ValueError(f"the spconv backend needs CUDA tensors, got device {device}")
     return name

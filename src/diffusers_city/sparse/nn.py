@@ -43,10 +43,15 @@ class _SparseConvBase(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _check_input(self, x: SparseTensor) -> None:
+        name = type(self).__name__
         if not isinstance(x, SparseTensor):
-            raise ValueError(f"{type(self).__name__} expects a SparseTensor, got {type(x).__name__}")
+            raise ValueError(f"{name} expects a SparseTensor, got {type(x).__name__}")
         if x.num_channels != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}")
+            raise ValueError(f"{name} expects {self.in_channels} channels, got {x.num_channels}")
+        if x.device != self.weight.device:
+            raise ValueError(f"{name} weights are on {self.weight.device} but the input is on {x.device}")
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{name} weights are {self.weight.dtype} but the features are {x.dtype} (no autocast active)")
 
     def _pointwise(self, feats: torch.Tensor) -> torch.Tensor:
         """Apply the kernel's first offset as a 1x1 map (exact for K=1; shapes empty inputs)."""
@@ -93,8 +98,9 @@ class SparseConv3d(_SparseConvBase):
         out_channels: int,
         kernel_size: int = 2,
         stride: int = 2,
-        padding: int = 0,
         bias: bool = True,
+        *,
+        padding: int = 0,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, bias)
         self.stride = _check_int("stride", stride, 1)

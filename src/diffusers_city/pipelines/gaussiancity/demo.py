@@ -12,7 +12,7 @@ from .pipeline_gaussiancity import GaussianCityPipeline
 __all__ = ["DEMO_FRAMES", "DEMO_SIZE", "example_scene", "run_demo"]
 
 DEMO_SIZE = (160, 120)
-DEMO_FRAMES = 16
+DEMO_FRAMES = 12
 
 
 def example_scene():

@@ -96,15 +96,19 @@ class GaussianCityPipeline(DiffusionPipeline):
         """An untrained pipeline of preset ``size`` (``pipelines/gaussiancity/presets/<size>.json``)."""
         from ...presets import load_preset
 
-        preset = load_preset("gaussiancity", size)
+        return cls.from_preset_dict(load_preset("gaussiancity", size), seed=seed, name=f"gaussiancity/{size}")
+
+    @classmethod
+    def from_preset_dict(cls, preset: dict[str, Any], seed: int = 0, name: str = "preset") -> GaussianCityPipeline:
+        """An untrained pipeline from a parsed preset (``{"components": {name: config}}``), seeded."""
         comps = preset["components"]
         classes = {"scene_encoder": BEVSceneEncoder, "background_decoder": BEVPointDecoder, "building_decoder": BEVPointDecoder}
         missing = sorted(set(classes) - set(comps))
         if missing:
-            raise ValueError(f"preset gaussiancity/{size} lacks components {missing}")
+            raise ValueError(f"{name} lacks components {missing}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            built = {name: klass.from_config(comps[name]) for name, klass in classes.items()}
+            built = {key: klass.from_config(comps[key]) for key, klass in classes.items()}
         return cls(**built)
 
     # -- layouts and styles ---------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""training/train_gaussiancity.py: a few CPU steps on procedural cities, resume, GoogleEarth loader."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_city import GaussianCityPipeline
+from diffusers_city.data.classes import ROAD, ROOF
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_gaussiancity", ROOT / "training" / "train_gaussiancity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_gaussiancity"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+COMMON = ["--preset", "tiny", "--num_cities", "2", "--city_size_m", "32", "--points_per_m2", "1", "--views_per_city",
+          "2", "--resolution", "24x16", "--train_batch_size", "1", "--discriminator_channels", "8",
+          "--report_to", "none", "--checkpointing_steps", "2", "--validation_steps", "2", "--cpu", "--use_ema",
+          "--ema_decay", "0.5"]
+
+
+def test_train_steps_resume_and_saved_pipeline(train, tmp_path, capsys):
+    out = tmp_path / "run"
+    layout_dir = tmp_path / "layout"
+    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "2",
+                       "--example_layout_out", str(layout_dir)]) == 0
+    assert "perceptual term off" in capsys.readouterr().out
+    assert (out / "checkpoint-2").is_dir()
+    assert (out / "validation" / "step-2" / "held_out.png").is_file()
+    first = GaussianCityPipeline.from_pretrained(out / "pipeline")
+    assert (layout_dir / "scene.json").is_file()
+    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "3",
+                       "--resume_from_checkpoint", "latest"]) == 0
+    assert "Resuming from" in capsys.readouterr().out
+    resumed = GaussianCityPipeline.from_pretrained(out / "pipeline")
+    changed = any(not torch.equal(a, b) for a, b in zip(first.building_decoder.parameters(),
+                                                         resumed.building_decoder.parameters()))
+    assert changed
+
+
+def _synthetic_googleearth(root: Path) -> None:
+    for c in range(2):
+        city = root / f"city{c}"
+        (city / "frames").mkdir(parents=True)
+        sem = np.full((16, 16), ROAD, np.uint8)
+        sem[4:10, 4:10] = ROOF
+        Image.fromarray(sem).save(city / "semantic.png")
+        hgt = np.zeros((16, 16), np.float32)
+        hgt[4:10, 4:10] = 8
+        np.save(city / "height.npy", hgt)
+        frames = []
+        for i in range(2):
+            Image.fromarray(np.full((32, 48, 3), 40 * (i + 1), np.uint8)).save(city / "frames" / f"{i}.png")
+            w2c = [[1, 0, 0, -8], [0, -1, 0, 8], [0, 0, -1, 30], [0, 0, 0, 1]]  # looking straight down
+            frames.append({"file": f"frames/{i}.png", "K": [[40, 0, 24], [0, 40, 16], [0, 0, 1]], "world_to_cam": w2c})
+        (city / "cameras.json").write_text(json.dumps({"meters_per_pixel": 1.0, "frames": frames}))
+
+
+def test_googleearth_loader_and_training(train, tmp_path):
+    root = tmp_path / "ge"
+    _synthetic_googleearth(root)
+    layout, frames = train.load_googleearth_city(root / "city0", 24, 16)
+    assert layout.num_instances == 1 and len(frames) == 2
+    cam, rgb = frames[0]
+    assert rgb.shape == (16, 24, 3) and float(cam.K[0, 0, 0]) == 20.0
+    seg, covered = train.segmentation(layout, cam, torch.device("cpu"))
+    assert covered.all() and int(seg[8, 12]) == ROOF and int(seg[0, 0]) == ROAD
+    out = tmp_path / "run"
+    assert train.main([*COMMON, "--data", "googleearth", "--data_dir", str(root), "--output_dir", str(out),
+                       "--max_train_steps", "1"]) == 0
+    assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_bad_arguments(train, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        train.parse_args(["--data", "googleearth", "--data_dir", str(tmp_path / "none")])
+    with pytest.raises(ValueError, match="resolution"):
+        train.parse_args(["--resolution", "big"])
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match="cameras.json"):
+        train.load_googleearth_city(tmp_path / "c", 8, 8)

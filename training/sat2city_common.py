@@ -1,0 +1,174 @@
+"""Shared data and loss plumbing of the Sat2City training scripts (VAE and diffusion stages).
+
+Data: procedural cities generated on the fly (``diffusers_city.data.VoxelCropDataset``), one
+city per ``crops_per_scene`` samples, with Sat2City-style noisy height maps; training and
+validation use different base seeds (a held-out seed range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from diffusers_city.data import VoxelCropDataset  # noqa: E402
+from diffusers_city.models.sat2city.blocks import StructureDecoding, match_coords  # noqa: E402
+from diffusers_city.pipelines.sat2city.pipeline_sat2city import HeightMap  # noqa: E402
+from diffusers_city.render import render_points_preview  # noqa: E402
+from diffusers_city.sparse import SparseTensor  # noqa: E402
+from diffusers_city.training_utils import load_training_preset  # noqa: E402
+
+SYSTEM = "sat2city"
+NUM_SCENES = 1_000_000  # per split; every sample index is its own deterministic crop
+
+
+def load_preset(args: argparse.Namespace) -> dict[str, Any]:
+    preset = load_training_preset(args, SYSTEM)
+    for key in ("components", "scheduler", "training"):
+        if key not in preset:
+            raise ValueError(f"preset {args.preset} has no {key!r} section")
+    return preset
+
+
+def make_dataset(preset: dict[str, Any], split: str) -> VoxelCropDataset:
+    """Procedural crops of the preset's size; ``split`` "train" or "validation" picks the seed range."""
+    data = preset["training"]["data"]
+    vae = preset["components"]["dense_vae"]
+    crop_px = int(round(data["crop_size_m"] / data["meters_per_pixel"]))
+    return VoxelCropDataset(
+        num_scenes=NUM_SCENES,
+        crops_per_scene=int(data.get("crops_per_scene", 4)),
+        crop_size_px=crop_px,
+        voxel_size=float(vae["voxel_size"]),
+        base_seed=int(data["train_base_seed"] if split == "train" else data["validation_base_seed"]),
+        scene_size_m=float(data["scene_size_m"]),
+        meters_per_pixel=float(data["meters_per_pixel"]),
+        points_per_m2=float(data["points_per_m2"]),
+        max_points=int(data["max_points"]),
+        style=data.get("style"),
+    )
+
+
+def make_dataloader(preset: dict[str, Any], args: argparse.Namespace, batch_size: int, split: str = "train"):
+    """Sequential loader (consecutive samples share a generated city; randomness is in the seeds)."""
+    return torch.utils.data.DataLoader(
+        make_dataset(preset, split),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=VoxelCropDataset.collate,
+        persistent_workers=args.dataloader_num_workers > 0,
+    )
+
+
+def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
+    """Voxels and points inside the model grid, and the condition point cloud P_h of each item.
+
+    P_h is built exactly as the pipeline builds it (``HeightMap.points``) from the noisy gray map
+    in metres (gray / 255 over the scene's height range).
+    """
+    voxels: SparseTensor = batch["voxels"]
+    c = voxels.coords.long()
+    inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid))).all(1)
+    voxels = SparseTensor(voxels.feats[inside], voxels.coords[inside], voxel_size=voxels.voxel_size,
+                          origin=voxels.origin, batch_size=voxels.batch_size).to(device)
+    v = voxels.voxel_size
+    extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v])
+    pts = batch["points"]
+    keep = ((pts >= 0) & (pts < extent)).all(1)
+    mpp = float(v * grid[0] / batch["height_noisy"].shape[-1])
+    ph, ph_batch = [], []
+    for b in range(voxels.batch_size):
+        zmin, zmax = float(batch["z_min"][b]), float(batch["z_max"][b])
+        metres = zmin + batch["height_noisy"][b, 0].numpy() * (zmax - zmin)
+        p = torch.from_numpy(HeightMap(metres, mpp, (0.0, 0.0, 0.0), None).points())
+        p[:, 2] = p[:, 2].clamp(0, grid[2] * v - 1e-3)
+        ph.append(p)
+        ph_batch.append(torch.full((p.shape[0],), b, dtype=torch.long))
+    out = {
+        "voxels": voxels,
+        "points": pts[keep].to(device),
+        "points_batch": batch["points_batch"][keep].to(device),
+        "ph_points": torch.cat(ph).to(device),
+        "ph_batch": torch.cat(ph_batch).to(device),
+    }
+    if "colors" in batch:
+        out["colors"] = batch["colors"][keep].to(device)
+    return out
+
+
+def subsample_points(prepared: dict[str, Any], per_item: int, generator: torch.Generator | None = None) -> tuple:
+    """At most ``per_item`` points per batch item for inverse sampling (their colours are the target)."""
+    pts, b, colors = prepared["points"], prepared["points_batch"], prepared["colors"]
+    order = torch.randperm(pts.shape[0], generator=generator, device="cpu").to(pts.device)
+    b_perm = b[order]
+    rank = torch.zeros_like(b_perm)
+    for item in torch.unique(b_perm):
+        sel = b_perm == item
+        rank[sel] = torch.arange(int(sel.sum()), device=pts.device)
+    chosen = order[rank < per_item]
+    return pts[chosen], b[chosen], colors[chosen]
+
+
+def geometry_losses(decoding: StructureDecoding, target: SparseTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE of the occupancy logits of every level and L1 of the decoded normals (teacher forced)."""
+    logits = torch.cat(decoding.logits)
+    targets = torch.cat(decoding.targets).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    out = decoding.output
+    rows = match_coords(out.coords, target.coords, target.batch_size)
+    found = rows >= 0
+    pred = F.normalize(out.feats[found].float(), dim=1)
+    l1 = (pred - target.feats[rows[found]].float()).abs().mean() if bool(found.any()) else pred.sum() * 0
+    return bce, l1
+
+
+def preview(points: torch.Tensor, colors: torch.Tensor | None = None) -> Image.Image:
+    """Oblique point preview (colours, or normals mapped to 0..1) as a PIL image."""
+    pts = points.detach().float().cpu().numpy()
+    if pts.shape[0] == 0:
+        return Image.new("RGB", (256, 256), (255, 255, 255))
+    cols = None if colors is None else colors.detach().float().cpu().clamp(0, 1).numpy()
+    return render_points_preview(pts, cols, width=256, height=256)
+
+
+def normal_colors(normals: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(normals.float(), dim=1) + 1) / 2
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_model(model: torch.nn.Module, ema, folder: Path) -> None:
+    """``save_pretrained`` of the EMA weights when there is an EMA, else of the trained weights."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.save_pretrained(folder)
+    if ema is not None:
+        ema.restore(model.parameters())
+
+
+def example_height_map(preset: dict[str, Any], index: int = 0) -> tuple[np.ndarray, dict[str, float]]:
+    """A held-out noisy height map (uint8) and its metadata (metres of gray 0 / 255, m/px)."""
+    sample = make_dataset(preset, "validation")[index]
+    gray = np.round(sample["height_noisy"][0].numpy() * 255).astype(np.uint8)
+    meta = {"height_range": [0.0, float(sample["z_max"]) - float(sample["z_min"])],
+            "meters_per_pixel": float(preset["training"]["data"]["meters_per_pixel"])}
+    return gray, meta

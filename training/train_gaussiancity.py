@@ -1,0 +1,340 @@
+"""Train GaussianCity's generator (scene encoder + background and building decoders) with its
+semantic discriminator (Xie et al., Sec. 3.5).
+
+Losses, all on masked images (pixels the ground truth covers): 10 L1 + 10 VGG19 perceptual
+(relu3_1/4_1/5_1 weighted 0.125/0.25/1.0) + 0.5 GAN, the GAN term being the per-pixel
+cross-entropy of a GANCraft (N+1)-class discriminator against the frame's segmentation. Adam
+(0.9, 0.999): generator lr ``--learning_rate`` (1e-4), discriminator ``--discriminator_lr`` (1e-5)
+with a linear warm-up over ``--discriminator_warmup_steps``. Style codes are drawn from the
+decoders' distribution (standard normal) at every step, as at inference.
+
+Data (``--data``):
+- ``procedural``: ``--num_cities`` procedural cities; frames are orbit/drone views rendered from
+  each city's coloured surface points as small Gaussians (``render_gaussians``, same cameras);
+  the last city is held out for validation previews.
+- ``googleearth``: the GoogleEarth layout of CityDreamer / GaussianCity, one folder per city::
+
+      <data_dir>/<city>/semantic.png   uint8 [H, W] class ids of diffusers_city.data.CLASSES
+                       /height.npy     float [H, W] surface height in metres (or height.png, uint8 metres)
+                       /cameras.json   {"meters_per_pixel": m, "origin": [x, y, z],
+                                        "frames": [{"file": "frames/0000.png", "K": 3x3,
+                                                    "world_to_cam": 4x4 (OpenCV)}, ...]}
+                       /frames/*.png|jpg  RGB frames of the trajectory
+
+  (their per-city semantic map and height field, camera poses and frames; convert the class ids
+  to this package's table once). Frames are resized to ``--resolution`` (K scaled to match).
+
+Segmentations of every frame are rendered from the layout's own BEV points (class per pixel), so
+both data sources need only layouts, cameras and frames. Single process (one GPU or the CPU).
+
+    accelerate launch training/train_gaussiancity.py --preset small --max_train_steps 3000 \\
+        --output_dir out/gc --pipeline_out pipelines/gaussiancity/default
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from diffusers_city.bev import BEVLayout, visible_bev_points
+from diffusers_city.data import NUM_CLASSES, CityScene, procedural_city
+from diffusers_city.models.gaussiancity import SemanticDiscriminator
+from diffusers_city.models.gaussiancity.vgg19_perceptual import VGG19PerceptualLoss
+from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
+from diffusers_city.render import Cameras, Gaussians, drone_trajectory, orbit_trajectory, render_gaussians
+from diffusers_city.training_utils import (
+    create_ema,
+    load_training_preset,
+    log_validation_images,
+    maybe_resume,
+    push_folder_to_hub,
+    save_checkpoint,
+    setup_accelerator,
+    training_parser,
+)
+
+def parse_args(argv: list[str] | None = None):
+    parser = training_parser(__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--data", choices=("procedural", "googleearth"), default="procedural")
+    add("--data_dir", type=Path, default=None, help="GoogleEarth root (one folder per city)")
+    add("--num_cities", type=int, default=8, help="procedural cities (the last one is held out)")
+    add("--city_size_m", type=float, default=192.0)
+    add("--points_per_m2", type=float, default=4.0, help="surface points of the procedural ground truth")
+    add("--views_per_city", type=int, default=24)
+    add("--resolution", default="192x144", help="WxH of the training frames")
+    add("--discriminator_lr", type=float, default=1e-5)
+    add("--discriminator_warmup_steps", type=int, default=1000)
+    add("--lambda_l1", type=float, default=10.0)
+    add("--lambda_perceptual", type=float, default=10.0)
+    add("--lambda_gan", type=float, default=0.5)
+    add("--discriminator_channels", type=int, default=128)
+    add("--vgg_weights", default=None, help="VGG19 safetensors file or Hub repo id (without: perceptual term off)")
+    add("--max_train_minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    add("--pipeline_out", type=Path, default=None, help="where to save the final pipeline (default OUTPUT_DIR/pipeline)")
+    add("--example_layout_out", type=Path, default=None, help="also save the held-out layout there (demo layout)")
+    args = parser.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.resolution.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--resolution must look like 192x144, got {args.resolution!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"--resolution must be positive, got {args.resolution}")
+    args.width, args.height = w, h
+    if args.data == "googleearth" and (args.data_dir is None or not args.data_dir.is_dir()):
+        raise FileNotFoundError(f"--data googleearth needs --data_dir pointing to a folder, got {args.data_dir}")
+    if args.data == "procedural" and args.num_cities < 2:
+        raise ValueError("--num_cities must be >= 2 (one city is held out)")
+    if args.views_per_city < 1:
+        raise ValueError("--views_per_city must be >= 1")
+    return args
+
+
+# -- data -------------------------------------------------------------------------------------
+@dataclass
+class View:
+    """One training frame: ``rgb [H, W, 3]``, ``mask [H, W]`` (pixels the frame covers) and
+    ``seg [H, W]`` class ids, of camera ``camera`` over layout ``city``."""
+
+    city: int
+    camera: Cameras
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    seg: torch.Tensor
+
+
+def segmentation(layout: BEVLayout, camera: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel class ids ``[H, W]`` and coverage ``[H, W]`` of the layout's visible BEV points,
+    rendered with the class id encoded in one colour channel."""
+    pts = visible_bev_points(layout, camera, device=device)
+    n = len(pts)
+    code = (pts.classes.float() + 0.5) / NUM_CLASSES
+    scale = pts.strides.float() * layout.meters_per_pixel * 0.55
+    quats = torch.zeros(n, 4, device=device)
+    quats[:, 0] = 1
+    g = Gaussians(pts.positions, quats, scale[:, None].expand(n, 3).contiguous(), torch.ones(n, device=device),
+                  torch.stack([code, torch.zeros_like(code), torch.zeros_like(code)], 1))
+    out = render_gaussians(g, camera.to(device))
+    alpha = out.alpha[0, ..., 0]
+    cls = torch.floor(out.rgb[0, ..., 0] / alpha.clamp(min=1e-6) * NUM_CLASSES).clamp(0, NUM_CLASSES - 1).long()
+    return cls, alpha > 0.5
+
+
+def _point_gaussians(scene: CityScene, device: torch.device) -> Gaussians:
+    """The procedural city's coloured surface points as small isotropic Gaussians."""
+    pts = torch.from_numpy(np.asarray(scene.points, dtype=np.float32)).to(device)
+    cols = torch.from_numpy(np.asarray(scene.colors, dtype=np.float32)).to(device)
+    n = pts.shape[0]
+    density = float(scene.metadata.get("points_per_m2", 4.0)) if scene.metadata else 4.0
+    sigma = 0.6 / math.sqrt(density)
+    quats = torch.zeros(n, 4, device=device)
+    quats[:, 0] = 1
+    return Gaussians(pts, quats, torch.full((n, 3), sigma, device=device), torch.ones(n, device=device), cols)
+
+
+def procedural_views(args, device) -> tuple[list[BEVLayout], list[View], list[CityScene]]:
+    layouts, views, scenes = [], [], []
+    for c in range(args.num_cities):
+        scene = procedural_city(1000 + c, size_m=args.city_size_m, points_per_m2=args.points_per_m2, with_image=False)
+        layout = BEVLayout.from_scene(scene)
+        gt = _point_gaussians(scene, device)
+        half = args.views_per_city // 2
+        cams = Cameras.cat([
+            orbit_trajectory(scene, max(1, args.views_per_city - half), width=args.width, height=args.height,
+                             elevation_deg=30.0 + 10.0 * (c % 3)),
+            *([drone_trajectory(scene, half, width=args.width, height=args.height)] if half else []),
+        ])
+        for i in range(len(cams)):
+            cam = cams[i].to(device)
+            with torch.no_grad():
+                ref = render_gaussians(gt, cam)
+                seg, covered = segmentation(layout, cam, device)
+            mask = (ref.alpha[0, ..., 0] > 0.5) & covered
+            views.append(View(c, cam.to("cpu"), ref.rgb[0].cpu(), mask.cpu(), seg.cpu()))
+        layouts.append(layout)
+        scenes.append(scene)
+    return layouts, views, scenes
+
+
+def load_googleearth_city(folder: Path, width: int, height: int) -> tuple[BEVLayout, list[tuple[Cameras, torch.Tensor]]]:
+    """One city of the GoogleEarth layout (see the module docstring): its layout and its frames
+    (resized to ``width x height``) with their cameras."""
+    meta_path = folder / "cameras.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder}: no cameras.json")
+    meta = json.loads(meta_path.read_text())
+    sem = np.asarray(Image.open(folder / "semantic.png"))
+    if (folder / "height.npy").is_file():
+        hgt = np.load(folder / "height.npy", allow_pickle=False)
+    elif (folder / "height.png").is_file():
+        hgt = np.asarray(Image.open(folder / "height.png")).astype(np.float32)
+    else:
+        raise FileNotFoundError(f"{folder}: no height.npy or height.png")
+    layout = BEVLayout.from_maps(sem, hgt, meters_per_pixel=float(meta.get("meters_per_pixel", 1.0)),
+                                 origin=tuple(meta.get("origin", (0.0, 0.0, 0.0))))
+    frames = []
+    for i, frame in enumerate(meta.get("frames", [])):
+        path = folder / frame["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: frame {i} file {frame['file']} is missing")
+        image = Image.open(path).convert("RGB")
+        K = torch.tensor(frame["K"], dtype=torch.float32)
+        K[0] *= width / image.width
+        K[1] *= height / image.height
+        rgb = torch.from_numpy(np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0)
+        cam = Cameras(K[None], torch.tensor(frame["world_to_cam"], dtype=torch.float32)[None], width, height)
+        frames.append((cam, rgb))
+    if not frames:
+        raise ValueError(f"{folder}: cameras.json lists no frames")
+    return layout, frames
+
+
+def googleearth_views(args, device) -> tuple[list[BEVLayout], list[View], list[CityScene]]:
+    cities = sorted(p for p in args.data_dir.iterdir() if (p / "cameras.json").is_file())
+    if len(cities) < 2:
+        raise ValueError(f"--data_dir {args.data_dir} needs >= 2 city folders with cameras.json (one is held out)")
+    layouts, views = [], []
+    for c, folder in enumerate(cities):
+        layout, frames = load_googleearth_city(folder, args.width, args.height)
+        for cam, rgb in frames:
+            with torch.no_grad():
+                seg, covered = segmentation(layout, cam.to(device), device)
+            views.append(View(c, cam, rgb, covered.cpu(), seg.cpu()))
+        layouts.append(layout)
+    return layouts, views, []
+
+
+# -- training ---------------------------------------------------------------------------------
+def render_view(pipe: GaussianCityPipeline, layout: BEVLayout, camera: Cameras, styles: torch.Tensor, device):
+    pts = visible_bev_points(layout, camera, max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
+    g = pipe.decode_points(layout, pts, styles)
+    return render_gaussians(g, camera.to(device)).rgb[0]
+
+
+def _side_by_side(pred: torch.Tensor, gt: torch.Tensor) -> Image.Image:
+    both = torch.cat([pred, gt], 1).clamp(0, 1).detach().cpu().numpy()
+    return Image.fromarray((both * 255).round().astype(np.uint8))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preset = load_training_preset(args, "gaussiancity")
+    accelerator = setup_accelerator(args)
+    if accelerator.num_processes > 1:
+        raise ValueError("train_gaussiancity.py runs in a single process (one GPU or the CPU)")
+    device = accelerator.device
+    pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
+    generator = nn.ModuleDict(
+        {"scene_encoder": pipe.scene_encoder, "background_decoder": pipe.background_decoder,
+         "building_decoder": pipe.building_decoder}
+    )
+    discriminator = SemanticDiscriminator(num_classes=NUM_CLASSES, base_channels=args.discriminator_channels)
+    perceptual = None
+    if args.vgg_weights:
+        perceptual = VGG19PerceptualLoss.from_weights(args.vgg_weights).to(device)
+    elif args.lambda_perceptual > 0:
+        accelerator.print("no --vgg_weights given: VGG19 perceptual term off")
+
+    accelerator.print(f"building the {args.data} training views ...")
+    layouts, views, scenes = (procedural_views if args.data == "procedural" else googleearth_views)(args, device)
+    held_out = len(layouts) - 1
+    train_views = [v for v in views if v.city != held_out]
+    val_view = next(v for v in views if v.city == held_out)
+    accelerator.print(f"{len(train_views)} training views over {held_out} layouts, 1 held-out layout")
+
+    ema = create_ema(generator, args)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=args.learning_rate, betas=(0.9, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.discriminator_lr, betas=(0.9, 0.999))
+    generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
+    global_step = maybe_resume(accelerator, args)
+    rng = np.random.default_rng(args.seed + global_step)
+    style_gen = torch.Generator().manual_seed(args.seed + global_step)
+    start = time.time()
+    generator.train()
+    while global_step < args.max_train_steps:
+        logs = {}
+        opt_g.zero_grad(set_to_none=True)
+        preds, batch = [], [train_views[i] for i in rng.integers(0, len(train_views), args.train_batch_size)]
+        loss_g = torch.zeros((), device=device)
+        for view in batch:
+            layout = layouts[view.city]
+            styles = pipe.sample_styles(layout, style_gen)
+            pred = render_view(pipe, layout, view.camera, styles, device)
+            gt, mask, seg = view.rgb.to(device), view.mask.to(device), view.seg.to(device)
+            m = mask[..., None].float()
+            l1 = ((pred - gt).abs() * m).sum() / (m.sum() * 3).clamp(min=1)
+            loss = args.lambda_l1 * l1
+            pred_m, gt_m = (pred * m).permute(2, 0, 1)[None], (gt * m).permute(2, 0, 1)[None]
+            if perceptual is not None:
+                loss = loss + args.lambda_perceptual * perceptual(pred_m, gt_m)
+            if args.lambda_gan > 0:
+                loss = loss + args.lambda_gan * discriminator.loss(discriminator(pred_m), seg[None], True, mask[None])
+            loss_g = loss_g + loss / len(batch)
+            preds.append((pred_m.detach(), gt_m, seg, mask))
+            logs["l1"] = float(l1.detach())
+        accelerator.backward(loss_g)
+        opt_g.step()
+        if ema is not None:
+            ema.step(generator.parameters())
+        if args.lambda_gan > 0:
+            warm = min(1.0, (global_step + 1) / max(1, args.discriminator_warmup_steps))
+            for group in opt_d.param_groups:
+                group["lr"] = args.discriminator_lr * warm
+            opt_d.zero_grad(set_to_none=True)
+            loss_d = sum(
+                discriminator.loss(discriminator(g), s[None], True, k[None])
+                + discriminator.loss(discriminator(p), s[None], False, k[None])
+                for p, g, s, k in preds
+            ) / len(preds)
+            accelerator.backward(loss_d)
+            opt_d.step()
+            logs["loss_d"] = float(loss_d.detach())
+        global_step += 1
+        logs["loss_g"] = float(loss_g.detach())
+        accelerator.log(logs, step=global_step)
+        if global_step % args.logging_steps == 0:
+            accelerator.print(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        out_of_time = args.max_train_minutes is not None and (time.time() - start) / 60 >= args.max_train_minutes
+        if global_step % args.checkpointing_steps == 0 or out_of_time or global_step == args.max_train_steps:
+            save_checkpoint(accelerator, args, global_step)
+        if global_step % args.validation_steps == 0 or out_of_time or global_step == args.max_train_steps:
+            with torch.no_grad():
+                layout = layouts[val_view.city]
+                styles = pipe.sample_styles(layout, torch.Generator().manual_seed(0))
+                pred = render_view(pipe, layout, val_view.camera, styles, device)
+            log_validation_images(accelerator, args, {"held_out": _side_by_side(pred, val_view.rgb.to(device))}, global_step)
+        if out_of_time:
+            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
+            break
+
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(generator.parameters())
+    folder = args.pipeline_out or Path(args.output_dir) / "pipeline"
+    pipe.save_pretrained(folder)
+    accelerator.print(f"saved the pipeline to {folder}")
+    if args.example_layout_out is not None and scenes:
+        scene = scenes[held_out]
+        scene.replace(points=None, colors=None, normals=None, point_classes=None).save(args.example_layout_out)
+        accelerator.print(f"saved the held-out layout to {args.example_layout_out}")
+    if args.push_to_hub:
+        push_folder_to_hub(args, folder, "gaussiancity", {
+            "title": "GaussianCity",
+            "description": "Generative Gaussian splatting of unbounded 3D cities from BEV layouts.",
+            "preset": args.preset, "data": args.data, "steps": global_step,
+        })
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

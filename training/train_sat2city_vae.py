@@ -1,0 +1,187 @@
+"""Train Sat2City's two VAEs (Sec. 3.1, supplementary 6.1) on procedural cities.
+
+Both VAEs train in one loop on the same batches:
+
+- ``DenseGeometryVAE``: 20 BCE(occupancy, all levels) + 50 L1(normals) + 0.03 KL(X_D);
+- ``SparseGeometryVAE``: 20 BCE + 50 L1(normals) + 0.03 KL(X_S) and, after the geometry-only
+  phase, + 50 L1(inverse-sampled colours at the points). KL never touches the appearance
+  latents. The paper trains geometry only for E = 10 epochs; our data is generated on the fly
+  (no epochs), so E is counted in optimizer steps: ``training.vae.geometry_only_steps`` of the
+  preset (or ``--geometry_only_steps``). At that step X_C0's head is copied from X_S's.
+
+Writes ``<output_dir>/dense_vae`` and ``<output_dir>/sparse_vae`` (EMA weights with ``--use_ema``).
+
+    accelerate launch training/train_sat2city_vae.py --preset small --output_dir runs/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sat2city_common import (  # noqa: E402
+    geometry_losses,
+    load_preset,
+    make_dataloader,
+    normal_colors,
+    prepare_batch,
+    preview,
+    save_model,
+    subsample_points,
+)
+from diffusers.optimization import get_scheduler  # noqa: E402
+
+from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
+from diffusers_city.models.sat2city.blocks import kl_divergence  # noqa: E402
+from diffusers_city.training_utils import (  # noqa: E402
+    create_ema,
+    log_validation_images,
+    maybe_resume,
+    push_folder_to_hub,
+    save_checkpoint,
+    setup_accelerator,
+    training_parser,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = training_parser("Train the Sat2City dense and sparse (Re-Hash) VAEs.")
+    parser.add_argument("--geometry_only_steps", type=int, default=None,
+                        help="optimizer steps of geometry-only training before colours (default: the preset's)")
+    parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    args = parser.parse_args(argv)
+    preset = load_preset(args)
+    section = preset["training"]["vae"]
+    parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
+                        geometry_only_steps=section["geometry_only_steps"])
+    args = parser.parse_args(argv)
+    args.preset_data = preset
+    return args
+
+
+def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, weights: dict,
+               color_points: int) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch (weighted terms summed into ``loss``).
+
+    The colour branch always runs (weight 0 in the geometry-only phase) so that every parameter
+    takes part in every step, as distributed data parallel requires.
+    """
+    voxels = prepared["voxels"]
+    d = dense(voxels)
+    d_bce, d_l1 = geometry_losses(d.decoding, voxels)
+    d_kl = kl_divergence(d.mean.flatten(2).transpose(1, 2).flatten(0, 1), d.logvar.flatten(2).transpose(1, 2).flatten(0, 1))
+    points, batch_idx, colors = subsample_points(prepared, color_points)
+    s = sparse(voxels, points=points, batch_idx=batch_idx)
+    s_bce, s_l1 = geometry_losses(s.geometry, voxels)
+    s_kl = kl_divergence(s.encoding.mean.feats, s.encoding.logvar.feats)
+    color_l1 = (s.colors.float() - colors.float()).abs().mean()
+    terms = {"dense_bce": d_bce, "dense_normal_l1": d_l1, "dense_kl": d_kl,
+             "sparse_bce": s_bce, "sparse_normal_l1": s_l1, "sparse_kl": s_kl, "color_l1": color_l1}
+    terms["loss"] = (weights["occupancy"] * (d_bce + s_bce) + weights["normals"] * (d_l1 + s_l1)
+                     + weights["kl"] * (d_kl + s_kl) + weights["color"] * color_l1)
+    return terms
+
+
+@torch.no_grad()
+def validation_images(dense: DenseGeometryVAE, sparse: SparseGeometryVAE, prepared: dict) -> dict:
+    """Ground truth vs. free-running (not teacher-forced) reconstructions of the first item."""
+    voxels = next(iter(prepared["voxels"]))
+    d = dense.decode(dense.encode(voxels)[0]).output
+    enc = sparse.encode(voxels)
+    geometry = sparse.decode_geometry(enc.mean)
+    images = {"ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats)),
+              "dense_reconstruction": preview(d.world_positions(), normal_colors(d.feats))}
+    out = geometry.output
+    if out.num_voxels:
+        feats = sparse.decode_appearance(sparse.rehash(enc.appearance), geometry)
+        colors = sparse.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long())
+        images["sparse_reconstruction"] = preview(out.world_positions(), colors)
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preset = args.preset_data
+    weights = preset["training"]["vae"]["loss_weights"]
+    color_points = int(preset["training"]["vae"]["color_points_per_scene"])
+    accelerator = setup_accelerator(args)
+    dense = DenseGeometryVAE.from_config(preset["components"]["dense_vae"])
+    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    grid = tuple(dense.config.grid_size)
+    ema_dense, ema_sparse = create_ema(dense, args), create_ema(sparse, args)
+    optimizer = torch.optim.AdamW(itertools.chain(dense.parameters(), sparse.parameters()), lr=args.learning_rate)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    loader = make_dataloader(preset, args, args.train_batch_size)
+    dense, sparse, optimizer, loader, lr_scheduler = accelerator.prepare(dense, sparse, optimizer, loader, lr_scheduler)
+    global_step = maybe_resume(accelerator, args)
+    val_batch = prepare_batch(next(iter(make_dataloader(preset, args, 1, "validation"))), grid, accelerator.device)
+    unwrap = accelerator.unwrap_model
+    t0 = time.time()
+    batches = iter(loader)
+    if global_step:
+        # consecutive samples are deterministic crops: skip what the resumed run already used
+        batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
+    dense.train()
+    sparse.train()
+    while global_step < args.max_train_steps:
+        if global_step == args.geometry_only_steps:
+            unwrap(sparse).init_appearance_from_geometry()
+        color_weight = weights["color"] if global_step >= args.geometry_only_steps else 0.0
+        with accelerator.accumulate(dense, sparse):
+            prepared = prepare_batch(next(batches), grid, accelerator.device)
+            with accelerator.autocast():
+                terms = vae_losses(dense, sparse, prepared, {**weights, "color": color_weight}, color_points)
+            accelerator.backward(terms["loss"])
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(itertools.chain(dense.parameters(), sparse.parameters()), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        if not math.isfinite(float(terms["loss"].detach())):
+            raise RuntimeError(f"non-finite loss at step {global_step}: { {k: float(v) for k, v in terms.items()} }")
+        global_step += 1
+        if ema_dense is not None:
+            ema_dense.step(dense.parameters())
+            ema_sparse.step(sparse.parameters())
+        if global_step % args.logging_steps == 0:
+            logs = {k: float(v.detach()) for k, v in terms.items()} | {"lr": lr_scheduler.get_last_lr()[0]}
+            accelerator.log(logs, step=global_step)
+            accelerator.print(f"step {global_step}: " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        if global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, global_step)
+        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            log_validation_images(accelerator, args, validation_images(unwrap(dense), unwrap(sparse), val_batch), global_step)
+        if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
+            accelerator.print(f"--max_minutes {args.max_minutes} reached at step {global_step}")
+            save_checkpoint(accelerator, args, global_step)
+            break
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out = Path(args.output_dir)
+        save_model(unwrap(dense), ema_dense, out / "dense_vae")
+        save_model(unwrap(sparse), ema_sparse, out / "sparse_vae")
+        if args.push_to_hub:
+            push_folder_to_hub(args, out, "sat2city", card_fields(args, "VAEs (dense + sparse / Re-Hash)"))
+    accelerator.end_training()
+    return 0
+
+
+def card_fields(args: argparse.Namespace, stage: str) -> dict[str, str]:
+    return {"title": f"Sat2City {stage} ({args.preset})",
+            "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
+            "stage": stage, "preset": str(args.preset)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
