@@ -59,6 +59,8 @@ def test_trilinear_gradients_and_validation():
     with pytest.raises(ValueError, match="batch_idx"):
         ops.trilinear_interpolate(x, torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
     assert ops.trilinear_interpolate(x, torch.zeros(0, 3)).shape == (0, 2)
+    empty = x.derive(x.feats[:0], x.coords[:0])
+    assert torch.equal(ops.trilinear_interpolate(empty, torch.zeros(3, 3)), torch.zeros(3, 2, dtype=torch.float64))
 
 
 def test_regrid_rehash_levels():

@@ -120,3 +120,11 @@ def test_to_keeps_cache_on_same_device():
     x.cache["probe"] = 1
     y = x.to(torch.float64)
     assert y.dtype == torch.float64 and y.cache is x.cache
+
+
+def test_huge_extent_is_reported():
+    big = torch.tensor([[0, -(2**31), -(2**31), -(2**31)], [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]])
+    with pytest.raises(ValueError, match="too large to hash"):
+        SparseTensor(torch.zeros(2, 1), big)
+    far = torch.tensor([[0, -(2**31), 0, 5], [0, 2**31 - 1, 7, 5]])  # one axis spanning all of int32 is fine
+    assert SparseTensor(torch.zeros(2, 1), far).num_voxels == 2

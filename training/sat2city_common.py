@@ -111,7 +111,7 @@ def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: tor
 def subsample_points(prepared: dict[str, Any], per_item: int, generator: torch.Generator | None = None) -> tuple:
     """At most ``per_item`` points per batch item for inverse sampling (their colours are the target)."""
     pts, b, colors = prepared["points"], prepared["points_batch"], prepared["colors"]
-    order = torch.randperm(pts.shape[0], generator=generator, device="cpu").to(pts.device)
+    order = torch.randperm(pts.shape[0], generator=generator, device=pts.device)
     b_perm = b[order]
     rank = torch.zeros_like(b_perm)
     for item in torch.unique(b_perm):
@@ -145,6 +145,12 @@ def preview(points: torch.Tensor, colors: torch.Tensor | None = None) -> Image.I
 
 def normal_colors(normals: torch.Tensor) -> torch.Tensor:
     return (F.normalize(normals.float(), dim=1) + 1) / 2
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """Generator of one optimizer step: the run's randomness depends only on (seed, step), so a
+    resumed run repeats exactly what an uninterrupted one does."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

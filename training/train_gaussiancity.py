@@ -141,10 +141,11 @@ def _point_gaussians(scene: CityScene, device: torch.device) -> Gaussians:
     return Gaussians(pts, quats, torch.full((n, 3), sigma, device=device), torch.ones(n, device=device), cols)
 
 
-def procedural_views(args, device) -> tuple[list[BEVLayout], list[View], list[CityScene]]:
+def procedural_views(args, device, first_seed: int = 1000) -> tuple[list[BEVLayout], list[View], list[CityScene]]:
+    """``args.num_cities`` procedural cities (seeds ``first_seed + i``) and their ground-truth views."""
     layouts, views, scenes = [], [], []
     for c in range(args.num_cities):
-        scene = procedural_city(1000 + c, size_m=args.city_size_m, points_per_m2=args.points_per_m2, with_image=False)
+        scene = procedural_city(first_seed + c, size_m=args.city_size_m, points_per_m2=args.points_per_m2, with_image=False)
         layout = BEVLayout.from_scene(scene)
         gt = _point_gaussians(scene, device)
         half = args.views_per_city // 2

@@ -35,6 +35,7 @@ from sat2city_common import (  # noqa: E402
     prepare_batch,
     preview,
     save_model,
+    step_generator,
     subsample_points,
 )
 from diffusers.optimization import get_scheduler  # noqa: E402
@@ -68,18 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, weights: dict,
-               color_points: int) -> dict[str, torch.Tensor]:
+               color_points: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Every loss term of one batch (weighted terms summed into ``loss``).
 
     The colour branch always runs (weight 0 in the geometry-only phase) so that every parameter
     takes part in every step, as distributed data parallel requires.
     """
     voxels = prepared["voxels"]
-    d = dense(voxels)
+    d = dense(voxels, generator=generator)
     d_bce, d_l1 = geometry_losses(d.decoding, voxels)
     d_kl = kl_divergence(d.mean.flatten(2).transpose(1, 2).flatten(0, 1), d.logvar.flatten(2).transpose(1, 2).flatten(0, 1))
-    points, batch_idx, colors = subsample_points(prepared, color_points)
-    s = sparse(voxels, points=points, batch_idx=batch_idx)
+    points, batch_idx, colors = subsample_points(prepared, color_points, generator)
+    s = sparse(voxels, points=points, batch_idx=batch_idx, generator=generator)
     s_bce, s_l1 = geometry_losses(s.geometry, voxels)
     s_kl = kl_divergence(s.encoding.mean.feats, s.encoding.logvar.feats)
     color_l1 = (s.colors.float() - colors.float()).abs().mean()
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         with accelerator.accumulate(dense, sparse):
             prepared = prepare_batch(next(batches), grid, accelerator.device)
             with accelerator.autocast():
-                terms = vae_losses(dense, sparse, prepared, {**weights, "color": color_weight}, color_points)
+                generator = step_generator(args.seed, global_step, accelerator.device)
+                terms = vae_losses(dense, sparse, prepared, {**weights, "color": color_weight}, color_points, generator)
             accelerator.backward(terms["loss"])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(itertools.chain(dense.parameters(), sparse.parameters()), 1.0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ def _as_map(name: str, value: Any) -> torch.Tensor:
         t = value.detach().cpu()
     else:
         try:
-            t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+            t = torch.from_numpy(np.array(value, copy=True))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name} must be a 2D array, got {type(value).__name__}") from err
     if t.dim() != 2:
@@ -209,6 +210,11 @@ class BEVLayout:
     def num_instances(self) -> int:
         """Number of building instances (ids 1..num_instances)."""
         return self.instance_min.shape[0] - 1
+
+    @cached_property
+    def z_range(self) -> tuple[float, float]:
+        """``(lowest bottom, highest top + 1)`` levels: the height slab every ray is clipped to."""
+        return float(self.bottom.min()), float(self.top.max()) + 1.0
 
     @property
     def block(self) -> int:
@@ -474,7 +480,7 @@ def _view_window(
 ) -> tuple[int, int, int, int] | None:
     """Aligned layout window holding every ray segment of the cameras inside the height slab."""
     h, w = layout.shape
-    zlo, zhi = float(layout.bottom.min()), float(layout.top.max()) + 1.0
+    zlo, zhi = layout.z_range
     lo = torch.tensor([0.0, 0.0, zlo], dtype=torch.float64)
     hi = torch.tensor([float(w), float(h), zhi], dtype=torch.float64)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps per stage (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--meters-per-pixel", type=float, default=None)
+    parser.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="metres of gray 0 and 255 (default: the model's 0..max_height_m)")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-memory-gb", type=float, default=32.0)
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         generator=torch.Generator("cpu").manual_seed(args.seed),
         output_type="mesh",
         meters_per_pixel=args.meters_per_pixel,
+        height_range=args.height_range,
         guidance_scale=args.guidance_scale,
         max_memory_gb=args.max_memory_gb,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .cameras import Cameras
@@ -34,14 +35,20 @@ def rasterize_gsplat(
         near_plane=near_plane,
         far_plane=far_plane,
         eps2d=eps2d,
-        backgrounds=background.contiguous(),
         render_mode="RGB+ED",
     )
     if mode == "3dgs":
-        colors, alphas, _ = gsplat.rasterization(colors=g.colors.contiguous(), **common)
+        # 3DGS composites the background over every rendered channel, the depth one included:
+        # a zero depth background leaves the expected depth sum(w z) / alpha unchanged.
+        bg = torch.cat([background, background.new_zeros(*background.shape[:-1], 1)], -1)
+        colors, alphas, _ = gsplat.rasterization(
+            colors=g.colors.contiguous(), backgrounds=bg.contiguous(), **common
+        )
         normal = None
     else:
         # rasterization_2dgs wants per-camera colours [C, N, 3].
         colors_c = g.colors[None].expand(C, -1, -1).contiguous()
-        colors, alphas, normal, _, _, _, _ = gsplat.rasterization_2dgs(colors=colors_c, **common)
+        colors, alphas, normal, _, _, _, _ = gsplat.rasterization_2dgs(
+            colors=colors_c, backgrounds=background.contiguous(), **common
+        )
     return RenderOutput(rgb=colors[..., :3], depth=colors[..., 3:4], alpha=alphas, normal=normal)

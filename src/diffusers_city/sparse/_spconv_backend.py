@@ -22,6 +22,7 @@ from spconv_triton.core import ConvAlgo
 from spconv_triton.pytorch import ops as spops
 from torch.autograd.function import once_differentiable
 
+from .backend import compute_dtype
 from .kernel_map import build_index
 from .tensor import SparseTensor
 
@@ -96,10 +97,7 @@ class _ImplicitGemm(torch.autograd.Function):
 
 
 def _gemm(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t: _Tables) -> torch.Tensor:
-    dtype = feats.dtype
-    device_type = feats.device.type
-    if torch.is_autocast_enabled(device_type) and dtype in (torch.float32, torch.float16, torch.bfloat16):
-        dtype = torch.get_autocast_dtype(device_type)
+    dtype = compute_dtype(feats)
     feats = feats.to(dtype).contiguous()
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import compute_dtype
 from .kernel_map import KernelMap, down_map, inverse_map, subm_map
 from .tensor import SparseTensor
 
@@ -18,9 +19,7 @@ def apply_kernel_map(
     """``out[o] = bias + sum_k W[k] feats[i]`` over the map's (i, o) pairs of offset k."""
     c_out, c_in = weight.shape[0], weight.shape[-1]
     w = weight.reshape(c_out, -1, c_in)
-    dtype = feats.dtype
-    if torch.is_autocast_enabled(feats.device.type) and dtype in (torch.float32, torch.float16, torch.bfloat16):
-        dtype = torch.get_autocast_dtype(feats.device.type)
+    dtype = compute_dtype(feats)
     acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     out = torch.zeros(kmap.num_out, c_out, dtype=acc_dtype, device=feats.device)
     for k, (ii, oi) in enumerate(zip(kmap.in_idx, kmap.out_idx)):

@@ -81,6 +81,15 @@ def use_backend(name: str) -> Iterator[None]:
         _override.reset(token)
 
 
+def compute_dtype(feats: torch.Tensor) -> torch.dtype:
+    """dtype convolutions multiply in: the autocast dtype inside autocast (float16/32 and bfloat16
+    features), else the features' own dtype."""
+    device_type = feats.device.type
+    if torch.is_autocast_enabled(device_type) and feats.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(device_type)
+    return feats.dtype
+
+
 def backend_name(device: torch.device) -> str:
     """Name of the backend that runs on ``device`` right now."""
     name = _override.get()

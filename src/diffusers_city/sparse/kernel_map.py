@@ -35,16 +35,16 @@ class CoordIndex:
     sorted_keys: torch.Tensor  # [N] int64, ascending
     perm: torch.Tensor  # [N] int64: row of the i-th sorted key
 
-    @staticmethod
-    def frame(lo: list[int], hi: list[int], batch_size: int) -> tuple[list[int], list[int]]:
-        ext = [max(h - l + 1, 1) for l, h in zip(lo, hi)]
-        if max(batch_size, 1) * ext[0] * ext[1] * ext[2] >= _KEY_LIMIT:
-            raise ValueError(f"coordinate extent {ext} x batch {batch_size} is too large to hash into int64 keys")
-        return lo, ext
+    def extent(self) -> list[int]:
+        """Per-axis extent of the key frame (raises if the keys would overflow int64)."""
+        ext = [max(h - l + 1, 1) for l, h in zip(self.lo, self.hi)]
+        if max(self.batch_size, 1) * ext[0] * ext[1] * ext[2] >= _KEY_LIMIT:
+            raise ValueError(f"coordinate extent {ext} x batch {self.batch_size} is too large to hash into int64 keys")
+        return ext
 
     def keys(self, coords: torch.Tensor) -> torch.Tensor:
         """int64 keys of ``coords`` [..., 4] that lie inside this index's bounds."""
-        _, ext = self.frame(self.lo, self.hi, self.batch_size)
+        ext = self.extent()
         c = coords.long()
         key = c[..., 0]
         for axis in range(3):
@@ -75,10 +75,8 @@ def build_index(coords: torch.Tensor, batch_size: int) -> CoordIndex:
         return CoordIndex([0, 0, 0], [0, 0, 0], batch_size, empty, empty)
     xyz = coords[:, 1:].long()
     lo, hi = torch.stack([xyz.amin(0), xyz.amax(0)]).tolist()
-    CoordIndex.frame(lo, hi, batch_size)
-    index = CoordIndex(lo, hi, batch_size, coords.new_zeros(0, dtype=torch.long), coords.new_zeros(0, dtype=torch.long))
-    keys = index.keys(coords)
-    index.sorted_keys, index.perm = torch.sort(keys)
+    index = CoordIndex(lo, hi, batch_size, xyz[:0, 0], xyz[:0, 0])
+    index.sorted_keys, index.perm = torch.sort(index.keys(coords))
     return index
 
 
@@ -158,7 +156,7 @@ def down_map(x: SparseTensor, kernel_size: int, stride: int, padding: int) -> tu
 
 
 def _decode(keys: torch.Tensor, index: CoordIndex) -> torch.Tensor:
-    _, ext = index.frame(index.lo, index.hi, index.batch_size)
+    ext = index.extent()
     out = torch.empty(keys.shape[0], 4, dtype=torch.long, device=keys.device)
     rem = keys
     for axis in (2, 1, 0):
@@ -183,9 +181,11 @@ def inverse_map(x: SparseTensor, target: SparseTensor, kernel_size: int, stride:
 
 def unique_coords(coords: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct rows of ``coords`` [M, 4] in (b, x, y, z) order (int32) and each row's position among them."""
-    index = build_index(coords[:0], batch_size)
+    lo, hi = [0, 0, 0], [0, 0, 0]
     if coords.shape[0]:
         xyz = coords[:, 1:].long()
-        index.lo, index.hi = torch.stack([xyz.amin(0), xyz.amax(0)]).tolist()
+        lo, hi = torch.stack([xyz.amin(0), xyz.amax(0)]).tolist()
+    empty = coords.new_zeros(0, dtype=torch.long)
+    index = CoordIndex(lo, hi, batch_size, empty, empty)
     uniq, inverse = torch.unique(index.keys(coords), sorted=True, return_inverse=True)
     return _decode(uniq, index), inverse

@@ -58,6 +58,8 @@ def trilinear_interpolate(
     b = _check_points(points, batch_idx, x.batch_size)
     if points.device != x.device:
         raise ValueError(f"points are on {points.device} but the tensor is on {x.device}")
+    if x.num_voxels == 0:
+        return x.feats.new_zeros(points.shape[0], x.num_channels)
     dtype = torch.promote_types(points.dtype, x.dtype if x.dtype == torch.float64 else torch.float32)
     origin = torch.tensor(x.origin, dtype=dtype, device=x.device)
     u = (points.to(dtype) - origin) / x.voxel_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -34,14 +35,24 @@ def write_city(output: Sat2CityPipelineOutput, out_dir: Path, stem: str = "city"
 
 
 def run_demo(out_dir: Path, device: str) -> list[Path]:
-    """Generate a city from ``pipelines/sat2city/examples/height_map.png`` with the shipped default."""
+    """Generate a city from ``pipelines/sat2city/examples/height_map.png`` with the shipped default
+    (its ``height_map.json`` gives the metres of gray 0 / 255 and the metres per pixel)."""
     model = bundled_path("sat2city", "default")
     example = bundled_path(*EXAMPLE)
     if not (model / "model_index.json").is_file():
         raise FileNotFoundError(f"no shipped Sat2City weights at {model}")
     if not example.is_file():
         raise FileNotFoundError(f"no example height map at {example}")
+    meta_path = example.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
     generator = torch.Generator("cpu").manual_seed(0)
-    output = pipe(example, num_inference_steps=DEMO_STEPS, generator=generator, output_type="mesh")
+    output = pipe(
+        example,
+        num_inference_steps=DEMO_STEPS,
+        generator=generator,
+        output_type="mesh",
+        meters_per_pixel=meta.get("meters_per_pixel"),
+        height_range=meta.get("height_range"),
+    )
     return write_city(output, out_dir)

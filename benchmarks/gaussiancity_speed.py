@@ -1,0 +1,183 @@
+"""GaussianCity speed and memory: ms per 960x540 frame (BEV visibility + decoding + rasterization)
+and peak GPU memory on layouts of 1 km^2 and 16 km^2 (must stay flat: ratio <= 1.1).
+
+Camera as in the paper (fx = fy = 1528.15, principal point (480, 270)), on a drone orbit 400 m
+from the layout centre at 300 m altitude; the same orbit over both layouts. Layouts are synthetic
+Manhattan grids at 1 m/px (blocks of towers, roads, parks, water). Timings are averaged over
+``--frames`` frames after ``--warmup``, with CUDA synchronisation, IO excluded.
+
+    python benchmarks/gaussiancity_speed.py --out out/gc_speed            # paper preset, one H100
+    python benchmarks/gaussiancity_speed.py --out out/gc_speed --bf16     # bf16 autocast decoding
+    python benchmarks/gaussiancity_speed.py --device cpu --quick --out /tmp/gc_speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusers_city.bev import visible_bev_points
+from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
+from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
+from diffusers_city.render import Cameras, render_gaussians
+
+
+def manhattan_layout(size_px: int, seed: int = 0, block: int = 80, road: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic and height maps (1 m/px) of a grid city: blocks of 2x2 towers, parks, a river."""
+    rng = np.random.default_rng(seed)
+    sem = np.full((size_px, size_px), ROAD, dtype=np.uint8)
+    hgt = np.zeros((size_px, size_px), dtype=np.float32)
+    period = block + road
+    idx = np.arange(size_px) % period
+    inside = idx < block
+    lot = (idx % (block // 2)) < (block // 2 - 4)
+    n_blocks = size_px // period + 1
+    kind = rng.choice(3, size=(n_blocks, n_blocks), p=[0.8, 0.15, 0.05])  # towers, park, plaza
+    heights = rng.uniform(10, 120, size=(2 * n_blocks, 2 * n_blocks)).astype(np.float32)
+    bi = np.arange(size_px) // period
+    li = (np.arange(size_px) % period) // (block // 2)
+    k = kind[bi[:, None], bi[None, :]]
+    block_mask = inside[:, None] & inside[None, :]
+    towers = block_mask & (k == 0) & lot[:, None] & lot[None, :]
+    sem[block_mask & (k == 1)] = VEGETATION
+    sem[block_mask & (k == 2)] = GROUND
+    sem[towers] = ROOF
+    hgt[towers] = heights[(2 * bi + li)[:, None], (2 * bi + li)[None, :]][towers]
+    river = np.abs(np.arange(size_px) - size_px // 3) < 20
+    sem[river, :] = WATER
+    hgt[river, :] = 0.0
+    return sem, hgt
+
+
+def paper_cameras(centre: float, n: int, width: int, height: int, scale: float = 1.0) -> Cameras:
+    """Drone orbit of ``n`` frames around ``(centre, centre)``: radius 400 m, altitude 300 m."""
+    angles = 2 * math.pi * torch.arange(n) / n
+    eye = torch.stack([centre + 400 * torch.cos(angles), centre + 400 * torch.sin(angles), torch.full((n,), 300.0)], 1)
+    target = torch.tensor([centre, centre, 0.0]).expand(n, 3)
+    cams = Cameras.look_at(eye, target, width=width, height=height, focal=1528.15 * scale)
+    return cams
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_layout(pipe, size_px: int, cams: Cameras, args, device) -> dict:
+    sem, hgt = manhattan_layout(size_px, seed=size_px)
+    layout = pipe.prepare_layout(sem, hgt)
+    styles = pipe.sample_styles(layout, torch.Generator().manual_seed(0)).to(device)
+    max_distance = float(pipe.scene_encoder.config.max_view_distance)
+    times = {"visibility": [], "decode": [], "raster": [], "total": []}
+    points = []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    for i in range(args.warmup + args.frames):
+        cam = cams[i % len(cams)].to(device)
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pts = visible_bev_points(layout, cam, max_distance=max_distance, device=device)
+            sync(device)
+            t1 = time.perf_counter()
+            with autocast:
+                g = pipe.decode_points(layout, pts, styles)
+            g = type(g)(**{k: getattr(g, k).float() for k in ("means", "quats", "scales", "opacities", "colors")})
+            sync(device)
+            t2 = time.perf_counter()
+            render_gaussians(g, cam)
+            sync(device)
+            t3 = time.perf_counter()
+        if i >= args.warmup:
+            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                value_ms = value * 1000
+                times[key].append(value_ms)
+            points.append(len(pts))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    ms = {k: float(np.mean(v)) for k, v in times.items()}
+    return {
+        "layout_km2": (size_px / 1000) ** 2,
+        "layout_px": size_px,
+        "points_per_frame": float(np.mean(points)),
+        "ms_per_frame": ms["total"],
+        "fps": 1000.0 / ms["total"],
+        "ms_visibility": ms["visibility"],
+        "ms_decode": ms["decode"],
+        "ms_raster": ms["raster"],
+        "peak_gpu_mb": peak / 2**20,
+        "weights_mb": base / 2**20,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--pipeline", default=None, help="a trained pipeline folder instead of the preset")
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the decoders")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, small layouts and frames")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but CUDA is not available (use --device cpu --quick)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    width, height, scale = 960, 540, 1.0
+    sizes = (1000, 4000)
+    if args.quick:
+        args.preset, args.frames, args.warmup = "tiny", 2, 1
+        width, height, scale = 96, 54, 0.1
+        sizes = (1000, 1200)
+    pipe = GaussianCityPipeline.from_pretrained(args.pipeline) if args.pipeline else GaussianCityPipeline.from_preset(args.preset)
+    pipe = pipe.to(device)
+    results = []
+    for size in sizes:
+        cams = paper_cameras(size / 2, max(args.frames, 1), width, height, scale)
+        results.append(bench_layout(pipe, size, cams, args, device))
+        print(json.dumps(results[-1]), flush=True)
+    ratio = results[1]["peak_gpu_mb"] / results[0]["peak_gpu_mb"] if results[0]["peak_gpu_mb"] else float("nan")
+    summary = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "preset": args.pipeline or args.preset,
+        "bf16": args.bf16,
+        "image": [width, height],
+        "frames": args.frames,
+        "results": results,
+        "peak_memory_ratio_16_over_1": ratio,
+        "goals": {"fps>=100": results[0]["fps"] >= 100, "memory_ratio<=1.1": bool(ratio <= 1.1)},
+    }
+    tmp = args.out / ".gaussiancity_speed.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, args.out / "gaussiancity_speed.json")
+    lines = [
+        f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16})",
+        "",
+        "| layout | points/frame | visibility ms | decode ms | raster ms | total ms | FPS | peak GPU MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['layout_km2']:.2f} km2 | {r['points_per_frame']:.0f} | {r['ms_visibility']:.1f} | {r['ms_decode']:.1f} "
+            f"| {r['ms_raster']:.1f} | {r['ms_per_frame']:.1f} | {r['fps']:.1f} | {r['peak_gpu_mb']:.0f} |"
+        )
+    lines.append(f"\npeak memory ratio 16 km2 / 1 km2: {ratio:.3f} (goal <= 1.1)")
+    table = "\n".join(lines)
+    (args.out / "gaussiancity_speed.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Smoke runs of the Sat2City benchmark scripts (``--device cpu --quick``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_quick(tmp_path, capsys):
+    assert load("sat2city_speed").main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "sat2city_speed.json").read_text())
+    row = result["summary"][0]
+    assert row["steps"] == 2 and row["total_s"] > 0 and row["voxels"] > 0
+    assert all(row[k] > 0 for k in ("dense_diffusion", "sparse_diffusion", "appearance_diffusion", "mesh_extraction"))
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 2 |")
+
+
+def test_quality_quick(tmp_path, capsys):
+    assert load("sat2city_quality").main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "sat2city_quality.json").read_text())
+    assert len(result["per_scene"]) == 2
+    for method in ("generated", "baseline_extrusion"):
+        assert {"mmd_cd", "mmd_emd", "cov_cd", "cov_emd"} <= set(result["coverage_mmd"][method])
+    assert 0 < result["summary"]["color_l1_class_mean"] < 1
+    assert "height correlation >= 0.9 required" in capsys.readouterr().out.strip().splitlines()[-1]

@@ -1,0 +1,121 @@
+"""Sat2City training scripts on the tiny preset, CPU: every stage, resume, KL placement, Hub push."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import train_sat2city_diffusion  # noqa: E402
+import train_sat2city_vae  # noqa: E402
+from sat2city_common import load_preset, make_dataloader, prepare_batch  # noqa: E402
+
+from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
+
+FAST = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "2"]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def test_vae_trains_and_resumes_exactly(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = [*FAST, "--use_ema", "--checkpointing_steps", "2", "--geometry_only_steps", "1"]
+    assert train_sat2city_vae.main([*args, "--output_dir", str(straight), "--max_train_steps", "3"]) == 0
+    assert train_sat2city_vae.main([*args, "--output_dir", str(resumed), "--max_train_steps", "2"]) == 0
+    assert (resumed / "checkpoint-2").is_dir()
+    assert train_sat2city_vae.main([*args, "--output_dir", str(resumed), "--max_train_steps", "3",
+                                    "--resume_from_checkpoint", "latest"]) == 0
+    for name in ("dense_vae", "sparse_vae"):
+        a, b = weights(straight / name), weights(resumed / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), f"{name}.{key} differs after resume"
+    assert (straight / "validation" / "step-2" / "ground_truth.png").is_file()
+    untrained = SparseGeometryVAE.from_config(load_preset(_ns()).get("components")["sparse_vae"])
+    trained = SparseGeometryVAE.from_pretrained(straight / "sparse_vae")
+    assert not torch.equal(untrained.geometry_head.weight, trained.geometry_head.weight)
+
+
+def _ns():
+    import argparse
+
+    return argparse.Namespace(preset="tiny", dataloader_num_workers=0)
+
+
+def test_kl_reaches_geometry_latents_only():
+    preset = load_preset(_ns())
+    torch.manual_seed(0)
+    dense = DenseGeometryVAE.from_config(preset["components"]["dense_vae"])
+    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    grid = tuple(dense.config.grid_size)
+    prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
+    weights_ = preset["training"]["vae"]["loss_weights"]
+    terms = train_sat2city_vae.vae_losses(dense, sparse, prepared, weights_, 100)
+    (terms["dense_kl"] + terms["sparse_kl"]).backward(retain_graph=True)
+    assert sparse.geometry_head.weight.grad.abs().sum() > 0
+    assert dense.quant_conv.weight.grad.abs().sum() > 0
+    assert sparse.appearance_head.weight.grad is None or sparse.appearance_head.weight.grad.abs().sum() == 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in sparse.color_mlp.parameters())
+    sparse.zero_grad()
+    terms["color_l1"].backward()
+    assert sparse.appearance_head.weight.grad.abs().sum() > 0
+    expected = (20 * (terms["dense_bce"] + terms["sparse_bce"]) + 50 * (terms["dense_normal_l1"] + terms["sparse_normal_l1"])
+                + 0.03 * (terms["dense_kl"] + terms["sparse_kl"]) + 50 * terms["color_l1"])
+    assert torch.allclose(terms["loss"], expected)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("vae")
+    preset = load_preset(_ns())
+    torch.manual_seed(0)
+    DenseGeometryVAE.from_config(preset["components"]["dense_vae"]).save_pretrained(folder / "dense_vae")
+    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    for head in sparse.geometry_decoder.occupancy_heads:  # keep voxels, so validation decodes something
+        torch.nn.init.constant_(head[1].bias, 3.0)
+    sparse.save_pretrained(folder / "sparse_vae")
+    return folder
+
+
+@pytest.mark.parametrize(("stage", "outputs"), [("dense", ("dense_unet", "condition_encoder")),
+                                                 ("sparse", ("sparse_unet",)), ("appearance", ("appearance_unet",))])
+def test_diffusion_stage_trains_and_resumes(stage, outputs, vae_dir, tmp_path):
+    out = tmp_path / stage
+    args = [*FAST, "--stage", stage, "--vae_dir", str(vae_dir), "--output_dir", str(out), "--checkpointing_steps", "1",
+            "--scale_batches", "1", "--validation_inference_steps", "2"]
+    assert train_sat2city_diffusion.main([*args, "--max_train_steps", "1"]) == 0
+    scale = json.loads((out / "latent_scale.json").read_text())
+    assert scale["stage"] == stage and scale["scaling_factor"] > 0
+    first = weights(out / outputs[0])
+    assert train_sat2city_diffusion.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"]) == 0
+    assert (out / "checkpoint-2").is_dir() and json.loads((out / "latent_scale.json").read_text()) == scale
+    second = weights(out / outputs[0])
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    for name in outputs:
+        assert (out / name / "config.json").is_file()
+    assert any((out / "validation" / "step-2").glob(f"{stage}_sample.png")) or stage == "appearance"
+
+
+def test_missing_vae_is_refused_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained dense_vae"):
+        train_sat2city_diffusion.main([*FAST, "--stage", "dense", "--vae_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_push_to_hub_with_model_card(tmp_path, offline_hub):
+    out = tmp_path / "vae"
+    assert train_sat2city_vae.main([*FAST, "--output_dir", str(out), "--max_train_steps", "1",
+                                    "--push_to_hub", "--hub_model_id", "org/s2c-vae"]) == 0
+    files = offline_hub.files("org/s2c-vae")
+    assert "README.md" in files and "dense_vae/diffusion_pytorch_model.safetensors" in files
+    card = (offline_hub.snapshot("org/s2c-vae") / "README.md").read_text()
+    assert "Sat2City" in card and "Re-Hash" in card

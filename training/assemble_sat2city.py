@@ -1,0 +1,112 @@
+"""Assemble trained Sat2City VAEs + denoisers + scheduler into one saved ``Sat2CityPipeline`` folder.
+
+Reads the outputs of ``train_sat2city_vae.py`` and the three ``train_sat2city_diffusion.py``
+stages, writes each stage's measured latent std into the VAE configs (``scaling_factor``,
+``appearance_scaling_factor``), and saves the pipeline (safetensors, fp32 or fp16). With
+``--examples_dir`` it also writes a held-out noisy height map (``height_map.png``) and its
+``height_map.json`` (metres of gray 0/255, metres per pixel) for the demo.
+
+    python training/assemble_sat2city.py --preset small --vae_dir runs/vae --dense_dir runs/dense \
+        --sparse_dir runs/sparse --appearance_dir runs/appearance --output_dir pipelines/sat2city/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sat2city_common import example_height_map, load_preset, write_json_atomic  # noqa: E402
+from diffusers import DDIMScheduler  # noqa: E402
+
+from diffusers_city.export.preview import write_image  # noqa: E402
+from diffusers_city.models.sat2city import (  # noqa: E402
+    DenseGeometryVAE,
+    DenseUNet3D,
+    HeightFieldEncoder,
+    SparseGeometryVAE,
+    SparseUNet3D,
+)
+from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Assemble a trained Sat2City pipeline folder.")
+    parser.add_argument("--preset", default="small", help="preset name or JSON path (for the scheduler config)")
+    for stage in ("vae", "dense", "sparse", "appearance"):
+        parser.add_argument(f"--{stage}_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="dtype of the saved weights")
+    parser.add_argument("--examples_dir", type=Path, default=None, help="also write an example height map here")
+    args = parser.parse_args(argv)
+    expected = {
+        args.vae_dir: ("dense_vae", "sparse_vae"),
+        args.dense_dir: ("dense_unet", "condition_encoder", "latent_scale.json"),
+        args.sparse_dir: ("sparse_unet", "latent_scale.json"),
+        args.appearance_dir: ("appearance_unet", "latent_scale.json"),
+    }
+    for folder, names in expected.items():
+        for name in names:
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder / name} is missing: train that stage first")
+    if args.output_dir.exists() and not (args.output_dir / "model_index.json").is_file() and any(args.output_dir.iterdir()):
+        raise ValueError(f"--output_dir {args.output_dir} exists and is not a pipeline folder; refusing to replace it")
+    return args
+
+
+def scale_of(folder: Path) -> float:
+    return float(json.loads((folder / "latent_scale.json").read_text())["scaling_factor"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preset = load_preset(argparse.Namespace(preset=args.preset))
+    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae")
+    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae")
+    dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir))
+    sparse_vae.register_to_config(scaling_factor=scale_of(args.sparse_dir), appearance_scaling_factor=scale_of(args.appearance_dir))
+    pipe = Sat2CityPipeline(
+        dense_vae=dense_vae,
+        sparse_vae=sparse_vae,
+        condition_encoder=HeightFieldEncoder.from_pretrained(args.dense_dir / "condition_encoder"),
+        dense_unet=DenseUNet3D.from_pretrained(args.dense_dir / "dense_unet"),
+        sparse_unet=SparseUNet3D.from_pretrained(args.sparse_dir / "sparse_unet"),
+        appearance_unet=SparseUNet3D.from_pretrained(args.appearance_dir / "appearance_unet"),
+        scheduler=DDIMScheduler.from_config(preset["scheduler"]),
+    )
+    if args.dtype != "fp32":
+        pipe.to(DTYPES[args.dtype])
+    out = args.output_dir.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        pipe.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"saved Sat2CityPipeline to {out}")
+    if args.examples_dir is not None:
+        gray, meta = example_height_map(preset)
+        args.examples_dir.mkdir(parents=True, exist_ok=True)
+        write_image(args.examples_dir / "height_map.png", Image.fromarray(gray))
+        write_json_atomic(args.examples_dir / "height_map.json", meta)
+        print(f"wrote example height map to {args.examples_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Train Sat2City end to end: both VAEs, then the dense, sparse and appearance diffusion stages,
+# each bounded by --minutes-per-stage, then assemble the pipeline (fp16 safetensors by default)
+# and an example height map for the demo.
+#
+#   training/train_sat2city_all.sh --preset small --minutes-per-stage 8            # one GPU
+#   training/train_sat2city_all.sh --preset tiny --cpu --steps 2 --output-dir /tmp/s2c --dest /tmp/s2c/pipe
+set -euo pipefail
+
+PRESET=small
+MINUTES=8
+STEPS=1000000
+OUT=runs/sat2city
+DEST=pipelines/sat2city/default
+EXAMPLES=pipelines/sat2city/examples
+DTYPE=fp16
+CKPT=500
+VAL=500
+WORKERS=8
+LAUNCH=(accelerate launch)
+EXTRA=(--use_ema --ema_decay 0.999 --allow_tf32 --checkpoints_total_limit 2)
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --preset) PRESET="$2"; shift 2 ;;
+    --minutes-per-stage) MINUTES="$2"; shift 2 ;;
+    --steps) STEPS="$2"; shift 2 ;;
+    --output-dir) OUT="$2"; shift 2 ;;
+    --dest) DEST="$2"; shift 2 ;;
+    --examples-dir) EXAMPLES="$2"; shift 2 ;;
+    --dtype) DTYPE="$2"; shift 2 ;;
+    --checkpointing-steps) CKPT="$2"; shift 2 ;;
+    --validation-steps) VAL="$2"; shift 2 ;;
+    --workers) WORKERS="$2"; shift 2 ;;
+    --cpu) LAUNCH=(python); EXTRA+=(--cpu); WORKERS=0; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "train_sat2city_all.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_minutes "$MINUTES" --checkpointing_steps "$CKPT"
+        --validation_steps "$VAL" --dataloader_num_workers "$WORKERS" --resume_from_checkpoint latest "${EXTRA[@]}")
+
+stage_start=$(date +%s)
+"${LAUNCH[@]}" "$ROOT/training/train_sat2city_vae.py" --output_dir "$OUT/vae" "${COMMON[@]}"
+echo "VAE stage: $(( $(date +%s) - stage_start )) s"
+for stage in dense sparse appearance; do
+  stage_start=$(date +%s)
+  "${LAUNCH[@]}" "$ROOT/training/train_sat2city_diffusion.py" --stage "$stage" --vae_dir "$OUT/vae" \
+    --output_dir "$OUT/$stage" "${COMMON[@]}"
+  echo "$stage stage: $(( $(date +%s) - stage_start )) s"
+done
+python "$ROOT/training/assemble_sat2city.py" --preset "$PRESET" --vae_dir "$OUT/vae" --dense_dir "$OUT/dense" \
+  --sparse_dir "$OUT/sparse" --appearance_dir "$OUT/appearance" --output_dir "$DEST" --dtype "$DTYPE" \
+  --examples_dir "$EXAMPLES"

@@ -1,0 +1,276 @@
+"""Train one stage of Sat2City's cascaded latent diffusion (Sec. 3.2) on frozen VAE latents.
+
+``--stage dense``: ``DenseUNet3D`` (+ the ``HeightFieldEncoder`` condition encoder, trained
+jointly) on X_D | c(P_h). ``--stage sparse``: ``SparseUNet3D`` on X_S | {G, A_N} (pooled normals
+and occupancy of the grid). ``--stage appearance``: ``SparseUNet3D`` on the Re-Hash latent
+X_C0 | struct (the geometry decoder's pruning decisions). v-prediction MSE, uniform timesteps,
+condition dropout (the unet config's ``condition_dropout``) for guidance.
+
+Latents are divided by their std, measured here on a few training batches before training and
+saved to ``<output_dir>/latent_scale.json`` (``assemble_sat2city.py`` writes it into the VAE
+config, which the pipeline reads). Writes ``<output_dir>/<unet>`` (and ``condition_encoder``).
+
+    accelerate launch training/train_sat2city_diffusion.py --stage dense --vae_dir runs/vae --output_dir runs/dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sat2city_common import (  # noqa: E402
+    load_preset,
+    make_dataloader,
+    normal_colors,
+    prepare_batch,
+    preview,
+    save_model,
+    step_generator,
+    write_json_atomic,
+)
+from diffusers import DDIMScheduler  # noqa: E402
+from diffusers.optimization import get_scheduler  # noqa: E402
+from diffusers.training_utils import compute_density_for_timestep_sampling  # noqa: E402
+
+from diffusers_city.models.sat2city import (  # noqa: E402
+    DenseGeometryVAE,
+    DenseUNet3D,
+    HeightFieldEncoder,
+    SparseGeometryVAE,
+    SparseUNet3D,
+)
+from diffusers_city.models.sat2city.blocks import grid_condition, match_coords, sample_gaussian, struct_condition  # noqa: E402
+from diffusers_city.training_utils import (  # noqa: E402
+    create_ema,
+    log_validation_images,
+    maybe_resume,
+    push_folder_to_hub,
+    save_checkpoint,
+    setup_accelerator,
+    training_parser,
+)
+
+UNETS = {"dense": "dense_unet", "sparse": "sparse_unet", "appearance": "appearance_unet"}
+SCALE_FILE = "latent_scale.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = training_parser("Train one Sat2City latent diffusion stage on frozen VAE latents.")
+    parser.add_argument("--stage", choices=tuple(UNETS), required=True)
+    parser.add_argument("--vae_dir", type=Path, required=True, help="output_dir of train_sat2city_vae.py")
+    parser.add_argument("--scale_batches", type=int, default=None, help="batches to measure the latent std on")
+    parser.add_argument("--validation_inference_steps", type=int, default=10)
+    parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    args = parser.parse_args(argv)
+    preset = load_preset(args)
+    section = preset["training"]["diffusion"]
+    parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
+                        scale_batches=section["scale_batches"])
+    args = parser.parse_args(argv)
+    for name in ("dense_vae", "sparse_vae"):
+        if not (args.vae_dir / name / "config.json").is_file():
+            raise FileNotFoundError(f"--vae_dir {args.vae_dir}: no trained {name} there (run train_sat2city_vae.py first)")
+    args.preset_data = preset
+    return args
+
+
+class StageData:
+    """Turns a prepared batch into (clean latent, condition, structure) of one stage."""
+
+    def __init__(self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE) -> None:
+        self.stage, self.dense_vae, self.sparse_vae = stage, dense_vae, sparse_vae
+
+    @torch.no_grad()
+    def latent(self, prepared: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
+        """Unscaled clean latent (dense ``[B, C, X, Y, Z]`` or per-voxel ``[N, C]``) and the sparse structure."""
+        voxels = prepared["voxels"]
+        if self.stage == "dense":
+            mean, logvar = self.dense_vae.encode(voxels)
+            return sample_gaussian(mean, logvar, generator), None
+        enc = self.sparse_vae.encode(voxels)
+        if self.stage == "sparse":
+            return sample_gaussian(enc.mean.feats, enc.logvar.feats, generator), enc
+        return enc.appearance.feats, enc
+
+    def condition(self, prepared: dict, enc, encoder: torch.nn.Module | None) -> torch.Tensor:
+        voxels = prepared["voxels"]
+        if self.stage == "dense":
+            shape = self.dense_vae.latent_shape()
+            return encoder(prepared["ph_points"], prepared["ph_batch"], shape, voxels.batch_size)
+        with torch.no_grad():
+            if self.stage == "sparse":
+                coords, cond = grid_condition(voxels, self.sparse_vae.downsample_factor)
+                return cond[match_coords(enc.mean.coords, coords, voxels.batch_size)]
+            geometry = self.sparse_vae.decode_geometry(enc.mean, target=voxels)
+            return struct_condition(geometry, enc.mean)
+
+
+def measure_scale(data: StageData, loader, args, grid, device) -> float:
+    """Std of the clean latents over ``--scale_batches`` batches."""
+    total = total_sq = count = 0.0
+    for batch in itertools.islice(iter(loader), args.scale_batches):
+        x, _ = data.latent(prepare_batch(batch, grid, device))
+        x = x.double()
+        total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+    mean = total / count
+    return float(math.sqrt(max(total_sq / count - mean * mean, 1e-12)))
+
+
+def batch_index(x: torch.Tensor, enc) -> torch.Tensor | None:
+    return None if enc is None else enc.mean.coords[:, 0].long()
+
+
+@torch.no_grad()
+def validation_images(data: StageData, unet, encoder, scheduler: DDIMScheduler, prepared: dict, scale: float, steps: int) -> dict:
+    """Sample the stage on a held-out batch with DDIM and decode it (teacher-forced for the later stages)."""
+    x0, enc = data.latent(prepared)
+    cond = data.condition(prepared, enc, encoder)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    scheduler.set_timesteps(steps, device=x0.device)
+    for t in scheduler.timesteps:
+        sample = x if enc is None else enc.mean.replace(x)
+        v = unet(sample, t, cond).sample
+        x = scheduler.step(v if enc is None else v.feats, t, x).prev_sample
+    x = x * scale
+    voxels = prepared["voxels"]
+    images = {"ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats))}
+    if data.stage == "dense":
+        out = data.dense_vae.decode(x).output
+        images["dense_sample"] = preview(out.world_positions(), normal_colors(out.feats))
+        return images
+    svae = data.sparse_vae
+    if data.stage == "sparse":
+        out = svae.decode_geometry(enc.mean.replace(x)).output
+        images["sparse_sample"] = preview(out.world_positions(), normal_colors(out.feats))
+        return images
+    geometry = svae.decode_geometry(enc.mean, target=voxels)
+    feats = svae.decode_appearance(svae.rehash(enc.mean.replace(x)), geometry)
+    out = geometry.output
+    images["appearance_sample"] = preview(out.world_positions(), svae.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long()))
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preset = args.preset_data
+    accelerator = setup_accelerator(args)
+    device = accelerator.device
+    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae").to(device).eval().requires_grad_(False)
+    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae").to(device).eval().requires_grad_(False)
+    grid = tuple(dense_vae.config.grid_size)
+    data = StageData(args.stage, dense_vae, sparse_vae)
+    unet_name = UNETS[args.stage]
+    unet_cls = DenseUNet3D if args.stage == "dense" else SparseUNet3D
+    unet = unet_cls.from_config(preset["components"][unet_name])
+    encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]) if args.stage == "dense" else None
+    scheduler = DDIMScheduler.from_config(preset["scheduler"])
+    if scheduler.config.prediction_type != "v_prediction":
+        raise ValueError(f"Sat2City trains with v_prediction, the preset's scheduler has {scheduler.config.prediction_type!r}")
+
+    out_dir = Path(args.output_dir)
+    loader = make_dataloader(preset, args, args.train_batch_size)
+    scale_path = out_dir / SCALE_FILE
+    if scale_path.is_file():
+        scale = float(json.loads(scale_path.read_text())["scaling_factor"])
+    else:
+        scale = measure_scale(data, loader, args, grid, device)
+        if accelerator.is_main_process:
+            write_json_atomic(scale_path, {"stage": args.stage, "scaling_factor": scale, "batches": args.scale_batches})
+    accelerator.print(f"{args.stage} latent std (scaling_factor): {scale:.5g}")
+
+    modules = [unet] + ([encoder] if encoder is not None else [])
+    emas = [create_ema(m, args) for m in modules]
+    params = list(itertools.chain.from_iterable(m.parameters() for m in modules))
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    prepared_modules = accelerator.prepare(*modules, optimizer, loader, lr_scheduler)
+    unet = prepared_modules[0]
+    encoder = prepared_modules[1] if encoder is not None else None
+    optimizer, loader, lr_scheduler = prepared_modules[-3:]
+    global_step = maybe_resume(accelerator, args)
+    val_batch = prepare_batch(next(iter(make_dataloader(preset, args, 1, "validation"))), grid, device)
+    batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
+    p_drop = float(accelerator.unwrap_model(unet).config.condition_dropout)
+    num_t = scheduler.config.num_train_timesteps
+    t0 = time.time()
+    for m in modules:
+        m.train()
+    while global_step < args.max_train_steps:
+        with accelerator.accumulate(*[unet] + ([encoder] if encoder is not None else [])):
+            prepared = prepare_batch(next(batches), grid, device)
+            generator = step_generator(args.seed, global_step, device)
+            x0, enc = data.latent(prepared, generator)
+            x0 = x0 / scale
+            b = prepared["voxels"].batch_size
+            with accelerator.autocast():
+                cond = data.condition(prepared, enc, encoder)
+                keep = (torch.rand(b, device=device, generator=generator) >= p_drop).to(cond.dtype)
+                rows = batch_index(x0, enc)
+                cond = cond * (keep.view(-1, *[1] * (cond.ndim - 1)) if rows is None else keep[rows].unsqueeze(1))
+                u = compute_density_for_timestep_sampling("none", b, device=device, generator=generator)
+                t = (u * num_t).long().clamp(max=num_t - 1)
+                t_rows = t if rows is None else t[rows]
+                noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
+                noisy = scheduler.add_noise(x0, noise, t_rows)
+                target = scheduler.get_velocity(x0, noise, t_rows)
+                sample = noisy if enc is None else enc.mean.replace(noisy)
+                pred = unet(sample, t, cond).sample
+                pred = pred if enc is None else pred.feats
+                loss = F.mse_loss(pred.float(), target.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"non-finite loss at step {global_step}")
+        global_step += 1
+        for ema, m in zip(emas, [unet] + ([encoder] if encoder is not None else [])):
+            if ema is not None:
+                ema.step(m.parameters())
+        if global_step % args.logging_steps == 0:
+            logs = {"loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0]}
+            accelerator.log(logs, step=global_step)
+            accelerator.print(f"step {global_step}: loss={logs['loss']:.4g}")
+        if global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, global_step)
+        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            images = validation_images(data, accelerator.unwrap_model(unet), encoder and accelerator.unwrap_model(encoder),
+                                       scheduler, val_batch, scale, args.validation_inference_steps)
+            log_validation_images(accelerator, args, images, global_step)
+        if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
+            accelerator.print(f"--max_minutes {args.max_minutes} reached at step {global_step}")
+            save_checkpoint(accelerator, args, global_step)
+            break
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(unet), emas[0], out_dir / unet_name)
+        if encoder is not None:
+            save_model(accelerator.unwrap_model(encoder), emas[1], out_dir / "condition_encoder")
+        if args.push_to_hub:
+            stage = f"{args.stage} diffusion stage"
+            push_folder_to_hub(args, out_dir, "sat2city", {
+                "title": f"Sat2City {stage} ({args.preset})",
+                "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
+                "stage": stage, "preset": str(args.preset)})
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
