@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=3, help="timed scenes per step count (after one warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed scenes before the timed ones")
     p.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (components on the GPU only while used)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 2 steps, 1 scene")
     p.add_argument("--out", type=Path, required=True)
@@ -96,7 +97,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     preset = load_preset("sat2city", args.preset)
-    pipe = Sat2CityPipeline.from_preset(args.preset).to(args.device)
+    pipe = Sat2CityPipeline.from_preset(args.preset)
+    if args.cpu_offload:
+        if not args.device.startswith("cuda"):
+            raise ValueError("--cpu-offload needs --device cuda")
+        pipe.enable_model_cpu_offload(device=args.device)
+    else:
+        pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
     gray, target, meta = ground_truth(preset, args.device)
     cuda = args.device.startswith("cuda")
@@ -134,9 +141,11 @@ def main(argv=None) -> int:
         summary.append({"steps": steps, **{k: float(np.mean([r.get(k, 0.0) for r in sel])) for k in keys},
                         "peak_memory_gb": sel[0]["peak_memory_gb"], "voxels": sel[0]["voxels"]})
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if cuda else "cpu", "bf16": args.bf16,
+              "cpu_offload": args.cpu_offload,
               "threads": torch.get_num_threads(), "parameters": params, "runs": rows, "summary": summary}
     (args.out / "sat2city_speed.json").write_text(json.dumps(result, indent=2))
-    lines = [f"Sat2City speed, preset {args.preset}, {result['device']}, bf16={args.bf16}, {params / 1e6:.1f}M params",
+    lines = [f"Sat2City speed, preset {args.preset}, {result['device']}, bf16={args.bf16}, cpu_offload={args.cpu_offload}, "
+             f"{params / 1e6:.1f}M params",
              "", "| DDIM steps | total s | dense | sparse | appearance | cond enc | dense dec | sparse dec | app dec | mesh s | peak GB | voxels |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:

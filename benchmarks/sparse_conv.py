@@ -241,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", default="32,128,256", help="comma-separated channel counts")
     p.add_argument("--kinds", default="subm,down")
     p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--autotune", choices=("pinned", "full"), default="pinned", help="spconv-triton tile autotuning")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=540.0, help="skip remaining rows after this wall time")
@@ -275,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         if "spconv" in available_backends():
             import spconv_triton
 
+            from diffusers_city.sparse._spconv_backend import configure_autotune
+
             spconv_triton.constants.SPCONV_ALLOW_TF32 = False
             env["spconv_triton"] = spconv_triton.__version__
-    header = f"## Sparse conv benchmark ({env.get('gpu', 'cpu')}, torch {torch.__version__})"
+            env["autotune"] = configure_autotune(args.autotune)
+    header = f"## Sparse conv benchmark ({env.get('gpu', 'cpu')}, torch {torch.__version__}, spconv autotune {env.get('autotune', '-')})"
     rows, start = [], time.time()
     for precision in args.precisions:
         for kind in args.kinds:

@@ -159,18 +159,6 @@ def cases(quick: bool) -> list[dict]:
     return [small, medium, large]
 
 
-def pin_autotune() -> None:
-    """Pin spconv-triton's GEMM autotuners to one config each (summation order only)."""
-    from spconv_triton.pytorch._impl import gemm
-
-    for kernel, want in (
-        (gemm._gather_gemm_kernel, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_R": 32, "GROUP_SIZE_M": 8}),
-        (gemm._dweight_masked_kernel, {"BLOCK_P": 64, "BLOCK_K": 64, "BLOCK_C": 64}),
-    ):
-        match = [c for c in kernel.configs if c.kwargs == want and c.num_warps == 4 and c.num_stages == 3]
-        kernel.configs = match[:1] or kernel.configs[:1]
-
-
 def markdown(rows: list[dict], header: str) -> str:
     cols = ["case", "op", "voxels_in", "voxels_out", "batch", "channels", "same_sites", "out_spconv_vs_torch",
             "d_feats_spconv_vs_torch", "d_weight_spconv_vs_torch", "d_bias_spconv_vs_torch", "pass"]  # fmt: skip
@@ -205,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     spconv_triton.constants.SPCONV_ALLOW_TF32 = False
-    if not args.full_autotune:
-        pin_autotune()
+    from diffusers_city.sparse._spconv_backend import configure_autotune
+
+    configure_autotune("full" if args.full_autotune else "pinned")
     env = {
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "torch": torch.__version__,

@@ -236,3 +236,14 @@ def test_dtype_and_device_mismatch_raise():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = snn.SubMConv3d(3, 3)(x.to(torch.float32))
     assert out.dtype == torch.bfloat16
+
+
+def test_backend_environment_variable(monkeypatch):
+    """``DIFFUSERS_CITY_SPARSE_BACKEND`` picks the backend at call time; unknown names are refused."""
+    from diffusers_city.sparse.backend import backend_name
+
+    monkeypatch.setenv("DIFFUSERS_CITY_SPARSE_BACKEND", "torch")
+    assert backend_name(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("DIFFUSERS_CITY_SPARSE_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="DIFFUSERS_CITY_SPARSE_BACKEND"):
+        backend_name(torch.device("cpu"))

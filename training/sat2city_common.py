@@ -78,33 +78,34 @@ def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: tor
     P_h is built exactly as the pipeline builds it (``HeightMap.points``) from the noisy gray map
     in metres (gray / 255 over the scene's height range).
     """
-    voxels: SparseTensor = batch["voxels"]
+    voxels: SparseTensor = batch["voxels"].to(device)
     c = voxels.coords.long()
-    inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid))).all(1)
+    inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid, device=c.device))).all(1)
     voxels = SparseTensor(voxels.feats[inside], voxels.coords[inside], voxel_size=voxels.voxel_size,
-                          origin=voxels.origin, batch_size=voxels.batch_size).to(device)
+                          origin=voxels.origin, batch_size=voxels.batch_size)
     v = voxels.voxel_size
-    extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v])
-    pts = batch["points"]
+    pts = batch["points"].to(device)
+    extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v], device=device)
     keep = ((pts >= 0) & (pts < extent)).all(1)
-    mpp = float(v * grid[0] / batch["height_noisy"].shape[-1])
+    gray = batch["height_noisy"].detach().cpu()
+    mpp = float(v * grid[0] / gray.shape[-1])
     ph, ph_batch = [], []
     for b in range(voxels.batch_size):
         zmin, zmax = float(batch["z_min"][b]), float(batch["z_max"][b])
-        metres = zmin + batch["height_noisy"][b, 0].numpy() * (zmax - zmin)
+        metres = zmin + gray[b, 0].numpy() * (zmax - zmin)
         p = torch.from_numpy(HeightMap(metres, mpp, (0.0, 0.0, 0.0), None).points())
         p[:, 2] = p[:, 2].clamp(0, grid[2] * v - 1e-3)
         ph.append(p)
         ph_batch.append(torch.full((p.shape[0],), b, dtype=torch.long))
     out = {
         "voxels": voxels,
-        "points": pts[keep].to(device),
-        "points_batch": batch["points_batch"][keep].to(device),
+        "points": pts[keep],
+        "points_batch": batch["points_batch"].to(device)[keep],
         "ph_points": torch.cat(ph).to(device),
         "ph_batch": torch.cat(ph_batch).to(device),
     }
     if "colors" in batch:
-        out["colors"] = batch["colors"][keep].to(device)
+        out["colors"] = batch["colors"].to(device)[keep]
     return out
 
 

@@ -16,7 +16,7 @@ EXAMPLES=pipelines/sat2city/examples
 DTYPE=fp16
 CKPT=500
 VAL=500
-WORKERS=8
+WORKERS=12
 LAUNCH=(accelerate launch)
 EXTRA=(--use_ema --ema_decay 0.999 --allow_tf32 --checkpoints_total_limit 2)
 

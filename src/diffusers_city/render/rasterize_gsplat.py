@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .cameras import Cameras
@@ -38,11 +37,10 @@ def rasterize_gsplat(
         render_mode="RGB+ED",
     )
     if mode == "3dgs":
-        # 3DGS composites the background over every rendered channel, the depth one included:
-        # a zero depth background leaves the expected depth sum(w z) / alpha unchanged.
-        bg = torch.cat([background, background.new_zeros(*background.shape[:-1], 1)], -1)
+        # gsplat appends the zero depth background itself; its packed mode (the default)
+        # rejects per-camera backgrounds, so rasterize unpacked.
         colors, alphas, _ = gsplat.rasterization(
-            colors=g.colors.contiguous(), backgrounds=bg.contiguous(), **common
+            colors=g.colors.contiguous(), backgrounds=background.contiguous(), packed=False, **common
         )
         normal = None
     else:

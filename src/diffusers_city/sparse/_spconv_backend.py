@@ -11,10 +11,18 @@ spconv's ``indice_key``/``indice_dict`` plays -- so layers sharing a structure b
 and an inverse convolution reuses the strided convolution's tables read backwards. fp32 runs
 IEEE dot products unless ``spconv_triton.constants.SPCONV_ALLOW_TF32`` is set; under autocast
 the GEMMs run in the autocast dtype (bf16 or fp16) with fp32 accumulation.
+
+Autotuning: spconv-triton sweeps ~37 tile configs for every (kernel volume, channel pair) it
+meets, forward and backward. A network with a few dozen distinct layer shapes then compiles for
+many minutes before its first step (seen on an H100: no training step in 4 minutes). By default
+this backend pins each GEMM autotuner to one config when it is first used;
+``DIFFUSERS_CITY_SPCONV_AUTOTUNE=full`` keeps spconv-triton's full sweep (worth it for long runs
+of one fixed network; ``benchmarks/sparse_conv.py`` reports both).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +35,38 @@ from .kernel_map import build_index
 from .tensor import SparseTensor
 
 _ALGO = ConvAlgo.MaskImplicitGemm
+
+# The pinned config of each autotuned GEMM kernel: (kernel name, tile kwargs), 4 warps, 3 stages.
+_PINNED_CONFIGS = (
+    ("_gather_gemm_kernel", {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_R": 32, "GROUP_SIZE_M": 8}),
+    ("_dweight_masked_kernel", {"BLOCK_P": 64, "BLOCK_K": 64, "BLOCK_C": 64}),
+)
+
+
+def configure_autotune(mode: str | None = None) -> str:
+    """Pin spconv-triton's GEMM autotuners to one config ("pinned") or keep the sweep ("full").
+
+    ``mode`` defaults to ``$DIFFUSERS_CITY_SPCONV_AUTOTUNE`` or "pinned". Pinning changes only
+    the tile shape (so speed and the fp32 summation order), never which products are summed.
+    """
+    from spconv_triton.pytorch._impl import gemm
+
+    mode = mode or os.environ.get("DIFFUSERS_CITY_SPCONV_AUTOTUNE", "pinned")
+    if mode not in ("pinned", "full"):
+        raise ValueError(f"DIFFUSERS_CITY_SPCONV_AUTOTUNE must be 'pinned' or 'full', got {mode!r}")
+    for name, want in _PINNED_CONFIGS:
+        kernel = getattr(gemm, name)
+        full = getattr(kernel, "_diffusers_city_full_configs", None) or list(kernel.configs)
+        kernel._diffusers_city_full_configs = full
+        if mode == "full":
+            kernel.configs = full
+        else:
+            match = [c for c in full if c.kwargs == want and c.num_warps == 4 and c.num_stages == 3]
+            kernel.configs = match[:1] or full[:1]
+    return mode
+
+
+AUTOTUNE_MODE = configure_autotune()
 
 
 @dataclass

@@ -3,7 +3,9 @@
 ``"spconv"`` (spconv-triton, CUDA only) is the default for CUDA tensors when it imports;
 ``"torch"`` (the vectorized pure-torch reference in ``_torch_backend``) runs everywhere and is
 the default elsewhere. ``use_backend(name)`` overrides the choice inside a ``with`` block
-(context-local, so threads and async tasks do not leak it). Both backends implement the same
+(context-local, so threads and async tasks do not leak it); without one, the environment variable
+``DIFFUSERS_CITY_SPARSE_BACKEND`` (read at each call) picks it for a whole process, e.g. for a
+training script run under ``accelerate launch``. Both backends implement the same
 semantics (see ``kernel_map``) and take weights ``[out, kx, ky, kz, in]`` unchanged.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -93,11 +96,19 @@ def compute_dtype(feats: torch.Tensor) -> torch.dtype:
 def backend_name(device: torch.device) -> str:
     """Name of the backend that runs on ``device`` right now."""
     name = _override.get()
-    if name is None:
-        return "spconv" if device.type == "cuda" and "spconv" in _available() else "torch"
-    if name == "spconv" and device.type != "cuda":
-        raise ValueError(f"the spconv backend needs CUDA tensors, got device {device}")
-    return name
+    if name is not None:
+        if name == "spconv" and device.type != "cuda":
+            raise ValueError(f"the spconv backend needs CUDA tensors, got device {device}")
+        return name
+    env = os.environ.get("DIFFUSERS_CITY_SPARSE_BACKEND")
+    if env:
+        if env not in available_backends():
+            raise ValueError(
+                f"DIFFUSERS_CITY_SPARSE_BACKEND={env!r} is not usable here; available: {available_backends()}"
+            )
+        if env == "torch" or device.type == "cuda":
+            return env
+    return "spconv" if device.type == "cuda" and "spconv" in _available() else "torch"
 
 
 def get_backend(device: torch.device) -> ConvBackend:
