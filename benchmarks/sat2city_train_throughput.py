@@ -68,6 +68,17 @@ def time_steps(preset: dict, batch: dict, device: torch.device, steps: int) -> d
     return {"forward_s": med(fwd), "backward_opt_s": med(bwd), "first_step_s": fwd[0] + bwd[0]}
 
 
+def profile_step(preset: dict, batch: dict, device: torch.device) -> None:
+    """torch.profiler table (top 25 ops by self device time, else self CPU time) of one VAE step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        time_steps(preset, batch, device, 1)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--workers", default="0,8,14")
     p.add_argument("--quick", action="store_true", help="tiny preset, few batches (CPU smoke run)")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one step per backend")
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.workers = "tiny", "0"
@@ -91,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in available_backends() if device.type == "cuda" else ["torch"]:
         with use_backend(backend):
             r = time_steps(preset, batch, device, 2 if args.quick else 5)
+            if args.profile:
+                profile_step(preset, batch, device)
         for k, v in r.items():
             rows.append({"what": f"VAE step ({backend}), {k}", "seconds": v})
             print(rows[-1], flush=True)

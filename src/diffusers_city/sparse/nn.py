@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import get_backend
-from .tensor import SparseTensor
+from .tensor import SparseTensor, take_rows
 
 
 def _check_int(name: str, value: int, low: int) -> int:
@@ -182,7 +182,7 @@ def prune(x: SparseTensor, mask: torch.Tensor) -> SparseTensor:
         raise ValueError(f"prune needs a bool mask of shape [{x.num_voxels}], got {getattr(mask, 'shape', mask)!r}")
     if mask.device != x.device:
         raise ValueError(f"mask is on {mask.device} but the tensor is on {x.device}")
-    return x.derive(x.feats[mask], x.coords[mask])
+    return x.derive(take_rows(x.feats, mask), x.coords[mask])
 
 
 def batch_index(x: SparseTensor) -> torch.Tensor:
@@ -215,9 +215,9 @@ class SparseGroupNorm(nn.Module):
         count = (count * h.shape[-1]).clamp_min(1)[:, None]
         zeros = h.new_zeros(x.batch_size, g)
         mean = zeros.index_add(0, b, h.sum(-1)) / count
-        centred = h - mean[b][..., None]
+        centred = h - take_rows(mean, b)[..., None]
         var = zeros.index_add(0, b, centred.square().sum(-1)) / count
-        out = (centred * torch.rsqrt(var[b] + self.eps)[..., None]).reshape(n, -1)
+        out = (centred * torch.rsqrt(take_rows(var, b) + self.eps)[..., None]).reshape(n, -1)
         if self.weight is not None:
             out = out * self.weight.to(dtype) + self.bias.to(dtype)
         return x.replace(out.to(x.dtype))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .kernel_map import coord_index, unique_coords
-from .tensor import SparseTensor
+from .tensor import SparseTensor, take_rows
 
 MISSING_MODES = ("renormalize", "zero")
 
@@ -72,7 +72,7 @@ def trilinear_interpolate(
     if missing == "renormalize":
         total = weights.sum(0, keepdim=True)
         weights = torch.where(total > 0, weights / total.clamp_min(torch.finfo(dtype).tiny), weights)
-    gathered = x.feats[rows.clamp_min(0)]  # [8, M, C]
+    gathered = take_rows(x.feats, rows.clamp_min(0).reshape(-1)).reshape(8, -1, x.num_channels)
     return (weights[..., None].to(x.dtype) * gathered).sum(0)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...sparse import SparseTensor
+from ...sparse.tensor import take_rows
 from ...sparse.kernel_map import build_index, unique_coords
 from ...sparse.nn import SparseConv3d, SparseResBlock, SubMConv3d, prune, subdivide
 
@@ -194,7 +195,7 @@ class StructureDecoder(nn.Module):
                 octant = (h.coords[:, 1] & 1) * 4 + (h.coords[:, 2] & 1) * 2 + (h.coords[:, 3] & 1)
                 h = h.replace(self.child_proj[level - 1](h.feats) + self.child_embed[level - 1][octant.long()])
             keep = self._decide(level, h, target, struct, record)
-            h = structures[level].replace(h.feats[keep]) if structures is not None else prune(h, keep)
+            h = structures[level].replace(take_rows(h.feats, keep)) if structures is not None else prune(h, keep)
             if h.num_voxels:  # everything pruned: the remaining levels stay empty
                 for block in self.level0_blocks if level == 0 else self.blocks[level - 1]:
                     h = block(h)
@@ -223,7 +224,7 @@ def scatter_to_dense(x: SparseTensor, shape: tuple[int, int, int], reduce: str =
     (voxels outside ``shape`` are dropped; ``reduce`` combines duplicates: "sum" or "mean")."""
     c = x.coords.long()
     inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(shape, device=c.device))).all(1)
-    c, feats = c[inside], x.feats[inside]
+    c, feats = c[inside], take_rows(x.feats, inside)
     flat = ((c[:, 0] * shape[0] + c[:, 1]) * shape[1] + c[:, 2]) * shape[2] + c[:, 3]
     total = x.batch_size * shape[0] * shape[1] * shape[2]
     out = feats.new_zeros(total, feats.shape[1]).index_add_(0, flat, feats)
@@ -240,7 +241,7 @@ def _pool_to_latent(fine_coords: torch.Tensor, feats: torch.Tensor, latent: Spar
     rows = match_coords(parent, latent.coords, latent.batch_size)
     inside = rows >= 0
     out = feats.new_zeros(latent.num_voxels, feats.shape[1])
-    return out.index_add_(0, rows[inside], feats[inside])
+    return out.index_add_(0, rows[inside], take_rows(feats, inside))
 
 
 def grid_condition(voxels: SparseTensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
