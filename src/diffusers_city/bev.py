@@ -14,11 +14,12 @@ level ``k`` sits at ``z = k``. World coordinates follow docs/design.md:
 ``world = origin + voxel * meters_per_pixel`` (so pixel centres are at ``(j + 0.5, i + 0.5)``).
 
 Visibility (Eq. 2) casts one ray per image pixel through the extruded solid (a 2D DDA over the
-height field, with a coarse max-height grid to skip empty space) and keeps the first hit of each
+height field, with a pyramid of coarse max-height grids to skip empty space) and keeps the first hit of each
 ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
 Only a window of the layout around the cameras (bounded by ``max_distance``) is ever moved to the
 compute device, and rays are processed in chunks, so memory does not grow with the layout size.
-Everything is vectorized torch; Python loops run only over ray-marching steps and chunks.
+Everything is vectorized torch: all rays of a chunk march in lockstep over a max-height pyramid
+(hierarchical empty-space skipping), each step a fixed set of elementwise ops without host syncs.
 """
 
 from __future__ import annotations
@@ -506,18 +507,36 @@ def _view_window(
     return _aligned_window(layout, int(max(y0, 0)), int(min(y1, h)), int(max(x0, 0)), int(min(x1, w)))
 
 
-def _coarse_max(top: torch.Tensor, cell: int) -> torch.Tensor:
-    """Max top over ``cell x cell`` blocks (empty-space skipping grid)."""
+def _max_pyramid(top: torch.Tensor, coarse_cell: int, levels: int) -> list[tuple[int, torch.Tensor]]:
+    """Empty-space skipping grids, coarsest first: ``(cell, max top over cell x cell blocks)`` for
+    cells ``coarse_cell * 4**k``, ``k < levels``, stopping once one cell covers the window."""
     h, w = top.shape
-    pad = (0, (-w) % cell, 0, (-h) % cell)
-    t = torch.nn.functional.pad(top.double()[None, None], pad, value=float(_FAR_BELOW))
-    return torch.nn.functional.max_pool2d(t, cell)[0, 0]
+    grids = []
+    cell = coarse_cell
+    for _ in range(levels):
+        pad = (0, (-w) % cell, 0, (-h) % cell)
+        t = torch.nn.functional.pad(top.double()[None, None], pad, value=float(_FAR_BELOW))
+        grids.append((cell, torch.nn.functional.max_pool2d(t, cell)[0, 0]))
+        if cell >= max(h, w):
+            break
+        cell *= 4
+    return grids[::-1]
 
 
 def _march(
-    o: torch.Tensor, d: torch.Tensor, top: torch.Tensor, coarse: torch.Tensor, cell: int, tmax: float
+    o: torch.Tensor,
+    d: torch.Tensor,
+    top: torch.Tensor,
+    grids: list[tuple[int, torch.Tensor]],
+    tmax: float,
+    sync_every: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First hit of each ray with the extruded height field ``top`` (window-local voxel units).
+
+    All rays step in lockstep: one step moves a ray to the exit of the coarsest grid cell of
+    ``grids`` that it provably crosses above every top, or tests its fine cell when none does. Each
+    step is a fixed set of elementwise ops over every ray, with no host sync; every ``sync_every``
+    steps the finished rays are counted (the one sync) and dropped once they are half of the rays.
 
     Returns ``(hit [R] bool, pixel [R] long flat index, level [R] long)``: the hit pixel and the
     height level at which the ray enters its column (its top where it lands on the top face).
@@ -534,44 +553,60 @@ def _march(
     tn, tf = _slab(o, d, lo, hi)
     tn = tn.clamp(min=0.0)
     tf = tf.clamp(max=tmax)
-    active = torch.nonzero(tf > tn).squeeze(1)
-    t = tn[active] + 1e-6
-    tf = tf[active]
-    o, d = o[active], d[active]
+    index = torch.nonzero(tf > tn).squeeze(1)
+    t = tn[index] + 1e-6
+    tf = tf[index]
+    o, d = o[index], d[index]
     eps = 1e-5
     sign = (d[:, :2] > 0).to(o.dtype)
     inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
     top_flat = top.reshape(-1)
-    coarse_flat = coarse.reshape(-1)
-    cw = coarse.shape[1]
-    while active.numel():
+    flat_grids = [(cell, grid.reshape(-1), grid.shape[1]) for cell, grid in grids]
+    live = torch.ones(index.numel(), dtype=torch.bool, device=device)
+    r_hit, r_pixel, r_level = (torch.zeros(index.numel(), dtype=dt, device=device) for dt in (torch.bool, torch.long, torch.long))
+
+    def flush(rows: torch.Tensor) -> None:
+        hit[index[rows]] = r_hit[rows]
+        pixel[index[rows]] = r_pixel[rows]
+        level[index[rows]] = r_level[rows]
+
+    step = 0
+    while index.numel():
         p = o + d * t[:, None]
-        xy = p[:, :2]
-        cx = torch.clamp(xy[:, 0].floor().long(), 0, wc - 1)
-        cy = torch.clamp(xy[:, 1].floor().long(), 0, hc - 1)
-        # Coarse cell: skip it whole when the ray stays above its highest top.
-        ccx, ccy = torch.div(cx, cell, rounding_mode="floor"), torch.div(cy, cell, rounding_mode="floor")
-        cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
-        tc = (((cb + sign * cell) - o[:, :2]) * inv).amin(1)
-        tc = torch.minimum(tc, tf)
-        zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
-        skip = zc > coarse_flat[ccy * cw + ccx]
+        cx = torch.clamp(p[:, 0].floor().long(), 0, wc - 1)
+        cy = torch.clamp(p[:, 1].floor().long(), 0, hc - 1)
+        # Coarse cells, coarsest first: jump to the exit of the coarsest one the ray stays above.
+        skip = torch.zeros_like(live)
+        t_skip = t
+        for cell, grid, gw in flat_grids:
+            ccx, ccy = torch.div(cx, cell, rounding_mode="floor"), torch.div(cy, cell, rounding_mode="floor")
+            cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
+            tc = torch.minimum((((cb + sign * cell) - o[:, :2]) * inv).amin(1), tf)
+            zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
+            above = zc > grid[ccy * gw + ccx]
+            t_skip = torch.where(above & ~skip, tc, t_skip)
+            skip = skip | above
         # Fine cell: hit when the ray's lowest z inside it is at or below the top.
         fb = torch.stack([cx, cy], 1).to(o.dtype)
         te = torch.minimum((((fb + sign) - o[:, :2]) * inv).amin(1), tf)
         flat = cy * wc + cx
         col_top = top_flat[flat]
         z_exit = o[:, 2] + d[:, 2] * te
-        is_hit = ~skip & (torch.minimum(p[:, 2], z_exit) <= col_top)
-        if bool(is_hit.any()):
-            idx = active[is_hit]
-            hit[idx] = True
-            pixel[idx] = flat[is_hit]
-            z_in = p[is_hit, 2]
-            level[idx] = torch.minimum(col_top[is_hit], torch.ceil(z_in - 1e-6).long())
-        t = torch.maximum(torch.where(skip, tc, te), t) + eps
-        keep = ~is_hit & (t < tf)
-        active, t, tf, o, d, sign, inv = (v[keep] for v in (active, t, tf, o, d, sign, inv))
+        is_hit = live & ~skip & (torch.minimum(p[:, 2], z_exit) <= col_top)
+        r_hit = r_hit | is_hit
+        r_pixel = torch.where(is_hit, flat, r_pixel)
+        r_level = torch.where(is_hit, torch.minimum(col_top, torch.ceil(p[:, 2] - 1e-6).long()), r_level)
+        t = torch.maximum(torch.where(skip, t_skip, te), t) + eps
+        live = live & ~is_hit & (t < tf)
+        step += 1
+        if step % sync_every == 0:
+            alive = int(live.sum())
+            if 2 * alive <= live.numel():
+                flush(~live)
+                keep = torch.nonzero(live).squeeze(1)
+                index, t, tf, o, d, sign, inv, live, r_hit, r_pixel, r_level = (
+                    v[keep] for v in (index, t, tf, o, d, sign, inv, live, r_hit, r_pixel, r_level)
+                )
     return hit, pixel, level
 
 
@@ -582,6 +617,7 @@ def visible_bev_points(
     ray_step: int = 1,
     ray_chunk: int = 1 << 18,
     coarse_cell: int = 8,
+    mip_levels: int = 3,
     device: torch.device | str | None = None,
 ) -> BEVPoints:
     """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2).
@@ -594,7 +630,8 @@ def visible_bev_points(
             bounds the layout window moved to ``device`` and so the memory of one call.
         ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).
         ray_chunk: rays marched at once; bounds the temporary memory.
-        coarse_cell: side (pixels) of the empty-space skipping grid.
+        coarse_cell: side (pixels) of the finest empty-space skipping grid.
+        mip_levels: number of skipping grids, each 4 times coarser than the previous (1: one grid).
         device: where the work runs (default: the cameras' device).
 
     Returns:
@@ -604,6 +641,9 @@ def visible_bev_points(
     _check_cameras(cameras)
     if isinstance(ray_step, bool) or int(ray_step) != ray_step or ray_step < 1:
         raise ValueError(f"ray_step must be a positive int, got {ray_step!r}")
+    for name, value in (("coarse_cell", coarse_cell), ("mip_levels", mip_levels)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if max_distance is not None and not (max_distance > 0):
         raise ValueError(f"max_distance must be positive or None, got {max_distance!r}")
     device = torch.device(device) if device is not None else cameras.K.device
@@ -615,7 +655,7 @@ def visible_bev_points(
     top = layout.top[r0:r1, c0:c1].to(device)
     sem = layout.semantic[r0:r1, c0:c1].to(device).reshape(-1)
     strides = torch.tensor(layout.class_strides, device=device)
-    coarse = _coarse_max(top, coarse_cell)
+    grids = _max_pyramid(top, coarse_cell, mip_levels)
     shift = torch.tensor([c0, r0, 0.0], dtype=torch.float64, device=device)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
     wc = c1 - c0
@@ -625,7 +665,7 @@ def visible_bev_points(
         o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
         o = o - shift
         for s in range(0, o.shape[0], ray_chunk):
-            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, coarse, coarse_cell, tmax)
+            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, grids, tmax)
             pixel, level = pixel[hit], level[hit]
             cls = sem[pixel]
             st = strides[cls]

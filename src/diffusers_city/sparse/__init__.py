@@ -1,7 +1,22 @@
-"""The sparse 3D core: ``SparseTensor``, run-time backend choice, layers (``nn``) and ``ops``."""
+"""The sparse 3D core: ``SparseTensor``, run-time backend choice, layers (``nn``), ``ops``,
+space-filling-curve ``serialize`` and sparse ``attention``."""
 
-from . import nn, ops
+from . import attention, nn, ops
+from .attention import SerializedAttention, SparseTransformerBlock, SparseWindowAttention
 from .backend import available_backends, backend_name, use_backend
+from .serialize import serialize
 from .tensor import SparseTensor
 
-__all__ = ["SparseTensor", "available_backends", "backend_name", "nn", "ops", "use_backend"]
+__all__ = [
+    "SerializedAttention",
+    "SparseTensor",
+    "SparseTransformerBlock",
+    "SparseWindowAttention",
+    "attention",
+    "available_backends",
+    "backend_name",
+    "nn",
+    "ops",
+    "serialize",
+    "use_backend",
+]
