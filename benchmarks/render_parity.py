@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -33,6 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from diffusers_city.export import write_text_atomic
 from diffusers_city.render import (
     Cameras,
     Gaussians,
@@ -246,11 +245,6 @@ def cpu_demo_timing(city, n: int = 20000, threads: int = 2) -> dict:
         torch.set_num_threads(old)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def markdown(rows: list[dict], cpu: dict) -> str:
@@ -337,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         env["gsplat"] = gsplat.__version__
     except ImportError:
         env["gsplat"] = None
-    write_atomic(args.out / "render_parity.json", json.dumps({"env": env, "rows": rows, "cpu_demo": cpu}, indent=2))
-    write_atomic(args.out / "render_parity.md", f"# render parity ({env})\n\n" + markdown(rows, cpu))
+    write_text_atomic(args.out / "render_parity.json", json.dumps({"env": env, "rows": rows, "cpu_demo": cpu}, indent=2))
+    write_text_atomic(args.out / "render_parity.md", f"# render parity ({env})\n\n" + markdown(rows, cpu))
 
     print("\nscene                         mode  psnr_rgb psnr_alpha depth_mae  ms_torch  ms_other  pass")
     for r in rows:

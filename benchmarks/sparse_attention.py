@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +38,7 @@ from diffusers_city.sparse.attention import (
 )
 from diffusers_city.sparse.serialize import ORDERS, serialize
 from diffusers_city.sparse.tensor import SparseTensor
+from diffusers_city.export import write_text_atomic
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -268,11 +267,6 @@ def markdown(rows: list[dict], device_name: str, dtype_name: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -343,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown(rows, device_name, args.dtype)
     notes = {**check_results, **{f"ERROR {k}": v for k, v in errors.items()}}
     checks_md = "\n".join(f"- {k}: {v}" for k, v in notes.items())
-    write_atomic(args.out / "results.json", json.dumps(result, indent=2))
-    write_atomic(args.out / "results.md", f"{table}\n\nChecks:\n\n{checks_md}\n")
+    write_text_atomic(args.out / "results.json", json.dumps(result, indent=2))
+    write_text_atomic(args.out / "results.md", f"{table}\n\nChecks:\n\n{checks_md}\n")
     print(checks_md)
     print()
     print(table)

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from contextlib import nullcontext
@@ -39,6 +37,7 @@ import torch
 from diffusers_city.sparse import SparseTensor, available_backends, use_backend
 from diffusers_city.sparse import nn as snn
 from diffusers_city.sparse.backend import get_backend
+from diffusers_city.export import write_text_atomic
 
 
 def city_height_field(size: int, seed: int) -> np.ndarray:
@@ -225,11 +224,6 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -300,10 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                             torch.cuda.empty_cache()
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-                    write_atomic(args.out / "sparse_conv.json", json.dumps({"env": env, "rows": rows}, indent=1))
+                    write_text_atomic(args.out / "sparse_conv.json", json.dumps({"env": env, "rows": rows}, indent=1))
     table = markdown(rows, header)
-    write_atomic(args.out / "sparse_conv.json", json.dumps({"env": env, "rows": rows}, indent=1))
-    write_atomic(args.out / "sparse_conv.md", table)
+    write_text_atomic(args.out / "sparse_conv.json", json.dumps({"env": env, "rows": rows}, indent=1))
+    write_text_atomic(args.out / "sparse_conv.md", table)
     print(table)
     return 0
 

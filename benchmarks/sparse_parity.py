@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 
 from diffusers_city.sparse import SparseTensor, available_backends, use_backend
 from diffusers_city.sparse import nn as snn
+from diffusers_city.export import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_conv import city_voxels  # noqa: E402
@@ -168,11 +167,6 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # record and continue with the next case
             traceback.print_exc()
             rows.append({"case": case["name"], "error": f"{type(err).__name__}: {err}"[:300], "pass": False})
-        write_atomic(args.out / "sparse_parity.json", json.dumps({"env": env, "rows": rows}, indent=1))
+        write_text_atomic(args.out / "sparse_parity.json", json.dumps({"env": env, "rows": rows}, indent=1))
     ok = all(r.get("pass") for r in rows)
     env["seconds"] = round(time.time() - start, 1)
     header = f"## spconv vs torch parity ({env['gpu']}, fp32 IEEE, tolerance {TOLERANCE:g}): {'PASS' if ok else 'FAIL'}"
-    write_atomic(args.out / "sparse_parity.json", json.dumps({"env": env, "rows": rows, "pass": ok}, indent=1))
+    write_text_atomic(args.out / "sparse_parity.json", json.dumps({"env": env, "rows": rows, "pass": ok}, indent=1))
     table = markdown(rows, header)
-    write_atomic(args.out / "sparse_parity.md", table)
+    write_text_atomic(args.out / "sparse_parity.md", table)
     print(table)
     return 0 if ok else 1
 

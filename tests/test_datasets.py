@@ -1,6 +1,5 @@
 """Crop datasets: determinism, caching, collation."""
 
-import numpy as np
 import pytest
 import torch
 

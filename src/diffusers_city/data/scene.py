@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .classes import CLASSES, INSTANCE_CLASSES, NUM_CLASSES, ROOF, check_class_ids
+from .classes import CLASSES, INSTANCE_CLASSES, NUM_CLASSES, check_class_ids
 
 FORMAT_NAME = "diffusers-city-scene"
 FORMAT_VERSION = 1

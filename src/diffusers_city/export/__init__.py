@@ -2,7 +2,7 @@
 LAS / LAZ, preview PNG, GIF / MP4. Every writer goes through `atomic_write` (temp file in the
 destination folder, then rename) and validates its input before opening any file."""
 
-from .atomic import atomic_write, crs_to_wkt, resolve_offset, write_georef_sidecar
+from .atomic import atomic_write, crs_to_wkt, resolve_offset, write_georef_sidecar, write_text_atomic
 from .las import write_las
 from .mesh import mesh_from_points, mesh_from_voxels, write_mesh
 from .ply import write_point_ply
@@ -26,5 +26,6 @@ __all__ = [
     "write_mesh",
     "write_point_ply",
     "write_preview",
+    "write_text_atomic",
     "write_video",
 ]

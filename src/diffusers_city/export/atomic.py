@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "crs_to_wkt", "resolve_offset", "write_georef_sidecar"]
+__all__ = ["atomic_write", "crs_to_wkt", "resolve_offset", "write_georef_sidecar", "write_text_atomic"]
 
 # Coordinates beyond this magnitude (metres) lose precision as float32 (ulp >= 1 mm at 16 km).
 _FLOAT32_SAFE = 1.0e4
@@ -54,6 +54,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_write``; returns the path."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def resolve_offset(points: np.ndarray, offset: Sequence[float] | None) -> np.ndarray:
