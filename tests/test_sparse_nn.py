@@ -114,3 +114,11 @@ def test_res_block_channel_change_and_gradients():
 
 def test_group_count():
     assert snn.group_count(64) == 32 and snn.group_count(24) == 24 and snn.group_count(48) == 24 and snn.group_count(7) == 7
+
+
+def test_norm_and_resblock_accept_zero_voxels():
+    """A fully pruned structure (0 voxels) passes through norms and residual blocks."""
+    x = SparseTensor(torch.zeros(0, 8), torch.zeros(0, 4, dtype=torch.int32), batch_size=2)
+    assert snn.SparseGroupNorm(4, 8)(x).feats.shape == (0, 8)
+    block = snn.SparseResBlock(8, 16, emb_channels=4, num_groups=4)
+    assert block(x, torch.zeros(2, 4)).feats.shape == (0, 16)

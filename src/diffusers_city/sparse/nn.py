@@ -209,7 +209,7 @@ class SparseGroupNorm(nn.Module):
             raise ValueError(f"SparseGroupNorm expects {self.num_channels} channels, got {x.num_channels}")
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         n, g = x.num_voxels, self.num_groups
-        h = x.feats.to(dtype).reshape(n, g, -1)
+        h = x.feats.to(dtype).reshape(n, g, self.num_channels // g)
         b = batch_index(x)
         count = torch.zeros(x.batch_size, dtype=dtype, device=x.device).index_add_(0, b, h.new_ones(n))
         count = (count * h.shape[-1]).clamp_min(1)[:, None]
@@ -217,7 +217,7 @@ class SparseGroupNorm(nn.Module):
         mean = zeros.index_add(0, b, h.sum(-1)) / count
         centred = h - take_rows(mean, b)[..., None]
         var = zeros.index_add(0, b, centred.square().sum(-1)) / count
-        out = (centred * torch.rsqrt(take_rows(var, b) + self.eps)[..., None]).reshape(n, -1)
+        out = (centred * torch.rsqrt(take_rows(var, b) + self.eps)[..., None]).reshape(n, self.num_channels)
         if self.weight is not None:
             out = out * self.weight.to(dtype) + self.bias.to(dtype)
         return x.replace(out.to(x.dtype))
