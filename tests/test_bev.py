@@ -158,3 +158,96 @@ def test_bad_arguments_raise():
     layout = _box_layout()
     with pytest.raises(ValueError, match="ray_step"):
         visible_bev_points(layout, _camera([8.0, 8.0, 40.0], [8.0, 8.0, 0.0]), ray_step=0)
+
+
+def _reference_march(o, d, top, coarse_cell, tmax):
+    """The previous visibility march (one coarse skipping grid, active rays compacted every step):
+    the oracle the maximum-mipmap lockstep march must reproduce exactly."""
+    from diffusers_city.bev import _slab
+
+    hc, wc = top.shape
+    n = o.shape[0]
+    hit = torch.zeros(n, dtype=torch.bool)
+    pixel = torch.zeros(n, dtype=torch.long)
+    level = torch.zeros(n, dtype=torch.long)
+    pad = (0, (-wc) % coarse_cell, 0, (-hc) % coarse_cell)
+    coarse = torch.nn.functional.max_pool2d(
+        torch.nn.functional.pad(top.double()[None, None], pad, value=-float(1 << 40)), coarse_cell
+    )[0, 0]
+    lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype)
+    hi = torch.tensor([float(wc), float(hc), float(top.max()) + 1.0], dtype=o.dtype)
+    tn, tf = _slab(o, d, lo, hi)
+    tn, tf = tn.clamp(min=0.0), tf.clamp(max=tmax)
+    active = torch.nonzero(tf > tn).squeeze(1)
+    t, tf, o, d = tn[active] + 1e-6, tf[active], o[active], d[active]
+    sign = (d[:, :2] > 0).to(o.dtype)
+    inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
+    cw = coarse.shape[1]
+    while active.numel():
+        p = o + d * t[:, None]
+        cx = torch.clamp(p[:, 0].floor().long(), 0, wc - 1)
+        cy = torch.clamp(p[:, 1].floor().long(), 0, hc - 1)
+        ccx, ccy = cx // coarse_cell, cy // coarse_cell
+        cb = torch.stack([ccx, ccy], 1).to(o.dtype) * coarse_cell
+        tc = torch.minimum((((cb + sign * coarse_cell) - o[:, :2]) * inv).amin(1), tf)
+        skip = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc) > coarse.reshape(-1)[ccy * cw + ccx]
+        fb = torch.stack([cx, cy], 1).to(o.dtype)
+        te = torch.minimum((((fb + sign) - o[:, :2]) * inv).amin(1), tf)
+        col_top = top.reshape(-1)[cy * wc + cx]
+        is_hit = ~skip & (torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * te) <= col_top)
+        idx = active[is_hit]
+        hit[idx] = True
+        pixel[idx] = (cy * wc + cx)[is_hit]
+        level[idx] = torch.minimum(col_top[is_hit], torch.ceil(p[is_hit, 2] - 1e-6).long())
+        t = torch.maximum(torch.where(skip, tc, te), t) + 1e-5
+        keep = ~is_hit & (t < tf)
+        active, t, tf, o, d, sign, inv = (v[keep] for v in (active, t, tf, o, d, sign, inv))
+    return hit, pixel, level
+
+
+def _city(size, seed):
+    rng = np.random.default_rng(seed)
+    sem = np.full((size, size), ROAD, dtype=np.int64)
+    hgt = rng.integers(0, 2, size=(size, size)).astype(float)
+    for _ in range(size // 3):
+        r, c = rng.integers(0, size - 4, 2)
+        h, w = rng.integers(1, 9, 2)
+        sem[r : r + h, c : c + w] = ROOF
+        hgt[r : r + h, c : c + w] = rng.integers(2, 40)
+    return BEVLayout.from_maps(sem, hgt)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("mip_levels", [0, 1, 3, 16])
+def test_mipmap_march_matches_reference_first_hits(seed, mip_levels):
+    from diffusers_city.bev import _camera_rays, _march, _max_pyramid, _pixel_grid
+
+    layout = _city(64, seed)
+    rng = np.random.default_rng(100 + seed)
+    top = layout.top
+    hits = 0
+    for _ in range(3):
+        eye = [*rng.uniform(-10, 74, 2), rng.uniform(3, 80)]
+        target = [*rng.uniform(10, 54, 2), 0.0]
+        cam = _camera(eye, target, width=48, height=36, focal=float(rng.uniform(15, 60)))
+        u, v = _pixel_grid(48, 36, 1, "cpu")
+        o, d = _camera_rays(layout, cam.K[0], cam.world_to_cam[0], u, v, "cpu")
+        tmax = float(rng.choice([math.inf, 40.0]))
+        want = _reference_march(o, d, top, 8, tmax)
+        got = _march(o, d, top, _max_pyramid(top, mip_levels), tmax, sync_every=int(rng.integers(1, 9)))
+        hits += int(want[0].sum())
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1][want[0]], want[1][want[0]])
+        assert torch.equal(got[2][want[0]], want[2][want[0]])
+    assert hits > 500
+
+
+def test_visible_points_do_not_depend_on_mip_levels_or_chunks():
+    layout = _city(48, 5)
+    cam = _camera([-5.0, 10.0, 30.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0)
+    base = _key_set(visible_bev_points(layout, cam, mip_levels=0))
+    assert len(base) > 50
+    for kw in ({"mip_levels": 2}, {"mip_levels": 8, "ray_chunk": 97}):
+        assert _key_set(visible_bev_points(layout, cam, **kw)) == base
+    with pytest.raises(ValueError, match="mip_levels"):
+        visible_bev_points(layout, cam, mip_levels=-1)

@@ -21,6 +21,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ from diffusers_city.models.sat2city import (  # noqa: E402
     SparseUNet3D,
 )
 from diffusers_city.models.sat2city.blocks import grid_condition, match_coords, sample_gaussian, struct_condition  # noqa: E402
+from diffusers_city.sparse.tensor import take_rows  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     log_validation_images,
@@ -126,8 +129,40 @@ def measure_scale(data: StageData, loader, args, grid, device) -> float:
     return float(math.sqrt(max(total_sq / count - mean * mean, 1e-12)))
 
 
-def batch_index(x: torch.Tensor, enc) -> torch.Tensor | None:
-    return None if enc is None else enc.mean.coords[:, 0].long()
+def diffusion_loss(
+    data: StageData,
+    unet: torch.nn.Module,
+    encoder: torch.nn.Module | None,
+    scheduler: DDIMScheduler,
+    prepared: dict,
+    scale: float,
+    p_drop: float,
+    generator: torch.Generator | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> torch.Tensor:
+    """v-prediction MSE of one batch: frozen clean latent / ``scale``, the condition zeroed per
+    batch item with probability ``p_drop``, uniform timesteps; the condition encoder and the unet
+    run under ``autocast``. Per-voxel latents take their item's timestep and dropout."""
+    device = prepared["voxels"].device
+    num_t = scheduler.config.num_train_timesteps
+    x0, enc = data.latent(prepared, generator)
+    x0 = x0 / scale
+    b = prepared["voxels"].batch_size
+    rows = None if enc is None else enc.mean.coords[:, 0].long()
+    with autocast():
+        cond = data.condition(prepared, enc, encoder)
+        keep = (torch.rand(b, device=device, generator=generator) >= p_drop).to(cond.dtype)
+        cond = cond * (keep.view(-1, *[1] * (cond.ndim - 1)) if rows is None else take_rows(keep, rows).unsqueeze(1))
+        u = compute_density_for_timestep_sampling("none", b, device=device, generator=generator)
+        t = (u * num_t).long().clamp(max=num_t - 1)
+        t_rows = t if rows is None else take_rows(t, rows)
+        noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t_rows)
+        target = scheduler.get_velocity(x0, noise, t_rows)
+        sample = noisy if enc is None else enc.mean.replace(noisy)
+        pred = unet(sample, t, cond).sample
+        pred = pred if enc is None else pred.feats
+        return F.mse_loss(pred.float(), target.float())
 
 
 @torch.no_grad()
@@ -203,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     val_batch = prepare_batch(next(iter(make_dataloader(preset, args, 1, "validation"))), grid, device)
     batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
     p_drop = float(accelerator.unwrap_model(unet).config.condition_dropout)
-    num_t = scheduler.config.num_train_timesteps
     t0 = time.time()
     for m in modules:
         m.train()
@@ -211,24 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         with accelerator.accumulate(*[unet] + ([encoder] if encoder is not None else [])):
             prepared = prepare_batch(next(batches), grid, device)
             generator = step_generator(args.seed, global_step, device)
-            x0, enc = data.latent(prepared, generator)
-            x0 = x0 / scale
-            b = prepared["voxels"].batch_size
-            with accelerator.autocast():
-                cond = data.condition(prepared, enc, encoder)
-                keep = (torch.rand(b, device=device, generator=generator) >= p_drop).to(cond.dtype)
-                rows = batch_index(x0, enc)
-                cond = cond * (keep.view(-1, *[1] * (cond.ndim - 1)) if rows is None else keep[rows].unsqueeze(1))
-                u = compute_density_for_timestep_sampling("none", b, device=device, generator=generator)
-                t = (u * num_t).long().clamp(max=num_t - 1)
-                t_rows = t if rows is None else t[rows]
-                noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-                noisy = scheduler.add_noise(x0, noise, t_rows)
-                target = scheduler.get_velocity(x0, noise, t_rows)
-                sample = noisy if enc is None else enc.mean.replace(noisy)
-                pred = unet(sample, t, cond).sample
-                pred = pred if enc is None else pred.feats
-                loss = F.mse_loss(pred.float(), target.float())
+            loss = diffusion_loss(data, unet, encoder, scheduler, prepared, scale, p_drop, generator, accelerator.autocast)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, 1.0)

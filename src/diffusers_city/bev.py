@@ -18,8 +18,8 @@ height field, with a pyramid of coarse max-height grids to skip empty space) and
 ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
 Only a window of the layout around the cameras (bounded by ``max_distance``) is ever moved to the
 compute device, and rays are processed in chunks, so memory does not grow with the layout size.
-Everything is vectorized torch: all rays of a chunk march in lockstep over a max-height pyramid
-(hierarchical empty-space skipping), each step a fixed set of elementwise ops without host syncs.
+Everything is vectorized torch: all rays of a chunk march in lockstep over a maximum mipmap of the
+heights (hierarchical empty-space skipping), each step a fixed set of elementwise ops without host syncs.
 """
 
 from __future__ import annotations
@@ -507,35 +507,37 @@ def _view_window(
     return _aligned_window(layout, int(max(y0, 0)), int(min(y1, h)), int(max(x0, 0)), int(min(x1, w)))
 
 
-def _max_pyramid(top: torch.Tensor, coarse_cell: int, levels: int) -> list[tuple[int, torch.Tensor]]:
-    """Empty-space skipping grids, coarsest first: ``(cell, max top over cell x cell blocks)`` for
-    cells ``coarse_cell * 4**k``, ``k < levels``, stopping once one cell covers the window."""
-    h, w = top.shape
-    grids = []
-    cell = coarse_cell
-    for _ in range(levels):
-        pad = (0, (-w) % cell, 0, (-h) % cell)
-        t = torch.nn.functional.pad(top.double()[None, None], pad, value=float(_FAR_BELOW))
-        grids.append((cell, torch.nn.functional.max_pool2d(t, cell)[0, 0]))
-        if cell >= max(h, w):
-            break
-        cell *= 4
-    return grids[::-1]
+def _max_pyramid(top: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maximum mipmap of ``top``: level ``k`` holds the max top over ``2^k x 2^k`` blocks (level 0
+    is ``top``), for ``k <= levels`` or until one block covers the window. Returns the levels
+    flattened into one buffer with each level's offset and width (``[K + 1]`` long)."""
+    grid = top.double()
+    grids = [grid]
+    while len(grids) <= levels and max(grid.shape) > 1:
+        h, w = grid.shape
+        t = torch.nn.functional.pad(grid[None, None], (0, w % 2, 0, h % 2), value=float(_FAR_BELOW))
+        grid = torch.nn.functional.max_pool2d(t, 2)[0, 0]
+        grids.append(grid)
+    sizes = torch.tensor([g.numel() for g in grids])
+    offsets = (torch.cumsum(sizes, 0) - sizes).to(top.device)
+    widths = torch.tensor([g.shape[1] for g in grids], device=top.device)
+    return torch.cat([g.reshape(-1) for g in grids]), offsets, widths
 
 
 def _march(
     o: torch.Tensor,
     d: torch.Tensor,
     top: torch.Tensor,
-    grids: list[tuple[int, torch.Tensor]],
+    pyramid: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     tmax: float,
     sync_every: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First hit of each ray with the extruded height field ``top`` (window-local voxel units).
 
-    All rays step in lockstep: one step moves a ray to the exit of the coarsest grid cell of
-    ``grids`` that it provably crosses above every top, or tests its fine cell when none does. Each
-    step is a fixed set of elementwise ops over every ray, with no host sync; every ``sync_every``
+    Maximum-mipmap traversal (Tevs et al. 2008): each ray holds a pyramid level; when its lowest z
+    inside its current cell stays above the cell's max top it jumps to the cell's exit and goes up
+    a level, otherwise it goes down a level, and at level 0 that is a hit. All rays step in
+    lockstep, each step a fixed set of elementwise ops without host sync; every ``sync_every``
     steps the finished rays are counted (the one sync) and dropped once they are half of the rays.
 
     Returns ``(hit [R] bool, pixel [R] long flat index, level [R] long)``: the hit pixel and the
@@ -560,53 +562,40 @@ def _march(
     eps = 1e-5
     sign = (d[:, :2] > 0).to(o.dtype)
     inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
-    top_flat = top.reshape(-1)
-    flat_grids = [(cell, grid.reshape(-1), grid.shape[1]) for cell, grid in grids]
-    live = torch.ones(index.numel(), dtype=torch.bool, device=device)
-    r_hit, r_pixel, r_level = (torch.zeros(index.numel(), dtype=dt, device=device) for dt in (torch.bool, torch.long, torch.long))
-
-    def flush(rows: torch.Tensor) -> None:
-        hit[index[rows]] = r_hit[rows]
-        pixel[index[rows]] = r_pixel[rows]
-        level[index[rows]] = r_level[rows]
+    buffer, offsets, widths = pyramid
+    top_level = offsets.numel() - 1
+    m = index.numel()
+    lvl = torch.full((m,), min(top_level, 3), dtype=torch.long, device=device)
+    live = torch.ones(m, dtype=torch.bool, device=device)
+    r_hit, r_pixel, r_level = (torch.zeros(m, dtype=dt, device=device) for dt in (torch.bool, torch.long, torch.long))
 
     step = 0
     while index.numel():
         p = o + d * t[:, None]
         cx = torch.clamp(p[:, 0].floor().long(), 0, wc - 1)
         cy = torch.clamp(p[:, 1].floor().long(), 0, hc - 1)
-        # Coarse cells, coarsest first: jump to the exit of the coarsest one the ray stays above.
-        skip = torch.zeros_like(live)
-        t_skip = t
-        for cell, grid, gw in flat_grids:
-            ccx, ccy = torch.div(cx, cell, rounding_mode="floor"), torch.div(cy, cell, rounding_mode="floor")
-            cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
-            tc = torch.minimum((((cb + sign * cell) - o[:, :2]) * inv).amin(1), tf)
-            zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
-            above = zc > grid[ccy * gw + ccx]
-            t_skip = torch.where(above & ~skip, tc, t_skip)
-            skip = skip | above
-        # Fine cell: hit when the ray's lowest z inside it is at or below the top.
-        fb = torch.stack([cx, cy], 1).to(o.dtype)
-        te = torch.minimum((((fb + sign) - o[:, :2]) * inv).amin(1), tf)
-        flat = cy * wc + cx
-        col_top = top_flat[flat]
-        z_exit = o[:, 2] + d[:, 2] * te
-        is_hit = live & ~skip & (torch.minimum(p[:, 2], z_exit) <= col_top)
+        ccx, ccy = torch.bitwise_right_shift(cx, lvl), torch.bitwise_right_shift(cy, lvl)
+        cell = torch.bitwise_left_shift(torch.ones_like(lvl), lvl).to(o.dtype)[:, None]
+        cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
+        tc = torch.minimum((((cb + sign * cell) - o[:, :2]) * inv).amin(1), tf)
+        zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
+        cell_top = buffer[offsets[lvl] + ccy * widths[lvl] + ccx]
+        above = zc > cell_top
+        is_hit = live & ~above & (lvl == 0)
         r_hit = r_hit | is_hit
-        r_pixel = torch.where(is_hit, flat, r_pixel)
-        r_level = torch.where(is_hit, torch.minimum(col_top, torch.ceil(p[:, 2] - 1e-6).long()), r_level)
-        t = torch.maximum(torch.where(skip, t_skip, te), t) + eps
+        r_pixel = torch.where(is_hit, cy * wc + cx, r_pixel)
+        r_level = torch.where(is_hit, torch.minimum(cell_top.long(), torch.ceil(p[:, 2] - 1e-6).long()), r_level)
+        t = torch.where(above, torch.maximum(tc, t) + eps, t)
+        lvl = torch.where(above, (lvl + 1).clamp(max=top_level), (lvl - 1).clamp(min=0))
         live = live & ~is_hit & (t < tf)
         step += 1
-        if step % sync_every == 0:
-            alive = int(live.sum())
-            if 2 * alive <= live.numel():
-                flush(~live)
-                keep = torch.nonzero(live).squeeze(1)
-                index, t, tf, o, d, sign, inv, live, r_hit, r_pixel, r_level = (
-                    v[keep] for v in (index, t, tf, o, d, sign, inv, live, r_hit, r_pixel, r_level)
-                )
+        if step % sync_every == 0 and 2 * int(live.sum()) <= live.numel():
+            done = ~live
+            hit[index[done]], pixel[index[done]], level[index[done]] = r_hit[done], r_pixel[done], r_level[done]
+            keep = torch.nonzero(live).squeeze(1)
+            index, t, tf, o, d, sign, inv, lvl, live, r_hit, r_pixel, r_level = (
+                v[keep] for v in (index, t, tf, o, d, sign, inv, lvl, live, r_hit, r_pixel, r_level)
+            )
     return hit, pixel, level
 
 
@@ -616,8 +605,7 @@ def visible_bev_points(
     max_distance: float | None = None,
     ray_step: int = 1,
     ray_chunk: int = 1 << 18,
-    coarse_cell: int = 8,
-    mip_levels: int = 3,
+    mip_levels: int = 4,
     device: torch.device | str | None = None,
 ) -> BEVPoints:
     """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2).
@@ -630,8 +618,8 @@ def visible_bev_points(
             bounds the layout window moved to ``device`` and so the memory of one call.
         ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).
         ray_chunk: rays marched at once; bounds the temporary memory.
-        coarse_cell: side (pixels) of the finest empty-space skipping grid.
-        mip_levels: number of skipping grids, each 4 times coarser than the previous (1: one grid).
+        mip_levels: levels of the max-height pyramid used to skip empty space (level ``k``: blocks
+            of ``2^k`` pixels; capped where one block covers the view window).
         device: where the work runs (default: the cameras' device).
 
     Returns:
@@ -641,9 +629,8 @@ def visible_bev_points(
     _check_cameras(cameras)
     if isinstance(ray_step, bool) or int(ray_step) != ray_step or ray_step < 1:
         raise ValueError(f"ray_step must be a positive int, got {ray_step!r}")
-    for name, value in (("coarse_cell", coarse_cell), ("mip_levels", mip_levels)):
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(mip_levels, bool) or int(mip_levels) != mip_levels or mip_levels < 0:
+        raise ValueError(f"mip_levels must be a non-negative int, got {mip_levels!r}")
     if max_distance is not None and not (max_distance > 0):
         raise ValueError(f"max_distance must be positive or None, got {max_distance!r}")
     device = torch.device(device) if device is not None else cameras.K.device
@@ -655,7 +642,7 @@ def visible_bev_points(
     top = layout.top[r0:r1, c0:c1].to(device)
     sem = layout.semantic[r0:r1, c0:c1].to(device).reshape(-1)
     strides = torch.tensor(layout.class_strides, device=device)
-    grids = _max_pyramid(top, coarse_cell, mip_levels)
+    pyramid = _max_pyramid(top, int(mip_levels))
     shift = torch.tensor([c0, r0, 0.0], dtype=torch.float64, device=device)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
     wc = c1 - c0
@@ -665,7 +652,7 @@ def visible_bev_points(
         o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
         o = o - shift
         for s in range(0, o.shape[0], ray_chunk):
-            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, grids, tmax)
+            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
             pixel, level = pixel[hit], level[hit]
             cls = sem[pixel]
             st = strides[cls]

@@ -308,7 +308,7 @@ class SparseResBlock(nn.Module):
             raise ValueError(f"emb must have shape [{x.batch_size}, {self.emb_channels}], got {tuple(emb.shape)}")
         h = self.conv1(x.replace(F.silu(self.norm1(x).feats)))
         if emb is not None:
-            h = h.replace(h.feats + self.emb_proj(F.silu(emb))[batch_index(x)].to(h.feats.dtype))
+            h = h.replace(h.feats + take_rows(self.emb_proj(F.silu(emb)), batch_index(x)).to(h.feats.dtype))
         h = self.conv2(h.replace(self.dropout(F.silu(self.norm2(h).feats))))
         skip = x if self.skip is None else self.skip(x)
         return x.replace(skip.feats + h.feats)

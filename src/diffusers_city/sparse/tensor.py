@@ -276,9 +276,9 @@ class SparseTensor:
             offset_t = torch.as_tensor(offset, device=dense.device)
             if offset_t.shape != (3,) or offset_t.dtype.is_floating_point:
                 raise ValueError("offset must be 3 integers")
-        idx = mask.nonzero()
-        feats = dense.permute(0, 2, 3, 4, 1)[mask]
-        coords = idx.clone()
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        feats = take_rows(dense.permute(0, 2, 3, 4, 1).reshape(mask.numel(), dense.shape[1]), flat)
+        coords = torch.stack(torch.unravel_index(flat, mask.shape), 1)
         coords[:, 1:] += offset_t.long()
         return cls(
             feats,

@@ -219,7 +219,9 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         device = positions.device
         size = strides.to(positions.dtype) * meters_per_pixel * self.config.gaussian_scale_factor
         scales = size[:, None].expand(n, 3).clone()
-        flat = torch.isin(classes, torch.tensor(FLAT_CLASSES, device=device))
+        flat = torch.zeros_like(classes, dtype=torch.bool)
+        for c in FLAT_CLASSES:  # no host-to-device copy of the class list per call
+            flat |= classes == c
         scales[flat, 2] = self.config.flat_z_scale * meters_per_pixel
         quats = torch.zeros(n, 4, device=device, dtype=positions.dtype)
         quats[:, 0] = 1.0

@@ -108,7 +108,8 @@ class StructureDecoder(nn.Module):
 
     Level 0 works on the input voxels (no subdivision); every later level subdivides the kept
     voxels of the previous one into 8 children. A child gets its parent's features through a
-    linear map plus a learned embedding of its octant, a pointwise head predicts its occupancy
+    linear map plus a learned embedding of its octant (child ``i`` of a parent is octant ``i``,
+    the row order of ``subdivide``), a pointwise head predicts its occupancy
     (so nothing heavy runs on candidates that get pruned), and residual sparse-conv blocks refine
     the kept voxels. Pruning follows, in order of priority: the given ``struct`` (the appearance
     decoder follows the geometry decoder's decisions), the ground truth ``target`` (teacher
@@ -192,8 +193,10 @@ class StructureDecoder(nn.Module):
         for level in range(self.num_levels):
             if level > 0:
                 h = subdivide(h)
-                octant = (h.coords[:, 1] & 1) * 4 + (h.coords[:, 2] & 1) * 2 + (h.coords[:, 3] & 1)
-                h = h.replace(self.child_proj[level - 1](h.feats) + self.child_embed[level - 1][octant.long()])
+                # subdivide lists each parent's 8 children consecutively in octant order, so the
+                # octant embedding is a broadcast add (its gradient a sum over parents), not a gather
+                proj = self.child_proj[level - 1](h.feats)
+                h = h.replace((proj.unflatten(0, (-1, 8)) + self.child_embed[level - 1]).flatten(0, 1))
             keep = self._decide(level, h, target, struct, record)
             h = structures[level].replace(take_rows(h.feats, keep)) if structures is not None else prune(h, keep)
             if h.num_voxels:  # everything pruned: the remaining levels stay empty
