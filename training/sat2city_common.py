@@ -61,24 +61,56 @@ def make_dataset(preset: dict[str, Any], split: str) -> VoxelCropDataset:
     )
 
 
+class _CollateWithHeightPoints:
+    """``VoxelCropDataset.collate`` plus each item's P_h (``height_points``), so that the loader
+    workers, not the training step, build them (picklable for worker processes)."""
+
+    def __init__(self, grid: tuple[int, int, int]) -> None:
+        self.grid = tuple(int(g) for g in grid)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = VoxelCropDataset.collate(samples)
+        batch["ph_points"], batch["ph_batch"] = height_points(batch, self.grid)
+        batch["ph_grid"] = self.grid
+        return batch
+
+
 def make_dataloader(preset: dict[str, Any], args: argparse.Namespace, batch_size: int, split: str = "train"):
-    """Sequential loader (consecutive samples share a generated city; randomness is in the seeds)."""
+    """Sequential loader (consecutive samples share a generated city; randomness is in the seeds);
+    its batches carry P_h for the preset's grid."""
     return torch.utils.data.DataLoader(
         make_dataset(preset, split),
         batch_size=batch_size,
         shuffle=False,
         num_workers=args.dataloader_num_workers,
-        collate_fn=VoxelCropDataset.collate,
+        collate_fn=_CollateWithHeightPoints(preset["components"]["dense_vae"]["grid_size"]),
         persistent_workers=args.dataloader_num_workers > 0,
     )
 
 
-def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
-    """Voxels and points inside the model grid, and the condition point cloud P_h of each item.
+def height_points(batch: dict[str, Any], grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The condition point cloud P_h of every item (CPU) and its batch index.
 
     P_h is built exactly as the pipeline builds it (``HeightMap.points``) from the noisy gray map
     in metres (gray / 255 over the scene's height range).
     """
+    v = batch["voxels"].voxel_size
+    gray = batch["height_noisy"].detach().cpu()
+    mpp = float(v * grid[0] / gray.shape[-1])
+    ph, ph_batch = [], []
+    for b in range(gray.shape[0]):
+        zmin, zmax = float(batch["z_min"][b]), float(batch["z_max"][b])
+        metres = zmin + gray[b, 0].numpy() * (zmax - zmin)
+        p = torch.from_numpy(HeightMap(metres, mpp, (0.0, 0.0, 0.0), None).points())
+        p[:, 2] = p[:, 2].clamp(0, grid[2] * v - 1e-3)
+        ph.append(p)
+        ph_batch.append(torch.full((p.shape[0],), b, dtype=torch.long))
+    return torch.cat(ph), torch.cat(ph_batch)
+
+
+def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
+    """Voxels and points inside the model grid, and the condition point cloud P_h of each item
+    (the loader's, when it was built for this ``grid``)."""
     voxels: SparseTensor = batch["voxels"].to(device)
     c = voxels.coords.long()
     inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid, device=c.device))).all(1)
@@ -88,22 +120,16 @@ def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: tor
     pts = batch["points"].to(device)
     extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v], device=device)
     keep = ((pts >= 0) & (pts < extent)).all(1)
-    gray = batch["height_noisy"].detach().cpu()
-    mpp = float(v * grid[0] / gray.shape[-1])
-    ph, ph_batch = [], []
-    for b in range(voxels.batch_size):
-        zmin, zmax = float(batch["z_min"][b]), float(batch["z_max"][b])
-        metres = zmin + gray[b, 0].numpy() * (zmax - zmin)
-        p = torch.from_numpy(HeightMap(metres, mpp, (0.0, 0.0, 0.0), None).points())
-        p[:, 2] = p[:, 2].clamp(0, grid[2] * v - 1e-3)
-        ph.append(p)
-        ph_batch.append(torch.full((p.shape[0],), b, dtype=torch.long))
+    if batch.get("ph_grid") == tuple(int(g) for g in grid):
+        ph, ph_batch = batch["ph_points"], batch["ph_batch"]
+    else:
+        ph, ph_batch = height_points(batch, grid)
     out = {
         "voxels": voxels,
         "points": pts[keep],
         "points_batch": batch["points_batch"].to(device)[keep],
-        "ph_points": torch.cat(ph).to(device),
-        "ph_batch": torch.cat(ph_batch).to(device),
+        "ph_points": ph.to(device),
+        "ph_batch": ph_batch.to(device),
     }
     if "colors" in batch:
         out["colors"] = batch["colors"].to(device)[keep]

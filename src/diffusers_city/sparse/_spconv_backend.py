@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import compute_dtype
 from .kernel_map import build_index
-from .tensor import SparseTensor
+from .tensor import SparseTensor, take_rows
 
 _ALGO = ConvAlgo.MaskImplicitGemm
 
@@ -248,7 +248,7 @@ class SpconvBackend:
                 target.cache[key] = build_index(sites, target.batch_size)
             rows = target.cache[key].lookup(x.coords)
             found = rows >= 0
-            feats = feats.new_zeros(sites.shape[0], feats.shape[1]).index_copy(0, rows[found], feats[found])
+            feats = feats.new_zeros(sites.shape[0], feats.shape[1]).index_copy(0, rows[found], take_rows(feats, found))
         return _gemm(feats, weight, bias, tables.inverted())
 
 

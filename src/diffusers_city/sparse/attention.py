@@ -205,7 +205,8 @@ def grouped_attention(
     if q.shape[0] == 0:
         return v.new_empty(v.shape)
     heads, dim_v = v.shape[1], v.shape[2]
-    q, k, v = q[groups.gather_index], k[groups.gather_index], v[groups.gather_index]
+    # index_select, not q[index]: its backward is an index_add, not a sort-based index_put.
+    q, k, v = (t.index_select(0, groups.gather_index) for t in (q, k, v))
     outputs = []
     offset = 0
     for count, length, mask in groups.buckets:
@@ -215,7 +216,7 @@ def grouped_attention(
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
         outputs.append(out.transpose(1, 2).reshape(count * length, heads, dim_v))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return packed[groups.scatter_index]
+    return packed.index_select(0, groups.scatter_index)
 
 
 def window_attention(
