@@ -25,7 +25,13 @@ Data (``--data``):
   to this package's table once). Frames are resized to ``--resolution`` (K scaled to match).
 
 Segmentations of every frame are rendered from the layout's own BEV points (class per pixel), so
-both data sources need only layouts, cameras and frames. Single process (one GPU or the CPU).
+both data sources need only layouts, cameras and frames.
+
+Data parallel (``accelerate launch --num_processes N``): every process draws the same global batch
+of ``train_batch_size x N x gradient_accumulation_steps`` views per optimizer step (same seed) and
+renders its own slice of it through the distributed generator and discriminator, so N processes
+follow the loss curve of one process with the same global batch. Logged losses are global-batch
+means.
 
     accelerate launch training/train_gaussiancity.py --preset small --max_train_steps 3000 \\
         --output_dir out/gc --pipeline_out pipelines/gaussiancity/default
@@ -36,11 +42,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from PIL import Image
 from torch import nn
 
@@ -220,6 +229,55 @@ def render_view(pipe: GaussianCityPipeline, layout: BEVLayout, camera: Cameras, 
     return render_gaussians(g, camera.to(device)).rgb[0]
 
 
+class GaussianCityGenerator(nn.Module):
+    """The pipeline's trainable components (scene encoder, background and building decoders) as
+    one module whose forward renders a micro-batch of views, so that distributed data parallel
+    sees a single forward per step. Its state dict keys are the component names."""
+
+    def __init__(self, pipe: GaussianCityPipeline) -> None:
+        super().__init__()
+        self.scene_encoder = pipe.scene_encoder
+        self.background_decoder = pipe.background_decoder
+        self.building_decoder = pipe.building_decoder
+        self.pipe = pipe  # not a module: decodes with the components above
+
+    def forward(self, items: list[tuple[BEVLayout, Cameras, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``[B, H, W, 3]`` of ``(layout, camera, styles)`` items, and an exact zero that
+        depends on every parameter. Added to the loss, the zero gives each parameter a gradient at
+        every step, also when no view of the micro-batch shows a building (or any background), as
+        distributed data parallel requires without ``find_unused_parameters``."""
+        device = self.building_decoder.device
+        frames = torch.stack([render_view(self.pipe, layout, camera, styles, device) for layout, camera, styles in items])
+        zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return frames, zero
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` with ``requires_grad`` off: the generator's GAN term reaches the images, not the
+    discriminator (whose accumulated gradients must come from its own loss only)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _per_view(loss_fn, logits: torch.Tensor, seg: torch.Tensor, mask: torch.Tensor, real: bool) -> torch.Tensor:
+    """``[B]`` masked cross-entropies, one per view (each view averaged over its own pixels)."""
+    return torch.stack([loss_fn(logits[i:i + 1], seg[i:i + 1], real, mask[i:i + 1]) for i in range(len(seg))])
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """``flag`` of any process, so that every process takes the same branch (collectives stay matched)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
 def _side_by_side(pred: torch.Tensor, gt: torch.Tensor) -> Image.Image:
     both = torch.cat([pred, gt], 1).clamp(0, 1).detach().cpu().numpy()
     return Image.fromarray((both * 255).round().astype(np.uint8))
@@ -229,14 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = load_training_preset(args, "gaussiancity")
     accelerator = setup_accelerator(args)
-    if accelerator.num_processes > 1:
-        raise ValueError("train_gaussiancity.py runs in a single process (one GPU or the CPU)")
     device = accelerator.device
     pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
-    generator = nn.ModuleDict(
-        {"scene_encoder": pipe.scene_encoder, "background_decoder": pipe.background_decoder,
-         "building_decoder": pipe.building_decoder}
-    )
+    generator = GaussianCityGenerator(pipe)
     discriminator = SemanticDiscriminator(num_classes=NUM_CLASSES, base_channels=args.discriminator_channels)
     perceptual = None
     if args.vgg_weights:
@@ -255,58 +308,69 @@ def main(argv: list[str] | None = None) -> int:
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.learning_rate, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.discriminator_lr, betas=(0.9, 0.999))
     generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
+    plain_discriminator = accelerator.unwrap_model(discriminator)
     global_step = maybe_resume(accelerator, args)
+    # Same seeds on every process: all draw the same global batch (views and styles), each uses its slice.
     rng = np.random.default_rng(args.seed + global_step)
     style_gen = torch.Generator().manual_seed(args.seed + global_step)
+    per_process, accumulation = args.train_batch_size, args.gradient_accumulation_steps
+    global_batch = per_process * accelerator.num_processes * accumulation
+    accelerator.print(f"global batch {global_batch} = {per_process} per process x {accelerator.num_processes} "
+                      f"processes x {accumulation} accumulation steps")
     start = time.time()
     generator.train()
     while global_step < args.max_train_steps:
-        logs = {}
-        opt_g.zero_grad(set_to_none=True)
-        preds, batch = [], [train_views[i] for i in rng.integers(0, len(train_views), args.train_batch_size)]
-        loss_g = torch.zeros((), device=device)
-        for view in batch:
-            layout = layouts[view.city]
-            styles = pipe.sample_styles(layout, style_gen)
-            pred = render_view(pipe, layout, view.camera, styles, device)
-            gt, mask, seg = view.rgb.to(device), view.mask.to(device), view.seg.to(device)
-            m = mask[..., None].float()
-            l1 = ((pred - gt).abs() * m).sum() / (m.sum() * 3).clamp(min=1)
-            loss = args.lambda_l1 * l1
-            pred_m, gt_m = (pred * m).permute(2, 0, 1)[None], (gt * m).permute(2, 0, 1)[None]
-            if perceptual is not None:
-                loss = loss + args.lambda_perceptual * perceptual(pred_m, gt_m)
-            if args.lambda_gan > 0:
-                loss = loss + args.lambda_gan * discriminator.loss(discriminator(pred_m), seg[None], True, mask[None])
-            loss_g = loss_g + loss / len(batch)
-            preds.append((pred_m.detach(), gt_m, seg, mask))
-            logs["l1"] = float(l1.detach())
-        accelerator.backward(loss_g)
-        opt_g.step()
+        picks = rng.integers(0, len(train_views), global_batch)
+        styles = [pipe.sample_styles(layouts[train_views[i].city], style_gen) for i in picks]
+        sums = torch.zeros(3, device=device)  # l1, loss_g, loss_d summed over this process's views
+        for micro in range(accumulation):
+            first = (micro * accelerator.num_processes + accelerator.process_index) * per_process
+            batch = [(train_views[i], s) for i, s in zip(picks[first:first + per_process], styles[first:first + per_process])]
+            with accelerator.accumulate(generator, discriminator):
+                pred, zero = generator([(layouts[v.city], v.camera, s) for v, s in batch])
+                gt = torch.stack([v.rgb for v, _ in batch]).to(device)
+                mask = torch.stack([v.mask for v, _ in batch]).to(device)
+                seg = torch.stack([v.seg for v, _ in batch]).to(device)
+                m = mask[..., None].float()
+                l1 = ((pred - gt).abs() * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * 3).clamp(min=1)
+                loss = args.lambda_l1 * l1
+                pred_m, gt_m = (pred * m).permute(0, 3, 1, 2), (gt * m).permute(0, 3, 1, 2)
+                if perceptual is not None:
+                    loss = loss + args.lambda_perceptual * torch.stack(
+                        [perceptual(p[None], g[None]) for p, g in zip(pred_m, gt_m)])
+                if args.lambda_gan > 0:
+                    with frozen(plain_discriminator) as d:
+                        loss = loss + args.lambda_gan * _per_view(d.loss, d(pred_m), seg, mask, True)
+                accelerator.backward(loss.mean() + zero)
+                opt_g.step()
+                opt_g.zero_grad(set_to_none=True)
+                loss_d = torch.zeros(len(batch), device=device)
+                if args.lambda_gan > 0:
+                    warm = min(1.0, (global_step + 1) / max(1, args.discriminator_warmup_steps))
+                    for group in opt_d.param_groups:
+                        group["lr"] = args.discriminator_lr * warm
+                    logits = discriminator(torch.cat([gt_m, pred_m.detach()]))
+                    real, fake = logits.chunk(2)
+                    loss_d = (_per_view(plain_discriminator.loss, real, seg, mask, True)
+                              + _per_view(plain_discriminator.loss, fake, seg, mask, False))
+                    accelerator.backward(loss_d.mean())
+                    opt_d.step()
+                    opt_d.zero_grad(set_to_none=True)
+            sums += torch.stack([l1.detach().sum(), loss.detach().sum(), loss_d.detach().sum()])
+        global_step += 1
         if ema is not None:
             ema.step(generator.parameters())
-        if args.lambda_gan > 0:
-            warm = min(1.0, (global_step + 1) / max(1, args.discriminator_warmup_steps))
-            for group in opt_d.param_groups:
-                group["lr"] = args.discriminator_lr * warm
-            opt_d.zero_grad(set_to_none=True)
-            loss_d = sum(
-                discriminator.loss(discriminator(g), s[None], True, k[None])
-                + discriminator.loss(discriminator(p), s[None], False, k[None])
-                for p, g, s, k in preds
-            ) / len(preds)
-            accelerator.backward(loss_d)
-            opt_d.step()
-            logs["loss_d"] = float(loss_d.detach())
-        global_step += 1
-        logs["loss_g"] = float(loss_g.detach())
+        means = (accelerator.reduce(sums, "sum") / global_batch).tolist()
+        logs = {"l1": means[0], **({"loss_d": means[2]} if args.lambda_gan > 0 else {}), "loss_g": means[1]}
         accelerator.log(logs, step=global_step)
         if global_step % args.logging_steps == 0:
             accelerator.print(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        out_of_time = args.max_train_minutes is not None and (time.time() - start) / 60 >= args.max_train_minutes
+        out_of_time = args.max_train_minutes is not None and _any_process(
+            accelerator, (time.time() - start) / 60 >= args.max_train_minutes)
         if global_step % args.checkpointing_steps == 0 or out_of_time or global_step == args.max_train_steps:
             save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 or out_of_time or global_step == args.max_train_steps:
+        validate = global_step % args.validation_steps == 0 or out_of_time or global_step == args.max_train_steps
+        if validate and accelerator.is_main_process:
             with torch.no_grad():
                 layout = layouts[val_view.city]
                 styles = pipe.sample_styles(layout, torch.Generator().manual_seed(0))
@@ -317,21 +381,23 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(generator.parameters())
-    folder = args.pipeline_out or Path(args.output_dir) / "pipeline"
-    pipe.save_pretrained(folder)
-    accelerator.print(f"saved the pipeline to {folder}")
-    if args.example_layout_out is not None and scenes:
-        scene = scenes[held_out]
-        scene.replace(points=None, colors=None, normals=None, point_classes=None).save(args.example_layout_out)
-        accelerator.print(f"saved the held-out layout to {args.example_layout_out}")
-    if args.push_to_hub:
-        push_folder_to_hub(args, folder, "gaussiancity", {
-            "title": "GaussianCity",
-            "description": "Generative Gaussian splatting of unbounded 3D cities from BEV layouts.",
-            "preset": args.preset, "data": args.data, "steps": global_step,
-        })
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(generator.parameters())
+        folder = args.pipeline_out or Path(args.output_dir) / "pipeline"
+        pipe.save_pretrained(folder)
+        accelerator.print(f"saved the pipeline to {folder}")
+        if args.example_layout_out is not None and scenes:
+            scene = scenes[held_out]
+            scene.replace(points=None, colors=None, normals=None, point_classes=None).save(args.example_layout_out)
+            accelerator.print(f"saved the held-out layout to {args.example_layout_out}")
+        if args.push_to_hub:
+            push_folder_to_hub(args, folder, "gaussiancity", {
+                "title": "GaussianCity",
+                "description": "Generative Gaussian splatting of unbounded 3D cities from BEV layouts.",
+                "preset": args.preset, "data": args.data, "steps": global_step,
+            })
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 
