@@ -78,15 +78,19 @@ def _class_from_config(config: dict[str, Any], where: str) -> type:
 
 
 def build_pipeline(system: str, size: str, seed: int = 0):
-    """An untrained pipeline of ``system`` at ``size``, with weights initialised from ``seed``.
+    """An untrained pipeline of ``system`` at ``size``, with weights initialised from ``seed``
+    (``build_from_preset`` of ``load_preset(system, size)``)."""
+    return build_from_preset(load_preset(system, size), seed=seed, where=f"preset {system}/{size}")
+
+
+def build_from_preset(preset: dict[str, Any], seed: int = 0, where: str = "preset"):
+    """An untrained pipeline from a parsed preset, with weights initialised from ``seed``.
 
     Each component is ``cls.from_config(config)`` where ``cls`` is named by the config's
     ``_class_name`` (looked up on ``diffusers_city``, then ``diffusers``); the optional
     ``"scheduler"`` config becomes the ``scheduler`` argument; the pipeline class is the
     preset's top-level ``_class_name``. The global torch RNG is left untouched.
     """
-    preset = load_preset(system, size)
-    where = f"preset {system}/{size}"
     pipeline_cls = _class_from_config(preset, where)
     configs = dict(preset["components"])
     if "scheduler" in preset:

@@ -101,15 +101,15 @@ class GaussianCityPipeline(DiffusionPipeline):
     @classmethod
     def from_preset_dict(cls, preset: dict[str, Any], seed: int = 0, name: str = "preset") -> GaussianCityPipeline:
         """An untrained pipeline from a parsed preset (``{"components": {name: config}}``), seeded."""
-        comps = preset["components"]
-        classes = {"scene_encoder": BEVSceneEncoder, "background_decoder": BEVPointDecoder, "building_decoder": BEVPointDecoder}
-        missing = sorted(set(classes) - set(comps))
+        from ...presets import build_from_preset
+
+        missing = sorted({"scene_encoder", "background_decoder", "building_decoder"} - set(preset["components"]))
         if missing:
             raise ValueError(f"{name} lacks components {missing}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built = {key: klass.from_config(comps[key]) for key, klass in classes.items()}
-        return cls(**built)
+        pipe = build_from_preset(preset, seed=seed, where=name)
+        if not isinstance(pipe, cls):
+            raise ValueError(f"{name} builds {type(pipe).__name__}, not {cls.__name__}")
+        return pipe
 
     # -- layouts and styles ---------------------------------------------------------------
     def prepare_layout(
