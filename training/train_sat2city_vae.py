@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
     dense.train()
     sparse.train()
+    logged = None  # loss terms of this optimizer step, averaged over its accumulation micro-steps
     while global_step < args.max_train_steps:
         if global_step == args.geometry_only_steps:
             unwrap(sparse).init_appearance_from_geometry()
@@ -148,16 +149,20 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
+        micro = torch.stack([v.detach().float() for v in terms.values()]) / args.gradient_accumulation_steps
+        logged = micro if logged is None else logged + micro
         if not accelerator.sync_gradients:
             continue
         if not math.isfinite(float(terms["loss"].detach())):
             raise RuntimeError(f"non-finite loss at step {global_step}: { {k: float(v) for k, v in terms.items()} }")
         global_step += 1
+        step_terms, logged = logged, None
         if ema_dense is not None:
             ema_dense.step(dense.parameters())
             ema_sparse.step(sparse.parameters())
-        if global_step % args.logging_steps == 0:
-            logs = {k: float(v.detach()) for k, v in terms.items()} | {"lr": lr_scheduler.get_last_lr()[0]}
+        if global_step % args.logging_steps == 0:  # global-batch means: over micro-steps and processes
+            means = accelerator.reduce(step_terms, "mean").tolist()
+            logs = dict(zip(terms, means)) | {"lr": lr_scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=global_step)
             accelerator.print(f"step {global_step}: " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
         if global_step % args.checkpointing_steps == 0:
