@@ -183,3 +183,14 @@ def test_push_folder_to_hub_writes_model_card(tmp_path, offline_hub):
     tu.push_folder_to_hub(args, folder, str(system), {**fields, "title": "Toy v2"})
     card = ModelCard.load(offline_hub.snapshot("city-org/toy") / "README.md")
     assert card.text.startswith("# Toy v2") and card.data.tags == ["diffusers-city", "toy"]
+
+
+def test_out_of_time_follows_max_train_minutes(tmp_path):
+    """No limit never stops; a passed limit stops; a limit not yet reached does not."""
+    import time
+
+    start = time.time()
+    accelerator = tu.setup_accelerator(parse(tmp_path))
+    assert not tu.out_of_time(accelerator, parse(tmp_path), start - 3600)
+    assert tu.out_of_time(accelerator, parse(tmp_path, "--max_train_minutes", "0.5"), start - 60)
+    assert not tu.out_of_time(accelerator, parse(tmp_path, "--max_train_minutes", "5"), start)

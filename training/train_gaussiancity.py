@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from PIL import Image
 from torch import nn
 
@@ -64,11 +63,13 @@ from diffusers_city.training_utils import (
     load_training_preset,
     log_validation_images,
     maybe_resume,
+    out_of_time,
     push_folder_to_hub,
     save_checkpoint,
     setup_accelerator,
     training_parser,
 )
+
 
 def parse_args(argv: list[str] | None = None):
     parser = training_parser(__doc__.split("\n\n")[0])
@@ -87,7 +88,6 @@ def parse_args(argv: list[str] | None = None):
     add("--lambda_gan", type=float, default=0.5)
     add("--discriminator_channels", type=int, default=128)
     add("--vgg_weights", default=None, help="VGG19 safetensors file or Hub repo id (without: perceptual term off)")
-    add("--max_train_minutes", type=float, default=None, help="stop (and save) after this many minutes")
     add("--pipeline_out", type=Path, default=None, help="where to save the final pipeline (default OUTPUT_DIR/pipeline)")
     add("--example_layout_out", type=Path, default=None, help="also save the held-out layout there (demo layout)")
     args = parser.parse_args(argv)
@@ -271,13 +271,6 @@ def _per_view(loss_fn, logits: torch.Tensor, seg: torch.Tensor, mask: torch.Tens
     return torch.stack([loss_fn(logits[i:i + 1], seg[i:i + 1], real, mask[i:i + 1]) for i in range(len(seg))])
 
 
-def _any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """``flag`` of any process, so that every process takes the same branch (collectives stay matched)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
-
-
 def _side_by_side(pred: torch.Tensor, gt: torch.Tensor) -> Image.Image:
     both = torch.cat([pred, gt], 1).clamp(0, 1).detach().cpu().numpy()
     return Image.fromarray((both * 255).round().astype(np.uint8))
@@ -365,18 +358,16 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.log(logs, step=global_step)
         if global_step % args.logging_steps == 0:
             accelerator.print(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        out_of_time = args.max_train_minutes is not None and _any_process(
-            accelerator, (time.time() - start) / 60 >= args.max_train_minutes)
-        if global_step % args.checkpointing_steps == 0 or out_of_time or global_step == args.max_train_steps:
+        time_is_up = out_of_time(accelerator, args, start)
+        if global_step % args.checkpointing_steps == 0 or time_is_up or global_step == args.max_train_steps:
             save_checkpoint(accelerator, args, global_step)
-        validate = global_step % args.validation_steps == 0 or out_of_time or global_step == args.max_train_steps
+        validate = global_step % args.validation_steps == 0 or time_is_up or global_step == args.max_train_steps
         if validate and accelerator.is_main_process:
             with torch.no_grad():
                 layout = layouts[val_view.city]
-                styles = pipe.sample_styles(layout, torch.Generator().manual_seed(0))
-                pred = render_view(pipe, layout, val_view.camera, styles, device)
-            log_validation_images(accelerator, args, {"held_out": _side_by_side(pred, val_view.rgb.to(device))}, global_step)
-        if out_of_time:
+                frame = render_view(pipe, layout, val_view.camera, pipe.sample_styles(layout, torch.Generator().manual_seed(0)), device)
+            log_validation_images(accelerator, args, {"held_out": _side_by_side(frame, val_view.rgb.to(device))}, global_step)
+        if time_is_up:
             accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
             break
 

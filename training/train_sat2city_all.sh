@@ -40,7 +40,7 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_minutes "$MINUTES" --checkpointing_steps "$CKPT"
+COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_train_minutes "$MINUTES" --checkpointing_steps "$CKPT"
         --validation_steps "$VAL" --dataloader_num_workers "$WORKERS" --resume_from_checkpoint latest "${EXTRA[@]}")
 
 stage_start=$(date +%s)

@@ -57,6 +57,7 @@ from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     log_validation_images,
     maybe_resume,
+    out_of_time,
     push_folder_to_hub,
     save_checkpoint,
     setup_accelerator,
@@ -73,7 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_dir", type=Path, required=True, help="output_dir of train_sat2city_vae.py")
     parser.add_argument("--scale_batches", type=int, default=None, help="batches to measure the latent std on")
     parser.add_argument("--validation_inference_steps", type=int, default=10)
-    parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["diffusion"]
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for m in modules:
         m.train()
+    logged = None
     while global_step < args.max_train_steps:
         with accelerator.accumulate(*[unet] + ([encoder] if encoder is not None else [])):
             prepared = prepare_batch(next(batches), grid, device)
@@ -252,16 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
+        micro = loss.detach().float() / args.gradient_accumulation_steps
+        logged = micro if logged is None else logged + micro
         if not accelerator.sync_gradients:
             continue
         if not math.isfinite(float(loss.detach())):
             raise RuntimeError(f"non-finite loss at step {global_step}")
         global_step += 1
+        step_loss, logged = logged, None
         for ema, m in zip(emas, [unet] + ([encoder] if encoder is not None else [])):
             if ema is not None:
                 ema.step(m.parameters())
-        if global_step % args.logging_steps == 0:
-            logs = {"loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0]}
+        if global_step % args.logging_steps == 0:  # global-batch mean: over micro-steps and processes
+            logs = {"loss": float(accelerator.reduce(step_loss, "mean")), "lr": lr_scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=global_step)
             accelerator.print(f"step {global_step}: loss={logs['loss']:.4g}")
         if global_step % args.checkpointing_steps == 0:
@@ -270,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             images = validation_images(data, accelerator.unwrap_model(unet), encoder and accelerator.unwrap_model(encoder),
                                        scheduler, val_batch, scale, args.validation_inference_steps)
             log_validation_images(accelerator, args, images, global_step)
-        if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
-            accelerator.print(f"--max_minutes {args.max_minutes} reached at step {global_step}")
+        if out_of_time(accelerator, args, t0):
+            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
             save_checkpoint(accelerator, args, global_step)
             break
     accelerator.wait_for_everyone()

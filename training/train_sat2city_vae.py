@@ -46,6 +46,7 @@ from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     log_validation_images,
     maybe_resume,
+    out_of_time,
     push_folder_to_hub,
     save_checkpoint,
     setup_accelerator,
@@ -57,7 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = training_parser("Train the Sat2City dense and sparse (Re-Hash) VAEs.")
     parser.add_argument("--geometry_only_steps", type=int, default=None,
                         help="optimizer steps of geometry-only training before colours (default: the preset's)")
-    parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["vae"]
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint(accelerator, args, global_step)
         if global_step % args.validation_steps == 0 and accelerator.is_main_process:
             log_validation_images(accelerator, args, validation_images(unwrap(dense), unwrap(sparse), val_batch), global_step)
-        if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
-            accelerator.print(f"--max_minutes {args.max_minutes} reached at step {global_step}")
+        if out_of_time(accelerator, args, t0):
+            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
             save_checkpoint(accelerator, args, global_step)
             break
     accelerator.wait_for_everyone()

@@ -23,6 +23,7 @@ import re
 import shutil
 import string
 import tempfile
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def training_parser(description: str) -> argparse.ArgumentParser:
     add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint-N folder (path or name in output_dir)')
     add("--use_ema", action="store_true", help="keep an exponential moving average of the weights")
     add("--ema_decay", type=float, default=0.9999)
+    add("--max_train_minutes", type=float, default=None, help="stop (and save) after this many minutes")
     add("--validation_steps", type=_positive_int, default=500)
     add("--logging_steps", type=_positive_int, default=10)
     add("--report_to", choices=("tensorboard", "wandb", "none"), default="tensorboard",
@@ -149,6 +151,21 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
         accelerator.init_trackers(output_dir.resolve().name, config=_tracker_config(args))
     _current_accelerator = weakref.ref(accelerator)
     return accelerator
+
+
+def out_of_time(accelerator: Accelerator, args: argparse.Namespace, start: float) -> bool:
+    """Whether ``--max_train_minutes`` has passed since ``start`` (``time.time()``) on any process.
+
+    Every process gets the same answer, so all of them stop at the same step and the collective
+    checkpoint save that follows cannot hang on a process that kept training.
+    """
+    if args.max_train_minutes is None:
+        return False
+    late = (time.time() - start) / 60 >= args.max_train_minutes
+    if accelerator.num_processes == 1:
+        return late
+    flag = torch.tensor([float(late)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
