@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffusers_city.data import VoxelCropDataset  # noqa: E402
+from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.models.sat2city.blocks import StructureDecoding, match_coords  # noqa: E402
 from diffusers_city.pipelines.sat2city.pipeline_sat2city import HeightMap  # noqa: E402
 from diffusers_city.render import render_points_preview  # noqa: E402
@@ -186,11 +185,9 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path`` (folders created), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def save_model(model: torch.nn.Module, ema, folder: Path) -> None:

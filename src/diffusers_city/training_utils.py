@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import string
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -36,6 +35,7 @@ from diffusers.optimization import SchedulerType
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
+from .export.atomic import atomic_write
 from .presets import BUNDLED_ROOT, load_preset, read_preset
 
 logger = logging.getLogger(__name__)
@@ -271,14 +271,8 @@ def _safe_image_name(name: str) -> bool:
 
 
 def _write_png_atomic(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def log_validation_images(
@@ -377,10 +371,8 @@ def push_folder_to_hub(
     )
     tags = [t for t in ("diffusers-city", Path(card_template).stem) if t not in (card.data.tags or [])]
     card = populate_model_card(card, tags=tags)
-    readme = folder / "README.md"
-    tmp = folder / ".README.md.tmp"
-    card.save(str(tmp))
-    os.replace(tmp, readme)
+    with atomic_write(folder / "README.md") as tmp:
+        card.save(str(tmp))
     upload_folder(
         repo_id=repo_id, folder_path=str(folder), token=args.hub_token,
         commit_message="Upload diffusers-city pipeline", ignore_patterns=["checkpoint-*", ".checkpoint-*", ".*.tmp"],
