@@ -66,7 +66,7 @@ def configure_autotune(mode: str | None = None) -> str:
     return mode
 
 
-AUTOTUNE_MODE = configure_autotune()
+configure_autotune()  # once, when the backend is first used
 
 
 @dataclass
