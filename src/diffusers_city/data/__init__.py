@@ -58,31 +58,8 @@ __all__ = [
     "CameraViewDataset",
 ]
 
-# DATA-B: readers / export re-exports are appended below.
-from .readers import (  # noqa: E402
-    HeightMap,
-    PointCloud,
-    asprs_to_city,
-    city_to_asprs,
-    read_aerial_image,
-    read_height_map,
-    read_las,
-    read_ply,
-    read_point_cloud,
-    read_semantic_map,
-    scene_from_file,
-)
+# Readers of real geodata (height maps, DSMs, point clouds, semantic maps, aerial images).
+from .readers import *  # noqa: E402,F401,F403
+from .readers import __all__ as _readers_all  # noqa: E402
 
-__all__ += [
-    "HeightMap",
-    "PointCloud",
-    "asprs_to_city",
-    "city_to_asprs",
-    "read_aerial_image",
-    "read_height_map",
-    "read_las",
-    "read_ply",
-    "read_point_cloud",
-    "read_semantic_map",
-    "scene_from_file",
-]
+__all__ += _readers_all
