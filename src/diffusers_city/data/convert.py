@@ -274,24 +274,45 @@ def splat_normals(
     nearest = np.floor(q + 0.5).astype(np.int64)
     lo = nearest.min(axis=0) - 1
     span = nearest.max(axis=0) - lo + 2
+    strides = (int(span[1] * span[2]), int(span[2]), 1)
 
     def keys(c: np.ndarray) -> np.ndarray:
-        c = c - lo
-        return (c[..., 0] * span[1] + c[..., 1]) * span[2] + c[..., 2]
+        return (c[:, 0] - lo[0]) * strides[0] + (c[:, 1] - lo[1]) * strides[1] + (c[:, 2] - lo[2])
 
-    occ_keys, owner, counts = np.unique(keys(nearest), return_inverse=True, return_counts=True)
-    m = occ_keys.size
+    # every corner key below lies in [0, prod(span)): base - lo >= 0 and base + 1 - lo < span
+    near_keys = keys(nearest)
+    volume = int(np.prod(span))
+    if volume <= max(1 << 22, 16 * pts.shape[0]):
+        # dense key -> voxel table: O(N + volume) instead of sorting and binary searches
+        key_counts = np.bincount(near_keys, minlength=volume)
+        occ_keys = np.flatnonzero(key_counts)
+        counts = key_counts[occ_keys]
+        m = occ_keys.size
+        table = np.full(volume, m, np.int64)  # m: an extra bin for corners on empty voxels
+        table[occ_keys] = np.arange(m)
+        owner = table[near_keys]
+        lookup = table.__getitem__
+    else:
+        occ_keys, owner, counts = np.unique(near_keys, return_inverse=True, return_counts=True)
+        m = occ_keys.size
+
+        def lookup(ck: np.ndarray) -> np.ndarray:
+            pos = np.minimum(np.searchsorted(occ_keys, ck), m - 1)
+            return np.where(occ_keys[pos] == ck, pos, m)
+
     acc = np.zeros((m, 3))
     base = np.floor(q).astype(np.int64)
+    base_keys = keys(base)
+    nrm_t = np.ascontiguousarray(nrm.T)
     frac = q - base
+    sides = [(1 - frac[:, a], frac[:, a]) for a in range(3)]  # trilinear weights per axis and side
     for corner in range(8):
-        off = np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
-        weight = np.prod(np.where(off == 1, frac, 1 - frac), axis=1)
-        ck = keys(base + off)
-        pos = np.minimum(np.searchsorted(occ_keys, ck), m - 1)
-        hit = occ_keys[pos] == ck
+        off = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        weight = sides[0][off[0]] * sides[1][off[1]] * sides[2][off[2]]
+        pos = lookup(base_keys + int(np.dot(off, strides)))
+        # summation order per voxel and channel as one bincount per corner over the points in order
         for ch in range(3):
-            acc[:, ch] += np.bincount(pos[hit], weights=weight[hit] * nrm[hit, ch], minlength=m)
+            acc[:, ch] += np.bincount(pos, weights=weight * nrm_t[ch], minlength=m + 1)[:m]
     norm = np.linalg.norm(acc, axis=1)
     weak = norm < 1e-6
     if weak.any():

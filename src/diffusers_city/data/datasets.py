@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -81,6 +81,14 @@ class SceneSource:
         return scene
 
 
+class _SceneState(NamedTuple):
+    gray: np.ndarray  # noisy height map of the whole scene (uint8)
+    z_min: float
+    z_max: float
+    z0: float  # lowest ground rounded down to a voxel: z of the local frame
+    point_cells: tuple[np.ndarray, np.ndarray] | None
+
+
 class _CropDataset(Dataset):
     def __init__(self, num_scenes: int, crops_per_scene: int, crop_size_px: int, source: SceneSource) -> None:
         if num_scenes < 1 or crops_per_scene < 1:
@@ -98,16 +106,22 @@ class _CropDataset(Dataset):
     def __len__(self) -> int:
         return self.num_scenes * self.crops_per_scene
 
-    def crop(self, index: int) -> tuple[CityScene, CityScene]:
-        """(full scene, crop) of sample ``index``."""
+    def window(self, index: int) -> tuple[int, CityScene, int, int]:
+        """(scene index, full scene, first row, first column) of sample ``index``'s crop."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        scene = self.source(index // self.crops_per_scene)
+        scene_index = index // self.crops_per_scene
+        scene = self.source(scene_index)
         h, w = scene.shape
         c = self.crop_size_px
         r0 = int(hash_uniform(self.source.base_seed, index, 1) * (h - c + 1))
         c0 = int(hash_uniform(self.source.base_seed, index, 2) * (w - c + 1))
-        return scene, scene.crop(r0, c0, c, c)
+        return scene_index, scene, r0, c0
+
+    def crop(self, index: int) -> tuple[CityScene, CityScene]:
+        """(full scene, crop) of sample ``index``."""
+        _, scene, r0, c0 = self.window(index)
+        return scene, scene.crop(r0, c0, self.crop_size_px, self.crop_size_px)
 
 
 class VoxelCropDataset(_CropDataset):
@@ -151,23 +165,30 @@ class VoxelCropDataset(_CropDataset):
         self.voxel_size = float(voxel_size)
         self.max_points = max_points
         self.noise_kwargs = dict(noise_kwargs or {})
-        self._noisy: dict[int, tuple[np.ndarray, float, float]] = {}
+        self._scene_state: tuple[int, _SceneState] | None = None
 
-    def _noisy_map(self, scene_index: int, scene: CityScene) -> tuple[np.ndarray, float, float]:
-        if scene_index not in self._noisy:
-            z_min, z_max = float(scene.height.min()), float(scene.height.max())
-            gray = noisy_height_map(scene, self.source.seed(scene_index), **self.noise_kwargs)
-            self._noisy = {scene_index: (gray, z_min, z_max)}  # one scene at a time
-        return self._noisy[scene_index]
+    def _state(self, scene_index: int, scene: CityScene) -> _SceneState:
+        """Per-scene work shared by all crops of the scene, kept for the latest scene only
+        (samples are read in order, so a loader worker reads consecutive crops of one scene)."""
+        if self._scene_state is None or self._scene_state[0] != scene_index:
+            v = self.voxel_size
+            ground = scene.ground if scene.ground is not None else scene.height
+            state = _SceneState(
+                gray=noisy_height_map(scene, self.source.seed(scene_index), **self.noise_kwargs),
+                z_min=float(scene.height.min()),
+                z_max=float(scene.height.max()),
+                z0=float(np.floor(ground.min() / v) * v),
+                point_cells=None if scene.points is None else scene.point_cells(),
+            )
+            self._scene_state = (scene_index, state)
+        return self._scene_state[1]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        scene, crop = self.crop(index)
-        scene_index = index // self.crops_per_scene
-        gray, z_min, z_max = self._noisy_map(scene_index, scene)
-        r0, c0, h, w = crop.metadata["crop"]
-        v = self.voxel_size
-        ground = scene.ground if scene.ground is not None else scene.height
-        z0 = float(np.floor(ground.min() / v) * v)
+        scene_index, scene, r0, c0 = self.window(index)
+        state = self._state(scene_index, scene)
+        c = self.crop_size_px
+        crop = scene.crop(r0, c0, c, c, point_cells=state.point_cells)
+        z0, v = state.z0, self.voxel_size
         local = np.array([crop.origin[0], crop.origin[1], crop.origin[2] + z0])
         if crop.points is None or crop.num_points == 0:
             raise ValueError(f"scene {scene_index} crop at {(r0, c0)} has no points (points_per_m2 too low?)")
@@ -186,10 +207,10 @@ class VoxelCropDataset(_CropDataset):
             "colors": torch.from_numpy(crop.colors[keep]) if crop.colors is not None else None,
             "point_classes": torch.from_numpy(crop.point_classes[keep].astype(np.int64)) if crop.point_classes is not None else None,
             "height": torch.from_numpy(crop.height - np.float32(z0))[None],
-            "height_noisy": torch.from_numpy(gray[r0 : r0 + h, c0 : c0 + w].astype(np.float32) / 255.0)[None],
+            "height_noisy": torch.from_numpy(state.gray[r0 : r0 + c, c0 : c0 + c].astype(np.float32) / 255.0)[None],
             "semantic": torch.from_numpy(crop.semantic.astype(np.int64)),
-            "z_min": z_min - z0,
-            "z_max": z_max - z0,
+            "z_min": state.z_min - z0,
+            "z_max": state.z_max - z0,
             "origin": torch.from_numpy(local),
             "voxel_size": v,
         }

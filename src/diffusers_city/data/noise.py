@@ -17,17 +17,21 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    z = z + _GOLDEN  # a fresh array: the steps below work in place (fewer large temporaries)
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def _to_u64(key) -> np.ndarray:
     arr = np.asarray(key)
     if np.issubdtype(arr.dtype, np.floating):
         raise ValueError("hash keys must be integers")
-    return arr.astype(np.int64).astype(np.uint64) if arr.dtype != np.uint64 else arr
+    # int64 -> uint64 keeps the two's complement bits, so a view equals the cast
+    return arr.astype(np.int64, copy=False).view(np.uint64) if arr.dtype != np.uint64 else arr
 
 
 def hash_u64(*keys) -> np.ndarray:

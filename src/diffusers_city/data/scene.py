@@ -302,11 +302,14 @@ class CityScene:
         return CityScene(**fields)
 
     # ------------------------------------------------------------------ crops and tiles
-    def crop(self, row0: int, col0: int, h: int, w: int) -> "CityScene":
+    def crop(
+        self, row0: int, col0: int, h: int, w: int, point_cells: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> "CityScene":
         """The sub-scene of rows ``row0 : row0 + h`` and columns ``col0 : col0 + w``.
 
         The crop keeps world coordinates (its origin moves to the crop corner) and holds exactly
-        the points whose cell lies inside the window.
+        the points whose cell lies inside the window. ``point_cells``: this scene's
+        `point_cells()`, computed once by callers that cut many crops of one scene.
         """
         H, W = self.shape
         for name, v in (("row0", row0), ("col0", col0), ("h", h), ("w", w)):
@@ -333,11 +336,13 @@ class CityScene:
             k = self.image_scale
             fields["image"] = self.image[k * row0 : k * (row0 + h), k * col0 : k * (col0 + w)].copy()
         if self.points is not None:
-            row, col = self.point_cells()
-            keep = (row >= row0) & (row < row0 + h) & (col >= col0) & (col < col0 + w)
+            row, col = self.point_cells() if point_cells is None else point_cells
+            if row.shape != (self.num_points,) or col.shape != (self.num_points,):
+                raise ValueError(f"point_cells must be two [{self.num_points}] arrays, got {row.shape}, {col.shape}")
+            keep = np.flatnonzero((row >= row0) & (row < row0 + h) & (col >= col0) & (col < col0 + w))
             for name in _POINT_ARRAYS:
                 arr = getattr(self, name)
-                fields[name] = None if arr is None else arr[keep]
+                fields[name] = None if arr is None else np.take(arr, keep, axis=0)  # much faster than a mask
         return CityScene(**fields)
 
     def tile_starts(self, size_px: int, overlap_px: int = 0) -> list[tuple[int, int]]:
