@@ -16,13 +16,24 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + _GOLDEN  # a fresh array: the steps below work in place (fewer large temporaries)
-    z ^= z >> np.uint64(30)
-    z *= _MIX1
-    z ^= z >> np.uint64(27)
-    z *= _MIX2
-    z ^= z >> np.uint64(31)
+def _splitmix(z: np.ndarray, fresh: bool = False) -> np.ndarray:
+    """SplitMix64 finaliser; ``fresh`` says ``z`` is a temporary array that may be overwritten."""
+    if not (fresh and isinstance(z, np.ndarray) and z.ndim):
+        z = z + _GOLDEN  # a fresh array: the steps below work in place (fewer large temporaries)
+    else:
+        z += _GOLDEN
+    if not isinstance(z, np.ndarray) or not z.ndim:
+        z = z ^ (z >> np.uint64(30))
+        z = z * _MIX1
+        z = z ^ (z >> np.uint64(27))
+        z = z * _MIX2
+        return z ^ (z >> np.uint64(31))
+    tmp = np.empty_like(z)
+    for shift, mix in ((30, _MIX1), (27, _MIX2), (31, None)):
+        np.right_shift(z, np.uint64(shift), out=tmp)
+        z ^= tmp
+        if mix is not None:
+            z *= mix
     return z
 
 
@@ -37,9 +48,11 @@ def _to_u64(key) -> np.ndarray:
 def hash_u64(*keys) -> np.ndarray:
     """Hash integer keys (broadcast arrays or ints) to well-mixed uint64 values."""
     with np.errstate(over="ignore"):
-        h = np.zeros((), dtype=np.uint64)
-        for key in keys:
-            h = _splitmix(h ^ _to_u64(key))
+        if not keys:
+            return np.zeros((), dtype=np.uint64)
+        h = _splitmix(_to_u64(keys[0]))  # 0 ^ key == key
+        for key in keys[1:]:
+            h = _splitmix(h ^ _to_u64(key), fresh=True)
         return h
 
 

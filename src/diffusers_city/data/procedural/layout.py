@@ -207,11 +207,15 @@ def build_layout(seed: int, shape: tuple[int, int], mpp: float, style: CityStyle
     for k in range(len(px)):
         dk = (wx - px[k]) ** 2 + (wy - py[k]) ** 2
         closer = dk < d1
-        second = ~closer & (dk < d2)
-        d2 = np.where(closer, d1, np.where(second, dk, d2))
-        did2 = np.where(closer, did, np.where(second, k, did2))
-        did = np.where(closer, k, did)
-        d1 = np.where(closer, dk, d1)
+        second = dk < d2
+        second &= ~closer
+        # disjoint masked updates, in place (new second = old first where closer)
+        np.copyto(d2, dk, where=second)
+        np.copyto(d2, d1, where=closer)
+        np.copyto(did2, k, where=second)
+        np.copyto(did2, did, where=closer)
+        np.copyto(did, k, where=closer)
+        np.copyto(d1, dk, where=closer)
     # distance to the Voronoi border between the nearest two seeds
     border = (d2 - d1) / (2 * np.hypot(px[did] - px[did2], py[did] - py[did2]))
     arterial = border < style.arterial_width_m / 2

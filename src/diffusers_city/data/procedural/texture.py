@@ -79,10 +79,13 @@ def _pick(palette: np.ndarray, r: np.ndarray, weights: np.ndarray | None = None)
 
 
 def _key_uniform(layout: Layout, cell: np.ndarray, salt: int) -> np.ndarray:
-    """``hash_uniform(key, salt)`` of the object covering each cell, hashed once per raster cell."""
+    """``hash_uniform(key, salt)`` of the object covering each cell, hashed once per distinct key
+    (a raster holds a few thousand objects) and spread to the raster cells."""
     cache = layout.__dict__.setdefault("_key_uniform", {})
     if salt not in cache:
-        cache[salt] = hash_uniform(layout.key.ravel(), salt)
+        if "inverse" not in cache:
+            cache["keys"], cache["inverse"] = np.unique(layout.key.ravel(), return_inverse=True)
+        cache[salt] = hash_uniform(cache["keys"], salt)[cache["inverse"]]
     return cache[salt][cell]
 
 
@@ -96,7 +99,7 @@ def top_colors(layout: Layout, x: np.ndarray, y: np.ndarray, cell: np.ndarray) -
     mat = layout.material.ravel()[cell]
     did = layout.did.ravel()[cell]
     d = layout.districts
-    col = _BASE[mat].copy()
+    col = _BASE[mat]
     g1 = _grain(x, y, 1, 0.5)
     dvar = hash_uniform(layout.seed, np.arange(len(d.kind)), 5)[did]  # district-wide tint
     gridded = np.flatnonzero(np.isin(mat, (M_ASPHALT, M_PARKING, M_SIDEWALK, M_PLAZA, M_PATH, M_ROOF_UNIT, M_STRUCTURE, M_DIRT)))
@@ -187,7 +190,7 @@ def wall_colors(
     base = layout.base.ravel()[cell].astype(np.float64)
     top = layout.height.ravel()[cell].astype(np.float64)
     kind = layout.districts.kind[layout.did.ravel()[cell]]
-    col = _BASE[mat].copy() * 0.9
+    col = _BASE[mat] * 0.9
     s = x * -ny + y * nx  # along-wall coordinate
     zr = z - base
 
@@ -200,19 +203,21 @@ def wall_colors(
         ws = 2.2 + 1.6 * _key_uniform(layout, cm, 54)  # window spacing
         wfrac = 0.35 + 0.35 * _key_uniform(layout, cm, 55)  # window width fraction
         z_m, s_m = zr[m], s[m]
-        floor = np.floor(z_m / fh)
-        ff = z_m / fh - floor
+        zf = z_m / fh
+        floor = np.floor(zf)
+        ff = zf - floor
         sf = np.mod(s_m / ws, 1.0)
         window = (ff > 0.3) & (ff < 0.82) & (np.abs(sf - 0.5) < wfrac / 2)
         building_h = top[m] - base[m]
         curtain = (building_h > 36) & (_key_uniform(layout, cm, 56) < 0.7)
         mullion = (np.mod(s_m, 1.5) < 0.12) | (ff < 0.08)
-        shop = (floor == 0) & np.isin(kind[m], (DOWNTOWN, MIDRISE)) & (ff > 0.1) & (ff < 0.8) & (np.abs(sf - 0.5) < 0.45)
+        busy = np.isin(kind[m], (DOWNTOWN, MIDRISE))
+        shop = (floor == 0) & busy & (ff > 0.1) & (ff < 0.8) & (np.abs(sf - 0.5) < 0.45)
         under_roof = z_m < building_h - 0.4
         is_glass = under_roof & np.where(curtain, ~mullion, window | shop)
         lit = hash_uniform(layout.key.ravel()[cm], floor.astype(np.int64), np.floor(s_m / ws).astype(np.int64), 57)
         gcol = glass * (0.75 + 0.5 * lit)[:, None]
-        band = (ff < 0.06) & ~curtain & np.isin(kind[m], (DOWNTOWN, MIDRISE))
+        band = (ff < 0.06) & ~curtain & busy
         fcol = fac * (1 - 0.12 * band)[:, None] * (0.96 + 0.04 * _grain(s_m, z_m, 6, 0.5))[:, None]
         col[m] = np.where(is_glass[:, None], gcol, fcol)
         res = kind[m] == RESIDENTIAL
