@@ -109,7 +109,7 @@ def height_points(batch: dict[str, Any], grid: tuple[int, int, int]) -> tuple[to
 
 def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
     """Voxels and points inside the model grid, and the condition point cloud P_h of each item
-    (the loader's, when it was built for this ``grid``)."""
+    (built by the loader workers of ``make_dataloader`` for this ``grid``)."""
     voxels: SparseTensor = batch["voxels"].to(device)
     c = voxels.coords.long()
     inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid, device=c.device))).all(1)
@@ -119,10 +119,10 @@ def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: tor
     pts = batch["points"].to(device)
     extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v], device=device)
     keep = ((pts >= 0) & (pts < extent)).all(1)
-    if batch.get("ph_grid") == tuple(int(g) for g in grid):
-        ph, ph_batch = batch["ph_points"], batch["ph_batch"]
-    else:
-        ph, ph_batch = height_points(batch, grid)
+    if batch.get("ph_grid") != tuple(int(g) for g in grid):
+        raise ValueError(f"batch carries P_h for grid {batch.get('ph_grid')}, the model grid is {tuple(grid)}: "
+                         "load it with make_dataloader of the same preset")
+    ph, ph_batch = batch["ph_points"], batch["ph_batch"]
     out = {
         "voxels": voxels,
         "points": pts[keep],
