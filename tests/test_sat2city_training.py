@@ -102,7 +102,29 @@ def test_diffusion_stage_trains_and_resumes(stage, outputs, vae_dir, tmp_path):
     assert any(not torch.equal(first[k], second[k]) for k in first)
     for name in outputs:
         assert (out / name / "config.json").is_file()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 and r["elapsed_s"] >= 0 for r in log)
     assert any((out / "validation" / "step-2").glob(f"{stage}_sample.png")) or stage == "appearance"
+
+
+def test_data_echo_resumes_exactly_mid_batch(vae_dir, tmp_path):
+    """With --data_echo 2, stopping after step 1 (half of a batch's repeats) and resuming gives the
+    same weights as an uninterrupted run; and the echo changes what is trained on."""
+    def run(out, steps, *extra):
+        args = [*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir), "--output_dir", str(out), "--checkpointing_steps", "1",
+                "--scale_batches", "1", "--validation_steps", "100", "--max_train_steps", str(steps), *extra]
+        assert train_sat2city_diffusion.main(args) == 0
+        return weights(out / "sparse_unet")
+
+    straight = run(tmp_path / "straight", 3, "--data_echo", "2")
+    run(tmp_path / "resumed", 1, "--data_echo", "2")
+    resumed = run(tmp_path / "resumed", 3, "--data_echo", "2", "--resume_from_checkpoint", "latest")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    plain = run(tmp_path / "plain", 3)
+    assert any(not torch.equal(straight[k], plain[k]) for k in straight)
+    with pytest.raises(SystemExit):
+        train_sat2city_diffusion.parse_args([*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir),
+                                             "--output_dir", str(tmp_path / "bad"), "--data_echo", "0"])
 
 
 def test_missing_vae_is_refused_before_training(tmp_path):

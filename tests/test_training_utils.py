@@ -194,3 +194,14 @@ def test_out_of_time_follows_max_train_minutes(tmp_path):
     assert not tu.out_of_time(accelerator, parse(tmp_path), start - 3600)
     assert tu.out_of_time(accelerator, parse(tmp_path, "--max_train_minutes", "0.5"), start - 60)
     assert not tu.out_of_time(accelerator, parse(tmp_path, "--max_train_minutes", "5"), start)
+
+
+def test_echo_batches_repeats_and_resumes_mid_batch():
+    """Each batch comes ``echo`` times; starting at any micro-step continues the same sequence."""
+    full = list(tu.echo_batches(range(4), 3))
+    assert full == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for start in range(len(full)):
+        assert list(tu.echo_batches(range(4), 3, start)) == full[start:]
+    assert list(tu.echo_batches(range(3), 1)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="data echo must be >= 1"):
+        next(tu.echo_batches(range(3), 0))

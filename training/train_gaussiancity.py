@@ -61,6 +61,7 @@ from diffusers_city.render import Cameras, Gaussians, drone_trajectory, orbit_tr
 from diffusers_city.training_utils import (
     create_ema,
     load_training_preset,
+    log_step,
     log_validation_images,
     maybe_resume,
     out_of_time,
@@ -355,9 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             ema.step(generator.parameters())
         means = (accelerator.reduce(sums, "sum") / global_batch).tolist()
         logs = {"l1": means[0], **({"loss_d": means[2]} if args.lambda_gan > 0 else {}), "loss_g": means[1]}
-        accelerator.log(logs, step=global_step)
         if global_step % args.logging_steps == 0:
-            accelerator.print(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+            log_step(accelerator, args, logs, global_step, start)
         time_is_up = out_of_time(accelerator, args, start)
         if global_step % args.checkpointing_steps == 0 or time_is_up or global_step == args.max_train_steps:
             save_checkpoint(accelerator, args, global_step)

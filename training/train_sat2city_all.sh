@@ -17,6 +17,7 @@ DTYPE=fp16
 CKPT=500
 VAL=500
 WORKERS=12
+ECHO=1
 LAUNCH=(accelerate launch)
 EXTRA=(--use_ema --ema_decay 0.999 --allow_tf32 --checkpoints_total_limit 2)
 
@@ -32,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --checkpointing-steps) CKPT="$2"; shift 2 ;;
     --validation-steps) VAL="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
+    --data-echo) ECHO="$2"; shift 2 ;;
     --cpu) LAUNCH=(python); EXTRA+=(--cpu); WORKERS=0; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "train_sat2city_all.sh: unknown argument $1" >&2; exit 2 ;;
@@ -49,7 +51,7 @@ echo "VAE stage: $(( $(date +%s) - stage_start )) s"
 for stage in dense sparse appearance; do
   stage_start=$(date +%s)
   "${LAUNCH[@]}" "$ROOT/training/train_sat2city_diffusion.py" --stage "$stage" --vae_dir "$OUT/vae" \
-    --output_dir "$OUT/$stage" "${COMMON[@]}"
+    --output_dir "$OUT/$stage" --data_echo "$ECHO" "${COMMON[@]}"
   echo "$stage stage: $(( $(date +%s) - stage_start )) s"
 done
 python "$ROOT/training/assemble_sat2city.py" --preset "$PRESET" --vae_dir "$OUT/vae" --dense_dir "$OUT/dense" \

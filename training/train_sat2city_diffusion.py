@@ -55,6 +55,8 @@ from diffusers_city.models.sat2city.blocks import grid_condition, match_coords, 
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
+    echo_batches,
+    log_step,
     log_validation_images,
     maybe_resume,
     out_of_time,
@@ -74,12 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_dir", type=Path, required=True, help="output_dir of train_sat2city_vae.py")
     parser.add_argument("--scale_batches", type=int, default=None, help="batches to measure the latent std on")
     parser.add_argument("--validation_inference_steps", type=int, default=10)
+    parser.add_argument("--data_echo", type=int, default=1,
+                        help="optimizer micro-steps per loaded batch (fresh noise and timesteps each time); "
+                             "raise it when the procedural data loader is slower than the step")
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["diffusion"]
     parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
                         scale_batches=section["scale_batches"])
     args = parser.parse_args(argv)
+    if args.data_echo < 1:
+        parser.error(f"--data_echo must be >= 1, got {args.data_echo}")
     for name in ("dense_vae", "sparse_vae"):
         if not (args.vae_dir / name / "config.json").is_file():
             raise FileNotFoundError(f"--vae_dir {args.vae_dir}: no trained {name} there (run train_sat2city_vae.py first)")
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer, loader, lr_scheduler = prepared_modules[-3:]
     global_step = maybe_resume(accelerator, args)
     val_batch = prepare_batch(next(iter(make_dataloader(preset, args, 1, "validation"))), grid, device)
-    batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
+    batches = echo_batches(loader, args.data_echo, global_step * args.gradient_accumulation_steps)
     p_drop = float(accelerator.unwrap_model(unet).config.condition_dropout)
     t0 = time.time()
     for m in modules:
@@ -266,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 ema.step(m.parameters())
         if global_step % args.logging_steps == 0:  # global-batch mean: over micro-steps and processes
             logs = {"loss": float(accelerator.reduce(step_loss, "mean")), "lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=global_step)
-            accelerator.print(f"step {global_step}: loss={logs['loss']:.4g}")
+            log_step(accelerator, args, logs, global_step, t0)
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, global_step)
         if global_step % args.validation_steps == 0 and accelerator.is_main_process:

@@ -44,6 +44,7 @@ from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  
 from diffusers_city.models.sat2city.blocks import kl_divergence  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
+    log_step,
     log_validation_images,
     maybe_resume,
     out_of_time,
@@ -163,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if global_step % args.logging_steps == 0:  # global-batch means: over micro-steps and processes
             means = accelerator.reduce(step_terms, "mean").tolist()
             logs = dict(zip(terms, means)) | {"lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=global_step)
-            accelerator.print(f"step {global_step}: " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+            log_step(accelerator, args, logs, global_step, t0)
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, global_step)
         if global_step % args.validation_steps == 0 and accelerator.is_main_process:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
+import json
 import logging
 import os
 import re
@@ -24,6 +26,7 @@ import shutil
 import string
 import time
 import weakref
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,36 @@ def out_of_time(accelerator: Accelerator, args: argparse.Namespace, start: float
         return late
     flag = torch.tensor([float(late)], device=accelerator.device)
     return bool(accelerator.reduce(flag, "sum").item() > 0)
+
+
+def log_step(accelerator: Accelerator, args: argparse.Namespace, logs: dict[str, float], step: int, start: float) -> None:
+    """Send ``logs`` to the trackers, print them, and (main process) append them with the step and
+    the seconds since ``start`` to ``output_dir/train_log.jsonl``: a loss curve that needs no tracker."""
+    accelerator.log(logs, step=step)
+    elapsed = time.time() - start
+    accelerator.print(f"step {step} ({elapsed:.0f} s): " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+    if accelerator.is_main_process:
+        record = {"step": step, "elapsed_s": round(elapsed, 3), **logs}
+        with open(Path(args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+def echo_batches(loader: Iterable[Any], echo: int, start: int = 0) -> Iterator[Any]:
+    """Each batch of ``loader`` ``echo`` times in a row, from micro-step ``start`` on.
+
+    Data echoing (Choi et al., 2019): when loading is slower than the training step, reusing a
+    batch for several steps keeps the accelerator busy. Diffusion losses draw fresh noise,
+    timesteps and condition dropout at every step, so the repeats are not identical examples.
+    Resuming at micro-step ``start`` skips ``start // echo`` batches and gives the current one
+    its remaining repeats, exactly as an uninterrupted run would.
+    """
+    if echo < 1:
+        raise ValueError(f"data echo must be >= 1, got {echo}")
+    done = start % echo
+    for batch in itertools.islice(iter(loader), start // echo, None):
+        for _ in range(echo - done):
+            yield batch
+        done = 0
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
