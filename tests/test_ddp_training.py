@@ -24,8 +24,8 @@ Same global batch of 2, and why the runs agree up to float rounding:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -39,8 +39,6 @@ from diffusers_city import GaussianCityPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "training"
-STEP_RE = re.compile(r"^step (\d+): (.*)$", re.MULTILINE)
-VALUE_RE = re.compile(r"([a-z_0-9]+)[= ]([-+0-9.eE]+|nan|inf)")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -69,9 +67,10 @@ def launch_two_processes(script: str, args: list[str]) -> str:
     return done.stdout
 
 
-def step_logs(text: str) -> dict[int, dict[str, float]]:
-    """The ``step N: ...`` lines (both scripts' formats) as ``{N: {name: value}}``."""
-    return {int(n): {k: float(v) for k, v in VALUE_RE.findall(rest)} for n, rest in STEP_RE.findall(text)}
+def step_logs(output_dir: Path) -> dict[int, dict[str, float]]:
+    """A run's ``train_log.jsonl`` as ``{step: {name: value}}`` (wall-clock time left out)."""
+    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    return {r.pop("step"): {k: v for k, v in r.items() if k != "elapsed_s"} for r in records}
 
 
 def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
@@ -82,18 +81,16 @@ def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
             assert two[step][name] == pytest.approx(value, **tolerance), f"step {step} {name}: {value} vs {two[step][name]}"
 
 
-def test_sat2city_vae_two_processes_match_accumulation(tmp_path, capsys):
+def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
     args = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "100",
             "--checkpointing_steps", "2", "--max_train_steps", "3", "--geometry_only_steps", "1",
             "--train_batch_size", "1", "--use_ema"]
-    two = launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
+    launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
     vae = _load("train_sat2city_vae")
     assert vae.main([*args, "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "one")]) == 0
-    one = capsys.readouterr().out
-    # Printed with 4 significant digits ("{:.4g}"); the runs differ by float rounding (~1e-7
-    # relative), so at most one unit of the 4th digit apart: rel 1e-3.
-    assert_same_curve(step_logs(one), step_logs(two), 3, rel=1e-3, abs=1e-7)
+    # the runs differ by float rounding only (~1e-7 relative)
+    assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 3, rel=1e-5, abs=1e-7)
     for name in ("dense_vae", "sparse_vae"):
         a, b = load_file(tmp_path / "one" / name / WEIGHTS), load_file(tmp_path / "two" / name / WEIGHTS)
         assert a.keys() == b.keys()
@@ -101,7 +98,7 @@ def test_sat2city_vae_two_processes_match_accumulation(tmp_path, capsys):
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{name}.{key}")
 
 
-def test_gaussiancity_two_processes_match_one_process(tmp_path, capsys):
+def test_gaussiancity_two_processes_match_one_process(tmp_path):
     args = ["--preset", "tiny", "--num_cities", "3", "--city_size_m", "48", "--points_per_m2", "1",
             "--views_per_city", "3", "--resolution", "24x16", "--discriminator_channels", "8", "--report_to", "none",
             "--checkpointing_steps", "2", "--validation_steps", "2", "--max_train_steps", "4", "--logging_steps", "1",
@@ -113,10 +110,8 @@ def test_gaussiancity_two_processes_match_one_process(tmp_path, capsys):
     assert (tmp_path / "two" / "validation" / "step-4" / "held_out.png").is_file()
     gc = _load("train_gaussiancity")
     assert gc.main([*args, "--train_batch_size", "2", "--output_dir", str(tmp_path / "one")]) == 0
-    one = capsys.readouterr().out
-    # Printed with 4 decimals ("{:.4f}"); the runs differ by float rounding of batched vs
-    # per-process convolutions (~1e-6), so at most one unit of the 4th decimal apart.
-    assert_same_curve(step_logs(one), step_logs(two), 4, rel=0, abs=1.5e-4)
+    # the runs differ by float rounding of batched vs per-process convolutions (~1e-6)
+    assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 4, rel=0, abs=2e-5)
     # Weights: Adam turns rounding-level gradient differences on near-zero gradients into up to
     # lr-sized steps, so compare the 1- vs 2-process difference with how far training moved them.
     init = GaussianCityPipeline.from_preset("tiny", seed=0)

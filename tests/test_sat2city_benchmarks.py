@@ -33,3 +33,11 @@ def test_quality_quick(tmp_path, capsys):
         assert {"mmd_cd", "mmd_emd", "cov_cd", "cov_emd"} <= set(result["coverage_mmd"][method])
     assert 0 < result["summary"]["color_l1_class_mean"] < 1
     assert "height correlation >= 0.9 required" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_stage_diagnosis_quick(tmp_path, capsys):
+    assert load("sat2city_stage_diagnosis").main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sat2city_stage_diagnosis.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["ground_truth"] > 0.5  # voxelizing the clean map keeps its heights
+    assert 0 <= rows[0]["dense_variance_share"] <= 1 and 0 <= rows[0]["sparse_variance_share"] <= 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")

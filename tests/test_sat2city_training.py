@@ -13,11 +13,13 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
 
+import assemble_sat2city  # noqa: E402
 import train_sat2city_diffusion  # noqa: E402
 import train_sat2city_vae  # noqa: E402
 from sat2city_common import load_preset, make_dataloader, prepare_batch  # noqa: E402
 
 from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
+from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
 FAST = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "2"]
 
@@ -125,6 +127,51 @@ def test_data_echo_resumes_exactly_mid_batch(vae_dir, tmp_path):
     with pytest.raises(SystemExit):
         train_sat2city_diffusion.parse_args([*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir),
                                              "--output_dir", str(tmp_path / "bad"), "--data_echo", "0"])
+
+
+def test_fine_tune_from_a_pipeline_and_assemble_with_kept_stages(tmp_path):
+    """--init_from starts from a saved pipeline's stage weights and latent scale; assembling with
+    pipeline folders as stage folders keeps those stages and their scales."""
+    pipe_dir = tmp_path / "pipe"
+    pipe = Sat2CityPipeline.from_preset("tiny", seed=3)
+    pipe.dense_vae.register_to_config(scaling_factor=0.7)
+    pipe.sparse_vae.register_to_config(scaling_factor=0.8, appearance_scaling_factor=0.3)
+    pipe.save_pretrained(pipe_dir)
+    out = tmp_path / "dense"
+    assert train_sat2city_diffusion.main([*FAST, "--stage", "dense", "--vae_dir", str(pipe_dir), "--init_from", str(pipe_dir),
+                                          "--output_dir", str(out), "--max_train_steps", "1", "--learning_rate", "0",
+                                          "--validation_steps", "100"]) == 0
+    assert json.loads((out / "latent_scale.json").read_text())["scaling_factor"] == 0.7
+    for name in ("dense_unet", "condition_encoder"):
+        before, after = weights(pipe_dir / name), weights(out / name)
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(FileNotFoundError, match="no sparse_unet there"):
+        train_sat2city_diffusion.parse_args([*FAST, "--stage", "sparse", "--vae_dir", str(pipe_dir), "--init_from", str(tmp_path),
+                                             "--output_dir", str(tmp_path / "bad")])
+    assert assemble_sat2city.main(["--preset", "tiny", "--vae_dir", str(pipe_dir), "--dense_dir", str(out), "--sparse_dir", str(pipe_dir),
+                                   "--appearance_dir", str(pipe_dir), "--output_dir", str(tmp_path / "assembled")]) == 0
+    again = Sat2CityPipeline.from_pretrained(tmp_path / "assembled")
+    assert again.dense_vae.config.scaling_factor == 0.7 and again.sparse_vae.config.appearance_scaling_factor == 0.3
+    for name in ("sparse_unet", "appearance_unet", "dense_unet"):
+        a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_latent_target_mean_is_the_posterior_mean(vae_dir):
+    preset = load_preset(_ns())
+    grid = tuple(preset["components"]["dense_vae"]["grid_size"])
+    prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
+    dense, sparse = DenseGeometryVAE.from_pretrained(vae_dir / "dense_vae"), SparseGeometryVAE.from_pretrained(vae_dir / "sparse_vae")
+    mean, _ = dense.encode(prepared["voxels"])
+    x, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "mean").latent(prepared)
+    assert torch.equal(x, mean)
+    sampled, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "sample").latent(prepared, torch.Generator().manual_seed(0))
+    assert not torch.allclose(sampled, mean)
+    enc = sparse.encode(prepared["voxels"])
+    x, _ = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean").latent(prepared)
+    assert torch.equal(x, enc.mean.feats)
+    with pytest.raises(ValueError, match="latent_target must be one of"):
+        train_sat2city_diffusion.StageData("dense", dense, sparse, "mode")
 
 
 def test_missing_vae_is_refused_before_training(tmp_path):

@@ -1,7 +1,8 @@
 """Assemble trained Sat2City VAEs + denoisers + scheduler into one saved ``Sat2CityPipeline`` folder.
 
 Reads the outputs of ``train_sat2city_vae.py`` and the three ``train_sat2city_diffusion.py``
-stages, writes each stage's measured latent std into the VAE configs (``scaling_factor``,
+stages (a stage folder may also be a saved pipeline, to keep that pipeline's stage), writes each
+stage's measured latent std into the VAE configs (``scaling_factor``,
 ``appearance_scaling_factor``), and saves the pipeline (safetensors, fp32 or fp16). With
 ``--examples_dir`` it also writes a held-out noisy height map (``height_map.png``) and its
 ``height_map.json`` (metres of gray 0/255, metres per pixel) for the demo.
@@ -25,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sat2city_common import example_height_map, load_preset, write_json_atomic  # noqa: E402
+from sat2city_common import example_height_map, load_preset, pipeline_scale, write_json_atomic  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
 from diffusers_city.export.preview import write_image  # noqa: E402
@@ -50,14 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="dtype of the saved weights")
     parser.add_argument("--examples_dir", type=Path, default=None, help="also write an example height map here")
     args = parser.parse_args(argv)
-    expected = {
-        args.vae_dir: ("dense_vae", "sparse_vae"),
-        args.dense_dir: ("dense_unet", "condition_encoder", "latent_scale.json"),
-        args.sparse_dir: ("sparse_unet", "latent_scale.json"),
-        args.appearance_dir: ("appearance_unet", "latent_scale.json"),
-    }
-    for folder, names in expected.items():
+    expected = [
+        (args.vae_dir, ("dense_vae", "sparse_vae")),
+        (args.dense_dir, ("dense_unet", "condition_encoder", "latent_scale.json")),
+        (args.sparse_dir, ("sparse_unet", "latent_scale.json")),
+        (args.appearance_dir, ("appearance_unet", "latent_scale.json")),
+    ]
+    for folder, names in expected:
         for name in names:
+            if name == "latent_scale.json" and _is_pipeline(folder):
+                continue
             if not (folder / name).exists():
                 raise FileNotFoundError(f"{folder / name} is missing: train that stage first")
     if args.output_dir.exists() and not (args.output_dir / "model_index.json").is_file() and any(args.output_dir.iterdir()):
@@ -65,24 +68,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def scale_of(folder: Path) -> float:
+def _is_pipeline(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def scale_of(folder: Path, stage: str) -> float:
+    """The stage's latent std: its training run's ``latent_scale.json``, or, when ``folder`` is a
+    saved pipeline (a stage kept from an earlier assembly), that pipeline's VAE config."""
+    if _is_pipeline(folder):
+        return pipeline_scale(folder, stage)
     return float(json.loads((folder / "latent_scale.json").read_text())["scaling_factor"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = load_preset(argparse.Namespace(preset=args.preset))
-    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae")
-    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae")
-    dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir))
-    sparse_vae.register_to_config(scaling_factor=scale_of(args.sparse_dir), appearance_scaling_factor=scale_of(args.appearance_dir))
+    fp32 = {"torch_dtype": torch.float32}
+    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32)
+    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32)
+    dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir, "dense"))
+    sparse_vae.register_to_config(scaling_factor=scale_of(args.sparse_dir, "sparse"),
+                                  appearance_scaling_factor=scale_of(args.appearance_dir, "appearance"))
     pipe = Sat2CityPipeline(
         dense_vae=dense_vae,
         sparse_vae=sparse_vae,
-        condition_encoder=HeightFieldEncoder.from_pretrained(args.dense_dir / "condition_encoder"),
-        dense_unet=DenseUNet3D.from_pretrained(args.dense_dir / "dense_unet"),
-        sparse_unet=SparseUNet3D.from_pretrained(args.sparse_dir / "sparse_unet"),
-        appearance_unet=SparseUNet3D.from_pretrained(args.appearance_dir / "appearance_unet"),
+        condition_encoder=HeightFieldEncoder.from_pretrained(args.dense_dir / "condition_encoder", **fp32),
+        dense_unet=DenseUNet3D.from_pretrained(args.dense_dir / "dense_unet", **fp32),
+        sparse_unet=SparseUNet3D.from_pretrained(args.sparse_dir / "sparse_unet", **fp32),
+        appearance_unet=SparseUNet3D.from_pretrained(args.appearance_dir / "appearance_unet", **fp32),
         scheduler=DDIMScheduler.from_config(preset["scheduler"]),
     )
     if args.dtype != "fp32":

@@ -190,6 +190,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
+def pipeline_scale(folder: Path, stage: str) -> float:
+    """The latent std a saved pipeline divides a stage's latents by (from its VAE configs);
+    ``stage`` is "dense", "sparse" or "appearance"."""
+    vae = "dense_vae" if stage == "dense" else "sparse_vae"
+    key = "appearance_scaling_factor" if stage == "appearance" else "scaling_factor"
+    return float(json.loads((folder / vae / "config.json").read_text())[key])
+
+
 def save_model(model: torch.nn.Module, ema, folder: Path) -> None:
     """``save_pretrained`` of the EMA weights when there is an EMA, else of the trained weights."""
     if ema is not None:

@@ -6,9 +6,10 @@ and occupancy of the grid). ``--stage appearance``: ``SparseUNet3D`` on the Re-H
 X_C0 | struct (the geometry decoder's pruning decisions). v-prediction MSE, uniform timesteps,
 condition dropout (the unet config's ``condition_dropout``) for guidance.
 
-Latents are divided by their std, measured here on a few training batches before training and
-saved to ``<output_dir>/latent_scale.json`` (``assemble_sat2city.py`` writes it into the VAE
-config, which the pipeline reads). Writes ``<output_dir>/<unet>`` (and ``condition_encoder``).
+Latents are divided by their std, measured here on a few training batches before training (or,
+with ``--init_from PIPELINE``, the std that pipeline uses, whose stage weights the run then
+fine-tunes) and saved to ``<output_dir>/latent_scale.json`` (``assemble_sat2city.py`` writes it
+into the VAE config, which the pipeline reads). Writes ``<output_dir>/<unet>`` (and ``condition_encoder``).
 
     accelerate launch training/train_sat2city_diffusion.py --stage dense --vae_dir runs/vae --output_dir runs/dense
 """
@@ -34,6 +35,7 @@ from sat2city_common import (  # noqa: E402
     load_preset,
     make_dataloader,
     normal_colors,
+    pipeline_scale,
     prepare_batch,
     preview,
     save_model,
@@ -68,6 +70,7 @@ from diffusers_city.training_utils import (  # noqa: E402
 
 UNETS = {"dense": "dense_unet", "sparse": "sparse_unet", "appearance": "appearance_unet"}
 SCALE_FILE = "latent_scale.json"
+LATENT_TARGETS = ("sample", "mean")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_dir", type=Path, required=True, help="output_dir of train_sat2city_vae.py")
     parser.add_argument("--scale_batches", type=int, default=None, help="batches to measure the latent std on")
     parser.add_argument("--validation_inference_steps", type=int, default=10)
+    parser.add_argument("--init_from", type=Path, default=None,
+                        help="fine-tune: a saved Sat2CityPipeline folder whose stage weights (and latent scale) to start from")
+    parser.add_argument("--latent_target", choices=LATENT_TARGETS, default="sample",
+                        help="train on posterior samples or posterior means of the geometry latents (dense, sparse)")
     parser.add_argument("--data_echo", type=int, default=1,
                         help="optimizer micro-steps per loaded batch (fresh noise and timesteps each time); "
                              "raise it when the procedural data loader is slower than the step")
@@ -90,15 +97,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("dense_vae", "sparse_vae"):
         if not (args.vae_dir / name / "config.json").is_file():
             raise FileNotFoundError(f"--vae_dir {args.vae_dir}: no trained {name} there (run train_sat2city_vae.py first)")
+    if args.init_from is not None and not (args.init_from / UNETS[args.stage] / "config.json").is_file():
+        raise FileNotFoundError(f"--init_from {args.init_from}: no {UNETS[args.stage]} there (expected a saved Sat2CityPipeline)")
     args.preset_data = preset
     return args
 
 
 class StageData:
-    """Turns a prepared batch into (clean latent, condition, structure) of one stage."""
+    """Turns a prepared batch into (clean latent, condition, structure) of one stage.
 
-    def __init__(self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE) -> None:
-        self.stage, self.dense_vae, self.sparse_vae = stage, dense_vae, sparse_vae
+    ``latent_target`` "sample" trains on posterior samples of the geometry latents (the usual
+    latent-diffusion choice), "mean" on the posterior means: worth it when the decoder is much
+    better on means than on samples (measured for the small dense VAE; see training/README.md).
+    """
+
+    def __init__(self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE, latent_target: str = "sample") -> None:
+        if latent_target not in LATENT_TARGETS:
+            raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
+        self.stage, self.dense_vae, self.sparse_vae, self.latent_target = stage, dense_vae, sparse_vae, latent_target
+
+    def _posterior(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return mean if self.latent_target == "mean" else sample_gaussian(mean, logvar, generator)
 
     @torch.no_grad()
     def latent(self, prepared: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
@@ -106,10 +125,10 @@ class StageData:
         voxels = prepared["voxels"]
         if self.stage == "dense":
             mean, logvar = self.dense_vae.encode(voxels)
-            return sample_gaussian(mean, logvar, generator), None
+            return self._posterior(mean, logvar, generator), None
         enc = self.sparse_vae.encode(voxels)
         if self.stage == "sparse":
-            return sample_gaussian(enc.mean.feats, enc.logvar.feats, generator), enc
+            return self._posterior(enc.mean.feats, enc.logvar.feats, generator), enc
         return enc.appearance.feats, enc
 
     def condition(self, prepared: dict, enc, encoder: torch.nn.Module | None) -> torch.Tensor:
@@ -208,14 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset_data
     accelerator = setup_accelerator(args)
     device = accelerator.device
-    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae").to(device).eval().requires_grad_(False)
-    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae").to(device).eval().requires_grad_(False)
+    fp32 = {"torch_dtype": torch.float32}  # also when --vae_dir is a pipeline saved in fp16
+    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32).to(device).eval().requires_grad_(False)
+    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32).to(device).eval().requires_grad_(False)
     grid = tuple(dense_vae.config.grid_size)
-    data = StageData(args.stage, dense_vae, sparse_vae)
+    data = StageData(args.stage, dense_vae, sparse_vae, args.latent_target)
     unet_name = UNETS[args.stage]
     unet_cls = DenseUNet3D if args.stage == "dense" else SparseUNet3D
-    unet = unet_cls.from_config(preset["components"][unet_name])
-    encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]) if args.stage == "dense" else None
+    if args.init_from is not None:
+        unet = unet_cls.from_pretrained(args.init_from / unet_name, **fp32)
+        encoder = HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
+    else:
+        unet = unet_cls.from_config(preset["components"][unet_name])
+        encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]) if args.stage == "dense" else None
     scheduler = DDIMScheduler.from_config(preset["scheduler"])
     if scheduler.config.prediction_type != "v_prediction":
         raise ValueError(f"Sat2City trains with v_prediction, the preset's scheduler has {scheduler.config.prediction_type!r}")
@@ -226,9 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     if scale_path.is_file():
         scale = float(json.loads(scale_path.read_text())["scaling_factor"])
     else:
-        scale = measure_scale(data, loader, args, grid, device)
+        if args.init_from is not None:
+            scale, source = pipeline_scale(args.init_from, args.stage), {"from_pipeline": str(args.init_from)}
+        else:
+            scale, source = measure_scale(data, loader, args, grid, device), {"batches": args.scale_batches}
         if accelerator.is_main_process:
-            write_json_atomic(scale_path, {"stage": args.stage, "scaling_factor": scale, "batches": args.scale_batches})
+            write_json_atomic(scale_path, {"stage": args.stage, "scaling_factor": scale, **source})
     accelerator.print(f"{args.stage} latent std (scaling_factor): {scale:.5g}")
 
     modules = [unet] + ([encoder] if encoder is not None else [])

@@ -107,13 +107,14 @@ class StructureDecoder(nn.Module):
     """Subdivide -> predict occupancy -> prune -> refine, once per level (XCube, Sec. 3.1).
 
     Level 0 works on the input voxels (no subdivision); every later level subdivides the kept
-    voxels of the previous one into 8 children. A child gets its parent's features through a
-    linear map plus a learned embedding of its octant (child ``i`` of a parent is octant ``i``,
-    the row order of ``subdivide``), a pointwise head predicts its occupancy
-    (so nothing heavy runs on candidates that get pruned), and residual sparse-conv blocks refine
-    the kept voxels. Pruning follows, in order of priority: the given ``struct`` (the appearance
-    decoder follows the geometry decoder's decisions), the ground truth ``target`` (teacher
-    forcing in training), or the predicted logits (> 0).
+    voxels of the previous one into 8 children. A child gets its parent's features through the
+    linear map of its own octant (child ``i`` of a parent is octant ``i``, the row order of
+    ``subdivide``): a kernel-2, stride-2 generative transposed convolution, so the 8 children of a
+    parent differ from the start rather than only by a learned offset. A pointwise head predicts
+    each child's occupancy (nothing heavy runs on candidates that get pruned), and residual
+    sparse-conv blocks refine the kept voxels. Pruning follows, in order of priority: the given
+    ``struct`` (the appearance decoder follows the geometry decoder's decisions), the ground
+    truth ``target`` (teacher forcing in training), or the predicted logits (> 0).
     """
 
     def __init__(
@@ -129,11 +130,9 @@ class StructureDecoder(nn.Module):
         self.conv_in = SubMConv3d(in_channels, block_channels[0])
         self.level0_blocks = nn.ModuleList(SparseResBlock(block_channels[0], block_channels[0]) for _ in range(layers_per_block))
         self.child_proj = nn.ModuleList()
-        self.child_embed = nn.ParameterList()
         self.blocks = nn.ModuleList()
         for prev, ch in zip(block_channels[:-1], block_channels[1:]):
-            self.child_proj.append(nn.Linear(prev, ch))
-            self.child_embed.append(nn.Parameter(torch.zeros(8, ch)))
+            self.child_proj.append(nn.Linear(prev, 8 * ch))  # 8 octant maps, as one matmul
             self.blocks.append(nn.ModuleList(SparseResBlock(ch, ch) for _ in range(layers_per_block)))
         if predict_structure:
             self.occupancy_heads = nn.ModuleList(
@@ -192,11 +191,10 @@ class StructureDecoder(nn.Module):
         h = self.conv_in(x)
         for level in range(self.num_levels):
             if level > 0:
-                h = subdivide(h)
-                # subdivide lists each parent's 8 children consecutively in octant order, so the
-                # octant embedding is a broadcast add (its gradient a sum over parents), not a gather
+                # subdivide lists each parent's 8 children consecutively in octant order, the
+                # column-block order of the projection
                 proj = self.child_proj[level - 1](h.feats)
-                h = h.replace((proj.unflatten(0, (-1, 8)) + self.child_embed[level - 1]).flatten(0, 1))
+                h = subdivide(h).replace(proj.view(proj.shape[0] * 8, proj.shape[1] // 8))
             keep = self._decide(level, h, target, struct, record)
             h = structures[level].replace(take_rows(h.feats, keep)) if structures is not None else prune(h, keep)
             if h.num_voxels:  # everything pruned: the remaining levels stay empty
