@@ -41,6 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "training"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
+# Both tests start 2 training processes each; run them one after the other on one xdist worker
+# (concurrent launches once hung a CI run past the 180 s timeout).
+pytestmark = pytest.mark.xdist_group("ddp")
+
 
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, TRAINING / f"{name}.py")
