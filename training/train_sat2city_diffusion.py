@@ -115,18 +115,26 @@ class StageData:
         if latent_target not in LATENT_TARGETS:
             raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
         self.stage, self.dense_vae, self.sparse_vae, self.latent_target = stage, dense_vae, sparse_vae, latent_target
+        self._cached = None
 
     def _posterior(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return mean if self.latent_target == "mean" else sample_gaussian(mean, logvar, generator)
+
+    def _encode(self, voxels):
+        """The frozen VAE's encoding of ``voxels``, computed once per batch (echoed steps reuse it)."""
+        if self._cached is None or self._cached[0] is not voxels:
+            vae = self.dense_vae if self.stage == "dense" else self.sparse_vae
+            self._cached = (voxels, vae.encode(voxels))
+        return self._cached[1]
 
     @torch.no_grad()
     def latent(self, prepared: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
         """Unscaled clean latent (dense ``[B, C, X, Y, Z]`` or per-voxel ``[N, C]``) and the sparse structure."""
         voxels = prepared["voxels"]
         if self.stage == "dense":
-            mean, logvar = self.dense_vae.encode(voxels)
+            mean, logvar = self._encode(voxels)
             return self._posterior(mean, logvar, generator), None
-        enc = self.sparse_vae.encode(voxels)
+        enc = self._encode(voxels)
         if self.stage == "sparse":
             return self._posterior(enc.mean.feats, enc.logvar.feats, generator), enc
         return enc.appearance.feats, enc
@@ -276,9 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     for m in modules:
         m.train()
     logged = None
+    last_batch = prepared = None
     while global_step < args.max_train_steps:
         with accelerator.accumulate(*[unet] + ([encoder] if encoder is not None else [])):
-            prepared = prepare_batch(next(batches), grid, device)
+            batch = next(batches)
+            if batch is not last_batch:  # an echoed batch keeps its device copy (and cached VAE encoding)
+                last_batch, prepared = batch, prepare_batch(batch, grid, device)
             generator = step_generator(args.seed, global_step, device)
             loss = diffusion_loss(data, unet, encoder, scheduler, prepared, scale, p_drop, generator, accelerator.autocast)
             accelerator.backward(loss)
