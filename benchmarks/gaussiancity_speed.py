@@ -9,6 +9,11 @@ Manhattan grids at 1 m/px (blocks of towers, roads, parks, water). Timings are a
     python benchmarks/gaussiancity_speed.py --out out/gc_speed            # paper preset, one H100
     python benchmarks/gaussiancity_speed.py --out out/gc_speed --bf16     # bf16 autocast decoding
     python benchmarks/gaussiancity_speed.py --device cpu --quick --out /tmp/gc_speed
+    python benchmarks/gaussiancity_speed.py --out out/gc_speed --profile 5  # + torch.profiler tables
+
+``--profile N`` profiles N more frames of the 1 km2 layout after the timed ones and writes
+``profile.md``: the ops by self device time and by self host time, with the visibility
+sub-steps labelled (``bev.*``), to tell kernel time from launch and sync overhead.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusers_city import bev
 from diffusers_city.bev import visible_bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
@@ -65,9 +71,70 @@ def paper_cameras(centre: float, n: int, width: int, height: int, scale: float =
     return cams
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def frame(pipe, layout, styles, cam, max_distance: float, device, autocast) -> tuple[int, list[float]]:
+    """One frame: visible points, decoded Gaussians, rasterized image; returns the point count
+    and the synchronised end times of the three phases."""
+    ends = []
+    with torch.no_grad():
+        pts = visible_bev_points(layout, cam, max_distance=max_distance, device=device)
+        sync(device)
+        ends.append(time.perf_counter())
+        with autocast:
+            g = pipe.decode_points(layout, pts, styles)
+        g = type(g)(**{k: getattr(g, k).float() for k in ("means", "quats", "scales", "opacities", "colors")})
+        sync(device)
+        ends.append(time.perf_counter())
+        render_gaussians(g, cam)
+        sync(device)
+        ends.append(time.perf_counter())
+    return len(pts), ends
+
+
+def _labelled(name: str, fn):
+    def wrapped(*a, **k):
+        with torch.profiler.record_function(name):
+            return fn(*a, **k)
+
+    return wrapped
+
+
+def profile_frames(pipe, layout, styles, cams: Cameras, args, device, autocast) -> str:
+    """torch.profiler tables of ``args.profile`` frames (visibility sub-steps labelled ``bev.*``)."""
+    names = ("_view_window", "_columns", "_max_pyramid", "_camera_rays", "march", "_points_of")
+    saved = {n: getattr(bev, n) for n in names}
+    for n in names:
+        setattr(bev, n, _labelled(f"bev.{n.lstrip('_')}", saved[n]))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    max_distance = float(pipe.scene_encoder.config.max_view_distance)
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            for i in range(args.profile):
+                cam = cams[i % len(cams)].to(device)
+                with torch.profiler.record_function("frame"):
+                    frame(pipe, layout, styles, cam, max_distance, device, autocast)
+    finally:
+        for n in names:
+            setattr(bev, n, saved[n])
+    events = prof.key_averages()
+    sort_device = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return "\n\n".join([
+        f"## by self device time ({args.profile} frames)\n\n```\n{events.table(sort_by=sort_device, row_limit=30)}\n```",
+        f"## by total host time (labelled ranges first)\n\n```\n{events.table(sort_by='cpu_time_total', row_limit=40)}\n```",
+    ])
 
 
 def bench_layout(pipe, size_px: int, cams: Cameras, args, device) -> dict:
@@ -86,24 +153,14 @@ def bench_layout(pipe, size_px: int, cams: Cameras, args, device) -> dict:
         cam = cams[i % len(cams)].to(device)
         sync(device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            pts = visible_bev_points(layout, cam, max_distance=max_distance, device=device)
-            sync(device)
-            t1 = time.perf_counter()
-            with autocast:
-                g = pipe.decode_points(layout, pts, styles)
-            g = type(g)(**{k: getattr(g, k).float() for k in ("means", "quats", "scales", "opacities", "colors")})
-            sync(device)
-            t2 = time.perf_counter()
-            render_gaussians(g, cam)
-            sync(device)
-            t3 = time.perf_counter()
+        count, (t1, t2, t3) = frame(pipe, layout, styles, cam, max_distance, device, autocast)
         if i >= args.warmup:
             for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
-                value_ms = value * 1000
-                times[key].append(value_ms)
-            points.append(len(pts))
+                times[key].append(value * 1000)
+            points.append(count)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    if args.profile and size_px == min(args.sizes):
+        write_text(args.out / "profile.md", profile_frames(pipe, layout, styles, cams, args, device, autocast))
     ms = {k: float(np.mean(v)) for k, v in times.items()}
     return {
         "layout_km2": (size_px / 1000) ** 2,
@@ -129,21 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the decoders")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, small layouts and frames")
+    parser.add_argument("--profile", type=int, default=0, help="also profile this many frames (profile.md)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but CUDA is not available (use --device cpu --quick)")
     args.out.mkdir(parents=True, exist_ok=True)
     width, height, scale = 960, 540, 1.0
-    sizes = (1000, 4000)
+    args.sizes = (1000, 4000)
     if args.quick:
         args.preset, args.frames, args.warmup = "tiny", 2, 1
         width, height, scale = 96, 54, 0.1
-        sizes = (1000, 1200)
+        args.sizes = (1000, 1200)
     pipe = GaussianCityPipeline.from_pretrained(args.pipeline) if args.pipeline else GaussianCityPipeline.from_preset(args.preset)
     pipe = pipe.to(device)
     results = []
-    for size in sizes:
+    for size in args.sizes:
         cams = paper_cameras(size / 2, max(args.frames, 1), width, height, scale)
         results.append(bench_layout(pipe, size, cams, args, device))
         print(json.dumps(results[-1]), flush=True)
@@ -158,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_ratio_16_over_1": ratio,
         "goals": {"fps>=100": results[0]["fps"] >= 100, "memory_ratio<=1.1": bool(ratio <= 1.1)},
     }
-    tmp = args.out / ".gaussiancity_speed.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, args.out / "gaussiancity_speed.json")
+    write_text(args.out / "gaussiancity_speed.json", json.dumps(summary, indent=2))
     lines = [
         f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16})",
         "",
@@ -174,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines.append(f"\npeak memory ratio 16 km2 / 1 km2: {ratio:.3f} (goal <= 1.1)")
     table = "\n".join(lines)
-    (args.out / "gaussiancity_speed.md").write_text(table + "\n")
+    write_text(args.out / "gaussiancity_speed.md", table + "\n")
     print(table)
     return 0
 

@@ -163,7 +163,7 @@ def test_bad_arguments_raise():
 def _reference_march(o, d, top, coarse_cell, tmax):
     """The previous visibility march (one coarse skipping grid, active rays compacted every step):
     the oracle the maximum-mipmap lockstep march must reproduce exactly."""
-    from diffusers_city.bev import _slab
+    from diffusers_city.bev_march import slab as _slab
 
     hc, wc = top.shape
     n = o.shape[0]
@@ -220,7 +220,8 @@ def _city(size, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("mip_levels", [0, 1, 3, 16])
 def test_mipmap_march_matches_reference_first_hits(seed, mip_levels):
-    from diffusers_city.bev import _camera_rays, _march, _max_pyramid, _pixel_grid
+    from diffusers_city.bev import _camera_rays, _max_pyramid, _pixel_grid
+    from diffusers_city.bev_march import march
 
     layout = _city(64, seed)
     rng = np.random.default_rng(100 + seed)
@@ -234,7 +235,7 @@ def test_mipmap_march_matches_reference_first_hits(seed, mip_levels):
         o, d = _camera_rays(layout, cam.K[0], cam.world_to_cam[0], u, v, "cpu")
         tmax = float(rng.choice([math.inf, 40.0]))
         want = _reference_march(o, d, top, 8, tmax)
-        got = _march(o, d, top, _max_pyramid(top, mip_levels), tmax, sync_every=int(rng.integers(1, 9)))
+        got = march(o, d, top, _max_pyramid(top, mip_levels), tmax, use_triton=False, sync_every=int(rng.integers(1, 9)))
         hits += int(want[0].sum())
         assert torch.equal(got[0], want[0])
         assert torch.equal(got[1][want[0]], want[1][want[0]])
@@ -251,3 +252,46 @@ def test_visible_points_do_not_depend_on_mip_levels_or_chunks():
         assert _key_set(visible_bev_points(layout, cam, **kw)) == base
     with pytest.raises(ValueError, match="mip_levels"):
         visible_bev_points(layout, cam, mip_levels=-1)
+
+
+def _march_case(layout, rng, width, height, device):
+    from diffusers_city.bev import _camera_rays, _max_pyramid, _pixel_grid
+
+    w = layout.shape[1]
+    eye = [*rng.uniform(-0.2 * w, 1.2 * w, 2), rng.uniform(3, 0.8 * w)]
+    target = [*rng.uniform(0.2 * w, 0.8 * w, 2), 0.0]
+    cam = _camera(eye, target, width=width, height=height, focal=float(rng.uniform(0.4, 1.2) * width))
+    u, v = _pixel_grid(width, height, 1, device)
+    o, d = _camera_rays(layout, cam.K[0], cam.world_to_cam[0], u, v, device)
+    top = layout.top.to(device)
+    return o, d, top, _max_pyramid(top, int(rng.integers(0, 6))), float(rng.choice([math.inf, 0.6 * w]))
+
+
+def test_triton_march_refuses_cpu_tensors():
+    from diffusers_city.bev_march import march
+
+    rng = np.random.default_rng(0)
+    o, d, top, pyramid, _ = _march_case(_city(32, 0), rng, 16, 12, "cpu")
+    with pytest.raises(RuntimeError, match="Triton and CUDA"):
+        march(o, d, top, pyramid, math.inf, use_triton=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton march kernel runs on CUDA (parity run on the GPU machine)")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triton_march_matches_torch_march_on_cuda(seed):
+    """GPU parity: the Triton kernel returns exactly the torch traversal's hits, pixels and levels."""
+    from diffusers_city.bev_march import march, triton_available
+
+    assert triton_available(torch.device("cuda"))
+    layout = _city(384, seed)
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(4):
+        o, d, top, pyramid, tmax = _march_case(layout, rng, 320, 240, "cuda")
+        want = march(o, d, top, pyramid, tmax, use_triton=False)
+        got = march(o, d, top, pyramid, tmax, use_triton=True)
+        hits += int(want[0].sum())
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1][want[0]], want[1][want[0]])
+        assert torch.equal(got[2][want[0]], want[2][want[0]])
+    assert hits > 100_000

@@ -18,8 +18,8 @@ height field, with a pyramid of coarse max-height grids to skip empty space) and
 ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
 Only a window of the layout around the cameras (bounded by ``max_distance``) is ever moved to the
 compute device, and rays are processed in chunks, so memory does not grow with the layout size.
-Everything is vectorized torch: all rays of a chunk march in lockstep over a maximum mipmap of the
-heights (hierarchical empty-space skipping), each step a fixed set of elementwise ops without host syncs.
+Rays traverse a maximum mipmap of the heights (hierarchical empty-space skipping, ``bev_march``):
+one Triton kernel on CUDA, vectorized lockstep torch elsewhere; the rest is vectorized torch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bev_march import march, slab
 from .data.classes import CLASSES, FACADE, GROUND, NUM_CLASSES, ROAD, ROOF, WATER
 
 __all__ = [
@@ -282,7 +283,9 @@ class BEVPoints:
 
     def select(self, index: torch.Tensor) -> BEVPoints:
         """The points picked by a bool mask or an index tensor."""
-        return self._map(lambda t: t[index])
+        if index.dtype == torch.bool:
+            index = torch.nonzero(index).squeeze(1)  # one host sync, not one per field
+        return self._map(lambda t: t.index_select(0, index))
 
     @property
     def is_building(self) -> torch.Tensor:
@@ -465,17 +468,6 @@ def _camera_rays(
     return origin.expand_as(dirs).contiguous(), dirs
 
 
-def _slab(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray parameter interval inside the box ``[lo, hi]`` (per axis; an infinite bound disables it)."""
-    with torch.no_grad():
-        inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-        t1 = (lo - o) * inv
-        t2 = (hi - o) * inv
-        tn = torch.minimum(t1, t2).nan_to_num(-math.inf)
-        tf = torch.maximum(t1, t2).nan_to_num(math.inf)
-        return tn.amax(1), tf.amin(1)
-
-
 def _view_window(
     layout: BEVLayout, cameras: Any, max_distance: float | None
 ) -> tuple[int, int, int, int] | None:
@@ -491,7 +483,7 @@ def _view_window(
         u = torch.linspace(0.0, float(cameras.width), 17, dtype=torch.float64)
         v = torch.linspace(0.0, float(cameras.height), 17, dtype=torch.float64)
         o, d = _camera_rays(layout, cameras.K[c].cpu(), cameras.world_to_cam[c].cpu(), u, v, "cpu")
-        tn, tf = _slab(o, d, lo, hi)
+        tn, tf = slab(o, d, lo, hi)
         tn = tn.clamp(min=0.0)
         tf = tf.clamp(max=tmax)
         ok = tf > tn
@@ -522,81 +514,6 @@ def _max_pyramid(top: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Te
     offsets = (torch.cumsum(sizes, 0) - sizes).to(top.device)
     widths = torch.tensor([g.shape[1] for g in grids], device=top.device)
     return torch.cat([g.reshape(-1) for g in grids]), offsets, widths
-
-
-def _march(
-    o: torch.Tensor,
-    d: torch.Tensor,
-    top: torch.Tensor,
-    pyramid: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    tmax: float,
-    sync_every: int = 8,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """First hit of each ray with the extruded height field ``top`` (window-local voxel units).
-
-    Maximum-mipmap traversal (Tevs et al. 2008): each ray holds a pyramid level; when its lowest z
-    inside its current cell stays above the cell's max top it jumps to the cell's exit and goes up
-    a level, otherwise it goes down a level, and at level 0 that is a hit. All rays step in
-    lockstep, each step a fixed set of elementwise ops without host sync; every ``sync_every``
-    steps the finished rays are counted (the one sync) and dropped once they are half of the rays.
-
-    Returns ``(hit [R] bool, pixel [R] long flat index, level [R] long)``: the hit pixel and the
-    height level at which the ray enters its column (its top where it lands on the top face).
-    """
-    hc, wc = top.shape
-    device = o.device
-    n = o.shape[0]
-    hit = torch.zeros(n, dtype=torch.bool, device=device)
-    pixel = torch.zeros(n, dtype=torch.long, device=device)
-    level = torch.zeros(n, dtype=torch.long, device=device)
-    zhi = float(top.max()) + 1.0
-    lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype, device=device)
-    hi = torch.tensor([float(wc), float(hc), zhi], dtype=o.dtype, device=device)
-    tn, tf = _slab(o, d, lo, hi)
-    tn = tn.clamp(min=0.0)
-    tf = tf.clamp(max=tmax)
-    index = torch.nonzero(tf > tn).squeeze(1)
-    t = tn[index] + 1e-6
-    tf = tf[index]
-    o, d = o[index], d[index]
-    eps = 1e-5
-    sign = (d[:, :2] > 0).to(o.dtype)
-    inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
-    buffer, offsets, widths = pyramid
-    top_level = offsets.numel() - 1
-    m = index.numel()
-    lvl = torch.full((m,), min(top_level, 3), dtype=torch.long, device=device)
-    live = torch.ones(m, dtype=torch.bool, device=device)
-    r_hit, r_pixel, r_level = (torch.zeros(m, dtype=dt, device=device) for dt in (torch.bool, torch.long, torch.long))
-
-    step = 0
-    while index.numel():
-        p = o + d * t[:, None]
-        cx = torch.clamp(p[:, 0].floor().long(), 0, wc - 1)
-        cy = torch.clamp(p[:, 1].floor().long(), 0, hc - 1)
-        ccx, ccy = torch.bitwise_right_shift(cx, lvl), torch.bitwise_right_shift(cy, lvl)
-        cell = torch.bitwise_left_shift(torch.ones_like(lvl), lvl).to(o.dtype)[:, None]
-        cb = torch.stack([ccx, ccy], 1).to(o.dtype) * cell
-        tc = torch.minimum((((cb + sign * cell) - o[:, :2]) * inv).amin(1), tf)
-        zc = torch.minimum(p[:, 2], o[:, 2] + d[:, 2] * tc)
-        cell_top = buffer[offsets[lvl] + ccy * widths[lvl] + ccx]
-        above = zc > cell_top
-        is_hit = live & ~above & (lvl == 0)
-        r_hit = r_hit | is_hit
-        r_pixel = torch.where(is_hit, cy * wc + cx, r_pixel)
-        r_level = torch.where(is_hit, torch.minimum(cell_top.long(), torch.ceil(p[:, 2] - 1e-6).long()), r_level)
-        t = torch.where(above, torch.maximum(tc, t) + eps, t)
-        lvl = torch.where(above, (lvl + 1).clamp(max=top_level), (lvl - 1).clamp(min=0))
-        live = live & ~is_hit & (t < tf)
-        step += 1
-        if step % sync_every == 0 and 2 * int(live.sum()) <= live.numel():
-            done = ~live
-            hit[index[done]], pixel[index[done]], level[index[done]] = r_hit[done], r_pixel[done], r_level[done]
-            keep = torch.nonzero(live).squeeze(1)
-            index, t, tf, o, d, sign, inv, lvl, live, r_hit, r_pixel, r_level = (
-                v[keep] for v in (index, t, tf, o, d, sign, inv, lvl, live, r_hit, r_pixel, r_level)
-            )
-    return hit, pixel, level
 
 
 def visible_bev_points(
@@ -652,7 +569,7 @@ def visible_bev_points(
         o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
         o = o - shift
         for s in range(0, o.shape[0], ray_chunk):
-            hit, pixel, level = _march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
+            hit, pixel, level = march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
             pixel, level = pixel[hit], level[hit]
             cls = sem[pixel]
             st = strides[cls]

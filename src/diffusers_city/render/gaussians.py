@@ -49,14 +49,28 @@ class Gaussians:
                 raise ValueError(f"Gaussians.{name} must have shape [{dims}] with N={n}, got {tuple(value.shape)}")
             if value.device != self.means.device:
                 raise ValueError(f"Gaussians.{name} is on {value.device} but means are on {self.means.device}")
-            if not bool(torch.isfinite(value).all()):
+        if n:
+            self._check_values(fields)
+
+    def _check_values(self, names) -> None:
+        """Value checks, reduced on the device and read back in one host sync (decoders build
+        Gaussians every frame)."""
+        bad = torch.stack(
+            [~torch.isfinite(getattr(self, name)).all() for name in names]
+            + [(self.scales < 0).any(), ((self.opacities < 0) | (self.opacities > 1)).any(),
+               (self.quats.norm(dim=-1) == 0).any()]
+        ).tolist()
+        for name, flag in zip(names, bad):
+            if flag:
                 raise ValueError(f"Gaussians.{name} contains NaN or Inf")
-        if n and bool((self.scales < 0).any()):
-            raise ValueError("Gaussians.scales must be non-negative (linear scales, not log-scales)")
-        if n and bool(((self.opacities < 0) | (self.opacities > 1)).any()):
-            raise ValueError("Gaussians.opacities must lie in [0, 1] (activated opacities, not logits)")
-        if n and bool((self.quats.norm(dim=-1) == 0).any()):
-            raise ValueError("Gaussians.quats contains a zero quaternion")
+        messages = (
+            "Gaussians.scales must be non-negative (linear scales, not log-scales)",
+            "Gaussians.opacities must lie in [0, 1] (activated opacities, not logits)",
+            "Gaussians.quats contains a zero quaternion",
+        )
+        for message, flag in zip(messages, bad[len(names):]):
+            if flag:
+                raise ValueError(message)
 
     @classmethod
     def from_points(

@@ -8,16 +8,18 @@ Two groupings cover the sparse transformers of the three systems:
   along a space-filling curve (:mod:`.serialize`) and cut per batch item into patches of fixed
   size (1024 in GaussianCity); the last patch of an item may be shorter.
 
-Groups are packed into padded ``[G, L, heads, dim]`` batches. Groups are bucketed by padded
-length (powers of two and their 3/4, so padding stays below 50% of a group) and each bucket is
-one SDPA call, with a key-padding mask only where a bucket holds partial groups (full buckets run
-unmasked, which lets SDPA pick its flash kernel). The packing plan (:class:`AttentionGroups`)
-depends only on the structure; modules cache it in ``SparseTensor.cache``.
+On CUDA all groups run unpadded through one varlen call of SDPA's memory-efficient kernel.
+Elsewhere, and as the reference on the GPU, groups are
+packed into padded ``[G, L, heads, dim]`` batches bucketed by padded length (powers of two and
+their 3/4, so padding stays below 50% of a group), each bucket one SDPA call with a key-padding
+mask only where it holds partial groups. The plan (:class:`AttentionGroups`) depends only on the
+structure; modules cache it in ``SparseTensor.cache``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -44,27 +46,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AttentionGroups:
-    """Packing plan of ``N`` tokens into length buckets of groups.
+    """Partition of ``N`` tokens into groups that attend within themselves.
 
-    The padded token sequence ``gather_index`` holds bucket after bucket; bucket ``(G, L, mask)``
-    is ``G`` groups of padded length ``L`` (padding repeats a group's first token), ``mask``
-    ``[G, 1, 1, L]`` bool marks real keys, ``None`` when every group of the bucket fills it.
+    ``order`` lists the tokens group after group; ``lengths`` gives each group's token count. The
+    two execution layouts derive from them on first use:
 
-    Attributes:
-        gather_index: ``[P]`` token index of every padded slot, ``P = sum(G * L)``.
-        buckets: ``(G, L, mask)`` per bucket, in ``gather_index`` order.
-        scatter_index: ``[N]`` slot of each token in ``gather_index``.
-        lengths: ``[num_groups]`` token count of each group.
+    - jagged (the CUDA path): ``cu_seqlens``, ``max_length`` and ``inverse`` feed one varlen
+      attention kernel call;
+    - padded buckets (the CPU path, and the reference on the GPU): ``gather_index`` holds bucket
+      after bucket; bucket ``(G, L, mask)`` is ``G`` groups of padded length ``L`` (padding repeats
+      a group's first token), ``mask`` ``[G, 1, 1, L]`` bool marks real keys, ``None`` when every
+      group of the bucket fills it; ``scatter_index`` ``[N]`` is each token's slot.
     """
 
-    gather_index: torch.Tensor
-    buckets: tuple[tuple[int, int, torch.Tensor | None], ...]
-    scatter_index: torch.Tensor
+    order: torch.Tensor
     lengths: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
-        return self.scatter_index.numel()
+        return self.order.numel()
 
     @property
     def num_groups(self) -> int:
@@ -73,6 +73,44 @@ class AttentionGroups:
     def useful_flops(self, heads: int, head_dim: int) -> int:
         """FLOPs of the unpadded attention: ``4 * sum(L_g^2) * head_dim`` per head."""
         return 4 * int((self.lengths.long() ** 2).sum()) * head_dim * heads
+
+    @cached_property
+    def offsets(self) -> torch.Tensor:
+        """``[G + 1]`` start of each group in ``order`` (and the end)."""
+        return F.pad(torch.cumsum(self.lengths, 0), (1, 0))
+
+    @cached_property
+    def inverse(self) -> torch.Tensor:
+        """``[N]`` position of each token in ``order``."""
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(self.num_tokens, device=self.order.device)
+        return inverse
+
+    @cached_property
+    def cu_seqlens(self) -> torch.Tensor:
+        """``offsets`` as int32, the varlen kernels' cumulative sequence lengths."""
+        return self.offsets.to(torch.int32)
+
+    @cached_property
+    def max_length(self) -> int:
+        """Longest group (one host sync)."""
+        return int(self.lengths.max())
+
+    @cached_property
+    def _padded(self) -> tuple[torch.Tensor, tuple[tuple[int, int, torch.Tensor | None], ...], torch.Tensor]:
+        return _pack(self.order, self.lengths)
+
+    @property
+    def gather_index(self) -> torch.Tensor:
+        return self._padded[0]
+
+    @property
+    def buckets(self) -> tuple[tuple[int, int, torch.Tensor | None], ...]:
+        return self._padded[1]
+
+    @property
+    def scatter_index(self) -> torch.Tensor:
+        return self._padded[2]
 
 
 def _padded_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -84,13 +122,13 @@ def _padded_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return torch.where((pow2 >= 4) & (lengths <= three_quarters), three_quarters, pow2)
 
 
-def _pack(order: torch.Tensor, group_sorted: torch.Tensor, num_groups: int) -> AttentionGroups:
-    """Plan from ``order`` (tokens sorted by group) and ``group_sorted`` (their group ids 0..G-1,
-    non-decreasing)."""
+def _pack(order: torch.Tensor, lengths: torch.Tensor):
+    """Padded-bucket layout ``(gather_index, buckets, scatter_index)`` of groups listed in ``order``."""
     device = order.device
     n = order.numel()
-    lengths = torch.bincount(group_sorted, minlength=num_groups)
+    num_groups = lengths.numel()
     starts = torch.cumsum(lengths, 0) - lengths
+    group_sorted = torch.repeat_interleave(torch.arange(num_groups, device=device), lengths)
     rank = torch.arange(n, device=device) - starts[group_sorted]
     padded = _padded_lengths(lengths)
     base = torch.empty(num_groups, dtype=torch.long, device=device)
@@ -109,7 +147,7 @@ def _pack(order: torch.Tensor, group_sorted: torch.Tensor, num_groups: int) -> A
     gather_index = order[torch.cat(slots)] if slots else order
     scatter_index = torch.empty(n, dtype=torch.long, device=device)
     scatter_index[order] = base[group_sorted] + rank
-    return AttentionGroups(gather_index, tuple(buckets), scatter_index, lengths)
+    return gather_index, tuple(buckets), scatter_index
 
 
 def _as_triple(name: str, value: int | tuple[int, int, int], positive: bool) -> tuple[int, int, int]:
@@ -144,7 +182,7 @@ def window_groups(
     coords = coords.long()
     n = coords.shape[0]
     if n == 0:
-        return _pack(coords.new_empty(0), coords.new_empty(0), 0)
+        return AttentionGroups(coords.new_empty(0), coords.new_empty(0))
     windows = torch.div(coords[:, 1:] + offset, size, rounding_mode="floor")
     cells = torch.cat([coords[:, :1], windows], dim=1)
     cells = cells - cells.min(dim=0).values
@@ -153,8 +191,8 @@ def window_groups(
         raise ValueError("coords span too many windows to index with int64; raise window_size")
     key = ((cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]) * extent[3] + cells[:, 3]
     order = torch.argsort(key, stable=True)
-    _, group_sorted = torch.unique_consecutive(key[order], return_inverse=True)
-    return _pack(order, group_sorted, int(group_sorted[-1]) + 1)
+    _, lengths = torch.unique_consecutive(key[order], return_counts=True)
+    return AttentionGroups(order, lengths)
 
 
 def serialized_groups(keys: torch.Tensor, batch_idx: torch.Tensor, patch_size: int) -> AttentionGroups:
@@ -166,20 +204,18 @@ def serialized_groups(keys: torch.Tensor, batch_idx: torch.Tensor, patch_size: i
         raise ValueError(f"keys must have shape [N], got {getattr(keys, 'shape', None)}")
     _check_index("keys", keys, tuple(keys.shape))
     _check_index("batch_idx", batch_idx, tuple(keys.shape))
-    n = keys.numel()
-    if n == 0:
-        return _pack(keys.new_empty(0, dtype=torch.long), keys.new_empty(0, dtype=torch.long), 0)
+    if keys.numel() == 0:
+        empty = keys.new_empty(0, dtype=torch.long)
+        return AttentionGroups(empty, empty)
     by_key = torch.argsort(keys, stable=True)
     order = by_key[torch.argsort(batch_idx[by_key], stable=True)]
-    _, item_sorted, item_counts = torch.unique_consecutive(
-        batch_idx[order], return_inverse=True, return_counts=True
-    )
-    item_starts = torch.cumsum(item_counts, 0) - item_counts
-    patches = (item_counts + patch_size - 1) // patch_size
-    patch_starts = torch.cumsum(patches, 0) - patches
-    rank = torch.arange(n, device=keys.device) - item_starts[item_sorted]
-    group_sorted = patch_starts[item_sorted] + torch.div(rank, patch_size, rounding_mode="floor")
-    return _pack(order, group_sorted, int(patches.sum()))
+    _, item_counts = torch.unique_consecutive(batch_idx[order], return_counts=True)
+    # Each item: full patches, then its remainder (a zero-length remainder is dropped below).
+    patches = torch.div(item_counts, patch_size, rounding_mode="floor")
+    full = torch.full_like(item_counts, patch_size)
+    lengths = torch.stack([full, item_counts - patches * patch_size], 1)
+    repeats = torch.stack([patches, (lengths[:, 1] > 0).long()], 1)
+    return AttentionGroups(order, torch.repeat_interleave(lengths.flatten(), repeats.flatten()))
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -195,15 +231,28 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 
 def grouped_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: AttentionGroups, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: AttentionGroups,
+    scale: float | None = None,
+    jagged: bool | None = None,
 ) -> torch.Tensor:
     """Softmax attention inside each group of ``groups``; ``q, k, v`` are ``[N, heads, dim]``,
-    returns ``[N, heads, dim_v]``."""
+    returns ``[N, heads, dim_v]``.
+
+    ``jagged`` picks the layout: one varlen call of SDPA's memory-efficient kernel over the
+    unpadded groups (CUDA only; the default there) or padded length buckets (the default
+    elsewhere, and the reference the varlen path is tested against on the GPU)."""
     _check_qkv(q, k, v)
     if groups.num_tokens != q.shape[0]:
         raise ValueError(f"groups were built for {groups.num_tokens} tokens, q has {q.shape[0]}")
     if q.shape[0] == 0:
         return v.new_empty(v.shape)
+    if q.is_cuda if jagged is None else jagged:
+        if not q.is_cuda:
+            raise ValueError("jagged attention runs on CUDA only; use jagged=False on the CPU")
+        return _varlen_attention(q, k, v, groups, scale)
     heads, dim_v = v.shape[1], v.shape[2]
     # index_select, not q[index]: its backward is an index_add, not a sort-based index_put.
     q, k, v = (t.index_select(0, groups.gather_index) for t in (q, k, v))
@@ -217,6 +266,23 @@ def grouped_attention(
         outputs.append(out.transpose(1, 2).reshape(count * length, heads, dim_v))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return packed.index_select(0, groups.scatter_index)
+
+
+def _varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: AttentionGroups, scale: float | None
+) -> torch.Tensor:
+    """All groups in one varlen call of SDPA's memory-efficient CUDA kernel (no padding).
+
+    This is the op that nested-tensor SDPA dispatches to, called directly: measured on an H200,
+    the nested-tensor wrapper cost more host time per layer than the kernel itself."""
+    qs, ks, vs = (t.index_select(0, groups.order).unsqueeze(0) for t in (q, k, v))
+    cu = groups.cu_seqlens
+    longest = groups.max_length
+    needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    out = torch.ops.aten._efficient_attention_forward(
+        qs, ks, vs, None, cu, cu, longest, longest, 0.0, 0, needs_lse, scale=scale
+    )[0]
+    return out[0].index_select(0, groups.inverse)
 
 
 def window_attention(

@@ -139,16 +139,18 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         z = torch.randn(n, self.config.style_dim, generator=generator, device=gen_device)
         return z.to(device)
 
-    def _transformer(self, feats: torch.Tensor, voxels: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+    def _transformer(
+        self, feats: torch.Tensor, voxels: torch.Tensor, batch_index: torch.Tensor, batch_size: int
+    ) -> torch.Tensor:
         coords = torch.cat([batch_index[:, None], voxels], 1).to(torch.int32)
-        x = SparseTensor(self.embed(feats), coords, validate=False)
+        x = SparseTensor(self.embed(feats), coords, batch_size=batch_size, validate=False)
         skips, parents = [], []
         for i, stage in enumerate(self.encoder):
             if i > 0:
                 coarse, pooled, parent = grid_pool(x.coords.long(), self.down[i - 1](x.feats))
                 skips.append(x)
                 parents.append(parent)
-                x = SparseTensor(pooled, coarse.to(torch.int32), validate=False)
+                x = SparseTensor(pooled, coarse.to(torch.int32), batch_size=batch_size, validate=False)
             x = stage(x)
         for i in reversed(range(len(self.decoder))):
             skip, parent = skips[i], parents[i]
@@ -195,7 +197,7 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         if positions.shape[0] == 0:
             return positions.new_zeros(0, 3)
         if self.use_transformer:
-            feats = self._transformer(feats, voxels.long(), batch_index.long())
+            feats = self._transformer(feats, voxels.long(), batch_index.long(), styles.shape[0])
         styles = styles.to(dtype)
         onehot = nn.functional.one_hot(classes.long(), cfg.num_classes).to(dtype)
         h = feats
