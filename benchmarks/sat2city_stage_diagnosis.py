@@ -30,6 +30,7 @@ from sat2city_quality import block_max, load_pipeline  # noqa: E402
 
 from diffusers_city.metrics import height_fidelity  # noqa: E402
 from diffusers_city.models.sat2city.blocks import sample_gaussian  # noqa: E402
+from diffusers_city.pipelines.sat2city.pipeline_sat2city import _Sampling  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
 
 COLUMNS = ("ground_truth", "dense_vae_mean", "dense_vae_sample", "sparse_vae_mean", "sparse_vae_sample",
@@ -86,11 +87,11 @@ def diagnose(pipe, prepared: dict, clean: np.ndarray, mpp: float, k: int, steps:
     for name, scale in (("dense_stage_g1", 1.0), ("dense_stage_g", guidance)):
         g = torch.Generator(device=voxels.device).manual_seed(seed)
         noise = torch.randn((1, dvae.config.latent_channels, *shape), generator=g, device=voxels.device)
-        x = pipe._denoise("dense", pipe.dense_unet, noise, lambda t: t, cond, steps, scale, g, None, [])
+        x = pipe._denoise("dense", pipe.dense_unet, noise, lambda t: t, cond, scale, _Sampling(steps, g, None, []))
         row[name] = corr(dvae.decode(x * dvae.config.scaling_factor).output)
     first = voxels.replace(F.normalize(voxels.feats.float(), dim=1))
     g = torch.Generator(device=voxels.device).manual_seed(seed)
-    final, _ = pipe._geometry_and_appearance(first, (steps, 1.0, g, None, []))
+    final, _ = pipe._geometry_and_appearance(first, 1.0, 1.0, _Sampling(steps, g, None, []))
     row["sparse_stages_from_gt_grid"] = corr(final)
     return row
 

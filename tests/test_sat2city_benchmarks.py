@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,3 +43,11 @@ def test_stage_diagnosis_quick(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["ground_truth"] > 0.5  # voxelizing the clean map keeps its heights
     assert 0 <= rows[0]["dense_variance_share"] <= 1 and 0 <= rows[0]["sparse_variance_share"] <= 1
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")
+
+
+def test_quality_guidance_is_one_scale_or_three(tmp_path):
+    parse = load("sat2city_quality").parse_args
+    assert parse(["--out", str(tmp_path), "--device", "cpu"]).guidance_scale == 1.0
+    assert parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1", "1"]).guidance_scale == (3.0, 1.0, 1.0)
+    with pytest.raises(SystemExit):
+        parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -174,7 +176,8 @@ def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
     png = tmp_path / "hm.png"
     Image.fromarray(height_map()).save(png)
     out = tmp_path / "out"
-    code = cli_main(["generate", "sat2city", "--height-map", str(png), "--out", str(out), "--model", str(saved), "--steps", "2"])
+    code = cli_main(["generate", "sat2city", "--height-map", str(png), "--out", str(out), "--model", str(saved), "--steps", "2",
+                     "--guidance-scale", "2", "1", "1"])
     assert code == 0
     for name in ("city.ply", "city.glb", "city_preview.png"):
         assert (out / name).stat().st_size > 0
@@ -189,3 +192,40 @@ def test_model_cpu_offload_matches(pipe):
     out = run(pipe)
     pipe.remove_all_hooks()
     assert len(out.points) > 0
+
+
+def test_guidance_per_stage(pipe):
+    """A (dense, sparse, appearance) triple guides each stage on its own; one number guides all."""
+    pipe = copy.deepcopy(pipe)
+    torch.manual_seed(0)
+    with torch.no_grad():  # untrained U-Nets start with zero output layers: make the condition matter
+        for unet in (pipe.dense_unet, pipe.sparse_unet, pipe.appearance_unet):
+            for param in unet.parameters():
+                if not param.any():
+                    param.normal_(0, 0.3)
+    calls = []
+
+    def record(p, i, t, kw):
+        calls.append(p.stage)
+        return kw
+
+    hm = np.random.default_rng(0).uniform(0, 255, (40, 40)).astype(np.uint8)
+
+    def run(g):
+        calls.clear()
+        out = pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=g,
+                   callback_on_step_end=record, output_type="pt")
+        return out, list(calls)
+
+    plain, stages = run(1.0)
+    assert stages == ["dense"] * 2 + ["sparse"] * 2 + ["appearance"] * 2
+    same, _ = run((1.0, 1.0, 1.0))
+    assert torch.equal(plain.points, same.points) and torch.equal(plain.colors, same.colors)
+    colour_only, _ = run((1.0, 1.0, 4.0))
+    assert torch.equal(plain.points, colour_only.points)  # geometry stages unguided
+    assert not torch.equal(plain.colors, colour_only.colors)
+    dense_only, _ = run((4.0, 1.0, 1.0))
+    assert not torch.equal(plain.points, dense_only.points) or not torch.equal(plain.colors, dense_only.colors)
+    for bad in ((1.0, 2.0), (0.5, 1.0, 1.0), float("nan"), (1.0, True, 1.0)):
+        with pytest.raises(ValueError, match="guidance_scale"):
+            pipe(hm, num_inference_steps=2, guidance_scale=bad)

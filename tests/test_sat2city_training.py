@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -48,8 +49,6 @@ def test_vae_trains_and_resumes_exactly(tmp_path):
 
 
 def _ns():
-    import argparse
-
     return argparse.Namespace(preset="tiny", dataloader_num_workers=0)
 
 
@@ -188,3 +187,15 @@ def test_push_to_hub_with_model_card(tmp_path, offline_hub):
     assert "README.md" in files and "dense_vae/diffusion_pytorch_model.safetensors" in files
     card = (offline_hub.snapshot("org/s2c-vae") / "README.md").read_text()
     assert "Sat2City" in card and "Re-Hash" in card
+
+
+def test_latent_target_defaults_to_the_presets(vae_dir, tmp_path):
+    def target(*extra: str) -> str:
+        base = ["--stage", "dense", "--vae_dir", str(vae_dir), "--output_dir", str(tmp_path), *extra]
+        return train_sat2city_diffusion.parse_args(base).latent_target
+
+    assert load_preset(_ns())["training"]["diffusion"].get("latent_target") is None  # tiny: no entry
+    assert target("--preset", "tiny") == "sample"
+    assert load_preset(argparse.Namespace(preset="small"))["training"]["diffusion"]["latent_target"] == "mean"
+    assert target("--preset", "small") == "mean"
+    assert target("--preset", "small", "--latent_target", "sample") == "sample"

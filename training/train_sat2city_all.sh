@@ -4,7 +4,7 @@
 # and an example height map for the demo.
 #
 #   training/train_sat2city_all.sh --preset small --minutes-per-stage 8            # one GPU
-#   (also --data-echo K and --latent-target sample|mean for the diffusion stages)
+#   (also --data-echo K and --latent-target sample|mean for the diffusion stages; default: the preset's)
 #   training/train_sat2city_all.sh --preset tiny --cpu --steps 2 --output-dir /tmp/s2c --dest /tmp/s2c/pipe
 set -euo pipefail
 
@@ -19,7 +19,7 @@ CKPT=500
 VAL=500
 WORKERS=12
 ECHO=1
-LATENT=sample
+LATENT=()
 LAUNCH=(accelerate launch)
 EXTRA=(--use_ema --ema_decay 0.999 --allow_tf32 --checkpoints_total_limit 2)
 
@@ -36,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     --validation-steps) VAL="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
     --data-echo) ECHO="$2"; shift 2 ;;
-    --latent-target) LATENT="$2"; shift 2 ;;
+    --latent-target) LATENT=(--latent_target "$2"); shift 2 ;;
     --cpu) LAUNCH=(python); EXTRA+=(--cpu); WORKERS=0; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "train_sat2city_all.sh: unknown argument $1" >&2; exit 2 ;;
@@ -54,7 +54,7 @@ echo "VAE stage: $(( $(date +%s) - stage_start )) s"
 for stage in dense sparse appearance; do
   stage_start=$(date +%s)
   "${LAUNCH[@]}" "$ROOT/training/train_sat2city_diffusion.py" --stage "$stage" --vae_dir "$OUT/vae" \
-    --output_dir "$OUT/$stage" --data_echo "$ECHO" --latent_target "$LATENT" "${COMMON[@]}"
+    --output_dir "$OUT/$stage" --data_echo "$ECHO" "${LATENT[@]}" "${COMMON[@]}"
   echo "$stage stage: $(( $(date +%s) - stage_start )) s"
 done
 python "$ROOT/training/assemble_sat2city.py" --preset "$PRESET" --vae_dir "$OUT/vae" --dense_dir "$OUT/dense" \

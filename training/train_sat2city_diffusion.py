@@ -81,8 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validation_inference_steps", type=int, default=10)
     parser.add_argument("--init_from", type=Path, default=None,
                         help="fine-tune: a saved Sat2CityPipeline folder whose stage weights (and latent scale) to start from")
-    parser.add_argument("--latent_target", choices=LATENT_TARGETS, default="sample",
-                        help="train on posterior samples or posterior means of the geometry latents (dense, sparse)")
+    parser.add_argument("--latent_target", choices=LATENT_TARGETS, default=None,
+                        help="train on posterior samples or posterior means of the geometry latents (dense, sparse); "
+                             "default: the preset's training.diffusion.latent_target, else sample")
     parser.add_argument("--data_echo", type=int, default=1,
                         help="optimizer micro-steps per loaded batch (fresh noise and timesteps each time); "
                              "raise it when the procedural data loader is slower than the step")
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset = load_preset(args)
     section = preset["training"]["diffusion"]
     parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
-                        scale_batches=section["scale_batches"])
+                        scale_batches=section["scale_batches"], latent_target=section.get("latent_target", "sample"))
     args = parser.parse_args(argv)
     if args.data_echo < 1:
         parser.error(f"--data_echo must be >= 1, got {args.data_echo}")

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meters-per-pixel", type=float, default=None)
     parser.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="metres of gray 0 and 255 (default: the model's 0..max_height_m)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0], metavar="G",
+                        help="classifier-free guidance: one scale for every stage or three (dense sparse appearance)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-memory-gb", type=float, default=32.0)
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         output_type="mesh",
         meters_per_pixel=args.meters_per_pixel,
         height_range=args.height_range,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=args.guidance_scale[0] if len(args.guidance_scale) == 1 else tuple(args.guidance_scale),
         max_memory_gb=args.max_memory_gb,
     )
     for path in write_city(output, args.out):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _BYTES_PER_VOXEL_CHANNEL = 64
 _SURFACE_VOXELS_PER_COLUMN = 4
 MIN_PIXELS = 8
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """What every stage's DDIM loop of one call shares."""
+
+    num_inference_steps: int
+    generator: torch.Generator | None
+    callback_on_step_end: Callable | None
+    tensor_inputs: list[str]
 
 
 class HeightMap:
@@ -233,15 +244,13 @@ class Sat2CityPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         wrap: Callable[[torch.Tensor], Any],
         condition: torch.Tensor,
-        num_inference_steps: int,
         guidance_scale: float,
-        generator: torch.Generator | None,
-        callback_on_step_end: Callable | None,
-        callback_on_step_end_tensor_inputs: list[str],
+        run: _Sampling,
     ) -> torch.Tensor:
         """DDIM loop on ``latents``; ``wrap`` turns the feature tensor into the unet's sample."""
         self.stage = stage
-        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        generator, callback_on_step_end = run.generator, run.callback_on_step_end
+        self.scheduler.set_timesteps(run.num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         with self.progress_bar(total=len(timesteps)) as bar:
             bar.set_description(f"sat2city {stage}")
@@ -255,20 +264,31 @@ class Sat2CityPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(v, t, latents, generator=generator).prev_sample
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in run.tensor_inputs})
                     latents = outputs.pop("latents", latents)
                 bar.update()
         return latents
 
-    def _validate_call(self, num_inference_steps: int, output_type: str, guidance_scale: float, tensor_inputs: list[str]) -> None:
+    @staticmethod
+    def _stage_guidance(guidance_scale: Any) -> tuple[float, float, float]:
+        """``guidance_scale`` as (dense, sparse, appearance): one number for every stage or three."""
+        scales = tuple(guidance_scale) if isinstance(guidance_scale, (tuple, list)) else (guidance_scale,) * 3
+        if len(scales) != 3 or not all(
+            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 1.0 for g in scales
+        ):
+            raise ValueError(
+                "guidance_scale must be a finite number >= 1 or three of them (dense, sparse, appearance), "
+                f"got {guidance_scale!r}"
+            )
+        return tuple(float(g) for g in scales)
+
+    def _validate_call(self, num_inference_steps: int, output_type: str, tensor_inputs: list[str]) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be an integer in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps!r}"
             )
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 1.0):
-            raise ValueError(f"guidance_scale must be a finite number >= 1, got {guidance_scale!r}")
         unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
@@ -282,7 +302,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         output_type: str = "points",
         meters_per_pixel: float | None = None,
         height_range: tuple[float, float] | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | tuple[float, float, float] = 1.0,
         max_memory_gb: float = 32.0,
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
@@ -300,14 +320,16 @@ class Sat2CityPipeline(DiffusionPipeline):
             meters_per_pixel: ground sampling distance; default: the scene's, or the training
                 crop width divided by the map's larger side for plain grayscale maps.
             height_range: metres of gray 0 and 255 (default ``(0, max_height_m)`` of the condition encoder).
-            guidance_scale: classifier-free guidance on the stage conditions (1 = off).
+            guidance_scale: classifier-free guidance on the stage conditions (1 = off), one scale for
+                all three stages or a ``(dense, sparse, appearance)`` triple.
             max_memory_gb: refuse inputs whose estimated peak memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
                 DDIM step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
         """
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
-        self._validate_call(num_inference_steps, output_type, guidance_scale, tensor_inputs)
+        self._validate_call(num_inference_steps, output_type, tensor_inputs)
+        g_dense, g_sparse, g_appearance = self._stage_guidance(guidance_scale)
         enc = self.condition_encoder.config
         vae = self.dense_vae.config
         hrange = (0.0, float(enc.max_height_m)) if height_range is None else tuple(float(h) for h in height_range)
@@ -326,7 +348,7 @@ class Sat2CityPipeline(DiffusionPipeline):
 
         device = self._execution_device
         dtype = self.dense_unet.dtype
-        args = (num_inference_steps, guidance_scale, generator, callback_on_step_end, tensor_inputs)
+        run = _Sampling(num_inference_steps, generator, callback_on_step_end, tensor_inputs)
 
         # Stage 1: dense latent X_D | c(P_h).
         points = torch.from_numpy(hmap.points()).to(device)
@@ -335,33 +357,38 @@ class Sat2CityPipeline(DiffusionPipeline):
         cond = self.condition_encoder(points, torch.zeros(points.shape[0], dtype=torch.long, device=device), latent_shape, 1)
         shape = (1, vae.latent_channels, *latent_shape)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        x_d = self._denoise("dense", self.dense_unet, noise, lambda x: x, cond.to(dtype), *args)
+        x_d = self._denoise("dense", self.dense_unet, noise, lambda x: x, cond.to(dtype), g_dense, run)
         first = self.dense_vae.decode(x_d * vae.scaling_factor).output
         first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
 
-        voxels, colors = self._geometry_and_appearance(first, args) if first.num_voxels else (first, first.feats.new_zeros(0, 3))
+        if first.num_voxels:
+            voxels, colors = self._geometry_and_appearance(first, g_sparse, g_appearance, run)
+        else:
+            voxels, colors = first, first.feats.new_zeros(0, 3)
         normals = F.normalize(voxels.feats.float(), dim=1)
         self.stage = None
         self.maybe_free_model_hooks()
         output = self._build_output(hmap, voxels, normals, colors.float(), output_type)
         return output if return_dict else output.to_tuple()
 
-    def _geometry_and_appearance(self, first: SparseTensor, args: tuple) -> tuple[SparseTensor, torch.Tensor]:
+    def _geometry_and_appearance(
+        self, first: SparseTensor, g_sparse: float, g_appearance: float, run: _Sampling
+    ) -> tuple[SparseTensor, torch.Tensor]:
         """Stages 2 and 3 on the dense stage's decoded grid: final voxels (normals) and their colours."""
         device, dtype = first.device, self.sparse_unet.dtype
-        generator = args[2]
+        generator = run.generator
         # Stage 2: sparse latent X_S | {G, A_N}; D_s records struct.
         svae = self.sparse_vae
         coords, grid_cond = grid_condition(first, svae.downsample_factor)
         structure = svae.latent_structure(coords, 1)
         noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
-        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, grid_cond.to(dtype), *args)
+        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, grid_cond.to(dtype), g_sparse, run)
         geometry = svae.decode_geometry(structure.replace(x_s * svae.config.scaling_factor))
 
         # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
         app_cond = struct_condition(geometry, structure)
         noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
-        x_c = self._denoise("appearance", self.appearance_unet, noise, structure.replace, app_cond.to(dtype), *args)
+        x_c = self._denoise("appearance", self.appearance_unet, noise, structure.replace, app_cond.to(dtype), g_appearance, run)
         voxels = geometry.output
         if voxels.num_voxels:
             features = svae.decode_appearance(svae.rehash(structure.replace(x_c * svae.config.appearance_scaling_factor)), geometry)
