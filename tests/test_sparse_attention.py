@@ -284,7 +284,7 @@ def test_module_rejects_wrong_feature_width():
 
 
 def _layouts_agree(device: str, dtype: torch.dtype, atol: float, rtol: float = 0.0) -> None:
-    """The jagged (one varlen kernel call) and padded-bucket layouts agree, forward and backward."""
+    """The varlen (one varlen kernel call) and padded-bucket layouts agree, forward and backward."""
     g = torch.Generator().manual_seed(7)
     n = 5000
     keys = torch.randint(0, 1 << 20, (n,), generator=g).to(device)
@@ -294,8 +294,8 @@ def _layouts_agree(device: str, dtype: torch.dtype, atol: float, rtol: float = 0
     q, k, v = (torch.randn(n, 4, 16, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
     weights = torch.randn(n, 4, 16, generator=g).to(device, dtype)
     results = []
-    for jagged in (True, False):
-        out = grouped_attention(q, k, v, plan, jagged=jagged)
+    for varlen in (True, False):
+        out = grouped_attention(q, k, v, plan, varlen=varlen)
         (out.float() * weights).sum().backward()
         results.append([out.detach().float()] + [t.grad.float() for t in (q, k, v)])
         for t in (q, k, v):
@@ -305,14 +305,14 @@ def _layouts_agree(device: str, dtype: torch.dtype, atol: float, rtol: float = 0
         assert want.abs().sum() > 0
 
 
-def test_jagged_layout_refuses_cpu_tensors():
+def test_varlen_layout_refuses_cpu_tensors():
     q, k, v = _qkv(10)
     plan = serialized_groups(torch.arange(10), torch.zeros(10, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="CUDA only"):
-        grouped_attention(q, k, v, plan, jagged=True)
+        grouped_attention(q, k, v, plan, varlen=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen attention kernel runs on CUDA (GPU parity run)")
 @pytest.mark.parametrize("dtype, atol, rtol", [(torch.float32, 2e-5, 0.0), (torch.bfloat16, 3e-2, 2e-2)], ids=["fp32", "bf16"])
-def test_jagged_layout_matches_padded_buckets_cuda(dtype, atol, rtol):
+def test_varlen_layout_matches_padded_buckets_cuda(dtype, atol, rtol):
     _layouts_agree("cuda", dtype, atol, rtol)

@@ -96,6 +96,7 @@ def march(
 
 
 def _start_level(offsets: torch.Tensor) -> int:
+    """Pyramid level every ray starts at: 3 (8 x 8 pixel blocks), or the top of a shallower pyramid."""
     return min(offsets.numel() - 1, 3)
 
 

@@ -9,11 +9,11 @@ Two groupings cover the sparse transformers of the three systems:
   size (1024 in GaussianCity); the last patch of an item may be shorter.
 
 On CUDA all groups run unpadded through one varlen call of SDPA's memory-efficient kernel.
-Elsewhere, and as the reference on the GPU, groups are
-packed into padded ``[G, L, heads, dim]`` batches bucketed by padded length (powers of two and
-their 3/4, so padding stays below 50% of a group), each bucket one SDPA call with a key-padding
-mask only where it holds partial groups. The plan (:class:`AttentionGroups`) depends only on the
-structure; modules cache it in ``SparseTensor.cache``.
+Elsewhere, and as the reference on the GPU, groups are packed into padded ``[G, L, heads, dim]``
+batches bucketed by padded length (powers of two and their 3/4, so padding stays below 50% of a
+group), each bucket one SDPA call with a key-padding mask only where it holds partial groups.
+The plan (:class:`AttentionGroups`) depends only on the structure; modules cache it in
+``SparseTensor.cache``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class AttentionGroups:
     ``order`` lists the tokens group after group; ``lengths`` gives each group's token count. The
     two execution layouts derive from them on first use:
 
-    - jagged (the CUDA path): ``cu_seqlens``, ``max_length`` and ``inverse`` feed one varlen
+    - varlen (the CUDA path): ``cu_seqlens``, ``max_length`` and ``inverse`` feed one varlen
       attention kernel call;
     - padded buckets (the CPU path, and the reference on the GPU): ``gather_index`` holds bucket
       after bucket; bucket ``(G, L, mask)`` is ``G`` groups of padded length ``L`` (padding repeats
@@ -75,11 +75,6 @@ class AttentionGroups:
         return 4 * int((self.lengths.long() ** 2).sum()) * head_dim * heads
 
     @cached_property
-    def offsets(self) -> torch.Tensor:
-        """``[G + 1]`` start of each group in ``order`` (and the end)."""
-        return F.pad(torch.cumsum(self.lengths, 0), (1, 0))
-
-    @cached_property
     def inverse(self) -> torch.Tensor:
         """``[N]`` position of each token in ``order``."""
         inverse = torch.empty_like(self.order)
@@ -88,8 +83,9 @@ class AttentionGroups:
 
     @cached_property
     def cu_seqlens(self) -> torch.Tensor:
-        """``offsets`` as int32, the varlen kernels' cumulative sequence lengths."""
-        return self.offsets.to(torch.int32)
+        """``[G + 1]`` int32 start of each group in ``order`` (and the end): the varlen kernel's
+        cumulative sequence lengths."""
+        return F.pad(torch.cumsum(self.lengths, 0), (1, 0)).to(torch.int32)
 
     @cached_property
     def max_length(self) -> int:
@@ -122,7 +118,9 @@ def _padded_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return torch.where((pow2 >= 4) & (lengths <= three_quarters), three_quarters, pow2)
 
 
-def _pack(order: torch.Tensor, lengths: torch.Tensor):
+def _pack(
+    order: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, tuple[tuple[int, int, torch.Tensor | None], ...], torch.Tensor]:
     """Padded-bucket layout ``(gather_index, buckets, scatter_index)`` of groups listed in ``order``."""
     device = order.device
     n = order.numel()
@@ -236,12 +234,12 @@ def grouped_attention(
     v: torch.Tensor,
     groups: AttentionGroups,
     scale: float | None = None,
-    jagged: bool | None = None,
+    varlen: bool | None = None,
 ) -> torch.Tensor:
     """Softmax attention inside each group of ``groups``; ``q, k, v`` are ``[N, heads, dim]``,
     returns ``[N, heads, dim_v]``.
 
-    ``jagged`` picks the layout: one varlen call of SDPA's memory-efficient kernel over the
+    ``varlen`` picks the layout: one varlen call of SDPA's memory-efficient kernel over the
     unpadded groups (CUDA only; the default there) or padded length buckets (the default
     elsewhere, and the reference the varlen path is tested against on the GPU)."""
     _check_qkv(q, k, v)
@@ -249,9 +247,9 @@ def grouped_attention(
         raise ValueError(f"groups were built for {groups.num_tokens} tokens, q has {q.shape[0]}")
     if q.shape[0] == 0:
         return v.new_empty(v.shape)
-    if q.is_cuda if jagged is None else jagged:
+    if q.is_cuda if varlen is None else varlen:
         if not q.is_cuda:
-            raise ValueError("jagged attention runs on CUDA only; use jagged=False on the CPU")
+            raise ValueError("varlen attention runs on CUDA only; use varlen=False on the CPU")
         return _varlen_attention(q, k, v, groups, scale)
     heads, dim_v = v.shape[1], v.shape[2]
     # index_select, not q[index]: its backward is an index_add, not a sort-based index_put.
