@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from diffusers_city import bev
 from diffusers_city.bev import visible_bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
+from diffusers_city.export import write_text_atomic
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
 
@@ -69,13 +69,6 @@ def paper_cameras(centre: float, n: int, width: int, height: int, scale: float =
     target = torch.tensor([centre, centre, 0.0]).expand(n, 3)
     cams = Cameras.look_at(eye, target, width=width, height=height, focal=1528.15 * scale)
     return cams
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def sync(device: torch.device) -> None:
@@ -160,7 +153,7 @@ def bench_layout(pipe, size_px: int, cams: Cameras, args, device) -> dict:
             points.append(count)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     if args.profile and size_px == min(args.sizes):
-        write_text(args.out / "profile.md", profile_frames(pipe, layout, styles, cams, args, device, autocast))
+        write_text_atomic(args.out / "profile.md", profile_frames(pipe, layout, styles, cams, args, device, autocast))
     ms = {k: float(np.mean(v)) for k, v in times.items()}
     return {
         "layout_km2": (size_px / 1000) ** 2,
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_ratio_16_over_1": ratio,
         "goals": {"fps>=100": results[0]["fps"] >= 100, "memory_ratio<=1.1": bool(ratio <= 1.1)},
     }
-    write_text(args.out / "gaussiancity_speed.json", json.dumps(summary, indent=2))
+    write_text_atomic(args.out / "gaussiancity_speed.json", json.dumps(summary, indent=2))
     lines = [
         f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16})",
         "",
@@ -230,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines.append(f"\npeak memory ratio 16 km2 / 1 km2: {ratio:.3f} (goal <= 1.1)")
     table = "\n".join(lines)
-    write_text(args.out / "gaussiancity_speed.md", table + "\n")
+    write_text_atomic(args.out / "gaussiancity_speed.md", table + "\n")
     print(table)
     return 0
 

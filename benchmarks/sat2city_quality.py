@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
+from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 from diffusers_city.presets import bundled_path, load_preset  # noqa: E402
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     result = {"preset": args.preset, "model": str(args.model), "steps": args.steps, "guidance_scale": args.guidance_scale,
               "scenes": args.num_scenes,
               "per_scene": per_scene, "coverage_mmd": metrics, "summary": summary}
-    (args.out / "sat2city_quality.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(args.out / "sat2city_quality.json", json.dumps(result, indent=2))
     g, b = metrics["generated"], metrics["baseline_extrusion"]
 
     def fmt(d, key):
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
              f"| per-class mean colour | - | - | - | - | - | {summary['color_l1_class_mean']:.4f} |",
              "", f"height correlation >= 0.9 required: {'PASS' if summary['height_pearson'] >= 0.9 else 'FAIL'}"]
     table = "\n".join(lines)
-    (args.out / "sat2city_quality.md").write_text(table + "\n")
+    write_text_atomic(args.out / "sat2city_quality.md", table + "\n")
     print(table)
     return 0
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
+from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.export.mesh import mesh_from_voxels  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if cuda else "cpu", "bf16": args.bf16,
               "cpu_offload": args.cpu_offload,
               "threads": torch.get_num_threads(), "parameters": params, "runs": rows, "summary": summary}
-    (args.out / "sat2city_speed.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(args.out / "sat2city_speed.json", json.dumps(result, indent=2))
     lines = [f"Sat2City speed, preset {args.preset}, {result['device']}, bf16={args.bf16}, cpu_offload={args.cpu_offload}, "
              f"{params / 1e6:.1f}M params",
              "", "| DDIM steps | total s | dense | sparse | appearance | cond enc | dense dec | sparse dec | app dec | mesh s | peak GB | voxels |",
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
                      f"{s['appearance_diffusion']:.2f} | {s['condition_encoder']:.2f} | {s['dense_decode']:.2f} | "
                      f"{s['sparse_decode']:.2f} | {s['appearance_decode']:.2f} | {s['mesh_extraction']:.2f} | {mem} | {s['voxels']} |")
     table = "\n".join(lines)
-    (args.out / "sat2city_speed.md").write_text(table + "\n")
+    write_text_atomic(args.out / "sat2city_speed.md", table + "\n")
     print(table)
     return 0
 

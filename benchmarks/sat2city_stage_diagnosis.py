@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from sat2city_common import make_dataloader, prepare_batch  # noqa: E402
 from sat2city_quality import block_max, load_pipeline  # noqa: E402
 
+from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import height_fidelity  # noqa: E402
 from diffusers_city.models.sat2city.blocks import sample_gaussian  # noqa: E402
 from diffusers_city.pipelines.sat2city.pipeline_sat2city import _Sampling  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         row = {"scene": i, **diagnose(pipe, prepared, batch["height"][0, 0].numpy(), mpp, k, args.steps, args.guidance, i)}
         rows.append(row)
         print(json.dumps(row))
-    (args.out / "sat2city_stage_diagnosis.json").write_text(json.dumps({"model": str(args.model), "steps": args.steps,
+    write_text_atomic(args.out / "sat2city_stage_diagnosis.json", json.dumps({"model": str(args.model), "steps": args.steps,
                                                                           "guidance": args.guidance, "rows": rows}, indent=2))
     names = [c if c != "dense_stage_g" else f"dense_stage_g{args.guidance:g}" for c in COLUMNS]
     lines = [f"Height correlation per stage, {len(rows)} held-out crops ({args.preset}), {args.steps} DDIM steps", "",
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['scene']} | " + " | ".join(f"{r[c]:.3f}" for c in COLUMNS)
                      + f" | {r['dense_variance_share']:.2f} / {r['sparse_variance_share']:.2f} |")
     table = "\n".join(lines)
-    (args.out / "sat2city_stage_diagnosis.md").write_text(table + "\n")
+    write_text_atomic(args.out / "sat2city_stage_diagnosis.md", table + "\n")
     print(table)
     return 0
 
