@@ -92,7 +92,7 @@ def diagnose(pipe, prepared: dict, clean: np.ndarray, mpp: float, k: int, steps:
         row[name] = corr(dvae.decode(x * dvae.config.scaling_factor).output)
     first = voxels.replace(F.normalize(voxels.feats.float(), dim=1))
     g = torch.Generator(device=voxels.device).manual_seed(seed)
-    final, _ = pipe._geometry_and_appearance(first, 1.0, 1.0, _Sampling(steps, g, None, []))
+    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], 1.0, 1.0, _Sampling(steps, g, None, []))
     row["sparse_stages_from_gt_grid"] = corr(final)
     return row
 

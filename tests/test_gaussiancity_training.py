@@ -50,6 +50,18 @@ def test_train_steps_resume_and_saved_pipeline(train, tmp_path, capsys):
         assert any(not torch.equal(a, b) for a, b in pairs), f"{name} did not train"
 
 
+def test_fine_tune_starts_from_a_saved_pipeline(train, tmp_path):
+    start = GaussianCityPipeline.from_preset("tiny", seed=5)
+    start.save_pretrained(tmp_path / "start")
+    out = tmp_path / "run"
+    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "1", "--learning_rate", "0",
+                       "--init_from", str(tmp_path / "start")]) == 0
+    tuned = GaussianCityPipeline.from_pretrained(out / "pipeline")
+    for name in ("scene_encoder", "background_decoder", "building_decoder"):
+        pairs = zip(getattr(start, name).state_dict().values(), getattr(tuned, name).state_dict().values())
+        assert all(torch.equal(a, b) for a, b in pairs), f"{name} did not start from --init_from"
+
+
 def _synthetic_googleearth(root: Path) -> None:
     for c in range(2):
         city = root / f"city{c}"

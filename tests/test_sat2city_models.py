@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from diffusers_city.models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
-from diffusers_city.models.sat2city.blocks import coarsen_coords, grid_condition, match_coords, struct_condition
+from diffusers_city.models.sat2city.blocks import (
+    coarsen_coords, grid_condition, height_columns, match_coords, sparse_condition, sparse_condition_uses_height, struct_condition,
+)
 from diffusers_city.sparse import SparseTensor
 from diffusers_city.sparse.ops import trilinear_interpolate
 
@@ -145,6 +147,31 @@ def test_grid_condition_pools_normals_and_occupancy():
     assert key_set(coords) == key_set(coarsen_coords(g.coords, 2, 1)[0])
     ground = match_coords(torch.tensor([[0, 0, 0, 0]]), coords, 1)
     assert cond[ground[0], 3] == pytest.approx(4 / 8)  # 2x2 ground voxels of 8 in the cell
+
+
+def test_height_columns_are_column_tops_relative_to_each_latent_voxel():
+    # Fine voxels of V = 2 m, latent voxels of factor 2 (4 m): item 0 has a 6 m roof over fine
+    # column (1, 0) and the ground (0 m) elsewhere; item 1 holds a single 1 m point.
+    points = torch.tensor([[1.0, 1.0, 0.0], [3.0, 1.0, 6.0], [3.5, 1.5, 5.0], [1.0, 3.0, 0.0], [1.0, 1.0, 1.0]])
+    batch = torch.tensor([0, 0, 0, 0, 1])
+    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0]], dtype=torch.int32)
+    cols = height_columns(points, batch, coords, V, 2)  # columns in (x, y) order (0,0) (0,1) (1,0) (1,1)
+    assert torch.allclose(cols[0], torch.tensor([0.0, 0.0, 1.5, -1.0]))  # 6 m over a 0-4 m voxel: 1.5 heights
+    assert torch.allclose(cols[1], torch.tensor([-1.0, -1.0, 0.5, -1.0]))  # ground below the 4-8 m voxel: clamped
+    assert torch.allclose(cols[2], torch.tensor([0.25, -1.0, -1.0, -1.0]))  # item 1 sees only its own point
+    assert height_columns(points, batch, coords[:0], V, 2).shape == (0, 4)
+
+
+def test_sparse_condition_appends_height_columns_when_asked():
+    g = toy_city()
+    coords, grid_only = sparse_condition(g, 2)
+    top = g.world_positions()[:, :3] + torch.tensor([0.0, 0.0, V / 2])
+    coords_h, with_height = sparse_condition(g, 2, (top, torch.zeros(top.shape[0], dtype=torch.long)))
+    assert torch.equal(coords, coords_h) and torch.equal(with_height[:, :4], grid_only)
+    assert with_height.shape == (coords.shape[0], 4 + 4) and (with_height[:, 4:] > -1).any()
+    assert not sparse_condition_uses_height(4, 2) and sparse_condition_uses_height(8, 2)
+    with pytest.raises(ValueError, match="must be 4 .* or 8"):
+        sparse_condition_uses_height(6, 2)
 
 
 def test_height_field_encoder_max_pools_points_per_voxel():

@@ -15,6 +15,7 @@ from diffusers_city import Sat2CityPipeline
 from diffusers_city.cli import main as cli_main
 from diffusers_city.data.scene import CityScene
 from diffusers_city.sparse import SparseTensor
+from diffusers_city.models.sat2city import SparseUNet3D
 
 STEPS = 2
 
@@ -135,6 +136,10 @@ def edited_copy(saved, tmp_path, component: str, **changes):
 def test_mismatched_components_are_refused(saved, tmp_path):
     with pytest.raises(ValueError, match="voxel sizes differ"):
         Sat2CityPipeline.from_pretrained(edited_copy(saved, tmp_path, "sparse_vae", voxel_size=3.0))
+    pipe = Sat2CityPipeline.from_pretrained(saved)
+    wrong = SparseUNet3D.from_config({**pipe.sparse_unet.config, "condition_channels": 5})
+    with pytest.raises(ValueError, match="sparse_unet: sparse stage condition_channels must be 4 .* or 8 .* got 5"):
+        Sat2CityPipeline(**{**pipe.components, "sparse_unet": wrong})
 
 
 def test_weights_not_matching_their_config_are_refused(saved, tmp_path):

@@ -19,7 +19,7 @@ import train_sat2city_diffusion  # noqa: E402
 import train_sat2city_vae  # noqa: E402
 from sat2city_common import load_preset, make_dataloader, prepare_batch  # noqa: E402
 
-from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
+from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE, SparseUNet3D  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
 FAST = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "2"]
@@ -154,6 +154,37 @@ def test_fine_tune_from_a_pipeline_and_assemble_with_kept_stages(tmp_path):
     for name in ("sparse_unet", "appearance_unet", "dense_unet"):
         a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sparse_stage_gains_the_height_columns_from_a_grid_only_pipeline(vae_dir, tmp_path):
+    """A sparse stage trained with the paper's 4-channel condition is widened to the preset's
+    height-aware condition: zero new input weights, so the same predictions; then it trains on them."""
+    preset = load_preset(_ns())
+    old = SparseUNet3D.from_config({**preset["components"]["sparse_unet"], "condition_channels": 4})
+    wide = train_sat2city_diffusion.widen_condition(old, 8)
+    assert wide.config.condition_channels == 8
+    grid = tuple(preset["components"]["dense_vae"]["grid_size"])
+    prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
+    dense, sparse = DenseGeometryVAE.from_pretrained(vae_dir / "dense_vae"), SparseGeometryVAE.from_pretrained(vae_dir / "sparse_vae")
+    data = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean", sparse_height=True)
+    x, enc = data.latent(prepared)
+    cond = data.condition(prepared, enc, None)
+    assert cond.shape == (x.shape[0], 8) and (cond[:, 4:] > -1).any()
+    t = torch.tensor([500])
+    with torch.no_grad():
+        narrow_v = old(enc.mean.replace(x), t, cond[:, :4]).sample.feats
+        assert torch.allclose(wide(enc.mean.replace(x), t, cond).sample.feats, narrow_v, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot narrow"):
+        train_sat2city_diffusion.widen_condition(wide, 4)
+
+    pipe_dir, out = tmp_path / "pipe", tmp_path / "sparse"
+    pipe = Sat2CityPipeline.from_preset("tiny", seed=3)
+    pipe.register_modules(sparse_unet=old)
+    pipe.save_pretrained(pipe_dir)
+    assert train_sat2city_diffusion.main([*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir), "--init_from", str(pipe_dir),
+                                          "--output_dir", str(out), "--max_train_steps", "2", "--validation_steps", "100"]) == 0
+    trained = weights(out / "sparse_unet")["conv_in.weight"]
+    assert trained.shape[-1] == old.config.in_channels + 8 and trained[..., -4:].abs().sum() > 0  # the new channels learnt
 
 
 def test_latent_target_mean_is_the_posterior_mean(vae_dir):

@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None):
     add("--lambda_perceptual", type=float, default=10.0)
     add("--lambda_gan", type=float, default=0.5)
     add("--discriminator_channels", type=int, default=128)
+    add("--init_from", type=Path, default=None, help="fine-tune a saved GaussianCity pipeline (its models replace the preset's)")
     add("--vgg_weights", default=None, help="VGG19 safetensors file or Hub repo id (without: perceptual term off)")
     add("--pipeline_out", type=Path, default=None, help="where to save the final pipeline (default OUTPUT_DIR/pipeline)")
     add("--example_layout_out", type=Path, default=None, help="also save the held-out layout there (demo layout)")
@@ -282,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     preset = load_training_preset(args, "gaussiancity")
     accelerator = setup_accelerator(args)
     device = accelerator.device
-    pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
+    if args.init_from is not None:
+        pipe = GaussianCityPipeline.from_pretrained(args.init_from, torch_dtype=torch.float32)
+    else:
+        pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
     generator = GaussianCityGenerator(pipe)
     discriminator = SemanticDiscriminator(num_classes=NUM_CLASSES, base_channels=args.discriminator_channels)
     perceptual = None

@@ -53,7 +53,9 @@ from diffusers_city.models.sat2city import (  # noqa: E402
     SparseGeometryVAE,
     SparseUNet3D,
 )
-from diffusers_city.models.sat2city.blocks import grid_condition, match_coords, sample_gaussian, struct_condition  # noqa: E402
+from diffusers_city.models.sat2city.blocks import (  # noqa: E402
+    match_coords, sample_gaussian, sparse_condition, sparse_condition_uses_height, struct_condition,
+)
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
@@ -112,10 +114,14 @@ class StageData:
     better on means than on samples (measured for the small dense VAE; see training/README.md).
     """
 
-    def __init__(self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE, latent_target: str = "sample") -> None:
+    def __init__(
+        self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE, latent_target: str = "sample",
+        sparse_height: bool = False,
+    ) -> None:
         if latent_target not in LATENT_TARGETS:
             raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
         self.stage, self.dense_vae, self.sparse_vae, self.latent_target = stage, dense_vae, sparse_vae, latent_target
+        self.sparse_height = sparse_height  # the sparse stage also sees P_h's height columns
         self._cached = None
 
     def _posterior(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -147,10 +153,26 @@ class StageData:
             return encoder(prepared["ph_points"], prepared["ph_batch"], shape, voxels.batch_size)
         with torch.no_grad():
             if self.stage == "sparse":
-                coords, cond = grid_condition(voxels, self.sparse_vae.downsample_factor)
+                height = (prepared["ph_points"], prepared["ph_batch"]) if self.sparse_height else None
+                coords, cond = sparse_condition(voxels, self.sparse_vae.downsample_factor, height)
                 return cond[match_coords(enc.mean.coords, coords, voxels.batch_size)]
             geometry = self.sparse_vae.decode_geometry(enc.mean, target=voxels)
             return struct_condition(geometry, enc.mean)
+
+
+def widen_condition(unet: SparseUNet3D, condition_channels: int) -> SparseUNet3D:
+    """``unet`` taking ``condition_channels`` condition channels, the new ones appended with zero
+    input weights: it starts as exactly the old model (a trained sparse stage gains the height
+    columns without starting over, like widening a U-Net's conv_in for inpainting)."""
+    old = unet.config.condition_channels
+    if condition_channels < old:
+        raise ValueError(f"cannot narrow the condition from {old} to {condition_channels} channels")
+    wide = SparseUNet3D.from_config({**unet.config, "condition_channels": condition_channels})
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]  # [out, k, k, k, in_channels + condition_channels]
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(*weight.shape[:-1], condition_channels - old)], -1)
+    wide.load_state_dict(state)
+    return wide
 
 
 def measure_scale(data: StageData, loader, args, grid, device) -> float:
@@ -240,15 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32).to(device).eval().requires_grad_(False)
     sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32).to(device).eval().requires_grad_(False)
     grid = tuple(dense_vae.config.grid_size)
-    data = StageData(args.stage, dense_vae, sparse_vae, args.latent_target)
     unet_name = UNETS[args.stage]
     unet_cls = DenseUNet3D if args.stage == "dense" else SparseUNet3D
     if args.init_from is not None:
         unet = unet_cls.from_pretrained(args.init_from / unet_name, **fp32)
         encoder = HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
+        wanted = preset["components"][unet_name]["condition_channels"]
+        if args.stage == "sparse" and unet.config.condition_channels < wanted:
+            accelerator.print(f"sparse_unet from {args.init_from} widened to the preset's {wanted} condition channels")
+            unet = widen_condition(unet, wanted)
     else:
         unet = unet_cls.from_config(preset["components"][unet_name])
         encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]) if args.stage == "dense" else None
+    sparse_height = args.stage == "sparse" and sparse_condition_uses_height(unet.config.condition_channels, sparse_vae.downsample_factor)
+    data = StageData(args.stage, dense_vae, sparse_vae, args.latent_target, sparse_height)
     scheduler = DDIMScheduler.from_config(preset["scheduler"])
     if scheduler.config.prediction_type != "v_prediction":
         raise ValueError(f"Sat2City trains with v_prediction, the preset's scheduler has {scheduler.config.prediction_type!r}")

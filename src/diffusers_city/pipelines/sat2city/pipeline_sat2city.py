@@ -5,7 +5,8 @@ Three DDIM stages, each conditioned on the previous one (Fig. 6, supplementary 6
 1. dense latent X_D | c(P_h): the height map lifted to a point cloud, encoded by the
    ``condition_encoder``; decoded by the dense VAE into a first voxel grid {G, A_N};
 2. sparse latent X_S | {G, A_N}: on the coarsened decoded grid; decoded by D_s into the final
-   geometry + normals, recording the pruning decisions ``struct``;
+   geometry + normals, recording the pruning decisions ``struct``. A height-aware sparse stage
+   (``condition_channels`` 4 + f^2, our addition) also sees P_h's column tops in each latent voxel;
 3. appearance latent X_C0 | struct: re-hashed into n coarser levels, decoded by D_c along
    ``struct`` and read back at the output voxels by inverse sampling (colours).
 """
@@ -29,7 +30,7 @@ from ...data.noise import height_from_gray
 from ...export.mesh import mesh_from_voxels
 from ...data.scene import CityScene
 from ...models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
-from ...models.sat2city.blocks import grid_condition, struct_condition
+from ...models.sat2city.blocks import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
 from .pipeline_output import Sat2CityPipelineOutput
 
@@ -205,8 +206,6 @@ class Sat2CityPipeline(DiffusionPipeline):
              f"dense_unet condition_channels {self.dense_unet.config.condition_channels} != condition_encoder condition_channels {c.condition_channels}"),
             (self.sparse_unet.config.in_channels == s.latent_channels,
              f"sparse_unet in_channels {self.sparse_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
-            (self.sparse_unet.config.condition_channels == 4,
-             f"sparse_unet condition_channels must be 4 (normal + occupancy), got {self.sparse_unet.config.condition_channels}"),
             (self.appearance_unet.config.in_channels == s.latent_channels,
              f"appearance_unet in_channels {self.appearance_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
             (self.appearance_unet.config.condition_channels == len(s.decoder_channels) + 3,
@@ -218,6 +217,10 @@ class Sat2CityPipeline(DiffusionPipeline):
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"Sat2CityPipeline components do not match: {message}")
+        try:
+            sparse_condition_uses_height(self.sparse_unet.config.condition_channels, self.sparse_vae.downsample_factor)
+        except ValueError as err:
+            raise ValueError(f"Sat2CityPipeline components do not match: sparse_unet: {err}") from None
 
     # -- sizes ------------------------------------------------------------------------------
     def grid_for(self, hmap: HeightMap) -> tuple[int, int, int]:
@@ -362,7 +365,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
 
         if first.num_voxels:
-            voxels, colors = self._geometry_and_appearance(first, g_sparse, g_appearance, run)
+            voxels, colors = self._geometry_and_appearance(first, points, g_sparse, g_appearance, run)
         else:
             voxels, colors = first, first.feats.new_zeros(0, 3)
         normals = F.normalize(voxels.feats.float(), dim=1)
@@ -372,17 +375,22 @@ class Sat2CityPipeline(DiffusionPipeline):
         return output if return_dict else output.to_tuple()
 
     def _geometry_and_appearance(
-        self, first: SparseTensor, g_sparse: float, g_appearance: float, run: _Sampling
+        self, first: SparseTensor, points: torch.Tensor, g_sparse: float, g_appearance: float, run: _Sampling
     ) -> tuple[SparseTensor, torch.Tensor]:
-        """Stages 2 and 3 on the dense stage's decoded grid: final voxels (normals) and their colours."""
+        """Stages 2 and 3 on the dense stage's decoded grid (and P_h ``points`` for a height-aware
+        sparse stage): final voxels (normals) and their colours."""
         device, dtype = first.device, self.sparse_unet.dtype
         generator = run.generator
-        # Stage 2: sparse latent X_S | {G, A_N}; D_s records struct.
+        # Stage 2: sparse latent X_S | {G, A_N} (+ height columns); D_s records struct.
         svae = self.sparse_vae
-        coords, grid_cond = grid_condition(first, svae.downsample_factor)
+        factor = svae.downsample_factor
+        height = None
+        if sparse_condition_uses_height(self.sparse_unet.config.condition_channels, factor):
+            height = (points, torch.zeros(points.shape[0], dtype=torch.long, device=points.device))
+        coords, cond = sparse_condition(first, factor, height)
         structure = svae.latent_structure(coords, 1)
         noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
-        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, grid_cond.to(dtype), g_sparse, run)
+        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, cond.to(dtype), g_sparse, run)
         geometry = svae.decode_geometry(structure.replace(x_s * svae.config.scaling_factor))
 
         # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
