@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
+from diffusers_city.cli.generate_sat2city import add_guidance_argument  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
@@ -45,8 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--num-scenes", type=int, default=16)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0],
-                   help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance)")
+    add_guidance_argument(p)
     p.add_argument("--n-points", type=int, default=10_000)
     p.add_argument("--class-mean-scenes", type=int, default=8, help="training crops for the per-class colour means")
     p.add_argument("--quick", action="store_true", help="smoke mode: untrained tiny preset, 2 scenes, 2 steps, 2k points")
@@ -56,9 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.preset = args.preset or "tiny"
         args.num_scenes, args.steps, args.n_points, args.class_mean_scenes = 2, 2, 2000, 2
     args.preset = args.preset or "small"
-    if len(args.guidance_scale) not in (1, 3):
-        p.error("--guidance-scale takes one scale or three (dense sparse appearance)")
-    args.guidance_scale = args.guidance_scale[0] if len(args.guidance_scale) == 1 else tuple(args.guidance_scale)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda but CUDA is not available")
     return args

@@ -218,9 +218,13 @@ class Sat2CityPipeline(DiffusionPipeline):
             if not ok:
                 raise ValueError(f"Sat2CityPipeline components do not match: {message}")
         try:
-            sparse_condition_uses_height(self.sparse_unet.config.condition_channels, self.sparse_vae.downsample_factor)
+            self._sparse_takes_height()
         except ValueError as err:
             raise ValueError(f"Sat2CityPipeline components do not match: sparse_unet: {err}") from None
+
+    def _sparse_takes_height(self) -> bool:
+        """Whether ``sparse_unet`` is a height-aware stage 2 (``blocks.sparse_condition_uses_height``)."""
+        return sparse_condition_uses_height(self.sparse_unet.config.condition_channels, self.sparse_vae.downsample_factor)
 
     # -- sizes ------------------------------------------------------------------------------
     def grid_for(self, hmap: HeightMap) -> tuple[int, int, int]:
@@ -383,11 +387,10 @@ class Sat2CityPipeline(DiffusionPipeline):
         generator = run.generator
         # Stage 2: sparse latent X_S | {G, A_N} (+ height columns); D_s records struct.
         svae = self.sparse_vae
-        factor = svae.downsample_factor
         height = None
-        if sparse_condition_uses_height(self.sparse_unet.config.condition_channels, factor):
+        if self._sparse_takes_height():
             height = (points, torch.zeros(points.shape[0], dtype=torch.long, device=points.device))
-        coords, cond = sparse_condition(first, factor, height)
+        coords, cond = sparse_condition(first, svae.downsample_factor, height)
         structure = svae.latent_structure(coords, 1)
         noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
         x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, cond.to(dtype), g_sparse, run)
