@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
-from diffusers_city.cli.generate_sat2city import add_guidance_argument  # noqa: E402
+from diffusers_city.cli.generate_sat2city import add_sampling_arguments  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--num-scenes", type=int, default=16)
     p.add_argument("--steps", type=int, default=50)
-    add_guidance_argument(p)
+    add_sampling_arguments(p)
     p.add_argument("--n-points", type=int, default=10_000)
     p.add_argument("--class-mean-scenes", type=int, default=8, help="training crops for the per-class colour means")
     p.add_argument("--quick", action="store_true", help="smoke mode: untrained tiny preset, 2 scenes, 2 steps, 2k points")
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         gray = np.round(s["height_noisy"][0].numpy() * 255).astype(np.uint8)
         span = float(s["z_max"] - s["z_min"])
         out = pipe(gray, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(i),
-                   meters_per_pixel=mpp, height_range=(0.0, span), guidance_scale=args.guidance_scale)
+                   meters_per_pixel=mpp, height_range=(0.0, span), guidance_scale=args.guidance_scale, temperature=args.temperature)
         gt_points, gt_colors = s["points"].numpy(), s["colors"].numpy()
         clean = s["height"][0].numpy()
         row = {"scene": i, "voxels": int(len(out.points))}
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         "empty_scenes": sum(r["voxels"] == 0 for r in per_scene),
     }
     result = {"preset": args.preset, "model": str(args.model), "steps": args.steps, "guidance_scale": args.guidance_scale,
-              "scenes": args.num_scenes,
+              "temperature": args.temperature, "scenes": args.num_scenes,
               "per_scene": per_scene, "coverage_mmd": metrics, "summary": summary}
     write_text_atomic(args.out / "sat2city_quality.json", json.dumps(result, indent=2))
     g, b = metrics["generated"], metrics["baseline_extrusion"]
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         return f"{d[key]:.4f}" if key in d else "-"
 
     lines = [f"Sat2City quality, preset {args.preset}, {args.num_scenes} held-out scenes, {args.steps} DDIM steps/stage, "
-             f"guidance scale {args.guidance_scale}", "",
+             f"guidance scale {args.guidance_scale}, temperature {args.temperature}", "",
              "| method | height r | MMD-CD | MMD-EMD | COV-CD | COV-EMD | colour L1 |", "| --- | --- | --- | --- | --- | --- | --- |",
              f"| Sat2City (ours) | {summary['height_pearson']:.3f} | {fmt(g, 'mmd_cd')} | {fmt(g, 'mmd_emd')} | {fmt(g, 'cov_cd')} | "
              f"{fmt(g, 'cov_emd')} | {summary['color_l1']:.4f} |",

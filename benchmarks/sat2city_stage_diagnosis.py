@@ -4,7 +4,8 @@ For each held-out crop (the preset's validation seeds) the height correlation (a
 ``sat2city_quality.py``) of: the ground-truth voxels; the dense and sparse VAEs decoding the
 posterior mean and a posterior sample of the crop's own latent; the dense diffusion stage alone
 (DDIM, guidance 1 and ``--guidance``); and the sparse + appearance stages run from the
-ground-truth grid. Also the share of posterior variance in each VAE's latent variance.
+ground-truth grid; both geometry stages at ``--temperature`` (scale of the initial noise,
+``Sat2CityPipeline(temperature=...)``). Also the share of posterior variance in each VAE's latent variance.
 
     PYTHONPATH=src python benchmarks/sat2city_stage_diagnosis.py --device cpu --num-scenes 3 --out /tmp/diag
 """
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-scenes", type=int, default=3)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0, help="the second guidance scale of the dense stage")
+    p.add_argument("--temperature", type=float, default=1.0, help="initial-noise scale of the dense and sparse stages")
     p.add_argument("--quick", action="store_true", help="smoke mode: untrained tiny preset, 1 scene, 2 steps")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -63,7 +65,9 @@ def variance_share(mean: torch.Tensor, logvar: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def diagnose(pipe, prepared: dict, clean: np.ndarray, mpp: float, k: int, steps: int, guidance: float, seed: int) -> dict:
+def diagnose(
+    pipe, prepared: dict, clean: np.ndarray, mpp: float, k: int, steps: int, guidance: float, temperature: float, seed: int
+) -> dict:
     def corr(voxels) -> float:
         pts = voxels.world_positions().float().cpu().numpy()
         return height_fidelity(pts, block_max(clean, k), mpp * k)["pearson"] if len(pts) else float("nan")
@@ -85,14 +89,15 @@ def diagnose(pipe, prepared: dict, clean: np.ndarray, mpp: float, k: int, steps:
     grid = tuple(dvae.config.grid_size)
     shape = dvae.latent_shape(grid)
     cond = pipe.condition_encoder(prepared["ph_points"], prepared["ph_batch"], shape, 1)
+    temperatures = (temperature, temperature, 1.0)
     for name, scale in (("dense_stage_g1", 1.0), ("dense_stage_g", guidance)):
         g = torch.Generator(device=voxels.device).manual_seed(seed)
-        noise = torch.randn((1, dvae.config.latent_channels, *shape), generator=g, device=voxels.device)
-        x = pipe._denoise("dense", pipe.dense_unet, noise, lambda t: t, cond, scale, _Sampling(steps, g, None, []))
+        run = _Sampling(steps, g, None, [], (scale, 1.0, 1.0), temperatures)
+        x = pipe._denoise("dense", pipe.dense_unet, (1, dvae.config.latent_channels, *shape), lambda t: t, cond, run)
         row[name] = corr(dvae.decode(x * dvae.config.scaling_factor).output)
     first = voxels.replace(F.normalize(voxels.feats.float(), dim=1))
     g = torch.Generator(device=voxels.device).manual_seed(seed)
-    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], 1.0, 1.0, _Sampling(steps, g, None, []))
+    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], _Sampling(steps, g, None, [], temperature=temperatures))
     row["sparse_stages_from_gt_grid"] = corr(final)
     return row
 
@@ -109,13 +114,16 @@ def main(argv=None) -> int:
     rows = []
     for i, batch in zip(range(args.num_scenes), loader):
         prepared = prepare_batch(batch, grid, torch.device(args.device))
-        row = {"scene": i, **diagnose(pipe, prepared, batch["height"][0, 0].numpy(), mpp, k, args.steps, args.guidance, i)}
+        row = {"scene": i, **diagnose(pipe, prepared, batch["height"][0, 0].numpy(), mpp, k, args.steps, args.guidance,
+                                                args.temperature, i)}
         rows.append(row)
         print(json.dumps(row))
     write_text_atomic(args.out / "sat2city_stage_diagnosis.json", json.dumps({"model": str(args.model), "steps": args.steps,
-                                                                          "guidance": args.guidance, "rows": rows}, indent=2))
+                                                                          "guidance": args.guidance, "temperature": args.temperature,
+                                                                          "rows": rows}, indent=2))
     names = [c if c != "dense_stage_g" else f"dense_stage_g{args.guidance:g}" for c in COLUMNS]
-    lines = [f"Height correlation per stage, {len(rows)} held-out crops ({args.preset}), {args.steps} DDIM steps", "",
+    lines = [(f"Height correlation per stage, {len(rows)} held-out crops ({args.preset}), {args.steps} DDIM steps, "
+              f"temperature {args.temperature:g}"), "",
              "| crop | " + " | ".join(names) + " | dense / sparse posterior variance share |",
              "|" + " --- |" * (len(COLUMNS) + 2)]
     for r in rows:

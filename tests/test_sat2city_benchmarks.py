@@ -46,9 +46,12 @@ def test_stage_diagnosis_quick(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")
 
 
-def test_quality_guidance_is_one_scale_or_three(tmp_path):
+def test_quality_sampling_arguments_are_one_value_or_three(tmp_path):
     parse = load("sat2city_quality").parse_args
     assert parse(["--out", str(tmp_path), "--device", "cpu"]).guidance_scale == 1.0
     assert parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1", "1"]).guidance_scale == (3.0, 1.0, 1.0)
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1"])
+    assert parse(["--out", str(tmp_path), "--device", "cpu"]).temperature == 1.0
+    assert parse(["--out", str(tmp_path), "--device", "cpu", "--temperature", "0.5"]).temperature == 0.5
+    assert parse(["--out", str(tmp_path), "--device", "cpu", "--temperature", "0", "0.5", "1"]).temperature == (0.0, 0.5, 1.0)

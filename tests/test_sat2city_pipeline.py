@@ -160,6 +160,8 @@ def test_weights_not_matching_their_config_are_refused(saved, tmp_path):
         (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
         (height_map(), {"output_type": "gltf"}, "output_type"),
         (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
+        (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
+        (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
         ({"height": 1}, {}, "height_map must be"),
     ],
 )
@@ -182,7 +184,7 @@ def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
     Image.fromarray(height_map()).save(png)
     out = tmp_path / "out"
     code = cli_main(["generate", "sat2city", "--height-map", str(png), "--out", str(out), "--model", str(saved), "--steps", "2",
-                     "--guidance-scale", "2", "1", "1"])
+                     "--guidance-scale", "2", "1", "1", "--temperature", "0", "0", "1"])
     assert code == 0
     for name in ("city.ply", "city.glb", "city_preview.png"):
         assert (out / name).stat().st_size > 0
@@ -234,3 +236,23 @@ def test_guidance_per_stage(pipe):
     for bad in ((1.0, 2.0), (0.5, 1.0, 1.0), float("nan"), (1.0, True, 1.0)):
         with pytest.raises(ValueError, match="guidance_scale"):
             pipe(hm, num_inference_steps=2, guidance_scale=bad)
+
+
+def test_temperature_per_stage(pipe):
+    """Temperature 0 starts a stage's DDIM from the prior's mean: that stage no longer depends on
+    the seed; 1 (the default) does; a triple sets each stage on its own."""
+    hm = np.random.default_rng(1).uniform(0, 255, (40, 40)).astype(np.uint8)
+
+    def run(seed, temperature):
+        return pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(seed), temperature=temperature,
+                    output_type="pt")
+
+    a, b = run(0, 1.0), run(1, 1.0)
+    assert not torch.equal(a.points, b.points) or not torch.equal(a.colors, b.colors)
+    a, b = run(0, 0.0), run(1, 0.0)
+    assert torch.equal(a.points, b.points) and torch.equal(a.colors, b.colors)
+    a, b = run(0, (0.0, 0.0, 1.0)), run(1, (0.0, 0.0, 1.0))
+    assert torch.equal(a.points, b.points) and not torch.equal(a.colors, b.colors)
+    for bad in ((1.0, 0.5), -0.1, float("inf"), (1.0, None, 1.0)):
+        with pytest.raises(ValueError, match="temperature"):
+            pipe(hm, num_inference_steps=2, temperature=bad)

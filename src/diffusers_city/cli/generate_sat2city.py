@@ -18,25 +18,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meters-per-pixel", type=float, default=None)
     parser.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="metres of gray 0 and 255 (default: the model's 0..max_height_m)")
-    add_guidance_argument(parser)
+    add_sampling_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-memory-gb", type=float, default=32.0)
 
 
-class _GuidanceScale(argparse.Action):
-    """Stores one scale as a float and three as a ``(dense, sparse, appearance)`` tuple: the two
-    forms ``Sat2CityPipeline(guidance_scale=...)`` takes."""
+class _PerStage(argparse.Action):
+    """Stores one value as a float and three as a ``(dense, sparse, appearance)`` tuple: the two
+    forms the pipeline's per-stage arguments (``guidance_scale``, ``temperature``) take."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if len(values) not in (1, 3):
-            parser.error(f"{option_string} takes one scale or three (dense sparse appearance)")
+            parser.error(f"{option_string} takes one value or three (dense sparse appearance)")
         setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
 
 
-def add_guidance_argument(parser: argparse.ArgumentParser) -> None:
-    """``--guidance-scale G [G G]`` (1 = off), shared by this command and the quality benchmark."""
-    parser.add_argument("--guidance-scale", type=float, nargs="+", default=1.0, metavar="G", action=_GuidanceScale,
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--guidance-scale`` and ``--temperature`` (one value or one per stage), shared by this
+    command and the quality benchmark."""
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=1.0, metavar="G", action=_PerStage,
                         help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=1.0, metavar="T", action=_PerStage,
+                        help="scale of the initial noise (1 = the trained prior, 0 = deterministic): one for every stage or three")
 
 
 def _load_input(path: Path):
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         meters_per_pixel=args.meters_per_pixel,
         height_range=args.height_range,
         guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
         max_memory_gb=args.max_memory_gb,
     )
     for path in write_city(output, args.out):

@@ -35,6 +35,7 @@ from ...sparse import SparseTensor
 from .pipeline_output import Sat2CityPipelineOutput
 
 OUTPUT_TYPES = ("points", "mesh", "voxels", "pt")
+STAGES = ("dense", "sparse", "appearance")  # the cascade, in order; per-stage arguments follow it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Rough peak bytes per finest surface voxel and decoder channel (activations, kernel maps,
 # candidates); surface voxels of a 2.5D city ~ 4 per column. Used only to refuse absurd inputs.
@@ -51,6 +52,8 @@ class _Sampling:
     generator: torch.Generator | None
     callback_on_step_end: Callable | None
     tensor_inputs: list[str]
+    guidance_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (dense, sparse, appearance)
+    temperature: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 class HeightMap:
@@ -248,15 +251,19 @@ class Sat2CityPipeline(DiffusionPipeline):
         self,
         stage: str,
         unet: torch.nn.Module,
-        latents: torch.Tensor,
+        shape: tuple[int, ...],
         wrap: Callable[[torch.Tensor], Any],
         condition: torch.Tensor,
-        guidance_scale: float,
         run: _Sampling,
     ) -> torch.Tensor:
-        """DDIM loop on ``latents``; ``wrap`` turns the feature tensor into the unet's sample."""
+        """DDIM loop of one stage from noise of ``shape`` (times the stage's temperature);
+        ``wrap`` turns the feature tensor into the unet's sample."""
         self.stage = stage
+        index = STAGES.index(stage)
+        guidance_scale = run.guidance_scale[index]
         generator, callback_on_step_end = run.generator, run.callback_on_step_end
+        latents = randn_tensor(shape, generator=generator, device=condition.device, dtype=condition.dtype)
+        latents = latents * run.temperature[index]
         self.scheduler.set_timesteps(run.num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         with self.progress_bar(total=len(timesteps)) as bar:
@@ -277,17 +284,16 @@ class Sat2CityPipeline(DiffusionPipeline):
         return latents
 
     @staticmethod
-    def _stage_guidance(guidance_scale: Any) -> tuple[float, float, float]:
-        """``guidance_scale`` as (dense, sparse, appearance): one number for every stage or three."""
-        scales = tuple(guidance_scale) if isinstance(guidance_scale, (tuple, list)) else (guidance_scale,) * 3
-        if len(scales) != 3 or not all(
-            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 1.0 for g in scales
+    def _per_stage(name: str, value: Any, low: float) -> tuple[float, float, float]:
+        """``value`` as (dense, sparse, appearance): one finite number >= ``low`` for every stage or three."""
+        values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
+        if len(values) != 3 or not all(
+            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= low for g in values
         ):
             raise ValueError(
-                "guidance_scale must be a finite number >= 1 or three of them (dense, sparse, appearance), "
-                f"got {guidance_scale!r}"
+                f"{name} must be a finite number >= {low:g} or three of them (dense, sparse, appearance), got {value!r}"
             )
-        return tuple(float(g) for g in scales)
+        return tuple(float(g) for g in values)
 
     def _validate_call(self, num_inference_steps: int, output_type: str, tensor_inputs: list[str]) -> None:
         if output_type not in OUTPUT_TYPES:
@@ -310,6 +316,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         meters_per_pixel: float | None = None,
         height_range: tuple[float, float] | None = None,
         guidance_scale: float | tuple[float, float, float] = 1.0,
+        temperature: float | tuple[float, float, float] = 1.0,
         max_memory_gb: float = 32.0,
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
@@ -329,6 +336,10 @@ class Sat2CityPipeline(DiffusionPipeline):
             height_range: metres of gray 0 and 255 (default ``(0, max_height_m)`` of the condition encoder).
             guidance_scale: classifier-free guidance on the stage conditions (1 = off), one scale for
                 all three stages or a ``(dense, sparse, appearance)`` triple.
+            temperature: scale of each stage's initial noise (1 = the trained prior, 0 = start DDIM
+                from the prior's mean), one for all stages or a ``(dense, sparse, appearance)`` triple.
+                Below 1 trades sample diversity for fidelity to the condition, as in Grad-TTS and
+                Glow; see the model card for the measured effect.
             max_memory_gb: refuse inputs whose estimated peak memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
                 DDIM step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
@@ -336,7 +347,8 @@ class Sat2CityPipeline(DiffusionPipeline):
         """
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
         self._validate_call(num_inference_steps, output_type, tensor_inputs)
-        g_dense, g_sparse, g_appearance = self._stage_guidance(guidance_scale)
+        guidance = self._per_stage("guidance_scale", guidance_scale, 1.0)
+        temperature = self._per_stage("temperature", temperature, 0.0)
         enc = self.condition_encoder.config
         vae = self.dense_vae.config
         hrange = (0.0, float(enc.max_height_m)) if height_range is None else tuple(float(h) for h in height_range)
@@ -355,7 +367,7 @@ class Sat2CityPipeline(DiffusionPipeline):
 
         device = self._execution_device
         dtype = self.dense_unet.dtype
-        run = _Sampling(num_inference_steps, generator, callback_on_step_end, tensor_inputs)
+        run = _Sampling(num_inference_steps, generator, callback_on_step_end, tensor_inputs, guidance, temperature)
 
         # Stage 1: dense latent X_D | c(P_h).
         points = torch.from_numpy(hmap.points()).to(device)
@@ -363,13 +375,12 @@ class Sat2CityPipeline(DiffusionPipeline):
         latent_shape = self.dense_vae.latent_shape(grid)
         cond = self.condition_encoder(points, torch.zeros(points.shape[0], dtype=torch.long, device=device), latent_shape, 1)
         shape = (1, vae.latent_channels, *latent_shape)
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        x_d = self._denoise("dense", self.dense_unet, noise, lambda x: x, cond.to(dtype), g_dense, run)
+        x_d = self._denoise("dense", self.dense_unet, shape, lambda x: x, cond.to(dtype), run)
         first = self.dense_vae.decode(x_d * vae.scaling_factor).output
         first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
 
         if first.num_voxels:
-            voxels, colors = self._geometry_and_appearance(first, points, g_sparse, g_appearance, run)
+            voxels, colors = self._geometry_and_appearance(first, points, run)
         else:
             voxels, colors = first, first.feats.new_zeros(0, 3)
         normals = F.normalize(voxels.feats.float(), dim=1)
@@ -379,12 +390,11 @@ class Sat2CityPipeline(DiffusionPipeline):
         return output if return_dict else output.to_tuple()
 
     def _geometry_and_appearance(
-        self, first: SparseTensor, points: torch.Tensor, g_sparse: float, g_appearance: float, run: _Sampling
+        self, first: SparseTensor, points: torch.Tensor, run: _Sampling
     ) -> tuple[SparseTensor, torch.Tensor]:
         """Stages 2 and 3 on the dense stage's decoded grid (and P_h ``points`` for a height-aware
         sparse stage): final voxels (normals) and their colours."""
-        device, dtype = first.device, self.sparse_unet.dtype
-        generator = run.generator
+        dtype = self.sparse_unet.dtype
         # Stage 2: sparse latent X_S | {G, A_N} (+ height columns); D_s records struct.
         svae = self.sparse_vae
         height = None
@@ -392,14 +402,13 @@ class Sat2CityPipeline(DiffusionPipeline):
             height = (points, torch.zeros(points.shape[0], dtype=torch.long, device=points.device))
         coords, cond = sparse_condition(first, svae.downsample_factor, height)
         structure = svae.latent_structure(coords, 1)
-        noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
-        x_s = self._denoise("sparse", self.sparse_unet, noise, structure.replace, cond.to(dtype), g_sparse, run)
+        shape = (structure.num_voxels, svae.config.latent_channels)
+        x_s = self._denoise("sparse", self.sparse_unet, shape, structure.replace, cond.to(dtype), run)
         geometry = svae.decode_geometry(structure.replace(x_s * svae.config.scaling_factor))
 
         # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
         app_cond = struct_condition(geometry, structure)
-        noise = randn_tensor((structure.num_voxels, svae.config.latent_channels), generator=generator, device=device, dtype=dtype)
-        x_c = self._denoise("appearance", self.appearance_unet, noise, structure.replace, app_cond.to(dtype), g_appearance, run)
+        x_c = self._denoise("appearance", self.appearance_unet, shape, structure.replace, app_cond.to(dtype), run)
         voxels = geometry.output
         if voxels.num_voxels:
             features = svae.decode_appearance(svae.rehash(structure.replace(x_c * svae.config.appearance_scaling_factor)), geometry)
