@@ -35,12 +35,9 @@ def main() -> None:
     height_map = Image.fromarray(stretched).resize((SIDE, SIDE), Image.NEAREST).convert("RGB")
     with tempfile.TemporaryDirectory() as tmp:
         preview = next(p for p in run_demo(Path(tmp), "cpu") if p.name.endswith("_preview.png"))
-        city = Image.open(preview).convert("RGB")
-        city.thumbnail((SIDE, SIDE))
-        city_tile = Image.new("RGB", (SIDE, SIDE), "white")
-        city_tile.paste(city, ((SIDE - city.width) // 2, (SIDE - city.height) // 2))
+        city = Image.open(preview).convert("RGB").resize((SIDE, SIDE), Image.LANCZOS)  # the preview is square
     tiles = [_captioned(height_map, "input noisy height map (contrast stretched)"),
-             _captioned(city_tile, f"Sat2City small default, CPU demo ({DEMO_STEPS} DDIM steps/stage)")]
+             _captioned(city, f"Sat2City small default, CPU demo ({DEMO_STEPS} DDIM steps/stage)")]
     write_image(args.out / "sat2city_demo.png", _grid(tiles, 2))
 
 
