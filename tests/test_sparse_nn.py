@@ -122,3 +122,22 @@ def test_norm_and_resblock_accept_zero_voxels():
     assert snn.SparseGroupNorm(4, 8)(x).feats.shape == (0, 8)
     block = snn.SparseResBlock(8, 16, emb_channels=4, num_groups=4)
     assert block(x, torch.zeros(2, 4)).feats.shape == (0, 16)
+
+
+def test_strided_conv_output_structure_keeps_its_cache():
+    """A U-Net run again on x.replace(...) (each DDIM step) reuses the coarse levels' kernel maps;
+    a new structure gets its own."""
+    x = make(n=200, channels=4)
+    down, subm = snn.SparseConv3d(4, 8).double(), snn.SubMConv3d(8, 8).double()
+    first = down(x)
+    subm(first)
+    maps = {k: v for k, v in first.cache.items() if isinstance(k, tuple) and "subm" in k}
+    assert maps
+    again = down(x.replace(torch.randn_like(x.feats)))
+    assert again.cache is first.cache and all(again.cache[k] is v for k, v in maps.items())
+    fresh = SparseTensor(again.feats, again.coords.clone(), voxel_size=again.voxel_size, origin=again.origin,
+                         stride=again.stride, batch_size=again.batch_size)
+    torch.testing.assert_close(subm(again).feats, subm(fresh).feats)
+    other = down(SparseTensor(x.feats, x.coords.clone(), voxel_size=x.voxel_size, origin=x.origin, stride=x.stride,
+                              batch_size=x.batch_size))
+    assert other.cache is not first.cache

@@ -123,7 +123,14 @@ class SparseConv3d(_SparseConvBase):
             return x.derive(self._pointwise(x.feats), x.coords, **meta)
         feats, coords, cache = get_backend(x.device).down_conv(x, self.weight, self.bias, self.stride, self.padding)
         out = x.derive(feats, coords, **meta)
-        out.cache.update(cache)
+        # The output structure is a function of x's (the backend caches its coords on x), so its
+        # cache lives on x too: a U-Net run again on x.replace(...) (every DDIM step) reuses the
+        # coarse levels' kernel maps and attention plans instead of rebuilding them.
+        key = ("child_cache", self.kernel_size, self.stride, self.padding)
+        entry = x.cache.get(key)
+        if entry is None or entry[0] is not coords:
+            entry = x.cache[key] = (coords, cache)
+        out.cache = entry[1]
         return out
 
     def extra_repr(self) -> str:
