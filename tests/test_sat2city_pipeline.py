@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -174,6 +175,14 @@ def test_bad_input_is_refused_before_any_work(pipe, monkeypatch, value, kwargs, 
         pipe(value, **{"num_inference_steps": STEPS, **kwargs})
 
 
+def test_heights_above_the_grid_warn(pipe, caplog):
+    with caplog.at_level(logging.WARNING, logger="diffusers_city.pipelines.sat2city.pipeline_sat2city"):
+        run(pipe)
+        assert not caplog.records
+        run(pipe, height_range=(0.0, 64.0))  # the map's 200 gray rises 50 m, the tiny grid 8 x 4 m
+    assert "rises 50.2 m above its lowest pixel, this model's grid is 32 m tall" in caplog.text
+
+
 def test_missing_file_is_refused(pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         pipe(tmp_path / "missing.png")
@@ -201,15 +210,48 @@ def test_model_cpu_offload_matches(pipe):
     assert len(out.points) > 0
 
 
-def test_guidance_per_stage(pipe):
-    """A (dense, sparse, appearance) triple guides each stage on its own; one number guides all."""
+def with_random_outputs(pipe):
+    """A copy whose U-Nets' zero-initialised layers are random, so that every step changes the latents."""
     pipe = copy.deepcopy(pipe)
     torch.manual_seed(0)
-    with torch.no_grad():  # untrained U-Nets start with zero output layers: make the condition matter
+    with torch.no_grad():
         for unet in (pipe.dense_unet, pipe.sparse_unet, pipe.appearance_unet):
             for param in unet.parameters():
                 if not param.any():
                     param.normal_(0, 0.3)
+    return pipe
+
+
+def test_cuda_graphs_are_ignored_off_cuda(pipe):
+    pipe = with_random_outputs(pipe)
+    eager = run(pipe, guidance_scale=(2, 1, 1))
+    pipe.enable_cuda_graphs()
+    same = run(pipe, guidance_scale=(2, 1, 1))
+    assert np.array_equal(same.points, eager.points) and np.array_equal(same.colors, eager.colors)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs replay on a CUDA device")
+def test_cuda_graphs_match_eager_steps(pipe):
+    pipe = with_random_outputs(pipe).to("cuda")
+
+    def sample():  # 5 steps: one eager, one captured, three replays per stage
+        return pipe(height_map(), num_inference_steps=5, generator=torch.Generator().manual_seed(0), guidance_scale=(2, 1, 1))
+
+    eager = sample()
+    pipe.enable_cuda_graphs()
+    graphed = sample()
+    assert len(eager.points) > 0
+    np.testing.assert_array_equal(graphed.points, eager.points)
+    np.testing.assert_allclose(graphed.colors, eager.colors, atol=1e-5)
+    pipe.enable_model_cpu_offload()
+    with pytest.raises(ValueError, match="enable_cuda_graphs does not mix with enable_model_cpu_offload"):
+        run(pipe)
+    pipe.remove_all_hooks()
+
+
+def test_guidance_per_stage(pipe):
+    """A (dense, sparse, appearance) triple guides each stage on its own; one number guides all."""
+    pipe = with_random_outputs(pipe)  # untrained U-Nets start with zero output layers: make the condition matter
     calls = []
 
     def record(p, i, t, kw):

@@ -13,6 +13,7 @@ Three DDIM stages, each conditioned on the previous one (Fig. 6, supplementary 6
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ...data.scene import CityScene
 from ...models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
 from ...models.sat2city.blocks import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
+from .cuda_graph import GraphedStep
 from .pipeline_output import Sat2CityPipelineOutput
 
 OUTPUT_TYPES = ("points", "mesh", "voxels", "pt")
@@ -42,6 +44,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _BYTES_PER_VOXEL_CHANNEL = 64
 _SURFACE_VOXELS_PER_COLUMN = 4
 MIN_PIXELS = 8
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,13 @@ class Sat2CityPipeline(DiffusionPipeline):
         )
         self.check_components()
         self.stage: str | None = None
+        self.cuda_graphs = False
+
+    def enable_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay each stage's U-Net step as a CUDA graph after its first step (runs on CUDA only;
+        the other devices ignore it). Not with ``enable_model_cpu_offload``, whose hooks move
+        modules during a forward."""
+        self.cuda_graphs = bool(enabled)
 
     @classmethod
     def from_preset(cls, size: str = "tiny", seed: int = 0) -> Sat2CityPipeline:
@@ -257,7 +267,8 @@ class Sat2CityPipeline(DiffusionPipeline):
         run: _Sampling,
     ) -> torch.Tensor:
         """DDIM loop of one stage from noise of ``shape`` (times the stage's temperature);
-        ``wrap`` turns the feature tensor into the unet's sample."""
+        ``wrap`` turns the feature tensor into the unet's sample. With ``enable_cuda_graphs`` on
+        CUDA, the steps after the first replay one captured graph (`GraphedStep`)."""
         self.stage = stage
         index = STAGES.index(stage)
         guidance_scale = run.guidance_scale[index]
@@ -266,15 +277,21 @@ class Sat2CityPipeline(DiffusionPipeline):
         latents = latents * run.temperature[index]
         self.scheduler.set_timesteps(run.num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = unet(wrap(latents), t, condition).sample
+            v = v.feats if isinstance(v, SparseTensor) else v
+            if guidance_scale != 1.0:
+                v_uncond = unet(wrap(latents), t, torch.zeros_like(condition)).sample
+                v_uncond = v_uncond.feats if isinstance(v_uncond, SparseTensor) else v_uncond
+                v = v_uncond + guidance_scale * (v - v_uncond)
+            return v
+
+        step = GraphedStep(predict) if self.cuda_graphs and latents.is_cuda else predict
         with self.progress_bar(total=len(timesteps)) as bar:
             bar.set_description(f"sat2city {stage}")
             for i, t in enumerate(timesteps):
-                v = unet(wrap(latents), t, condition).sample
-                v = v.feats if isinstance(v, SparseTensor) else v
-                if guidance_scale != 1.0:
-                    v_uncond = unet(wrap(latents), t, torch.zeros_like(condition)).sample
-                    v_uncond = v_uncond.feats if isinstance(v_uncond, SparseTensor) else v_uncond
-                    v = v_uncond + guidance_scale * (v - v_uncond)
+                v = step(latents, t)
                 latents = self.scheduler.step(v, t, latents, generator=generator).prev_sample
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
@@ -347,6 +364,9 @@ class Sat2CityPipeline(DiffusionPipeline):
         """
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
         self._validate_call(num_inference_steps, output_type, tensor_inputs)
+        unets = (self.dense_unet, self.sparse_unet, self.appearance_unet)
+        if self.cuda_graphs and any(getattr(unet, "_hf_hook", None) is not None for unet in unets):
+            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a step)")
         guidance = self._per_stage("guidance_scale", guidance_scale, 1.0)
         temperature = self._per_stage("temperature", temperature, 0.0)
         enc = self.condition_encoder.config
@@ -356,6 +376,10 @@ class Sat2CityPipeline(DiffusionPipeline):
             raise ValueError(f"height_range must be (z_min, z_max) with z_max > z_min, got {height_range}")
         hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
         grid = self.grid_for(hmap)
+        rise, top = float(hmap.height.max()) - hmap.z_base, grid[2] * vae.voxel_size
+        if rise > top:
+            logger.warning(f"height map rises {rise:.1f} m above its lowest pixel, this model's grid is {top:g} m tall: "
+                           "geometry above that is cut")
         need = self.estimate_memory_bytes(grid)
         if need > max_memory_gb * 1e9:
             h, w = hmap.height.shape
