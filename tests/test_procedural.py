@@ -84,6 +84,7 @@ def test_crop_of_scene_keeps_points_inside(scenes):
         (dict(colour="red"), "unknown style"),
         (dict(tree_density=-1), "tree_density"),
         (dict(image_scale=0), "image_scale"),
+        ({"max_building_height_m": 1.0}, "max_building_height_m"),
     ],
 )
 def test_bad_input(kw, match):
@@ -91,6 +92,14 @@ def test_bad_input(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         procedural_city(**args)
+
+
+def test_max_building_height_caps_every_building():
+    kw = {"seed": 7, "size_m": 600.0, "meters_per_pixel": 2.0, "points_per_m2": 0.05, "height_scale": 0.75}
+    free, capped = procedural_city(**kw), procedural_city(**kw, max_building_height_m=40.0)
+    assert (free.height - free.ground).max() > 80
+    assert (capped.height - capped.ground).max() <= 40 + 3  # rooftop units stand on the capped roofs
+    np.testing.assert_array_equal(capped.semantic, free.semantic)
 
 
 def test_noisy_height_map_statistics(scenes):

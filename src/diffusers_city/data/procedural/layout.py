@@ -370,6 +370,8 @@ def _buildings(m, lot_key, kind, block_type, len_u, len_v, s_loc, t_loc, u, v, d
     fl_lo, fl_hi = kt.floor_height[k_l, 0], kt.floor_height[k_l, 1]
     floor_h = fl_lo + (fl_hi - fl_lo) * hash_uniform(lk, 11)
     height = np.maximum(1, np.round(height / floor_h)) * floor_h
+    if style.max_building_height_m is not None:
+        height = np.minimum(height, np.maximum(1, np.floor(style.max_building_height_m / floor_h)) * floor_h)
     pitched = (shape == S_RECT) & (hash_uniform(lk, 12) < kt.pitched[k_l]) & (np.minimum(hu, hv) < 12) & ~site
     hip = hash_uniform(lk, 13) < 0.4
     slope = 0.45 + 0.45 * hash_uniform(lk, 14)

@@ -78,6 +78,8 @@ class CityStyle:
         max_rotation_deg: street grids are rotated by up to this angle per district.
         arterial_width_m: width of the roads along district borders (0 disables them).
         height_scale: multiplies every building height.
+        max_building_height_m: caps every building's height (whole floors; roofs and rooftop units
+            add a few metres), so a model's data stays inside its vertical extent (None: no cap).
         tree_density: multiplies every tree probability.
         car_density: multiplies every vehicle probability.
         river_probability: chance that a river crosses the map.
@@ -93,6 +95,7 @@ class CityStyle:
     max_rotation_deg: float = 45.0
     arterial_width_m: float = 18.0
     height_scale: float = 1.0
+    max_building_height_m: float | None = None
     tree_density: float = 1.0
     car_density: float = 1.0
     river_probability: float = 0.35
@@ -128,6 +131,8 @@ class CityStyle:
         for name in non_negative:
             if not float(getattr(out, name)) >= 0:
                 raise ValueError(f"style option {name} must be >= 0, got {getattr(out, name)}")
+        if out.max_building_height_m is not None and not float(out.max_building_height_m) >= 3:
+            raise ValueError(f"style option max_building_height_m must be >= 3 (one floor) or None, got {out.max_building_height_m}")
         if not 0 <= out.river_probability <= 1:
             raise ValueError(f"river_probability must be in 0..1, got {out.river_probability}")
         if not isinstance(out.image_scale, int) or out.image_scale < 1:
