@@ -8,12 +8,14 @@ Manhattan grids at 1 m/px (blocks of towers, roads, parks, water). Timings are a
 
     python benchmarks/gaussiancity_speed.py --out out/gc_speed            # paper preset, one H100
     python benchmarks/gaussiancity_speed.py --out out/gc_speed --bf16     # bf16 autocast decoding
+    python benchmarks/gaussiancity_speed.py --out out/gc_speed --bf16 --cuda-graphs  # + graph replay
     python benchmarks/gaussiancity_speed.py --device cpu --quick --out /tmp/gc_speed
     python benchmarks/gaussiancity_speed.py --out out/gc_speed --profile 5  # + torch.profiler tables
 
 ``--profile N`` profiles N more frames of the 1 km2 layout after the timed ones and writes
-``profile.md``: the ops by self device time and by self host time, with the visibility
-sub-steps labelled (``bev.*``), to tell kernel time from launch and sync overhead.
+``profile.md``: host time and CUDA runtime calls (kernel launches, memcpys: where the host
+syncs) per labelled step of the frame (``bev.*``, ``decode.*``), then the ops by self device
+time and by host time, to tell kernel time from launch and sync overhead.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import numpy as np
 import torch
 
 from diffusers_city import bev
-from diffusers_city.bev import visible_bev_points
+from diffusers_city.bev import BEVPoints, visible_bev_points
+from diffusers_city.cuda_graph import CapturedCall
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
 from diffusers_city.export import write_text_atomic
+from diffusers_city.models.gaussiancity import BEVPointDecoder
+from diffusers_city.models.gaussiancity.point_hierarchy import PointHierarchy
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
 
@@ -103,12 +108,51 @@ def _labelled(name: str, fn):
     return wrapped
 
 
+_LABELLED = (  # (owner, attribute, label): the steps of a frame that the profile names
+    (bev, "_view_window", "bev.view_window"),
+    (bev, "_columns", "bev.columns"),
+    (bev, "_max_pyramid", "bev.max_pyramid"),
+    (bev, "_camera_rays", "bev.camera_rays"),
+    (bev, "march", "bev.march"),
+    (bev, "_points_of", "bev.points_of"),
+    (BEVPoints, "select", "decode.select"),
+    (GaussianCityPipeline, "_scene_features", "decode.scene_features"),
+    (BEVPointDecoder, "forward", "decode.decoder_forward"),
+    (BEVPointDecoder, "hierarchy", "decode.hierarchy"),
+    (PointHierarchy, "padded", "decode.pad_hierarchy"),
+    (CapturedCall, "__call__", "decode.graph_replay"),
+    (BEVPointDecoder, "gaussians", "decode.gaussians"),
+)
+_HOST_CALLS = ("cudaMemcpyAsync", "cudaStreamSynchronize", "cudaLaunchKernel", "cudaGraphLaunch")
+
+
+def _per_label_table(prof, frames: int) -> str:
+    """Host time and CUDA runtime calls per frame under each labelled step (innermost label)."""
+    labels = {label for _, _, label in _LABELLED} | {"frame"}
+    host, calls = {}, {}
+    for e in prof.events():
+        if e.name in labels:
+            host[e.name] = host.get(e.name, 0.0) + e.cpu_time_total / 1000
+        if e.name in _HOST_CALLS:
+            parent = e.cpu_parent
+            while parent is not None and parent.name not in labels:
+                parent = parent.cpu_parent
+            key = (parent.name if parent is not None else "-", e.name)
+            calls[key] = calls.get(key, 0) + 1
+    header = "| step | host ms/frame (incl. nested) | " + " | ".join(f"{c}/frame" for c in _HOST_CALLS) + " |"
+    rows = [header, "| --- | --- | " + " | ".join("---" for _ in _HOST_CALLS) + " |"]
+    for label in sorted(host, key=lambda k: -host[k]):
+        counts = " | ".join(f"{calls.get((label, c), 0) / frames:.0f}" for c in _HOST_CALLS)
+        rows.append(f"| {label} | {host[label] / frames:.2f} | {counts} |")
+    return "\n".join(rows)
+
+
 def profile_frames(pipe, layout, styles, cams: Cameras, args, device, autocast) -> str:
-    """torch.profiler tables of ``args.profile`` frames (visibility sub-steps labelled ``bev.*``)."""
-    names = ("_view_window", "_columns", "_max_pyramid", "_camera_rays", "march", "_points_of")
-    saved = {n: getattr(bev, n) for n in names}
-    for n in names:
-        setattr(bev, n, _labelled(f"bev.{n.lstrip('_')}", saved[n]))
+    """torch.profiler tables of ``args.profile`` frames, the frame's steps labelled (``bev.*``,
+    ``decode.*``), with each step's host time and CUDA runtime calls (syncs hide in memcpys)."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _LABELLED]
+    for (owner, name, label), (_, _, fn) in zip(_LABELLED, saved):
+        setattr(owner, name, _labelled(label, fn))
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -120,11 +164,12 @@ def profile_frames(pipe, layout, styles, cams: Cameras, args, device, autocast) 
                 with torch.profiler.record_function("frame"):
                     frame(pipe, layout, styles, cam, max_distance, device, autocast)
     finally:
-        for n in names:
-            setattr(bev, n, saved[n])
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
     events = prof.key_averages()
     sort_device = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return "\n\n".join([
+        f"## per step ({args.profile} frames)\n\n{_per_label_table(prof, args.profile)}",
         f"## by self device time ({args.profile} frames)\n\n```\n{events.table(sort_by=sort_device, row_limit=30)}\n```",
         f"## by total host time (labelled ranges first)\n\n```\n{events.table(sort_by='cpu_time_total', row_limit=40)}\n```",
     ])
@@ -178,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the decoders")
+    parser.add_argument("--cuda-graphs", action="store_true", help="enable_cuda_graphs (building decoder replayed as a CUDA graph)")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, small layouts and frames")
     parser.add_argument("--profile", type=int, default=0, help="also profile this many frames (profile.md)")
     args = parser.parse_args(argv)
@@ -193,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = (1000, 1200)
     pipe = GaussianCityPipeline.from_pretrained(args.pipeline) if args.pipeline else GaussianCityPipeline.from_preset(args.preset)
     pipe = pipe.to(device)
+    pipe.enable_cuda_graphs(args.cuda_graphs)
     results = []
     for size in args.sizes:
         cams = paper_cameras(size / 2, max(args.frames, 1), width, height, scale)
@@ -203,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "preset": args.pipeline or args.preset,
         "bf16": args.bf16,
+        "cuda_graphs": args.cuda_graphs,
+        "graph_captures": pipe._graphed.captures if pipe._graphed is not None else 0,
         "image": [width, height],
         "frames": args.frames,
         "results": results,
@@ -211,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_text_atomic(args.out / "gaussiancity_speed.json", json.dumps(summary, indent=2))
     lines = [
-        f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16})",
+        (f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16}, "
+         f"cuda_graphs={args.cuda_graphs}, graph captures {summary['graph_captures']})"),
         "",
         "| layout | points/frame | visibility ms | decode ms | raster ms | total ms | FPS | peak GPU MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

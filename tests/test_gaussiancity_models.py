@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 from diffusers_city import BEVPointDecoder, BEVSceneEncoder, SemanticDiscriminator
 from diffusers_city.bev import BEVLayout, bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF
-from diffusers_city.models.gaussiancity.layers import ModulatedLinear, grid_pool, sincos_encoding
+from diffusers_city.models.gaussiancity.point_hierarchy import HierarchyCapacity
+from diffusers_city.models.gaussiancity.layers import ModulatedLinear, grid_pool, pool_features, sincos_encoding
 from diffusers_city.models.gaussiancity.vgg19_perceptual import VGG19PerceptualLoss
 
 TINY = dict(
@@ -75,6 +76,37 @@ def test_decoder_gradients_and_point_order_invariance():
     assert torch.allclose(rgb.detach()[perm], rgb_p, atol=1e-5)
 
 
+def test_padded_hierarchy_gives_the_same_colours():
+    """The static-shape path of enable_cuda_graphs: padding every level to a capacity leaves the
+    real points' colours unchanged (padding rows pool and attend only among themselves)."""
+    torch.manual_seed(0)
+    decoder = BEVPointDecoder(**TINY).eval()
+    sel = _points().select(_points().instances > 0)
+    styles = torch.randn(3, 16)
+    with torch.no_grad():
+        ref = decoder(sel.positions, sel.relative, sel.voxels, sel.classes, sel.instances, styles)
+        hierarchy = decoder.hierarchy(sel.voxels, sel.instances, 3)
+        cap = hierarchy.capacity()
+        padded = hierarchy.padded(cap)
+        assert padded.sizes == cap.points and tuple(g.num_groups for g in padded.groups) == cap.groups
+        assert all(int(g.lengths.min()) >= 1 and int(g.lengths.max()) <= cap.patch_size for g in padded.groups)
+        n, rows = len(sel), cap.points[0]
+
+        def pad(t):
+            return torch.cat([t, t.new_zeros(rows - n, *t.shape[1:])])
+
+        out = decoder(pad(sel.positions), pad(sel.relative), None, pad(sel.classes), pad(sel.instances), styles,
+                      hierarchy=padded)
+    assert out.shape == (rows, 3)
+    assert torch.allclose(out[:n], ref, atol=1e-5)
+    small = HierarchyCapacity(tuple(p // 4 for p in cap.points), cap.groups, cap.patch_size)
+    assert not hierarchy.fits(small) and hierarchy.fits(small.grown_for(cap))
+    with pytest.raises(ValueError, match="does not fit capacity"):
+        hierarchy.padded(small)
+    with pytest.raises(ValueError, match="hierarchy was built for"):
+        decoder(sel.positions, sel.relative, None, sel.classes, sel.instances, styles, hierarchy=padded)
+
+
 def test_background_decoder_with_scene_features_and_gaussian_defaults():
     enc = BEVSceneEncoder(base_channels=8, out_channels=4, num_down=1)
     dec = BEVPointDecoder(num_freqs=2, use_relative=False, scene_channels=4, enc_depths=(), enc_channels=(),
@@ -117,9 +149,10 @@ def test_layers():
     assert enc.shape == (1, 3 * 7)
     assert torch.allclose(enc[0, 3], torch.sin(torch.tensor(0.25 * torch.pi)))
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 1], [0, 2, 0, 0], [1, 0, 0, 0]])
-    coarse, pooled, parent = grid_pool(coords, torch.tensor([[1.0], [3.0], [5.0], [7.0]]))
+    coarse, parent, counts = grid_pool(coords)
+    pooled = pool_features(torch.tensor([[1.0], [3.0], [5.0], [7.0]]), parent, counts)
     assert coarse.shape[0] == 3 and parent[0] == parent[1] != parent[2]
-    assert float(pooled[parent[0]]) == 2.0
+    assert counts.tolist() == [2, 1, 1] and float(pooled[parent[0]]) == 2.0
     lin = ModulatedLinear(4, 3, 2)
     out = lin(torch.randn(5, 4), torch.randn(2, 2), torch.tensor([0, 1, 0, 1, 1]))
     assert out.shape == (5, 3)

@@ -140,3 +140,33 @@ def test_bad_input_raises_before_work(pipe, kwargs, match):
         GaussianCityPipeline(pipe.scene_encoder, pipe.background_decoder,
                              type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(),
                                                          dec_channels=()))
+
+
+def test_cuda_graphs_are_ignored_off_cuda():
+    pipe = GaussianCityPipeline.from_preset("tiny", seed=0)
+    eager = _run(pipe, generator=torch.Generator().manual_seed(3))
+    pipe.enable_cuda_graphs()
+    same = _run(pipe, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(same.images, eager.images) and pipe._graphed.captures == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs replay on a CUDA device")
+def test_cuda_graphs_match_eager_frames():
+    """An orbit whose visible building points change every frame: the graphed building decoder
+    (padded to a growing capacity, recaptured only when a frame does not fit) renders the eager
+    frames, in fp32 and under bf16 autocast."""
+    pipe = GaussianCityPipeline.from_preset("tiny", seed=0).to("cuda")
+    kw = {"num_frames": 8, "width": 96, "height": 72}
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            pipe.enable_cuda_graphs(False)
+            eager = _run(pipe, generator=torch.Generator().manual_seed(0), **kw)
+            pipe.enable_cuda_graphs()
+            graphed = _run(pipe, style=eager.styles, **kw)
+        assert eager.images.std() > 0.01
+        np.testing.assert_allclose(graphed.images, eager.images, atol=1e-4 if not autocast else 2e-2)
+        assert 1 <= pipe._graphed.captures <= 4
+    pipe.enable_model_cpu_offload()
+    with pytest.raises(ValueError, match="enable_cuda_graphs does not mix with enable_model_cpu_offload"):
+        _run(pipe)
+    pipe.remove_all_hooks()

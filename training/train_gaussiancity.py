@@ -122,12 +122,13 @@ class View:
     seg: torch.Tensor
 
 
-def segmentation(layout: BEVLayout, camera: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel class ids ``[H, W]`` and coverage ``[H, W]`` of the layout's visible BEV points,
-    rendered with the class id encoded in one colour channel."""
-    pts = visible_bev_points(layout, camera, device=device)
+def label_image(layout: BEVLayout, camera: Cameras, pts, labels: torch.Tensor, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel label ids ``[H, W]`` and coverage ``[H, W]`` of BEV points ``pts`` carrying
+    integer ``labels [N]`` in ``0..num_labels - 1``, rendered with the label encoded in one colour
+    channel (the front-most points win; edges may take a neighbour's label)."""
     n = len(pts)
-    code = (pts.classes.float() + 0.5) / NUM_CLASSES
+    device = pts.positions.device
+    code = (labels.float() + 0.5) / num_labels
     scale = pts.strides.float() * layout.meters_per_pixel * 0.55
     quats = torch.zeros(n, 4, device=device)
     quats[:, 0] = 1
@@ -135,8 +136,14 @@ def segmentation(layout: BEVLayout, camera: Cameras, device: torch.device) -> tu
                   torch.stack([code, torch.zeros_like(code), torch.zeros_like(code)], 1))
     out = render_gaussians(g, camera.to(device))
     alpha = out.alpha[0, ..., 0]
-    cls = torch.floor(out.rgb[0, ..., 0] / alpha.clamp(min=1e-6) * NUM_CLASSES).clamp(0, NUM_CLASSES - 1).long()
-    return cls, alpha > 0.5
+    label = torch.floor(out.rgb[0, ..., 0] / alpha.clamp(min=1e-6) * num_labels).clamp(0, num_labels - 1).long()
+    return label, alpha > 0.5
+
+
+def segmentation(layout: BEVLayout, camera: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel class ids ``[H, W]`` and coverage ``[H, W]`` of the layout's visible BEV points."""
+    pts = visible_bev_points(layout, camera, device=device)
+    return label_image(layout, camera, pts, pts.classes, NUM_CLASSES)
 
 
 def _point_gaussians(scene: CityScene, device: torch.device) -> Gaussians:

@@ -61,6 +61,8 @@ class AttentionGroups:
 
     order: torch.Tensor
     lengths: torch.Tensor
+    length_bound: int | None = None
+    """Known upper bound of the group lengths (e.g. the patch size): ``max_length`` without a sync."""
 
     @property
     def num_tokens(self) -> int:
@@ -89,8 +91,41 @@ class AttentionGroups:
 
     @cached_property
     def max_length(self) -> int:
-        """Longest group (one host sync)."""
-        return int(self.lengths.max())
+        """Longest group (one host sync), or ``length_bound`` where given."""
+        return self.length_bound if self.length_bound is not None else int(self.lengths.max())
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """``[order, lengths, cu_seqlens, inverse]``: everything the varlen path reads on the device."""
+        return [self.order, self.lengths, self.cu_seqlens, self.inverse]
+
+    @classmethod
+    def from_device_tensors(cls, tensors: list[torch.Tensor], length_bound: int | None) -> AttentionGroups:
+        """Groups over given ``device_tensors`` (e.g. a CUDA graph's static buffers), none recomputed."""
+        order, lengths, cu_seqlens, inverse = tensors
+        groups = cls(order, lengths, length_bound)
+        groups.__dict__.update(cu_seqlens=cu_seqlens, inverse=inverse)  # prime the cached properties
+        return groups
+
+    def padded(self, num_tokens: int, num_groups: int, max_length: int) -> AttentionGroups:
+        """These groups plus filler tokens ``N..num_tokens-1`` split over extra groups, to reach
+        exactly ``num_tokens`` tokens in ``num_groups`` groups of at most ``max_length`` (static
+        shapes for CUDA graphs). Every extra group gets at least one filler token.
+
+        Raises:
+            ValueError: if the fillers cannot fill the extra groups within those bounds.
+        """
+        fill, extra = num_tokens - self.num_tokens, num_groups - self.num_groups
+        if fill == extra == 0:
+            return AttentionGroups(self.order, self.lengths, max_length)
+        if fill < extra or extra <= 0 or -(-fill // extra) > max_length:
+            raise ValueError(
+                f"cannot pad {self.num_tokens} tokens in {self.num_groups} groups to {num_tokens} tokens in "
+                f"{num_groups} groups of at most {max_length}"
+            )
+        device = self.order.device
+        lengths = fill // extra + (torch.arange(extra, device=device) < fill % extra).to(self.lengths.dtype)
+        order = torch.cat([self.order, torch.arange(self.num_tokens, num_tokens, device=device, dtype=self.order.dtype)])
+        return AttentionGroups(order, torch.cat([self.lengths, lengths]), max_length)
 
     @cached_property
     def _padded(self) -> tuple[torch.Tensor, tuple[tuple[int, int, torch.Tensor | None], ...], torch.Tensor]:
@@ -213,7 +248,7 @@ def serialized_groups(keys: torch.Tensor, batch_idx: torch.Tensor, patch_size: i
     full = torch.full_like(item_counts, patch_size)
     lengths = torch.stack([full, item_counts - patches * patch_size], 1)
     repeats = torch.stack([patches, (lengths[:, 1] > 0).long()], 1)
-    return AttentionGroups(order, torch.repeat_interleave(lengths.flatten(), repeats.flatten()))
+    return AttentionGroups(order, torch.repeat_interleave(lengths.flatten(), repeats.flatten()), patch_size)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -395,13 +430,22 @@ class SerializedAttention(_SparseSelfAttention):
         self.order = order
         self.grid_size = grid_size
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
+    @property
+    def cache_key(self) -> tuple:
+        """Key of this layer's groups in ``SparseTensor.cache`` (shared by layers of equal settings)."""
+        return ("attention", "serialized", self.order, self.grid_size, self.patch_size)
+
+    def groups(self, x: SparseTensor) -> AttentionGroups:
+        """The patches of ``x`` (cached on its structure)."""
+
         def build() -> AttentionGroups:
             keys = serialize(x.coords, self.order, self.grid_size)
             return serialized_groups(keys, x.coords[:, 0], self.patch_size)
 
-        key = ("attention", "serialized", self.order, self.grid_size, self.patch_size)
-        return self.attend(x, _cached_groups(x, key, build))
+        return _cached_groups(x, self.cache_key, build)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return self.attend(x, self.groups(x))
 
 
 class SparseTransformerBlock(nn.Module):

@@ -23,7 +23,8 @@ from ...bev import FLAT_CLASSES
 from ...render import Gaussians
 from ...sparse.attention import SparseTransformerBlock
 from ...sparse.tensor import SparseTensor
-from .layers import ModulatedLinear, grid_pool, leaky_relu, sincos_encoding
+from .layers import ModulatedLinear, leaky_relu, pool_features, sincos_encoding
+from .point_hierarchy import PointHierarchy
 
 __all__ = ["BEVPointDecoder"]
 
@@ -139,22 +140,26 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         z = torch.randn(n, self.config.style_dim, generator=generator, device=gen_device)
         return z.to(device)
 
-    def _transformer(
-        self, feats: torch.Tensor, voxels: torch.Tensor, batch_index: torch.Tensor, batch_size: int
-    ) -> torch.Tensor:
-        coords = torch.cat([batch_index[:, None], voxels], 1).to(torch.int32)
-        x = SparseTensor(self.embed(feats), coords, batch_size=batch_size, validate=False)
-        skips, parents = [], []
+    def hierarchy(self, voxels: torch.Tensor, batch_index: torch.Tensor, batch_size: int) -> PointHierarchy:
+        """The point U-Net's structure over points ``voxels [N, 3]`` of items ``batch_index [N]``:
+        pooled levels and their serialized patches (no features; see :class:`PointHierarchy`)."""
+        if not self.use_transformer:
+            raise ValueError("this decoder has no point transformer (enc_depths is empty)")
+        attention = self.encoder[0].blocks[0].attn
+        return PointHierarchy.build(voxels.long(), batch_index.long(), batch_size, attention, len(self.encoder))
+
+    def _transformer(self, feats: torch.Tensor, hierarchy: PointHierarchy) -> torch.Tensor:
+        x = hierarchy.level(0, self.embed(feats))
+        skips = []
         for i, stage in enumerate(self.encoder):
             if i > 0:
-                coarse, pooled, parent = grid_pool(x.coords.long(), self.down[i - 1](x.feats))
                 skips.append(x)
-                parents.append(parent)
-                x = SparseTensor(pooled, coarse.to(torch.int32), batch_size=batch_size, validate=False)
+                pooled = pool_features(self.down[i - 1](x.feats), hierarchy.parents[i - 1], hierarchy.counts[i - 1])
+                x = hierarchy.level(i, pooled)
             x = stage(x)
         for i in reversed(range(len(self.decoder))):
-            skip, parent = skips[i], parents[i]
-            h = self.up_coarse[i](x.feats)[parent] + self.up_skip[i](skip.feats)
+            skip = skips[i]
+            h = self.up_coarse[i](x.feats)[hierarchy.parents[i]] + self.up_skip[i](skip.feats)
             x = self.decoder[i](skip.replace(h))
         return x.feats
 
@@ -167,6 +172,7 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         batch_index: torch.Tensor,
         styles: torch.Tensor,
         scene_features: torch.Tensor | None = None,
+        hierarchy: PointHierarchy | None = None,
     ) -> torch.Tensor:
         """Colours ``[N, 3]`` in 0..1 of the points.
 
@@ -178,6 +184,8 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
             batch_index: ``[N]`` batch item of each point (one per instance), indexing ``styles``.
             styles: ``[B, style_dim]`` style code per batch item.
             scene_features: ``[N, scene_channels]`` BEV scene features (background decoder).
+            hierarchy: the points' :meth:`hierarchy` where already built (``voxels`` is then
+                unused), or that hierarchy padded, with every input padded to its level-0 rows.
 
         The paper's output ``(sigmoid(x) - 0.5) * 2`` lies in [-1, 1]; mapped to 0..1 colours by
         ``(y + 1) / 2`` that is exactly ``sigmoid(x)``, which is what is returned.
@@ -197,7 +205,11 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         if positions.shape[0] == 0:
             return positions.new_zeros(0, 3)
         if self.use_transformer:
-            feats = self._transformer(feats, voxels.long(), batch_index.long(), styles.shape[0])
+            if hierarchy is None:
+                hierarchy = self.hierarchy(voxels, batch_index, styles.shape[0])
+            elif hierarchy.sizes[0] != feats.shape[0]:
+                raise ValueError(f"hierarchy was built for {hierarchy.sizes[0]} points, got {feats.shape[0]}")
+            feats = self._transformer(feats, hierarchy)
         styles = styles.to(dtype)
         onehot = nn.functional.one_hot(classes.long(), cfg.num_classes).to(dtype)
         h = feats
@@ -220,11 +232,11 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         n = positions.shape[0]
         device = positions.device
         size = strides.to(positions.dtype) * meters_per_pixel * self.config.gaussian_scale_factor
-        scales = size[:, None].expand(n, 3).clone()
         flat = torch.zeros_like(classes, dtype=torch.bool)
         for c in FLAT_CLASSES:  # no host-to-device copy of the class list per call
             flat |= classes == c
-        scales[flat, 2] = self.config.flat_z_scale * meters_per_pixel
+        thin = torch.where(flat, self.config.flat_z_scale * meters_per_pixel, size)  # no masked write: no host sync
+        scales = torch.stack([size, size, thin], 1)
         quats = torch.zeros(n, 4, device=device, dtype=positions.dtype)
         quats[:, 0] = 1.0
         return Gaussians(

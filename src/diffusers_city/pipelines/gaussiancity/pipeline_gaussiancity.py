@@ -26,6 +26,7 @@ from diffusers.utils import BaseOutput
 from ...bev import BEVLayout, BEVPoints, bev_points, visible_bev_points
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
+from .cuda_graph import GraphedPointDecoder
 
 __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
 
@@ -89,6 +90,21 @@ class GaussianCityPipeline(DiffusionPipeline):
         self.register_modules(
             scene_encoder=scene_encoder, background_decoder=background_decoder, building_decoder=building_decoder
         )
+
+    _graphed: GraphedPointDecoder | None = None
+
+    def enable_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the building decoder as a CUDA graph in inference (the frames' visible points
+        padded to a capacity that grows to fit; see ``cuda_graph.py``). On CUDA only; other
+        devices, and calls with gradients, ignore it. Call it again after moving the pipeline."""
+        self._graphed = GraphedPointDecoder(self.building_decoder) if enabled else None
+
+    def _use_graph(self, device: torch.device) -> bool:
+        if self._graphed is None or torch.is_grad_enabled():
+            return False
+        if self._graphed.decoder is not self.building_decoder:
+            self._graphed = GraphedPointDecoder(self.building_decoder)
+        return device.type == "cuda"
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -207,8 +223,9 @@ class GaussianCityPipeline(DiffusionPipeline):
             parts.append(self.background_decoder.gaussians(bg.positions, bg.strides, bg.classes, rgb, layout.meters_per_pixel))
         bd = points.select(points.instances > 0)
         if len(bd):
-            ids, batch = torch.unique(bd.instances, return_inverse=True)
-            rgb = self.building_decoder(bd.positions, bd.relative, bd.voxels, bd.classes, batch, styles[ids])
+            # Batch item = instance id, over the whole style table: no per-frame unique (a host sync).
+            decoder = self._graphed if self._use_graph(device) else self.building_decoder
+            rgb = decoder(bd.positions, bd.relative, bd.voxels, bd.classes, bd.instances, styles)
             parts.append(self.building_decoder.gaussians(bd.positions, bd.strides, bd.classes, rgb, layout.meters_per_pixel))
         return _concat_gaussians(parts, device)
 
@@ -334,6 +351,8 @@ class GaussianCityPipeline(DiffusionPipeline):
             meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)
         if semantic_map is None or height_map is None:
             raise ValueError("semantic_map and height_map (or scene) are required")
+        if self._graphed is not None and getattr(self.building_decoder, "_hf_hook", None) is not None:
+            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a call)")
         layout = self.prepare_layout(semantic_map, height_map, ground_map, instance_map, meters_per_pixel, origin)
         cams = self._cameras(cameras, trajectory, layout, num_frames, width, height, scene)
         if cams is None and output_type != "gaussians":

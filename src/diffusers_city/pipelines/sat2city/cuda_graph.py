@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from ...cuda_graph import CapturedCall
+
 
 class GraphedStep:
     """``step(latents, t) -> tensor``: eager on the first call, then captured on the second and
@@ -19,29 +21,14 @@ class GraphedStep:
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         self.step = step
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: CapturedCall | None = None
         self.eager_done = False
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self.eager_done:
             self.eager_done = True
             return self.step(latents, t)
+        t = torch.as_tensor(t, device=latents.device)
         if self.graph is None:
-            self._capture(latents, t)
-        self.latents.copy_(latents)
-        self.t.copy_(t)
-        self.graph.replay()
-        return self.out
-
-    def _capture(self, latents: torch.Tensor, t: torch.Tensor) -> None:
-        device = latents.device
-        self.latents = latents.clone()
-        self.t = torch.as_tensor(t, device=device).clone()
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
-            self.step(self.latents, self.t)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self.step(self.latents, self.t)
+            self.graph = CapturedCall(self.step, [latents, t])
+        return self.graph(latents, t)
