@@ -106,6 +106,12 @@ class AttentionGroups:
         groups.__dict__.update(cu_seqlens=cu_seqlens, inverse=inverse)  # prime the cached properties
         return groups
 
+    def can_pad(self, num_tokens: int, num_groups: int, max_length: int) -> bool:
+        """Whether :meth:`padded` can reach these sizes: at least one filler per extra group, at
+        most ``max_length`` per group."""
+        fill, extra = num_tokens - self.num_tokens, num_groups - self.num_groups
+        return 1 <= extra <= fill and -(-fill // extra) <= max_length
+
     def padded(self, num_tokens: int, num_groups: int, max_length: int) -> AttentionGroups:
         """These groups plus filler tokens ``N..num_tokens-1`` split over extra groups, to reach
         exactly ``num_tokens`` tokens in ``num_groups`` groups of at most ``max_length`` (static
@@ -115,9 +121,7 @@ class AttentionGroups:
             ValueError: if the fillers cannot fill the extra groups within those bounds.
         """
         fill, extra = num_tokens - self.num_tokens, num_groups - self.num_groups
-        if fill == extra == 0:
-            return AttentionGroups(self.order, self.lengths, max_length)
-        if fill < extra or extra <= 0 or -(-fill // extra) > max_length:
+        if not self.can_pad(num_tokens, num_groups, max_length):
             raise ValueError(
                 f"cannot pad {self.num_tokens} tokens in {self.num_groups} groups to {num_tokens} tokens in "
                 f"{num_groups} groups of at most {max_length}"

@@ -99,11 +99,9 @@ class PointHierarchy:
 
     def fits(self, capacity: HierarchyCapacity) -> bool:
         """Whether :meth:`padded` can pad this hierarchy to ``capacity``."""
-        for n, g, cap_n, cap_g in zip(self.sizes, self.groups, capacity.points, capacity.groups):
-            fill, extra = cap_n - n, cap_g - g.num_groups
-            if fill < 1 or extra < 1 or fill < extra or -(-fill // extra) > capacity.patch_size:
-                return False
-        return len(capacity.points) == len(self.coords)
+        if len(capacity.points) != len(self.coords):
+            return False
+        return all(g.can_pad(n, k, capacity.patch_size) for g, n, k in zip(self.groups, capacity.points, capacity.groups))
 
     def padded(self, capacity: HierarchyCapacity) -> PointHierarchy:
         """This hierarchy with every level padded to ``capacity`` (see :meth:`fits`): padding rows
