@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_city.bev import BEVLayout, bev_points, visible_bev_points
+from diffusers_city.bev import BEVLayout, ViewCache, bev_points, visible_bev_points
 from diffusers_city.data.classes import FACADE, GROUND, ROAD, ROOF, WATER
 from diffusers_city.render import Cameras
 
@@ -252,6 +252,23 @@ def test_visible_points_do_not_depend_on_mip_levels_or_chunks():
         assert _key_set(visible_bev_points(layout, cam, **kw)) == base
     with pytest.raises(ValueError, match="mip_levels"):
         visible_bev_points(layout, cam, mip_levels=-1)
+
+
+def test_view_cache_gives_the_uncached_points_and_rebuilds_only_when_the_view_leaves_it():
+    """Frames of a moving camera reuse one window's tables while their view fits inside it."""
+    layout = _city(160, 3)
+    cache = ViewCache(layout, "cpu", margin=0.5)
+    windows = []
+    for x in np.linspace(40.0, 70.0, 6):
+        cam = _camera([x, 20.0, 25.0], [x, 60.0, 0.0], width=40, height=30, focal=30.0)
+        want = visible_bev_points(layout, cam, max_distance=50.0)
+        got = visible_bev_points(layout, cam, max_distance=50.0, cache=cache)
+        assert len(want) > 100 and torch.equal(got.voxels, want.voxels) and torch.equal(got.classes, want.classes)
+        assert torch.equal(got.positions, want.positions) and torch.equal(got.instances, want.instances)
+        windows.append(cache.tables.window)
+    assert 1 <= cache.builds < 6 and len(set(windows)) == cache.builds
+    r0, r1, c0, c1 = windows[-1]
+    assert r1 - r0 < 160 or c1 - c0 < 160  # the cached window stays a crop of the layout
 
 
 def _march_case(layout, rng, width, height, device):

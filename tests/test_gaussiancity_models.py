@@ -8,8 +8,10 @@ from safetensors.torch import save_file
 from diffusers_city import BEVPointDecoder, BEVSceneEncoder, SemanticDiscriminator
 from diffusers_city.bev import BEVLayout, bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF
-from diffusers_city.models.gaussiancity.point_hierarchy import HierarchyCapacity
-from diffusers_city.models.gaussiancity.layers import ModulatedLinear, grid_pool, pool_features, sincos_encoding
+from diffusers_city.sparse import SparseTensor
+from diffusers_city.sparse.attention import SerializedAttention
+from diffusers_city.models.gaussiancity.layers import ModulatedLinear, pool_features, sincos_encoding
+from diffusers_city.models.gaussiancity.point_hierarchy import HierarchyCapacity, PointHierarchy
 from diffusers_city.models.gaussiancity.vgg19_perceptual import VGG19PerceptualLoss
 
 TINY = dict(
@@ -107,6 +109,40 @@ def test_padded_hierarchy_gives_the_same_colours():
         decoder(sel.positions, sel.relative, None, sel.classes, sel.instances, styles, hierarchy=padded)
 
 
+@pytest.mark.parametrize("order, grid_size", [("grid", 1), ("z", 1), ("hilbert", 2), ("grid", 3)])
+def test_hierarchy_equals_unique_pooling_and_per_level_serialization(order, grid_size):
+    """The sort-based build (two host syncs) against the direct definition: each level is the
+    unique coarsened cells, parents and counts link the levels, and each level's patches are those
+    SerializedAttention cuts on that level's coordinates."""
+    g = torch.Generator().manual_seed(1)
+    voxels = torch.randint(-9, 12, (300, 3), generator=g)  # dense: cells merge at every level
+    voxels[:20] = voxels[20:40]  # duplicate points stay separate rows at level 0
+    batch = torch.randint(0, 4, (300,), generator=g)
+    batch[batch == 2] = 3  # an empty batch item
+    attention = SerializedAttention(8, 2, patch_size=7, order=order, grid_size=grid_size)
+    h = PointHierarchy.build(voxels, batch, 5, attention, levels=4)
+    assert torch.equal(h.coords[0].long(), torch.cat([batch[:, None], voxels], 1))
+    for level, coords in enumerate(h.coords):
+        cells = torch.cat([batch[:, None], voxels >> level], 1)
+        if level:
+            assert torch.equal(torch.unique(coords.long(), dim=0), torch.unique(cells, dim=0))
+            assert coords.shape[0] == torch.unique(cells, dim=0).shape[0]
+        ref = SerializedAttention(8, 2, patch_size=7, order=order, grid_size=grid_size).groups(
+            SparseTensor(torch.zeros(coords.shape[0], 1), coords, batch_size=5, validate=False)
+        )
+        got = h.groups[level]
+        assert torch.equal(coords[got.order], coords[ref.order]) and torch.equal(got.lengths, ref.lengths)
+        if level + 1 < len(h.coords):
+            parent = h.parents[level]
+            up = h.coords[level + 1].long()[parent]
+            assert torch.equal(up, torch.cat([coords[:, :1].long(), coords[:, 1:].long() >> 1], 1))
+            assert torch.equal(h.counts[level], torch.bincount(parent, minlength=h.coords[level + 1].shape[0]))
+    with pytest.raises(ValueError, match="batch_index must lie in"):
+        PointHierarchy.build(voxels, batch, 3, attention, levels=2)
+    with pytest.raises(ValueError, match="at least one point"):
+        PointHierarchy.build(voxels[:0], batch[:0], 5, attention, levels=2)
+
+
 def test_background_decoder_with_scene_features_and_gaussian_defaults():
     enc = BEVSceneEncoder(base_channels=8, out_channels=4, num_down=1)
     dec = BEVPointDecoder(num_freqs=2, use_relative=False, scene_channels=4, enc_depths=(), enc_channels=(),
@@ -148,11 +184,8 @@ def test_layers():
     enc = sincos_encoding(x, 3)
     assert enc.shape == (1, 3 * 7)
     assert torch.allclose(enc[0, 3], torch.sin(torch.tensor(0.25 * torch.pi)))
-    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 1], [0, 2, 0, 0], [1, 0, 0, 0]])
-    coarse, parent, counts = grid_pool(coords)
-    pooled = pool_features(torch.tensor([[1.0], [3.0], [5.0], [7.0]]), parent, counts)
-    assert coarse.shape[0] == 3 and parent[0] == parent[1] != parent[2]
-    assert counts.tolist() == [2, 1, 1] and float(pooled[parent[0]]) == 2.0
+    pooled = pool_features(torch.tensor([[1.0], [3.0], [5.0], [7.0]]), torch.tensor([0, 0, 2, 1]), torch.tensor([2, 1, 1]))
+    assert pooled.flatten().tolist() == [2.0, 7.0, 5.0]
     lin = ModulatedLinear(4, 3, 2)
     out = lin(torch.randn(5, 4), torch.randn(2, 2), torch.tensor([0, 1, 0, 1, 1]))
     assert out.shape == (5, 3)

@@ -41,7 +41,10 @@ __all__ = [
     "FLAT_CLASSES",
     "BEVLayout",
     "BEVPoints",
+    "ViewCache",
+    "ViewTables",
     "bev_points",
+    "upload",
     "visible_bev_points",
 ]
 
@@ -53,6 +56,12 @@ FLAT_CLASSES: tuple[int, ...] = (GROUND, ROAD, WATER)
 """Classes whose Gaussians are thin in z (flat surfaces)."""
 
 _FAR_BELOW = -(1 << 40)
+
+
+def upload(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device: the driver stages a pageable
+    copy at once, so unlike ``.to(device)`` (a stream sync per copy) the host runs on ahead."""
+    return t.to(device, non_blocking=True)
 
 
 def _as_map(name: str, value: Any) -> torch.Tensor:
@@ -325,10 +334,10 @@ def _window_maps(layout: BEVLayout, window: tuple[int, int, int, int], device: t
     top[a0 - r0 + 1 : a1 - r0 + 1, b0 - c0 + 1 : b1 - c0 + 1] = layout.top[a0:a1, b0:b1]
     crop = (slice(r0, r1), slice(c0, c1))
     return (
-        layout.semantic[crop].to(device),
-        top.to(device),
-        layout.bottom[crop].to(device),
-        layout.instance[crop].to(device),
+        upload(layout.semantic[crop], device),
+        upload(top, device),
+        upload(layout.bottom[crop], device),
+        upload(layout.instance[crop], device),
     )
 
 
@@ -342,7 +351,7 @@ def _columns(layout: BEVLayout, window: tuple[int, int, int, int], device: torch
     )
     # Level z of a column is on the shell iff z >= the top of one of its pixels or z > a neighbour's top.
     low = torch.minimum(top - 1, neighbour_min).reshape(-1)
-    strides = torch.tensor(layout.class_strides, device=device)[sem].reshape(-1)
+    strides = upload(torch.tensor(layout.class_strides), device)[sem].reshape(-1)
     hc, wc = r1 - r0, c1 - c0
     ii = torch.arange(r0, r1, device=device).view(-1, 1).expand(hc, wc).reshape(-1)
     jj = torch.arange(c0, c1, device=device).view(1, -1).expand(hc, wc).reshape(-1)
@@ -385,12 +394,12 @@ def _points_of(layout: BEVLayout, cols: _Columns, column: torch.Tensor, level: t
     inst = cols.inst[column]
     xy = cols.centroid[column]
     vox = torch.cat([xy, z[:, None].double()], 1)
-    inst_min = layout.instance_min.to(device)[inst]
-    inst_max = layout.instance_max.to(device)[inst]
+    inst_min = upload(layout.instance_min, device)[inst]
+    inst_max = upload(layout.instance_max, device)[inst]
     centre = (inst_min + inst_max) / 2
     half = torch.clamp((inst_max - inst_min) / 2, min=0.5)
     relative = torch.clamp((vox - centre) / half, -1.0, 1.0)
-    origin = torch.tensor(layout.origin, dtype=torch.float64, device=device)
+    origin = upload(torch.tensor(layout.origin, dtype=torch.float64), device)
     return BEVPoints(
         positions=(origin + vox * mpp).float(),
         voxels=torch.cat([cols.block[column], z[:, None]], 1),
@@ -455,16 +464,17 @@ def _pixel_grid(width: int, height: int, step: int, device) -> tuple[torch.Tenso
 def _camera_rays(
     layout: BEVLayout, K: torch.Tensor, world_to_cam: torch.Tensor, u: torch.Tensor, v: torch.Tensor, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Origins and unit directions (voxel units) of the rays through image points ``u x v``."""
-    vv, uu = torch.meshgrid(v.to(device), u.to(device), indexing="ij")
+    """Origins and unit directions (voxel units) of the rays through image points ``u x v``.
+
+    The 3 x 3 algebra runs where ``K`` lies (host cameras: no device sync), the rays on ``device``."""
+    rot = world_to_cam[:3, :3].double()
+    origin_world = -(rot.T @ world_to_cam[:3, 3].double())
+    origin = (origin_world - origin_world.new_tensor(layout.origin)) / layout.meters_per_pixel
+    kinv, rot, origin = (upload(t, device) for t in (torch.linalg.inv(K.double()), rot, origin))
+    vv, uu = torch.meshgrid(upload(v, device), upload(u, device), indexing="ij")
     pix = torch.stack([uu, vv, torch.ones_like(uu)], -1).reshape(-1, 3)
-    cam_dirs = pix @ torch.linalg.inv(K.double().to(device)).T
-    rot = world_to_cam[:3, :3].double().to(device)
-    trans = world_to_cam[:3, 3].double().to(device)
-    dirs = cam_dirs @ rot  # R^T d for row vectors
+    dirs = (pix @ kinv.T) @ rot  # R^T K^-1 p for row vectors
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    origin_world = -(rot.T @ trans)
-    origin = (origin_world - torch.tensor(layout.origin, dtype=torch.float64, device=device)) / layout.meters_per_pixel
     return origin.expand_as(dirs).contiguous(), dirs
 
 
@@ -511,9 +521,56 @@ def _max_pyramid(top: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Te
         grid = torch.nn.functional.max_pool2d(t, 2)[0, 0]
         grids.append(grid)
     sizes = torch.tensor([g.numel() for g in grids])
-    offsets = (torch.cumsum(sizes, 0) - sizes).to(top.device)
-    widths = torch.tensor([g.shape[1] for g in grids], device=top.device)
+    offsets = upload(torch.cumsum(sizes, 0) - sizes, top.device)
+    widths = upload(torch.tensor([g.shape[1] for g in grids]), top.device)
     return torch.cat([g.reshape(-1) for g in grids]), offsets, widths
+
+
+@dataclass
+class ViewTables:
+    """Device tables of one layout window that visibility marches through: its shell columns,
+    tops, classes and max pyramid. Frames whose view window lies inside reuse them."""
+
+    window: tuple[int, int, int, int]  # r0, r1, c0, c1
+    cols: _Columns
+    top: torch.Tensor  # [h, w] long
+    sem: torch.Tensor  # [h * w] long
+    pyramid: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def build(cls, layout: BEVLayout, window: tuple[int, int, int, int], device: torch.device, mip_levels: int) -> ViewTables:
+        r0, r1, c0, c1 = window
+        top = upload(layout.top[r0:r1, c0:c1], device)
+        sem = upload(layout.semantic[r0:r1, c0:c1], device).reshape(-1)
+        return cls(window, _columns(layout, window, device), top, sem, _max_pyramid(top, mip_levels))
+
+    def covers(self, window: tuple[int, int, int, int]) -> bool:
+        r0, r1, c0, c1 = self.window
+        return r0 <= window[0] and window[1] <= r1 and c0 <= window[2] and window[3] <= c1
+
+
+class ViewCache:
+    """The :class:`ViewTables` of the last view window, for the frames of one trajectory.
+
+    A view window that does not fit the cached one is rebuilt grown by ``margin`` of its size on
+    every side, so a moving camera rebuilds every few frames; memory stays bounded by the view
+    window (``max_distance``), not the layout. Hits are those of an uncached call: a larger
+    window holds the same columns and the rays end where they did.
+    """
+
+    def __init__(self, layout: BEVLayout, device: torch.device | str, margin: float = 0.125, mip_levels: int = 4) -> None:
+        self.layout, self.device, self.margin, self.mip_levels = layout, torch.device(device), margin, mip_levels
+        self.tables: ViewTables | None = None
+        self.builds = 0
+
+    def get(self, window: tuple[int, int, int, int]) -> ViewTables:
+        if self.tables is None or not self.tables.covers(window):
+            r0, r1, c0, c1 = window
+            dr, dc = math.ceil((r1 - r0) * self.margin), math.ceil((c1 - c0) * self.margin)
+            grown = _aligned_window(self.layout, r0 - dr, r1 + dr, c0 - dc, c1 + dc)
+            self.tables = ViewTables.build(self.layout, grown, self.device, self.mip_levels)
+            self.builds += 1
+        return self.tables
 
 
 def visible_bev_points(
@@ -524,6 +581,7 @@ def visible_bev_points(
     ray_chunk: int = 1 << 18,
     mip_levels: int = 4,
     device: torch.device | str | None = None,
+    cache: ViewCache | None = None,
 ) -> BEVPoints:
     """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2).
 
@@ -538,6 +596,8 @@ def visible_bev_points(
         mip_levels: levels of the max-height pyramid used to skip empty space (level ``k``: blocks
             of ``2^k`` pixels; capped where one block covers the view window).
         device: where the work runs (default: the cameras' device).
+        cache: a :class:`ViewCache` of this layout and device, reused across calls (frames); its
+            ``mip_levels`` apply.
 
     Returns:
         At most ``ceil(W / ray_step) * ceil(H / ray_step) * C`` points, whatever the layout size;
@@ -554,23 +614,20 @@ def visible_bev_points(
     window = _view_window(layout, cameras, max_distance)
     if window is None:
         return _empty_points(layout, device)
-    r0, r1, c0, c1 = window
-    cols = _columns(layout, window, device)
-    top = layout.top[r0:r1, c0:c1].to(device)
-    sem = layout.semantic[r0:r1, c0:c1].to(device).reshape(-1)
-    strides = torch.tensor(layout.class_strides, device=device)
-    pyramid = _max_pyramid(top, int(mip_levels))
-    shift = torch.tensor([c0, r0, 0.0], dtype=torch.float64, device=device)
+    view = ViewTables.build(layout, window, device, int(mip_levels)) if cache is None else cache.get(window)
+    r0, _, c0, c1 = view.window
+    cols, top, sem, pyramid = view.cols, view.top, view.sem, view.pyramid
+    strides = upload(torch.tensor(layout.class_strides), device)
+    shift = upload(torch.tensor([c0, r0, 0.0], dtype=torch.float64), device)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
     wc = c1 - c0
-    found = []
+    found = []  # per ray: its point's index in the window's shell, or -1 (no hit)
     for c in range(cameras.K.shape[0]):
         u, v = _pixel_grid(int(cameras.width), int(cameras.height), ray_step, device)
         o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
         o = o - shift
         for s in range(0, o.shape[0], ray_chunk):
             hit, pixel, level = march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
-            pixel, level = pixel[hit], level[hit]
             cls = sem[pixel]
             st = strides[cls]
             pi, pj = torch.div(pixel, wc, rounding_mode="floor"), torch.remainder(pixel, wc)
@@ -578,13 +635,12 @@ def visible_bev_points(
             bj = torch.div(pj + c0, st, rounding_mode="floor") * st - c0
             key = (bi * wc + bj) * NUM_CLASSES + cls
             column = torch.searchsorted(cols.keys, key).clamp(max=cols.keys.numel() - 1)
-            ok = cols.keys[column] == key
-            column, level = column[ok], level[ok]
+            ok = hit & (cols.keys[column] == key)
             k = torch.div(cols.top[column] - level, cols.stride[column], rounding_mode="floor")
-            k = torch.clamp(k, min=0)
-            k = torch.minimum(k, cols.count[column] - 1)
-            found.append(torch.unique(cols.offset[column] + k))
-    ids = torch.unique(torch.cat(found)) if found else torch.empty(0, dtype=torch.long, device=device)
+            k = torch.minimum(torch.clamp(k, min=0), cols.count[column] - 1)
+            found.append(torch.where(ok, cols.offset[column] + k, -1))
+    ids = torch.unique(torch.cat(found))  # sorted, so a miss (-1) comes first
+    ids = ids[ids >= 0]
     column = torch.searchsorted(cols.offset, ids, right=True) - 1
     return _points_of(layout, cols, column, ids - cols.offset[column])
 

@@ -76,22 +76,23 @@ def march(
     hc, wc = top.shape
     device = o.device
     n = o.shape[0]
+    # The slab's top is read on the device: no host sync.
+    hi = torch.cat([torch.tensor([float(wc), float(hc)], dtype=o.dtype).to(device, non_blocking=True),
+                    top.max().to(o.dtype)[None] + 1.0])
+    lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype).to(device, non_blocking=True)
+    tn, tf = slab(o, d, lo, hi)
+    tn = tn.clamp(min=0.0) + _EPS_ENTER
+    tf = tf.clamp(max=tmax)
+    if triton_available(device) if use_triton is None else use_triton:
+        return traverse_triton(o, d, tn, tf, pyramid, (hc, wc))  # rays missing the slab are never live
+    # The lockstep path marches only the rays that meet the slab.
     hit = torch.zeros(n, dtype=torch.bool, device=device)
     pixel = torch.zeros(n, dtype=torch.long, device=device)
     level = torch.zeros(n, dtype=torch.long, device=device)
-    zhi = float(top.max()) + 1.0
-    lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype, device=device)
-    hi = torch.tensor([float(wc), float(hc), zhi], dtype=o.dtype, device=device)
-    tn, tf = slab(o, d, lo, hi)
-    tn = tn.clamp(min=0.0)
-    tf = tf.clamp(max=tmax)
     index = torch.nonzero(tf > tn).squeeze(1)
-    if index.numel() == 0:
-        return hit, pixel, level
-    args = (o[index], d[index], tn[index] + _EPS_ENTER, tf[index], pyramid, (hc, wc))
-    kernel = triton_available(device) if use_triton is None else use_triton
-    r_hit, r_pixel, r_level = traverse_triton(*args) if kernel else traverse_torch(*args, sync_every=sync_every)
-    hit[index], pixel[index], level[index] = r_hit, r_pixel, r_level
+    if index.numel():
+        args = (o[index], d[index], tn[index], tf[index], pyramid, (hc, wc))
+        hit[index], pixel[index], level[index] = traverse_torch(*args, sync_every=sync_every)
     return hit, pixel, level
 
 
@@ -119,7 +120,7 @@ def traverse_torch(o, d, t, tf, pyramid: Pyramid, shape: tuple[int, int], sync_e
     sign = (d[:, :2] > 0).to(o.dtype)
     inv = 1.0 / torch.where(d[:, :2].abs() < 1e-12, torch.full_like(d[:, :2], 1e-12), d[:, :2])
     lvl = torch.full((m,), _start_level(offsets), dtype=torch.long, device=device)
-    live = torch.ones(m, dtype=torch.bool, device=device)
+    live = t < tf
     r_hit, r_pixel, r_level = (torch.zeros(m, dtype=dt, device=device) for dt in (torch.bool, torch.long, torch.long))
     step = 0
     while index.numel():
@@ -173,7 +174,7 @@ if triton is not None:
         ix = 1.0 / tl.where(tl.abs(dx) < 1e-12, 1e-12, dx)
         iy = 1.0 / tl.where(tl.abs(dy) < 1e-12, 1e-12, dy)
         lvl = tl.zeros([BLOCK], dtype=tl.int64) + start_level
-        live = inb
+        live = inb & (t < tf)
         hit = tl.zeros([BLOCK], dtype=tl.int32)
         pixel = tl.zeros([BLOCK], dtype=tl.int64)
         level = tl.zeros([BLOCK], dtype=tl.int64)

@@ -37,6 +37,7 @@ __all__ = [
     "SparseTransformerBlock",
     "SparseWindowAttention",
     "grouped_attention",
+    "patch_lengths",
     "serialized_attention",
     "serialized_groups",
     "window_attention",
@@ -247,12 +248,17 @@ def serialized_groups(keys: torch.Tensor, batch_idx: torch.Tensor, patch_size: i
     by_key = torch.argsort(keys, stable=True)
     order = by_key[torch.argsort(batch_idx[by_key], stable=True)]
     _, item_counts = torch.unique_consecutive(batch_idx[order], return_counts=True)
-    # Each item: full patches, then its remainder (a zero-length remainder is dropped below).
+    return AttentionGroups(order, patch_lengths(item_counts, patch_size), patch_size)
+
+
+def patch_lengths(item_counts: torch.Tensor, patch_size: int, num_patches: int | None = None) -> torch.Tensor:
+    """Lengths of the patches of consecutive items of ``item_counts`` tokens: each item's full
+    ``patch_size`` patches, then its remainder (none where it is zero). ``num_patches``, their
+    total where already known, saves the host sync of sizing the result."""
     patches = torch.div(item_counts, patch_size, rounding_mode="floor")
-    full = torch.full_like(item_counts, patch_size)
-    lengths = torch.stack([full, item_counts - patches * patch_size], 1)
+    lengths = torch.stack([torch.full_like(item_counts, patch_size), item_counts - patches * patch_size], 1)
     repeats = torch.stack([patches, (lengths[:, 1] > 0).long()], 1)
-    return AttentionGroups(order, torch.repeat_interleave(lengths.flatten(), repeats.flatten()), patch_size)
+    return torch.repeat_interleave(lengths.flatten(), repeats.flatten(), output_size=num_patches)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MAX_BITS", "ORDERS", "inverse_permutation", "serialize", "sort_by_key"]
+__all__ = ["MAX_BITS", "ORDERS", "curve_code", "inverse_permutation", "key_bits", "serialize", "sort_by_key"]
 
 MAX_BITS = 21
 ORDERS = ("z", "hilbert", "grid")
@@ -121,6 +121,18 @@ def serialize(
     batch_max, batch_min, cell_max = (int(v) for v in torch.stack([batch.max(), batch.min(), cells.max()]).tolist())
     if batch_min < 0:
         raise ValueError(f"batch indices (coords[:, 0]) must be >= 0, got minimum {batch_min}")
+    bits = key_bits(cell_max, batch_max, bits)
+    return (batch << (3 * bits)) | curve_code(cells, order, bits)
+
+
+def key_bits(cell_max: int, batch_max: int, bits: int | None = None) -> int:
+    """Bits per axis of keys over cell indices ``0..cell_max`` and batch items ``0..batch_max``:
+    ``bits`` where given (checked), else the fewest that fit.
+
+    Raises:
+        ValueError: if the cells need more than ``bits`` or ``MAX_BITS`` bits, or the batch index
+            does not fit in the high bits left.
+    """
     needed = max(1, cell_max.bit_length())
     if bits is None:
         bits = needed
@@ -135,14 +147,18 @@ def serialize(
         raise ValueError(
             f"batch index {batch_max} does not fit in the {63 - 3 * bits} high bits left by {bits} bits per axis"
         )
+    return bits
+
+
+def curve_code(cells: torch.Tensor, order: str, bits: int) -> torch.Tensor:
+    """Curve index of non-negative int64 cells ``[N, 3]`` below ``2 ** bits`` (unchecked: see
+    :func:`key_bits`), without host syncs; :func:`serialize` puts the batch index above it."""
     x, y, z = cells.unbind(1)
     if order == "z":
-        code = _morton(x, y, z)
-    elif order == "hilbert":
-        code = _hilbert(x, y, z, bits)
-    else:
-        code = (x << (2 * bits)) | (y << bits) | z
-    return (batch << (3 * bits)) | code
+        return _morton(x, y, z)
+    if order == "hilbert":
+        return _hilbert(x, y, z, bits)
+    return (x << (2 * bits)) | (y << bits) | z
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Building blocks shared by GaussianCity's models (Sec. 3.4): sin/cos positional encoding,
-StyleGAN2 modulated linear layers and grid pooling of serialized points."""
+StyleGAN2 modulated linear layers and mean pooling of points into coarser cells."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModulatedLinear", "grid_pool", "leaky_relu", "pool_features", "sincos_encoding"]
+__all__ = ["ModulatedLinear", "leaky_relu", "pool_features", "sincos_encoding"]
 
 
 def sincos_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
@@ -49,16 +49,9 @@ class ModulatedLinear(nn.Module):
         return out + self.bias
 
 
-def grid_pool(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stride-2 grid pooling structure of ``coords [N, 4]`` (b, x, y, z), the pooling step of a
-    PTv3-style encoder: ``(coarse coords [M, 4], parent index [N], points per cell [M])``."""
-    coarse = torch.cat([coords[:, :1], torch.div(coords[:, 1:], 2, rounding_mode="floor")], 1)
-    unique, parent = torch.unique(coarse, dim=0, return_inverse=True)
-    return unique, parent, torch.bincount(parent, minlength=unique.shape[0])
-
-
 def pool_features(feats: torch.Tensor, parent: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Mean of ``feats [N, C]`` per cell of :func:`grid_pool`: ``[M, C]`` (``M = len(counts)``)."""
+    """Mean of ``feats [N, C]`` per cell: ``[M, C]`` (``M = len(counts)``), the points of cell ``m``
+    being those with ``parent == m`` and ``counts[m]`` their number (the pooling of PTv3's encoder)."""
     pooled = torch.zeros(counts.shape[0], feats.shape[1], device=feats.device, dtype=feats.dtype)
     pooled.index_add_(0, parent, feats)
     return pooled / counts.clamp(min=1).to(feats.dtype)[:, None]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...sparse.attention import AttentionGroups, SerializedAttention
+from ...sparse.attention import AttentionGroups, SerializedAttention, patch_lengths
+from ...sparse.serialize import curve_code, key_bits
 from ...sparse.tensor import SparseTensor
-from .layers import grid_pool
 
 __all__ = ["HierarchyCapacity", "PointHierarchy"]
 
@@ -60,20 +60,66 @@ class PointHierarchy:
     def build(
         cls, voxels: torch.Tensor, batch_index: torch.Tensor, batch_size: int, attention: SerializedAttention, levels: int
     ) -> PointHierarchy:
-        """Pool ``voxels [N, 3]`` of batch items ``batch_index [N]`` ``levels - 1`` times and
-        serialize every level as ``attention`` does."""
-        coords = [torch.cat([batch_index[:, None], voxels], 1).long()]
-        parents, counts = [], []
-        for _ in range(levels - 1):
-            coarse, parent, count = grid_pool(coords[-1])
-            coords.append(coarse)
-            parents.append(parent)
-            counts.append(count)
-        groups = []
-        for c in coords:
-            probe = SparseTensor(c.new_empty(c.shape[0], 0, dtype=torch.float32), c.to(torch.int32), batch_size=batch_size, validate=False)
-            groups.append(attention.groups(probe))
-        return cls([c.to(torch.int32) for c in coords], parents, counts, groups, batch_size, attention.cache_key)
+        """Pool ``voxels [N, 3]`` (int) of batch items ``batch_index [N]`` in ``0..batch_size-1``
+        ``levels - 1`` times by 2 (PTv3 grid pooling) and cut every level into ``attention``'s
+        serialized patches.
+
+        Every level is sorted straight from the points' coarsened coordinates, so the whole build
+        waits for the GPU twice (the coordinate range, then all levels' sizes), not a few times
+        per level. Level 0 keeps the points' order; a coarser level stores its cells in serialized
+        order (ties lexicographic), which gives the patches ``attention.groups`` gives that level.
+        """
+        if voxels.shape[0] == 0:
+            raise ValueError("a point hierarchy needs at least one point")
+        batch, voxels = batch_index.long(), voxels.long()
+        coords = torch.cat([batch[:, None], voxels], 1)
+        lo, hi = torch.stack([coords.amin(0), coords.amax(0)]).tolist()
+        if lo[0] < 0 or hi[0] >= batch_size:
+            raise ValueError(f"batch_index must lie in [0, {batch_size}), got values in [{lo[0]}, {hi[0]}]")
+        patch = attention.patch_size
+        rows, orders, item_counts = [], [], []
+        for level in range(levels):
+            # Cells of this level relative to their minimum, as serialize() shifts them.
+            low = torch.tensor([v >> level for v in lo[1:]]).to(voxels.device, non_blocking=True)  # no stream sync
+            cells = (voxels >> level) - low
+            span = max((h >> level) - (v >> level) for v, h in zip(lo[1:], hi[1:]))
+            bits = key_bits(span // attention.grid_size, hi[0])
+            grid_cells = torch.div(cells, attention.grid_size, rounding_mode="floor")
+            keys = (batch << (3 * bits)) | curve_code(grid_cells, attention.order, bits)
+            if level == 0:  # every point is a row; equal keys keep the points' order
+                order = torch.argsort(keys, stable=True)
+                rows.append(torch.arange(len(batch), device=batch.device))
+                orders.append(order)
+                first = torch.ones_like(batch)
+            else:  # one row per occupied cell, rows in serialized order
+                lex_bits = key_bits(span, hi[0])
+                lex = (batch << (3 * lex_bits)) | curve_code(cells, "grid", lex_bits)
+                order = torch.argsort(lex, stable=True)
+                order = order[torch.argsort(keys[order], stable=True)]
+                sorted_lex = lex[order]
+                first = torch.ones_like(sorted_lex)
+                first[1:] = (sorted_lex[1:] != sorted_lex[:-1]).long()
+                rows.append(torch.empty_like(order).scatter_(0, order, torch.cumsum(first, 0) - 1))
+                orders.append(None)
+            counts = torch.zeros(batch_size, dtype=torch.long, device=batch.device)
+            item_counts.append(counts.index_add_(0, batch[order], first))
+        totals = [c.sum() for c in item_counts]
+        totals += [torch.div(c + patch - 1, patch, rounding_mode="floor").sum() for c in item_counts]
+        totals = torch.stack(totals).tolist()
+        sizes, num_patches = totals[:levels], totals[levels:]
+
+        level_coords, parents, counts, groups = [], [], [], []
+        for level, (row, size) in enumerate(zip(rows, sizes)):
+            cells = torch.cat([batch[:, None], voxels >> level], 1).to(torch.int32)
+            level_coords.append(cells if level == 0 else cells.new_empty(size, 4).index_copy_(0, row, cells))
+            order = orders[level] if orders[level] is not None else torch.arange(size, device=batch.device)
+            groups.append(AttentionGroups(order, patch_lengths(item_counts[level], patch, num_patches[level]), patch))
+            if level + 1 < levels:
+                parent = row.new_empty(size).index_copy_(0, row, rows[level + 1])
+                parents.append(parent)
+                counts.append(torch.zeros(sizes[level + 1], dtype=torch.long, device=batch.device).index_add_(
+                    0, parent, torch.ones_like(parent)))
+        return cls(level_coords, parents, counts, groups, batch_size, attention.cache_key)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -119,7 +165,8 @@ class PointHierarchy:
                 nxt = capacity.points[i + 1]
                 parent = torch.cat([self.parents[i], self.parents[i].new_full((cap - c.shape[0],), nxt - 1)])
                 parents.append(parent)
-                counts.append(torch.bincount(parent, minlength=nxt))
+                counts.append(torch.zeros(nxt, dtype=parent.dtype, device=parent.device).index_add_(
+                    0, parent, torch.ones_like(parent)))
         return PointHierarchy(coords, parents, counts, groups, self.batch_size, self.cache_key)
 
     def device_tensors(self) -> list[torch.Tensor]:

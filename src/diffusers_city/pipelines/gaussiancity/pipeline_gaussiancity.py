@@ -23,7 +23,14 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ...bev import BEVLayout, BEVPoints, bev_points, visible_bev_points
+from ...bev import (
+    BEVLayout,
+    BEVPoints,
+    ViewCache,
+    bev_points,
+    upload,
+    visible_bev_points,
+)
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
 from .cuda_graph import GraphedPointDecoder
@@ -190,19 +197,18 @@ class GaussianCityPipeline(DiffusionPipeline):
     def _scene_features(self, layout: BEVLayout, xy_world: torch.Tensor) -> torch.Tensor:
         """Scene-encoder features at the points, computed on the layout crop around them."""
         mpp = layout.meters_per_pixel
-        xy = (xy_world.double() - torch.tensor(layout.origin[:2], dtype=torch.float64, device=xy_world.device)) / mpp
+        xy = (xy_world.double() - upload(torch.tensor(layout.origin[:2], dtype=torch.float64), xy_world.device)) / mpp
         margin = self.scene_encoder.receptive_margin
         step = 2 ** self.scene_encoder.config.num_down
         h, w = layout.shape
-        lo = (xy.amin(0).floor().long() - margin).tolist()
-        hi = (xy.amax(0).ceil().long() + margin).tolist()
+        lo, hi = torch.stack([xy.amin(0).floor() - margin, xy.amax(0).ceil() + margin]).long().tolist()
         c0, r0 = max(0, lo[0] // step * step), max(0, lo[1] // step * step)
         c1, r1 = min(w, hi[0]), min(h, hi[1])
         device = self.scene_encoder.device
-        sem = layout.semantic[r0:r1, c0:c1][None].to(device)
-        hgt = (layout.top[r0:r1, c0:c1].double() * mpp)[None].to(device)
+        sem = upload(layout.semantic[r0:r1, c0:c1][None], device)
+        hgt = upload(layout.top[r0:r1, c0:c1][None], device).double() * mpp
         feats = self.scene_encoder(sem, hgt)
-        local = xy - torch.tensor([c0, r0], dtype=torch.float64, device=xy.device)
+        local = xy - upload(torch.tensor([c0, r0], dtype=torch.float64), xy.device)
         return BEVSceneEncoder.sample(feats, local.to(device), (r1 - r0, c1 - c0))
 
     def decode_points(self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor) -> Gaussians:
@@ -213,7 +219,11 @@ class GaussianCityPipeline(DiffusionPipeline):
         points = points.to(device)
         styles = styles.to(device)
         parts = []
-        bg = points.select(points.instances == 0)
+        # Background rows first: one host sync splits the points, not one per part.
+        is_building = points.instances > 0
+        order = torch.argsort(is_building.to(torch.uint8), stable=True)
+        num_bg = len(points) - int(is_building.sum())
+        bg, bd = points.select(order[:num_bg]), points.select(order[num_bg:])
         if len(bg):
             feats = self._scene_features(layout, bg.positions[:, :2])
             zeros = torch.zeros(len(bg), dtype=torch.long, device=device)
@@ -221,7 +231,6 @@ class GaussianCityPipeline(DiffusionPipeline):
                 bg.positions, bg.relative, bg.voxels, bg.classes, zeros, styles[:1], scene_features=feats
             )
             parts.append(self.background_decoder.gaussians(bg.positions, bg.strides, bg.classes, rgb, layout.meters_per_pixel))
-        bd = points.select(points.instances > 0)
         if len(bd):
             # Batch item = instance id, over the whole style table: no per-frame unique (a host sync).
             decoder = self._graphed if self._use_graph(device) else self.building_decoder
@@ -368,13 +377,19 @@ class GaussianCityPipeline(DiffusionPipeline):
         layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
         frames, visible = [], []
         if output_type != "gaussians":
-            cams = cams.to(device)
+            # Visibility reads the host cameras (no device sync), the rasterizer the device ones.
+            host_cams, cams = cams.to("cpu"), cams.to(device)
+            device_styles = styles.to(device)
+            fill = None if bg is None else bg.to(device)
             max_distance = float(self.scene_encoder.config.max_view_distance)
+            views = ViewCache(layout, device)
             for i in self.progress_bar(range(len(cams))):
                 cam = cams[i]
-                pts = visible_bev_points(layout, cam, max_distance=max_distance, ray_step=ray_step, device=device)
-                g = self.decode_points(layout, pts, styles)
-                image = render_gaussians(g, cam, background=None if bg is None else bg.to(device)).rgb[0].clamp(0, 1)
+                pts = visible_bev_points(
+                    layout, host_cams[i], max_distance=max_distance, ray_step=ray_step, device=device, cache=views
+                )
+                g = self.decode_points(layout, pts, device_styles)
+                image = render_gaussians(g, cam, background=fill).rgb[0].clamp(0, 1)
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, None, {"image": image})
                     image = (out or {}).get("image", image)
