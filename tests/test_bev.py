@@ -269,6 +269,8 @@ def test_view_cache_gives_the_uncached_points_and_rebuilds_only_when_the_view_le
     assert 1 <= cache.builds < 6 and len(set(windows)) == cache.builds
     r0, r1, c0, c1 = windows[-1]
     assert r1 - r0 < 160 or c1 - c0 < 160  # the cached window stays a crop of the layout
+    with pytest.raises(ValueError, match="another layout"):
+        visible_bev_points(_city(160, 4), cam, max_distance=50.0, cache=cache)
 
 
 def _march_case(layout, rng, width, height, device):

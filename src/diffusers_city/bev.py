@@ -611,6 +611,8 @@ def visible_bev_points(
     if max_distance is not None and not (max_distance > 0):
         raise ValueError(f"max_distance must be positive or None, got {max_distance!r}")
     device = torch.device(device) if device is not None else cameras.K.device
+    if cache is not None and (cache.layout is not layout or cache.device != device):
+        raise ValueError(f"cache holds another layout or device ({cache.device}) than this call ({device})")
     window = _view_window(layout, cameras, max_distance)
     if window is None:
         return _empty_points(layout, device)
