@@ -341,10 +341,11 @@ def _window_maps(layout: BEVLayout, window: tuple[int, int, int, int], device: t
     )
 
 
-def _columns(layout: BEVLayout, window: tuple[int, int, int, int], device: torch.device) -> _Columns:
-    """Group the window's pixels into shell columns (vectorized)."""
+def _columns(layout: BEVLayout, window: tuple[int, int, int, int], maps: tuple[torch.Tensor, ...]) -> _Columns:
+    """Group the window's pixels into shell columns (vectorized); ``maps``: its :func:`_window_maps`."""
     r0, r1, c0, c1 = window
-    sem, top_halo, bottom, inst = _window_maps(layout, window, device)
+    sem, top_halo, bottom, inst = maps
+    device = sem.device
     top = top_halo[1:-1, 1:-1]
     neighbour_min = torch.minimum(
         torch.minimum(top_halo[:-2, 1:-1], top_halo[2:, 1:-1]), torch.minimum(top_halo[1:-1, :-2], top_halo[1:-1, 2:])
@@ -447,7 +448,8 @@ def bev_points(
     parts = []
     for a in range(r0, r1, tile):
         for b in range(c0, c1, tile):
-            cols = _columns(layout, (a, min(a + tile, r1), b, min(b + tile, c1)), device)
+            part = (a, min(a + tile, r1), b, min(b + tile, c1))
+            cols = _columns(layout, part, _window_maps(layout, part, device))
             column = torch.repeat_interleave(torch.arange(cols.keys.numel(), device=device), cols.count)
             level = torch.arange(column.numel(), device=device) - cols.offset[column]
             parts.append(_points_of(layout, cols, column, level))
@@ -539,10 +541,9 @@ class ViewTables:
 
     @classmethod
     def build(cls, layout: BEVLayout, window: tuple[int, int, int, int], device: torch.device, mip_levels: int) -> ViewTables:
-        r0, r1, c0, c1 = window
-        top = upload(layout.top[r0:r1, c0:c1], device)
-        sem = upload(layout.semantic[r0:r1, c0:c1], device).reshape(-1)
-        return cls(window, _columns(layout, window, device), top, sem, _max_pyramid(top, mip_levels))
+        maps = _window_maps(layout, window, device)  # one upload serves the columns and the march
+        top = maps[1][1:-1, 1:-1]
+        return cls(window, _columns(layout, window, maps), top, maps[0].reshape(-1), _max_pyramid(top, mip_levels))
 
     def covers(self, window: tuple[int, int, int, int]) -> bool:
         r0, r1, c0, c1 = self.window

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...bev import upload
 from ...sparse.attention import AttentionGroups, SerializedAttention, patch_lengths
 from ...sparse.serialize import curve_code, key_bits
 from ...sparse.tensor import SparseTensor
@@ -80,8 +81,7 @@ class PointHierarchy:
         rows, orders, item_counts = [], [], []
         for level in range(levels):
             # Cells of this level relative to their minimum, as serialize() shifts them.
-            low = torch.tensor([v >> level for v in lo[1:]]).to(voxels.device, non_blocking=True)  # no stream sync
-            cells = (voxels >> level) - low
+            cells = (voxels >> level) - upload(torch.tensor([v >> level for v in lo[1:]]), voxels.device)
             span = max((h >> level) - (v >> level) for v, h in zip(lo[1:], hi[1:]))
             bits = key_bits(span // attention.grid_size, hi[0])
             grid_cells = torch.div(cells, attention.grid_size, rounding_mode="floor")
@@ -117,8 +117,7 @@ class PointHierarchy:
             if level + 1 < levels:
                 parent = row.new_empty(size).index_copy_(0, row, rows[level + 1])
                 parents.append(parent)
-                counts.append(torch.zeros(sizes[level + 1], dtype=torch.long, device=batch.device).index_add_(
-                    0, parent, torch.ones_like(parent)))
+                counts.append(_cell_counts(parent, sizes[level + 1]))
         return cls(level_coords, parents, counts, groups, batch_size, attention.cache_key)
 
     @property
@@ -165,8 +164,7 @@ class PointHierarchy:
                 nxt = capacity.points[i + 1]
                 parent = torch.cat([self.parents[i], self.parents[i].new_full((cap - c.shape[0],), nxt - 1)])
                 parents.append(parent)
-                counts.append(torch.zeros(nxt, dtype=parent.dtype, device=parent.device).index_add_(
-                    0, parent, torch.ones_like(parent)))
+                counts.append(_cell_counts(parent, nxt))
         return PointHierarchy(coords, parents, counts, groups, self.batch_size, self.cache_key)
 
     def device_tensors(self) -> list[torch.Tensor]:
@@ -185,3 +183,8 @@ class PointHierarchy:
         counts = [next(it) for _ in range(levels - 1)]
         groups = [AttentionGroups.from_device_tensors([next(it) for _ in range(4)], g.max_length) for g in self.groups]
         return PointHierarchy(coords, parents, counts, groups, self.batch_size, self.cache_key)
+
+
+def _cell_counts(parent: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows pooled into each of ``size`` cells (``bincount`` without its host sync)."""
+    return torch.zeros(size, dtype=parent.dtype, device=parent.device).index_add_(0, parent, torch.ones_like(parent))
