@@ -16,6 +16,11 @@ oracles fitted on the scored view itself: its class means (its sun and district 
 (building instance, class) means (each building's palette colours). Per-pixel painting differs
 from the Gaussian-rendered baseline at edges, so these rows come with their own per-pixel
 class-mean reference.
+
+``--fit_styles STEPS`` scores GaussianCity with its style codes fitted to the city instead of
+sampled (``GaussianCityPipeline.fit_styles``): on each held-out city the codes are fitted on the
+even views and every method is scored on the odd ones, next to the per-(building, class) mean
+colours of those same even views, the model-free use of what they show.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,7 @@ from diffusers_city.bev import visible_bev_points
 from diffusers_city.data import NUM_CLASSES
 from diffusers_city.metrics import psnr
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
-from diffusers_city.render import render_gaussians
+from diffusers_city.render import Cameras, render_gaussians
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,6 +133,79 @@ CEILING_ROWS = (
 )
 
 
+def _masked(x: torch.Tensor, view) -> torch.Tensor:
+    """``[1, 3, H, W]`` image ``x [H, W, 3]`` with the pixels outside ``view``'s mask zeroed."""
+    return (x * view.mask.to(x.device)[..., None].float()).permute(2, 0, 1)[None]
+
+
+def masked_psnr(pred: torch.Tensor, view) -> float:
+    return float(psnr(_masked(pred, view), _masked(view.rgb.to(pred.device), view)))
+
+
+def _visible(pipe, layout, camera, device):
+    return visible_bev_points(layout, camera.to(device), max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
+
+
+def paint_points(pipe, layout, view, colours: torch.Tensor, label_of, device) -> torch.Tensor:
+    """Render of ``view`` with its visible BEV points coloured ``colours[label_of(points)]`` (no model)."""
+    pts = _visible(pipe, layout, view.camera, device)
+    g = pipe.background_decoder.gaussians(pts.positions, pts.strides, pts.classes, colours[label_of(pts)], layout.meters_per_pixel)
+    return render_gaussians(g, view.camera.to(device)).rgb[0]
+
+
+def _instance_class(pts) -> torch.Tensor:
+    return pts.instances * NUM_CLASSES + pts.classes
+
+
+def observed_means(train, pipe, layout, seen, class_means: torch.Tensor, device) -> torch.Tensor:
+    """Mean ground-truth colour per (instance, class) over the covered pixels of the ``seen`` views;
+    the class mean where they never show that pair. Indexed by ``_instance_class``."""
+    size = (layout.num_instances + 1) * NUM_CLASSES
+    sums, counts = torch.zeros(size, 3, device=device), torch.zeros(size, device=device)
+    for v in seen:
+        pts = _visible(pipe, layout, v.camera, device)
+        label, _ = train.label_image(layout, v.camera, pts, _instance_class(pts), size)
+        m = v.mask.to(device)
+        means, n = _label_means(label[m], v.rgb.to(device)[m], size)
+        sums += means * n[:, None]
+        counts += n
+    fallback = class_means[torch.arange(size, device=device) % NUM_CLASSES]
+    return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], fallback)
+
+
+FIT_ROWS = (
+    ("sampled", "GaussianCity, sampled style codes"),
+    ("fitted", "GaussianCity, style codes fitted on the city's other views"),
+    ("class_mean", "per-class mean colour (training cities)"),
+    ("observed_mean", "per-(building, class) mean colour of the city's other views"),
+)
+
+
+def fitted_style_rows(pipe, train, layouts, views, class_means: torch.Tensor, steps: int, device) -> tuple[list[list[float]], float]:
+    """PSNR of each scored view (odd views of every held-out city) for the ``FIT_ROWS`` methods,
+    and the seconds spent fitting codes; the even views are the ones the codes and the observed
+    means are fitted on."""
+    rows, seconds = [], 0.0
+    for c, layout in enumerate(layouts):
+        city = [v for v in views if v.city == c]
+        seen, scored = city[0::2], city[1::2]
+        sampled = pipe.sample_styles(layout, torch.Generator().manual_seed(c))
+        start = time.perf_counter()
+        fitted = pipe.fit_styles(layout, Cameras.cat([v.camera for v in seen]), torch.stack([v.rgb for v in seen]),
+                                 torch.stack([v.mask for v in seen]), styles=sampled, num_steps=steps)
+        seconds += time.perf_counter() - start
+        with torch.no_grad():
+            observed = observed_means(train, pipe, layout, seen, class_means, device)
+            for v in scored:
+                rows.append([
+                    masked_psnr(train.render_view(pipe, layout, v.camera, sampled, device), v),
+                    masked_psnr(train.render_view(pipe, layout, v.camera, fitted, device), v),
+                    masked_psnr(paint_points(pipe, layout, v, class_means, lambda p: p.classes, device), v),
+                    masked_psnr(paint_points(pipe, layout, v, observed, _instance_class, device), v),
+                ])
+    return rows, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -140,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--city_size_m", type=float, default=192.0)
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, tiny cities and frames")
     parser.add_argument("--ceilings", action="store_true", help="also score mean-colour predictors that know more")
+    parser.add_argument("--fit_styles", type=int, default=0, metavar="STEPS",
+                        help="also score style codes fitted in STEPS steps on each held-out city's other views")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -177,18 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for view in views:
             layout = layouts[view.city]
-            cam = view.camera.to(device)
             styles = pipe.sample_styles(layout, torch.Generator().manual_seed(view.city))
             pred = train.render_view(pipe, layout, view.camera, styles, device)
-            pts = visible_bev_points(layout, cam, max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
-            g = pipe.background_decoder.gaussians(pts.positions, pts.strides, pts.classes, means[pts.classes], layout.meters_per_pixel)
-            base = render_gaussians(g, cam).rgb[0]
-            gt, m = view.rgb.to(device), view.mask.to(device)[..., None].float()
-            to_img = lambda x: (x * m).permute(2, 0, 1)[None]  # noqa: E731
-            rows.append((float(psnr(to_img(pred), to_img(gt))), float(psnr(to_img(base), to_img(gt)))))
+            base = paint_points(pipe, layout, view, means, lambda p: p.classes, device)
+            rows.append((masked_psnr(pred, view), masked_psnr(base, view)))
             if ceilings is not None:
                 images = ceilings.predict(layout, materials[view.city], view, means)
-                ceiling_rows.append([float(psnr(to_img(images[k]), to_img(gt))) for k, _ in CEILING_ROWS])
+                ceiling_rows.append([masked_psnr(images[k], view) for k, _ in CEILING_ROWS])
+    fit_rows, fit_seconds = fitted_style_rows(pipe, train, layouts, views, means, args.fit_styles, device) if args.fit_styles else ([], 0.0)
     arr = np.array(rows)
     summary = {
         "pipeline": args.preset or str(args.pipeline or "shipped default"),
@@ -199,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         "goal_gain>=2dB": bool(arr[:, 0].mean() - arr[:, 1].mean() >= 2.0),
         "per_view": rows,
     }
+    if fit_rows:
+        summary["fitted_styles"] = {k: float(v) for (k, _), v in zip(FIT_ROWS, np.array(fit_rows).mean(0))}
+        summary["fitted_styles"].update(steps=args.fit_styles, fit_seconds_per_city=fit_seconds / len(layouts))
+        summary["fitted_styles"]["per_view"] = fit_rows
     if ceiling_rows:
         summary["ceilings"] = {k: float(v) for (k, _), v in zip(CEILING_ROWS, np.array(ceiling_rows).mean(0))}
     tmp = args.out / ".gaussiancity_quality.json.tmp"
@@ -217,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         ref = summary["ceilings"]["class_mean_pixel"]
         table += "\n\n| per-pixel mean colour | PSNR (dB, masked) | gain over the per-pixel class mean |\n| --- | --- | --- |\n"
         table += "\n".join(f"| {label} | {summary['ceilings'][k]:.2f} | {summary['ceilings'][k] - ref:+.2f} |" for k, label in CEILING_ROWS)
+    if fit_rows:
+        fit = summary["fitted_styles"]
+        table += (f"\n\nStyle codes fitted ({args.fit_styles} steps, {fit['fit_seconds_per_city']:.1f} s per city on {device}) "
+                  f"on the even views of each held-out city, "
+                  f"scored on its {len(fit_rows)} odd views:\n\n| method | PSNR (dB, masked) | gain over the per-class mean |\n| --- | --- | --- |\n")
+        table += "\n".join(f"| {label} | {fit[k]:.2f} | {fit[k] - fit['class_mean']:+.2f} |" for k, label in FIT_ROWS)
     (args.out / "gaussiancity_quality.md").write_text(table + "\n")
     print(table)
     return 0

@@ -115,6 +115,65 @@ def test_cameras_looking_away_give_empty_frames(pipe):
     assert np.allclose(out.images[0], np.array([0.2, 0.4, 0.6]), atol=1e-6)
 
 
+def _fit_views(width=32, height=24):
+    """Two views of ``_maps``' layout from above and one looking away (it shows nothing)."""
+    eye = [torch.tensor([8.0, 40.0, 60.0]), torch.tensor([40.0, 8.0, 60.0]), torch.tensor([24.0, 24.0, 50.0])]
+    at = [torch.tensor([24.0, 24.0, 0.0]), torch.tensor([24.0, 24.0, 0.0]), torch.tensor([24.0, 24.0, 100.0])]
+    return Cameras.cat([Cameras.look_at(e, a, width=width, height=height, focal=30.0) for e, a in zip(eye, at)])
+
+
+def test_fit_styles_finds_codes_that_reproduce_views(pipe):
+    """Views rendered with one style table are matched by fitting another one to them: the
+    render error falls far below that of the start, the start table is not modified and no
+    decoder weight gets a gradient."""
+    sem, hgt = _maps()
+    layout = pipe.prepare_layout(sem, hgt)
+    cams = _fit_views()
+    truth = pipe.sample_styles(layout, torch.Generator().manual_seed(3))
+    targets = pipe(sem, hgt, cameras=cams, style=truth, output_type="pt").images
+    start = pipe.sample_styles(layout, torch.Generator().manual_seed(4))
+    kept = start.clone()
+    fitted = pipe.fit_styles(layout, cams, targets, styles=start, num_steps=40, learning_rate=0.1)
+
+    def error(styles):
+        return float((pipe(sem, hgt, cameras=cams, style=styles, output_type="pt").images - targets).square().mean())
+
+    assert fitted.shape == start.shape and torch.equal(start, kept)
+    assert error(fitted) < 0.2 * error(start), (error(fitted), error(start))
+    components = (pipe.scene_encoder, pipe.background_decoder, pipe.building_decoder)
+    assert all(p.grad is None for c in components for p in c.parameters())
+    # masks: pixels outside them do not count (an all-wrong target there changes nothing)
+    masks = torch.zeros(targets.shape[:3], dtype=torch.bool)
+    masks[:, :12] = True
+    spoiled = torch.where(masks[..., None], targets, 1 - targets)
+    same = pipe.fit_styles(layout, cams, spoiled, masks, styles=start, num_steps=3)
+    assert torch.allclose(same, pipe.fit_styles(layout, cams, targets, masks, styles=start, num_steps=3))
+    with pytest.raises(ValueError, match="no camera sees the layout"):
+        pipe.fit_styles(layout, cams[2:], targets[2:], styles=start, num_steps=1)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"images": torch.zeros(3, 24, 32)}, "images must have shape"),
+        ({"images": torch.zeros(2, 24, 32, 3)}, "images must have shape"),
+        ({"images": torch.full((3, 24, 32, 3), float("nan"))}, "NaN"),
+        ({"images": torch.full((3, 24, 32, 3), 2.0)}, "must lie in \\[0, 1\\]"),
+        ({"masks": torch.ones(3, 24, 32)}, "masks must be a bool"),
+        ({"masks": torch.zeros(3, 24, 32, dtype=torch.bool)}, "masks cover no pixel"),
+        ({"styles": torch.zeros(3, 32)}, "style must have shape"),
+        ({"num_steps": 0}, "num_steps must be a positive int"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ],
+)
+def test_fit_styles_bad_input_raises_before_work(pipe, change, match):
+    sem, hgt = _maps()
+    args = {"layout": pipe.prepare_layout(sem, hgt), "cameras": _fit_views(), "images": torch.zeros(3, 24, 32, 3)}
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        pipe.fit_styles(**args)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -34,6 +34,7 @@ from ...bev import (
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
 from .cuda_graph import GraphedPointDecoder
+from .style_fitting import check_views, fit_styles
 
 __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
 
@@ -192,6 +193,43 @@ class GaussianCityPipeline(DiffusionPipeline):
         t = ((centre - centre.min()) / span).to(out.dtype)[:, None]
         out[1:] = (1 - t) * start.to(out) + t * end.to(out)
         return out
+
+    def fit_styles(
+        self,
+        layout: BEVLayout,
+        cameras: Cameras,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        *,
+        styles: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        num_steps: int = 100,
+        learning_rate: float = 0.05,
+        prior_weight: float = 1e-3,
+    ) -> torch.Tensor:
+        """The style table whose renders from ``cameras`` best match ``images`` (decoders frozen).
+
+        Adam on the masked mean squared error of every view's render plus ``prior_weight`` x the
+        codes' mean square (their standard-normal prior), starting from ``styles`` or from codes
+        sampled with ``generator``. Codes of buildings no view shows barely move. Use it to give
+        a layout the look of photos of its city, then render new views with ``style=``.
+
+        Args:
+            layout: from ``prepare_layout``.
+            cameras, images: the views, ``images [N, H, W, 3]`` in [0, 1] at the cameras' size.
+            masks: ``[N, H, W]`` bool, the pixels to match (default: all).
+
+        Raises:
+            ValueError: naming the problem, before any work, for images or masks of the wrong
+                shape or range, an empty mask, a style table of the wrong size or bad options.
+        """
+        masks = check_views(cameras, images, masks)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        if not learning_rate > 0 or not prior_weight >= 0:
+            raise ValueError(f"learning_rate must be > 0 and prior_weight >= 0, got {learning_rate!r}, {prior_weight!r}")
+        start = self.sample_styles(layout, generator) if styles is None else self._check_styles(styles, layout)
+        return fit_styles(self, layout, cameras, images, masks, start, num_steps, learning_rate, prior_weight)
 
     # -- decoding -------------------------------------------------------------------------
     def _scene_features(self, layout: BEVLayout, xy_world: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,32 @@
+"""benchmarks/gaussiancity_quality.py in its quick CPU mode: every table row is computed and written."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_quick_with_fitted_styles_and_ceilings(tmp_path):
+    quality = load("gaussiancity_quality")
+    assert quality.main(["--device", "cpu", "--quick", "--fit_styles", "2", "--ceilings", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gaussiancity_quality.json").read_text())
+    assert result["views"] == 2 and len(result["per_view"]) == 2
+    assert result["gain_db"] == result["psnr_pipeline"] - result["psnr_class_mean_baseline"]
+    fitted = result["fitted_styles"]
+    assert fitted["steps"] == 2 and len(fitted["per_view"]) == 1  # 2 views: fitted on one, scored on the other
+    assert all(math.isfinite(fitted[k]) for k, _ in quality.FIT_ROWS)
+    assert set(result["ceilings"]) == {k for k, _ in quality.CEILING_ROWS}
+    table = (tmp_path / "gaussiancity_quality.md").read_text()
+    for _, label in (*quality.FIT_ROWS, *quality.CEILING_ROWS):
+        assert f"| {label} |" in table
