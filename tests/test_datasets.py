@@ -8,6 +8,7 @@ import torch
 
 from diffusers_city.data import CameraViewDataset, CityScene, VoxelCropDataset
 from diffusers_city.data.convert import splat_normals
+from diffusers_city.data.datasets import SceneSource
 
 SMALL = dict(crop_size_px=32, scene_size_m=64, points_per_m2=1.0)
 
@@ -45,6 +46,9 @@ def test_cache_dir_round_trip(tmp_path):
     assert len(saved) == 1 and CityScene.load(saved[0]).shape == (64, 64)
     again = VoxelCropDataset(1, crops_per_scene=1, cache_dir=tmp_path / "cache", **SMALL)
     _equal(first, again[0])
+    # other generator arguments, same seed and cache: a scene of their own, not the cached one
+    larger = SceneSource(0, scene_size_m=96.0, points_per_m2=1.0, cache_dir=tmp_path / "cache")
+    assert larger(0).shape == (96, 96) and len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_camera_dataset():

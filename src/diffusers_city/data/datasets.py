@@ -7,6 +7,8 @@ sample is deterministic per seed and index, in any order, in any worker.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -28,7 +30,9 @@ class SceneSource:
     Args:
         base_seed: scene ``i`` uses seed ``hash(base_seed, i) mod 2**31``.
         scene_size_m / meters_per_pixel / points_per_m2 / style: `procedural_city` arguments.
-        cache_dir: if set, scenes are saved there with `CityScene.save` and reloaded later.
+        cache_dir: if set, scenes are saved there with `CityScene.save` and reloaded later, in a
+            folder named by the seed, the index and a digest of the generator arguments (a cache
+            filled with other sizes or styles is never read back).
         memory_cache: how many scenes to keep in memory.
     """
 
@@ -55,6 +59,7 @@ class SceneSource:
         # validate arguments once, cheaply, before any work is scheduled
         procedural_city(0, **{**self.kwargs, "size_m": 4 * float(meters_per_pixel)}, with_points=False)
         self.cache_dir = cache_dir
+        self._digest = hashlib.sha256(json.dumps(self.kwargs, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.memory_cache = memory_cache
         self._lru: OrderedDict[int, CityScene] = OrderedDict()
 
@@ -66,7 +71,7 @@ class SceneSource:
             self._lru.move_to_end(scene_index)
             return self._lru[scene_index]
         scene = None
-        path = None if self.cache_dir is None else self.cache_dir / f"scene_{self.base_seed}_{scene_index:06d}"
+        path = None if self.cache_dir is None else self.cache_dir / f"scene_{self.base_seed}_{scene_index:06d}_{self._digest}"
         if path is not None and (path / "scene.json").is_file():
             scene = CityScene.load(path)
         if scene is None:
