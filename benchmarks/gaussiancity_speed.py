@@ -92,7 +92,7 @@ def frame(pipe, layout, styles, cam, max_distance: float, device, autocast, view
         sync(device)
         ends.append(time.perf_counter())
         with autocast:
-            g = pipe.decode_points(layout, pts, styles)
+            g = pipe.decode_points(layout, pts, styles, device)
         g = type(g)(**{k: getattr(g, k).float() for k in ("means", "quats", "scales", "opacities", "colors")})
         sync(device)
         ends.append(time.perf_counter())

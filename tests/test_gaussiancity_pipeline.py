@@ -209,6 +209,24 @@ def test_cuda_graphs_are_ignored_off_cuda():
     assert np.array_equal(same.images, eager.images) and pipe._graphed.captures == 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload moves components to a CUDA device")
+def test_model_cpu_offload_renders_the_frames_of_a_cuda_pipeline():
+    """Offloaded components (on the CPU between calls) decode on CUDA: the frames and fitted
+    styles of a pipeline kept on CUDA."""
+    on_cuda = GaussianCityPipeline.from_preset("tiny", seed=0).to("cuda")
+    ref = _run(on_cuda, generator=torch.Generator().manual_seed(3))
+    offloaded = GaussianCityPipeline.from_preset("tiny", seed=0)
+    offloaded.enable_model_cpu_offload()
+    out = _run(offloaded, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(out.images, ref.images, atol=1e-5)
+    sem, hgt = _maps()
+    layout, cams = on_cuda.prepare_layout(sem, hgt), _fit_views()
+    images = on_cuda(sem, hgt, cameras=cams, style=ref.styles, output_type="pt").images.cpu()
+    kw = {"styles": torch.zeros_like(ref.styles), "num_steps": 2}
+    torch.testing.assert_close(offloaded.fit_styles(layout, cams, images, **kw), on_cuda.fit_styles(layout, cams, images, **kw))
+    offloaded.remove_all_hooks()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs replay on a CUDA device")
 def test_cuda_graphs_match_eager_frames():
     """An orbit whose visible building points change every frame: the graphed building decoder

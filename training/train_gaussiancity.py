@@ -234,7 +234,7 @@ def googleearth_views(args, device) -> tuple[list[BEVLayout], list[View], list[C
 # -- training ---------------------------------------------------------------------------------
 def render_view(pipe: GaussianCityPipeline, layout: BEVLayout, camera: Cameras, styles: torch.Tensor, device):
     pts = visible_bev_points(layout, camera, max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
-    g = pipe.decode_points(layout, pts, styles)
+    g = pipe.decode_points(layout, pts, styles, device)
     return render_gaussians(g, camera.to(device)).rgb[0]
 
 

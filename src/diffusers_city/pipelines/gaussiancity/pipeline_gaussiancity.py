@@ -233,7 +233,8 @@ class GaussianCityPipeline(DiffusionPipeline):
 
     # -- decoding -------------------------------------------------------------------------
     def _scene_features(self, layout: BEVLayout, xy_world: torch.Tensor) -> torch.Tensor:
-        """Scene-encoder features at the points, computed on the layout crop around them."""
+        """Scene-encoder features at the points, computed on the layout crop around them (on the
+        points' device)."""
         mpp = layout.meters_per_pixel
         xy = (xy_world.double() - upload(torch.tensor(layout.origin[:2], dtype=torch.float64), xy_world.device)) / mpp
         margin = self.scene_encoder.receptive_margin
@@ -242,18 +243,22 @@ class GaussianCityPipeline(DiffusionPipeline):
         lo, hi = torch.stack([xy.amin(0).floor() - margin, xy.amax(0).ceil() + margin]).long().tolist()
         c0, r0 = max(0, lo[0] // step * step), max(0, lo[1] // step * step)
         c1, r1 = min(w, hi[0]), min(h, hi[1])
-        device = self.scene_encoder.device
+        device = xy_world.device
         sem = upload(layout.semantic[r0:r1, c0:c1][None], device)
         hgt = upload(layout.top[r0:r1, c0:c1][None], device).double() * mpp
         feats = self.scene_encoder(sem, hgt)
-        local = xy - upload(torch.tensor([c0, r0], dtype=torch.float64), xy.device)
-        return BEVSceneEncoder.sample(feats, local.to(device), (r1 - r0, c1 - c0))
+        local = xy - upload(torch.tensor([c0, r0], dtype=torch.float64), device)
+        return BEVSceneEncoder.sample(feats, local, (r1 - r0, c1 - c0))
 
-    def decode_points(self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor) -> Gaussians:
+    def decode_points(
+        self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor, device: torch.device | None = None
+    ) -> Gaussians:
         """Gaussians of ``points``: background points through the background decoder with scene
         features and style row 0, building points through the building decoder, one batch item
-        (and style row) per instance."""
-        device = self.building_decoder.device
+        (and style row) per instance. Decoded on ``device`` (default: the pipeline's execution
+        device, which model CPU offload moves components to; callers decoding many frames pass
+        it once, as finding it walks the components)."""
+        device = self._execution_device if device is None else device
         points = points.to(device)
         styles = styles.to(device)
         parts = []
@@ -278,6 +283,7 @@ class GaussianCityPipeline(DiffusionPipeline):
 
     def layout_gaussians(self, layout: BEVLayout, styles: torch.Tensor, tile: int = 512) -> Gaussians:
         """Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
+        device = self._execution_device
         h, w = layout.shape
         parts = []
         done = torch.zeros(layout.num_instances + 1, dtype=torch.bool)
@@ -293,8 +299,8 @@ class GaussianCityPipeline(DiffusionPipeline):
                 for inst in new.tolist():
                     pts = _append_instance(layout, pts, inst, (r, min(r + tile, h), c, min(c + tile, w)))
                 if len(pts):
-                    parts.append(self.decode_points(layout, pts, styles))
-        return _concat_gaussians(parts, self.building_decoder.device)
+                    parts.append(self.decode_points(layout, pts, styles, device))
+        return _concat_gaussians(parts, device)
 
     # -- checks ---------------------------------------------------------------------------
     def _check_styles(self, styles: Any, layout: BEVLayout) -> torch.Tensor:
@@ -411,7 +417,7 @@ class GaussianCityPipeline(DiffusionPipeline):
             if bg.shape != (3,):
                 raise ValueError(f"background must be 3 values (RGB), got shape {list(bg.shape)}")
 
-        device = self.building_decoder.device
+        device = self._execution_device
         layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
         frames, visible = [], []
         if output_type != "gaussians":
@@ -426,7 +432,7 @@ class GaussianCityPipeline(DiffusionPipeline):
                 pts = visible_bev_points(
                     layout, host_cams[i], max_distance=max_distance, ray_step=ray_step, device=device, cache=views
                 )
-                g = self.decode_points(layout, pts, device_styles)
+                g = self.decode_points(layout, pts, device_styles, device)
                 image = render_gaussians(g, cam, background=fill).rgb[0].clamp(0, 1)
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, None, {"image": image})

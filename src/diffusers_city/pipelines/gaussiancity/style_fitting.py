@@ -59,7 +59,7 @@ def fit_styles(
     """``styles`` after ``num_steps`` Adam steps on the masked mean squared error of the views'
     renders (every view each step) plus ``prior_weight`` x the mean squared code. See
     ``GaussianCityPipeline.fit_styles``."""
-    device = pipe.building_decoder.device
+    device = pipe._execution_device
     host_cams, cams = cameras.to("cpu"), cameras.to(device)
     max_distance = float(pipe.scene_encoder.config.max_view_distance)
     with torch.no_grad():  # visibility does not depend on the styles: one ray cast per view
@@ -75,7 +75,7 @@ def fit_styles(
         optimizer.zero_grad(set_to_none=True)
         grad = torch.zeros_like(codes)
         for i in shown:  # one view's graph at a time: the memory of one frame
-            rgb = render_gaussians(pipe.decode_points(layout, points[i], codes), cams[i]).rgb[0]
+            rgb = render_gaussians(pipe.decode_points(layout, points[i], codes, device), cams[i]).rgb[0]
             loss = ((rgb - targets[i]).square() * weights[i]).sum() / norm
             grad += torch.autograd.grad(loss, codes)[0]  # codes only: no decoder weight gradients
         grad += torch.autograd.grad(prior_weight * codes.square().mean(), codes)[0]
