@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("compare_loss_curves", ROOT / "benchmarks" / "compare_loss_curves.py")
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
+compare = load_script("benchmarks/compare_loss_curves.py")
 
 
 def write_log(path: Path, steps: range, loss, seconds_per_step: float) -> Path:

@@ -24,7 +24,6 @@ Same global batch of 2, and why the runs agree up to float rounding:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -39,6 +38,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_loader import load_script
 
 from diffusers_city import GaussianCityPipeline
 
@@ -51,14 +51,6 @@ STACK_LINES = ("Fatal Python error", "Current thread", "Thread 0x", "  File")
 # Both tests start 2 training processes each; run them one after the other on one xdist worker
 # (concurrent launches once hung a CI run past the 180 s timeout).
 pytestmark = pytest.mark.xdist_group("ddp")
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, TRAINING / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
@@ -85,7 +77,7 @@ def launch_two_processes(script: str, args: list[str], timeout: float = 150) -> 
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            stdout, stderr = _stop_group(proc)
+            stdout, stderr = _stop_all(proc)
             stacks = "\n".join(line for line in stderr.splitlines() if line.startswith(STACK_LINES))
             report = f"{script}: 2-process launch {attempt} hung for {timeout:.0f} s; its stacks:\n{stacks[-6000:]}"
             if attempt == 2:
@@ -96,7 +88,7 @@ def launch_two_processes(script: str, args: list[str], timeout: float = 150) -> 
         return stdout
 
 
-def _stop_group(proc: subprocess.Popen) -> tuple[str, str]:
+def _stop_all(proc: subprocess.Popen) -> tuple[str, str]:
     """SIGABRT (a stack dump each), then SIGKILL, to ``proc`` and all its descendants; its output.
 
     The workers are found through the process tree: torchrun starts each in a session of its own,
@@ -131,7 +123,7 @@ def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
             "--train_batch_size", "1", "--use_ema"]
     launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
-    vae = _load("train_sat2city_vae")
+    vae = load_script("training/train_sat2city_vae.py")
     assert vae.main([*args, "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "one")]) == 0
     # the runs differ by float rounding only (~1e-7 relative)
     assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 3, rel=1e-5, abs=1e-7)
@@ -152,7 +144,7 @@ def test_gaussiancity_two_processes_match_one_process(tmp_path):
     assert "global batch 2 = 1 per process x 2 processes x 1 accumulation steps" in two
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
     assert (tmp_path / "two" / "validation" / "step-4" / "held_out.png").is_file()
-    gc = _load("train_gaussiancity")
+    gc = load_script("training/train_gaussiancity.py")
     assert gc.main([*args, "--train_batch_size", "2", "--output_dir", str(tmp_path / "one")]) == 0
     # the runs differ by float rounding of batched vs per-process convolutions (~1e-6)
     assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 4, rel=0, abs=2e-5)

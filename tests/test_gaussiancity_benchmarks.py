@@ -1,24 +1,13 @@
 """benchmarks/gaussiancity_quality.py in its quick CPU mode: every table row is computed and written."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_quality_quick_with_fitted_styles_and_ceilings(tmp_path):
-    quality = load("gaussiancity_quality")
+    quality = load_script("benchmarks/gaussiancity_quality.py")
     assert quality.main(["--device", "cpu", "--quick", "--fit_styles", "2", "--ceilings", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gaussiancity_quality.json").read_text())
     assert result["views"] == 2 and len(result["per_view"]) == 2

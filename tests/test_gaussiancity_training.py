@@ -1,28 +1,21 @@
 """training/train_gaussiancity.py: a few CPU steps on procedural cities, resume, GoogleEarth loader."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from script_loader import load_script
 
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import ROAD, ROOF
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_gaussiancity", ROOT / "training" / "train_gaussiancity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_gaussiancity"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training/train_gaussiancity.py")
 
 
 COMMON = ["--preset", "tiny", "--num_cities", "2", "--city_size_m", "48", "--points_per_m2", "1", "--views_per_city",

@@ -210,14 +210,11 @@ def test_kernel_maps_cached_and_shared():
 
 
 def test_benchmark_cpu_quick_run(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_conv.py"
-    spec = importlib.util.spec_from_file_location("sparse_conv_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from script_loader import load_script
+
+    bench = load_script("benchmarks/sparse_conv.py")
     assert bench.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "sparse_conv.json").read_text())
     assert len(result["rows"]) == 16 and not any("error" in r for r in result["rows"])
