@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_city.bev import BEVLayout, ViewCache, bev_points, visible_bev_points
+from diffusers_city.bev import (
+    BEVLayout,
+    ViewCache,
+    bev_points,
+    visible_bev_points,
+    visible_bev_points_per_camera,
+)
 from diffusers_city.data.classes import FACADE, GROUND, ROAD, ROOF, WATER
 from diffusers_city.render import Cameras
 
@@ -252,6 +258,31 @@ def test_visible_points_do_not_depend_on_mip_levels_or_chunks():
         assert _key_set(visible_bev_points(layout, cam, **kw)) == base
     with pytest.raises(ValueError, match="mip_levels"):
         visible_bev_points(layout, cam, mip_levels=-1)
+
+
+def test_per_camera_visibility_is_each_cameras_own_visible_set():
+    """Frames decoded together: the union of the cameras' points, and per camera exactly the points
+    a call for that camera alone returns (a camera looking away sees none)."""
+    layout = _city(64, 7)
+    cams = Cameras.cat([
+        _camera([-5.0, 10.0, 30.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
+        _camera([70.0, 60.0, 35.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
+        _camera([30.0, 30.0, 60.0], [30.0, 30.0, 200.0], width=40, height=30, focal=25.0),  # looking up
+        _camera([10.0, 70.0, 25.0], [40.0, 20.0, 0.0], width=40, height=30, focal=25.0),
+    ])
+    union, rows = visible_bev_points_per_camera(layout, cams, max_distance=80.0, ray_step=2)
+    want_union = visible_bev_points(layout, cams, max_distance=80.0, ray_step=2)
+    assert torch.equal(union.voxels, want_union.voxels) and torch.equal(union.classes, want_union.classes)
+    assert len(rows) == 4 and rows[2].numel() == 0
+    for j, index in enumerate(rows):
+        want = visible_bev_points(layout, cams[j], max_distance=80.0, ray_step=2)
+        got = union.select(index)
+        assert torch.equal(got.voxels, want.voxels) and torch.equal(got.positions, want.positions)
+        assert torch.equal(got.instances, want.instances)
+    assert min(len(rows[0]), len(rows[1]), len(rows[3])) > 50
+    assert len(union) < len(rows[0]) + len(rows[1]) + len(rows[3])  # the views overlap
+    empty, none = visible_bev_points_per_camera(layout, cams[2])
+    assert len(empty) == 0 and none[0].numel() == 0
 
 
 def test_view_cache_gives_the_uncached_points_and_rebuilds_only_when_the_view_leaves_it():

@@ -21,11 +21,11 @@ def scene_dir(tmp_path_factory):
 def test_generate_writes_frames_video_and_ply(scene_dir, tmp_path):
     out = tmp_path / "out"
     rc = main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
-               "--frames", "2", "--width", "24", "--height", "16", "--device", "cpu"])
+               "--frames", "3", "--width", "24", "--height", "16", "--device", "cpu", "--decode_chunk_size", "2"])
     assert rc == 0
     frames = sorted((out / "frames").glob("*.png"))
-    assert len(frames) == 2 and Image.open(frames[0]).size == (24, 16)
-    assert Image.open(out / "orbit.gif").n_frames == 2
+    assert len(frames) == 3 and Image.open(frames[0]).size == (24, 16)
+    assert Image.open(out / "orbit.gif").n_frames == 3
     assert PlyData.read(str(out / "city.ply"))["vertex"].count > 100
 
 
@@ -35,6 +35,9 @@ def test_generate_bad_input_fails_before_writing(scene_dir, tmp_path, capsys):
     assert "not a scene folder" in capsys.readouterr().err
     assert main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
                  "--width", "0"]) == 2
+    assert main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
+                 "--decode_chunk_size", "0"]) == 2
+    assert "--decode_chunk_size must be positive" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -185,6 +185,8 @@ def test_fit_styles_bad_input_raises_before_work(pipe, change, match):
         (dict(style=torch.zeros(3, 32)), "num_instances \\+ 1"),
         (dict(output_type="latent"), "output_type"),
         (dict(trajectory="spiral"), "trajectory must be one of"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive int"),
+        ({"decode_chunk_size": True}, "decode_chunk_size must be a positive int"),
         (dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
          "either cameras or trajectory"),
     ],
@@ -199,6 +201,33 @@ def test_bad_input_raises_before_work(pipe, kwargs, match):
         GaussianCityPipeline(pipe.scene_encoder, pipe.background_decoder,
                              type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(),
                                                          dec_channels=()))
+
+
+def test_decode_chunks_decode_once_and_rasterize_each_frames_own_points(pipe):
+    """Frames decoded in chunks: one decoder call per chunk, and every frame rasterizes exactly
+    the Gaussians it sees on its own (their colours take the chunk's union of views as context)."""
+    calls = []
+    hook = pipe.building_decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        kw = {"num_frames": 5, "return_gaussians": "visible", "generator": torch.Generator().manual_seed(4)}
+        single = _run(pipe, **kw)
+        single_calls, calls[:] = len(calls), []
+        chunked = _run(pipe, decode_chunk_size=3, **kw)
+    finally:
+        hook.remove()
+    assert single_calls == 5 and len(calls) == 2
+    assert chunked.images.shape == single.images.shape == (5, 24, 32, 3)
+    for a, b in zip(single.gaussians, chunked.gaussians):
+        assert len(a) > 40 and torch.equal(a.means, b.means) and torch.equal(a.scales, b.scales)
+    assert not np.allclose(chunked.images, single.images)  # the decoders' context differs
+    # Frames of one camera: the union is each frame's own set, so a chunk gives the per-frame frames.
+    cam = Cameras.look_at(torch.tensor([-10.0, -10.0, 40.0]), torch.tensor([24.0, 24.0, 0.0]), width=32, height=24, focal=20.0)
+    same = Cameras.cat([cam] * 3)
+    sem, hgt = _maps()
+    one = pipe(sem, hgt, cameras=same, style=single.styles, output_type="np")
+    three = pipe(sem, hgt, cameras=same, style=single.styles, output_type="np", decode_chunk_size=3)
+    np.testing.assert_allclose(three.images, one.images, atol=1e-5)
+    assert one.images.std() > 0.01
 
 
 def test_cuda_graphs_are_ignored_off_cuda():
@@ -231,10 +260,10 @@ def test_model_cpu_offload_renders_the_frames_of_a_cuda_pipeline():
 def test_cuda_graphs_match_eager_frames():
     """An orbit whose visible building points change every frame: the graphed building decoder
     (padded to a growing capacity, recaptured only when a frame does not fit) renders the eager
-    frames, in fp32 and under bf16 autocast."""
+    frames, in fp32 and under bf16 autocast, a frame or a chunk of frames at a time."""
     pipe = GaussianCityPipeline.from_preset("tiny", seed=0).to("cuda")
-    kw = {"num_frames": 8, "width": 96, "height": 72}
-    for autocast in (False, True):
+    for autocast, chunk in ((False, 1), (True, 1), (True, 4)):
+        kw = {"num_frames": 8, "width": 96, "height": 72, "decode_chunk_size": chunk}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             pipe.enable_cuda_graphs(False)
             eager = _run(pipe, generator=torch.Generator().manual_seed(0), **kw)

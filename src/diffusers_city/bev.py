@@ -46,6 +46,7 @@ __all__ = [
     "bev_points",
     "upload",
     "visible_bev_points",
+    "visible_bev_points_per_camera",
 ]
 
 DEFAULT_CLASS_STRIDES: tuple[int, ...] = (2, 2, 1, 1, 2, 4, 1, 1)
@@ -466,18 +467,20 @@ def _pixel_grid(width: int, height: int, step: int, device) -> tuple[torch.Tenso
 def _camera_rays(
     layout: BEVLayout, K: torch.Tensor, world_to_cam: torch.Tensor, u: torch.Tensor, v: torch.Tensor, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Origins and unit directions (voxel units) of the rays through image points ``u x v``.
+    """Origins and unit directions (voxel units) of the rays through image points ``u x v`` of
+    one camera (``K [3, 3]``, ``world_to_cam [4, 4]``) or of ``C`` (``[C, 3, 3]``, ``[C, 4, 4]``:
+    camera after camera, ``C * len(u) * len(v)`` rays).
 
     The 3 x 3 algebra runs where ``K`` lies (host cameras: no device sync), the rays on ``device``."""
-    rot = world_to_cam[:3, :3].double()
-    origin_world = -(rot.T @ world_to_cam[:3, 3].double())
+    rot = world_to_cam[..., :3, :3].double()
+    origin_world = -(rot.transpose(-1, -2) @ world_to_cam[..., :3, 3:].double())[..., 0]
     origin = (origin_world - origin_world.new_tensor(layout.origin)) / layout.meters_per_pixel
     kinv, rot, origin = (upload(t, device) for t in (torch.linalg.inv(K.double()), rot, origin))
     vv, uu = torch.meshgrid(upload(v, device), upload(u, device), indexing="ij")
     pix = torch.stack([uu, vv, torch.ones_like(uu)], -1).reshape(-1, 3)
-    dirs = (pix @ kinv.T) @ rot  # R^T K^-1 p for row vectors
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    return origin.expand_as(dirs).contiguous(), dirs
+    dirs = (pix @ kinv.transpose(-1, -2)) @ rot  # R^T K^-1 p for row vectors
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    return origin[..., None, :].expand_as(dirs).reshape(-1, 3), dirs.reshape(-1, 3)
 
 
 def _view_window(
@@ -489,25 +492,19 @@ def _view_window(
     lo = torch.tensor([0.0, 0.0, zlo], dtype=torch.float64)
     hi = torch.tensor([float(w), float(h), zhi], dtype=torch.float64)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
-    boxes = []
-    for c in range(cameras.K.shape[0]):
-        # A 17 x 17 grid of rays from image border to image border bounds the frustum's footprint.
-        u = torch.linspace(0.0, float(cameras.width), 17, dtype=torch.float64)
-        v = torch.linspace(0.0, float(cameras.height), 17, dtype=torch.float64)
-        o, d = _camera_rays(layout, cameras.K[c].cpu(), cameras.world_to_cam[c].cpu(), u, v, "cpu")
-        tn, tf = slab(o, d, lo, hi)
-        tn = tn.clamp(min=0.0)
-        tf = tf.clamp(max=tmax)
-        ok = tf > tn
-        if not bool(ok.any()):
-            continue
-        ends = torch.cat([o[ok] + d[ok] * tn[ok, None], o[ok] + d[ok] * tf[ok, None]])
-        boxes.append(torch.cat([ends[:, :2].amin(0), ends[:, :2].amax(0)]))
-    if not boxes:
+    # A 17 x 17 grid of rays from image border to image border bounds each frustum's footprint.
+    u = torch.linspace(0.0, float(cameras.width), 17, dtype=torch.float64)
+    v = torch.linspace(0.0, float(cameras.height), 17, dtype=torch.float64)
+    o, d = _camera_rays(layout, cameras.K.cpu(), cameras.world_to_cam.cpu(), u, v, "cpu")
+    tn, tf = slab(o, d, lo, hi)
+    tn = tn.clamp(min=0.0)
+    tf = tf.clamp(max=tmax)
+    ok = tf > tn
+    if not bool(ok.any()):
         return None
-    box = torch.stack(boxes)
-    x0, y0 = (box[:, :2].amin(0) - 2).floor().tolist()
-    x1, y1 = (box[:, 2:].amax(0) + 2).ceil().tolist()
+    ends = torch.cat([o[ok] + d[ok] * tn[ok, None], o[ok] + d[ok] * tf[ok, None]])
+    x0, y0 = (ends[:, :2].amin(0) - 2).floor().tolist()
+    x1, y1 = (ends[:, :2].amax(0) + 2).ceil().tolist()
     return _aligned_window(layout, int(max(y0, 0)), int(min(y1, h)), int(max(x0, 0)), int(min(x1, w)))
 
 
@@ -574,36 +571,18 @@ class ViewCache:
         return self.tables
 
 
-def visible_bev_points(
+def _first_hits(
     layout: BEVLayout,
     cameras: Any,
-    max_distance: float | None = None,
-    ray_step: int = 1,
-    ray_chunk: int = 1 << 18,
-    mip_levels: int = 4,
-    device: torch.device | str | None = None,
-    cache: ViewCache | None = None,
-) -> BEVPoints:
-    """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2).
-
-    Args:
-        layout: the BEV layout.
-        cameras: ``diffusers_city.render.Cameras`` (``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``,
-            ``width``, ``height``); the union of the visible sets is returned.
-        max_distance: rays stop after this many metres (``None``: at the layout border). It
-            bounds the layout window moved to ``device`` and so the memory of one call.
-        ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).
-        ray_chunk: rays marched at once; bounds the temporary memory.
-        mip_levels: levels of the max-height pyramid used to skip empty space (level ``k``: blocks
-            of ``2^k`` pixels; capped where one block covers the view window).
-        device: where the work runs (default: the cameras' device).
-        cache: a :class:`ViewCache` of this layout and device, reused across calls (frames); its
-            ``mip_levels`` apply.
-
-    Returns:
-        At most ``ceil(W / ray_step) * ceil(H / ray_step) * C`` points, whatever the layout size;
-        an empty set when no ray meets the layout (cameras looking away are valid).
-    """
+    max_distance: float | None,
+    ray_step: int,
+    ray_chunk: int,
+    mip_levels: int,
+    device: torch.device | str | None,
+    cache: ViewCache | None,
+) -> tuple[ViewTables | None, torch.Tensor]:
+    """The view window's tables and, per ray (camera after camera), the index of its first hit in
+    the window's expanded shell (-1: no hit); no tables and no rays when no ray meets the layout."""
     _check_cameras(cameras)
     if isinstance(ray_step, bool) or int(ray_step) != ray_step or ray_step < 1:
         raise ValueError(f"ray_step must be a positive int, got {ray_step!r}")
@@ -616,7 +595,7 @@ def visible_bev_points(
         raise ValueError(f"cache holds another layout or device ({cache.device}) than this call ({device})")
     window = _view_window(layout, cameras, max_distance)
     if window is None:
-        return _empty_points(layout, device)
+        return None, torch.empty(0, dtype=torch.long, device=device)
     view = ViewTables.build(layout, window, device, int(mip_levels)) if cache is None else cache.get(window)
     r0, _, c0, c1 = view.window
     cols, top, sem, pyramid = view.cols, view.top, view.sem, view.pyramid
@@ -624,28 +603,95 @@ def visible_bev_points(
     shift = upload(torch.tensor([c0, r0, 0.0], dtype=torch.float64), device)
     tmax = math.inf if max_distance is None else max_distance / layout.meters_per_pixel
     wc = c1 - c0
-    found = []  # per ray: its point's index in the window's shell, or -1 (no hit)
-    for c in range(cameras.K.shape[0]):
-        u, v = _pixel_grid(int(cameras.width), int(cameras.height), ray_step, device)
-        o, d = _camera_rays(layout, cameras.K[c], cameras.world_to_cam[c], u, v, device)
-        o = o - shift
-        for s in range(0, o.shape[0], ray_chunk):
-            hit, pixel, level = march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
-            cls = sem[pixel]
-            st = strides[cls]
-            pi, pj = torch.div(pixel, wc, rounding_mode="floor"), torch.remainder(pixel, wc)
-            bi = torch.div(pi + r0, st, rounding_mode="floor") * st - r0
-            bj = torch.div(pj + c0, st, rounding_mode="floor") * st - c0
-            key = (bi * wc + bj) * NUM_CLASSES + cls
-            column = torch.searchsorted(cols.keys, key).clamp(max=cols.keys.numel() - 1)
-            ok = hit & (cols.keys[column] == key)
-            k = torch.div(cols.top[column] - level, cols.stride[column], rounding_mode="floor")
-            k = torch.minimum(torch.clamp(k, min=0), cols.count[column] - 1)
-            found.append(torch.where(ok, cols.offset[column] + k, -1))
-    ids = torch.unique(torch.cat(found))  # sorted, so a miss (-1) comes first
-    ids = ids[ids >= 0]
-    column = torch.searchsorted(cols.offset, ids, right=True) - 1
-    return _points_of(layout, cols, column, ids - cols.offset[column])
+    u, v = _pixel_grid(int(cameras.width), int(cameras.height), ray_step, device)
+    o, d = _camera_rays(layout, cameras.K, cameras.world_to_cam, u, v, device)  # every camera's rays at once
+    o = o - shift
+    found = []
+    for s in range(0, o.shape[0], ray_chunk):
+        hit, pixel, level = march(o[s : s + ray_chunk], d[s : s + ray_chunk], top, pyramid, tmax)
+        cls = sem[pixel]
+        st = strides[cls]
+        pi, pj = torch.div(pixel, wc, rounding_mode="floor"), torch.remainder(pixel, wc)
+        bi = torch.div(pi + r0, st, rounding_mode="floor") * st - r0
+        bj = torch.div(pj + c0, st, rounding_mode="floor") * st - c0
+        key = (bi * wc + bj) * NUM_CLASSES + cls
+        column = torch.searchsorted(cols.keys, key).clamp(max=cols.keys.numel() - 1)
+        ok = hit & (cols.keys[column] == key)
+        k = torch.div(cols.top[column] - level, cols.stride[column], rounding_mode="floor")
+        k = torch.minimum(torch.clamp(k, min=0), cols.count[column] - 1)
+        found.append(torch.where(ok, cols.offset[column] + k, -1))
+    return view, torch.cat(found)
+
+
+def _shell_points(layout: BEVLayout, view: ViewTables, ids: torch.Tensor) -> BEVPoints:
+    """The points of the window's expanded shell at indices ``ids``."""
+    column = torch.searchsorted(view.cols.offset, ids, right=True) - 1
+    return _points_of(layout, view.cols, column, ids - view.cols.offset[column])
+
+
+def visible_bev_points(
+    layout: BEVLayout,
+    cameras: Any,
+    max_distance: float | None = None,
+    ray_step: int = 1,
+    ray_chunk: int = 1 << 20,
+    mip_levels: int = 4,
+    device: torch.device | str | None = None,
+    cache: ViewCache | None = None,
+) -> BEVPoints:
+    """The BEV points hit first by one ray per pixel of any of ``cameras`` (Eq. 2): the union of
+    the cameras' visible sets.
+
+    Args:
+        layout: the BEV layout.
+        cameras: ``diffusers_city.render.Cameras`` (``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``,
+            ``width``, ``height``).
+        max_distance: rays stop after this many metres (``None``: at the layout border). It
+            bounds the layout window moved to ``device`` and so the memory of one call.
+        ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).
+        ray_chunk: rays marched at once; bounds the march's temporary memory (the rays
+            themselves, 48 bytes each, are built for every camera at once).
+        mip_levels: levels of the max-height pyramid used to skip empty space (level ``k``: blocks
+            of ``2^k`` pixels; capped where one block covers the view window).
+        device: where the work runs (default: the cameras' device).
+        cache: a :class:`ViewCache` of this layout and device, reused across calls (frames); its
+            ``mip_levels`` apply.
+
+    Returns:
+        At most ``ceil(W / ray_step) * ceil(H / ray_step) * C`` points, whatever the layout size;
+        an empty set when no ray meets the layout (cameras looking away are valid).
+    """
+    view, found = _first_hits(layout, cameras, max_distance, ray_step, ray_chunk, mip_levels, device, cache)
+    if view is None:
+        return _empty_points(layout, found.device)
+    ids = torch.unique(found)  # sorted, so a miss (-1) comes first
+    return _shell_points(layout, view, ids[ids >= 0])
+
+
+def visible_bev_points_per_camera(
+    layout: BEVLayout,
+    cameras: Any,
+    max_distance: float | None = None,
+    ray_step: int = 1,
+    ray_chunk: int = 1 << 20,
+    mip_levels: int = 4,
+    device: torch.device | str | None = None,
+    cache: ViewCache | None = None,
+) -> tuple[BEVPoints, list[torch.Tensor]]:
+    """The union of the cameras' visible BEV points (as :func:`visible_bev_points`) and, per
+    camera, the sorted indices into it of the points that camera sees: frames decoded together
+    then rasterize each its own points. Arguments as :func:`visible_bev_points`."""
+    view, found = _first_hits(layout, cameras, max_distance, ray_step, ray_chunk, mip_levels, device, cache)
+    num = cameras.K.shape[0]
+    if view is None:
+        return _empty_points(layout, found.device), [found] * num
+    # (camera, point) pairs as one int64 key: camera in the high bits, shell index in the low 40.
+    camera = torch.div(torch.arange(found.numel(), device=found.device), found.numel() // num, rounding_mode="floor")
+    pairs = torch.unique(torch.where(found >= 0, (camera << 40) | found, -1))  # sorted: camera, then point
+    pairs = pairs[pairs >= 0]
+    ids, row = torch.unique(pairs & ((1 << 40) - 1), return_inverse=True)
+    counts = torch.bincount(pairs >> 40, minlength=num).tolist()
+    return _shell_points(layout, view, ids), list(row.split(counts))
 
 
 def _empty_points(layout: BEVLayout, device: torch.device) -> BEVPoints:

@@ -30,6 +30,7 @@ from ...bev import (
     bev_points,
     upload,
     visible_bev_points,
+    visible_bev_points_per_camera,
 )
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
@@ -62,12 +63,16 @@ class GaussianCityPipelineOutput(BaseOutput):
     layout: BEVLayout
 
 
-def _concat_gaussians(parts: Sequence[Gaussians], device: torch.device) -> Gaussians:
+def _concat_gaussians(parts: Sequence[Gaussians], device: torch.device, rows: torch.Tensor | None = None) -> Gaussians:
+    """``parts`` one after the other; with ``rows``, row ``i`` of that goes to row ``rows[i]``."""
     names = ("means", "quats", "scales", "opacities", "colors")
     if not parts:
         empty = {n: torch.empty((0, 4 if n == "quats" else 3) if n != "opacities" else (0,), device=device) for n in names}
         return Gaussians(**empty)
-    return Gaussians(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+    fields = {n: torch.cat([getattr(p, n) for p in parts]) for n in names}
+    if rows is not None:
+        fields = {n: torch.empty_like(t).index_copy_(0, rows, t) for n, t in fields.items()}
+    return Gaussians(**fields)
 
 
 class GaussianCityPipeline(DiffusionPipeline):
@@ -253,11 +258,11 @@ class GaussianCityPipeline(DiffusionPipeline):
     def decode_points(
         self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor, device: torch.device | None = None
     ) -> Gaussians:
-        """Gaussians of ``points``: background points through the background decoder with scene
-        features and style row 0, building points through the building decoder, one batch item
-        (and style row) per instance. Decoded on ``device`` (default: the pipeline's execution
-        device, which model CPU offload moves components to; callers decoding many frames pass
-        it once, as finding it walks the components)."""
+        """Gaussians of ``points``, row for row: background points through the background decoder
+        with scene features and style row 0, building points through the building decoder, one
+        batch item (and style row) per instance. Decoded on ``device`` (default: the pipeline's
+        execution device, which model CPU offload moves components to; callers decoding many
+        frames pass it once, as finding it walks the components)."""
         device = self._execution_device if device is None else device
         points = points.to(device)
         styles = styles.to(device)
@@ -279,7 +284,30 @@ class GaussianCityPipeline(DiffusionPipeline):
             decoder = self._graphed if self._use_graph(device) else self.building_decoder
             rgb = decoder(bd.positions, bd.relative, bd.voxels, bd.classes, bd.instances, styles)
             parts.append(self.building_decoder.gaussians(bd.positions, bd.strides, bd.classes, rgb, layout.meters_per_pixel))
-        return _concat_gaussians(parts, device)
+        return _concat_gaussians(parts, device, rows=order)
+
+    def decode_visible(
+        self,
+        layout: BEVLayout,
+        cameras: Cameras,
+        styles: torch.Tensor,
+        device: torch.device | None = None,
+        cache: ViewCache | None = None,
+        ray_step: int = 1,
+    ) -> list[Gaussians]:
+        """Each camera's visible Gaussians (host ``cameras``, frames of a trajectory), the points
+        that any of them sees decoded together, once: the decoders see the union of the views as
+        context, so the colours of a point agree across these frames, and the decoders run once
+        for all of them. Visibility stops at the scene encoder's ``max_view_distance``; ``cache``
+        keeps its tables across calls (:class:`~diffusers_city.bev.ViewCache`)."""
+        device = self._execution_device if device is None else device
+        options = {"max_distance": float(self.scene_encoder.config.max_view_distance), "ray_step": ray_step,
+                   "device": device, "cache": cache}
+        if len(cameras) == 1:
+            return [self.decode_points(layout, visible_bev_points(layout, cameras, **options), styles, device)]
+        points, rows = visible_bev_points_per_camera(layout, cameras, **options)
+        gaussians = self.decode_points(layout, points, styles, device)
+        return [gaussians[r] for r in rows]
 
     def layout_gaussians(self, layout: BEVLayout, styles: torch.Tensor, tile: int = 512) -> Gaussians:
         """Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
@@ -367,6 +395,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         return_gaussians: str | None = None,
         background: Sequence[float] | None = None,
         ray_step: int = 1,
+        decode_chunk_size: int = 1,
         callback_on_step_end: Callable[[Any, int, None, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
         return_dict: bool = True,
@@ -385,6 +414,10 @@ class GaussianCityPipeline(DiffusionPipeline):
             return_gaussians: also return ``"visible"`` (per frame) or ``"layout"`` Gaussians.
             background: RGB fill of uncovered pixels (default black).
             ray_step: visibility rays every ``ray_step`` pixels.
+            decode_chunk_size: frames whose visible points are decoded together, once
+                (:meth:`decode_visible`): 1 decodes every frame on its own as in the paper; more
+                give colours that agree across a chunk's frames and run the decoders once per
+                chunk (faster on a GPU), for memory that grows with the chunk's union of views.
             callback_on_step_end: called after each frame as ``fn(pipe, frame, None, kwargs)`` with
                 ``kwargs["image"]`` the frame ``[H, W, 3]``; may return a dict replacing it.
 
@@ -396,6 +429,8 @@ class GaussianCityPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if return_gaussians not in (None, "visible", "layout"):
             raise ValueError(f"return_gaussians must be None, 'visible' or 'layout', got {return_gaussians!r}")
+        if isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+            raise ValueError(f"decode_chunk_size must be a positive int, got {decode_chunk_size!r}")
         if scene is not None:
             if semantic_map is not None or height_map is not None:
                 raise ValueError("pass either scene or semantic_map/height_map, not both")
@@ -425,21 +460,20 @@ class GaussianCityPipeline(DiffusionPipeline):
             host_cams, cams = cams.to("cpu"), cams.to(device)
             device_styles = styles.to(device)
             fill = None if bg is None else bg.to(device)
-            max_distance = float(self.scene_encoder.config.max_view_distance)
             views = ViewCache(layout, device)
-            for i in self.progress_bar(range(len(cams))):
-                cam = cams[i]
-                pts = visible_bev_points(
-                    layout, host_cams[i], max_distance=max_distance, ray_step=ray_step, device=device, cache=views
-                )
-                g = self.decode_points(layout, pts, device_styles, device)
-                image = render_gaussians(g, cam, background=fill).rgb[0].clamp(0, 1)
-                if callback_on_step_end is not None:
-                    out = callback_on_step_end(self, i, None, {"image": image})
-                    image = (out or {}).get("image", image)
-                frames.append(image)
-                if return_gaussians == "visible":
-                    visible.append(g)
+            with self.progress_bar(total=len(cams)) as progress:
+                for start in range(0, len(cams), decode_chunk_size):
+                    chunk = range(start, min(start + decode_chunk_size, len(cams)))
+                    decoded = self.decode_visible(layout, host_cams[start : chunk.stop], device_styles, device, views, ray_step)
+                    for i, g in zip(chunk, decoded):
+                        image = render_gaussians(g, cams[i], background=fill).rgb[0].clamp(0, 1)
+                        if callback_on_step_end is not None:
+                            out = callback_on_step_end(self, i, None, {"image": image})
+                            image = (out or {}).get("image", image)
+                        frames.append(image)
+                        if return_gaussians == "visible":
+                            visible.append(g)
+                        progress.update()
         images: Any = None
         if frames:
             stack = torch.stack(frames).float()
