@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode_chunk_size", type=int, default=0, metavar="K",
                         help="also score each city's views decoded together, K at a time (decode_visible)")
     args = parser.parse_args(argv)
+    if args.decode_chunk_size < 0:
+        raise ValueError(f"--decode_chunk_size must be >= 0 (0: no chunked row), got {args.decode_chunk_size}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but CUDA is not available (use --device cpu --quick)")
