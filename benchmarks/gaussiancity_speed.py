@@ -33,7 +33,6 @@ import torch
 from diffusers_city import bev
 from diffusers_city.bev import (
     BEVPoints,
-    visible_bev_points,
     visible_bev_points_per_camera,
 )
 from diffusers_city.cuda_graph import CapturedCall
@@ -95,16 +94,13 @@ def frames(pipe, layout, styles, host_cams, cams, max_distance: float, device, a
     ends = []
     with torch.no_grad():
         options = {"max_distance": max_distance, "device": device, "cache": views}
-        if len(host_cams) == 1:
-            pts, rows = visible_bev_points(layout, host_cams, **options), None
-        else:
-            pts, rows = visible_bev_points_per_camera(layout, host_cams, **options)
+        pts, rows = visible_bev_points_per_camera(layout, host_cams, **options)
         sync(device)
         ends.append(time.perf_counter())
         with autocast:
             g = pipe.decode_points(layout, pts, styles, device)
         g = type(g)(**{k: getattr(g, k).float() for k in ("means", "quats", "scales", "opacities", "colors")})
-        per_frame = [g] if rows is None else [g[r] for r in rows]
+        per_frame = [g] if len(rows) == 1 else [g[r] for r in rows]
         sync(device)
         ends.append(time.perf_counter())
         for j, gj in enumerate(per_frame):

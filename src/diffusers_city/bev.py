@@ -623,6 +623,12 @@ def _first_hits(
     return view, torch.cat(found)
 
 
+def _hit_ids(found: torch.Tensor) -> torch.Tensor:
+    """The sorted shell indices hit by any ray of ``found`` (misses are -1)."""
+    ids = torch.unique(found)  # sorted, so a miss (-1) comes first
+    return ids[ids >= 0]
+
+
 def _shell_points(layout: BEVLayout, view: ViewTables, ids: torch.Tensor) -> BEVPoints:
     """The points of the window's expanded shell at indices ``ids``."""
     column = torch.searchsorted(view.cols.offset, ids, right=True) - 1
@@ -664,8 +670,7 @@ def visible_bev_points(
     view, found = _first_hits(layout, cameras, max_distance, ray_step, ray_chunk, mip_levels, device, cache)
     if view is None:
         return _empty_points(layout, found.device)
-    ids = torch.unique(found)  # sorted, so a miss (-1) comes first
-    return _shell_points(layout, view, ids[ids >= 0])
+    return _shell_points(layout, view, _hit_ids(found))
 
 
 def visible_bev_points_per_camera(
@@ -685,6 +690,9 @@ def visible_bev_points_per_camera(
     num = cameras.K.shape[0]
     if view is None:
         return _empty_points(layout, found.device), [found] * num
+    if num == 1:  # the union is the camera's own set: no (camera, point) pairs to sort
+        ids = _hit_ids(found)
+        return _shell_points(layout, view, ids), [torch.arange(ids.numel(), device=ids.device)]
     # (camera, point) pairs as one int64 key: camera in the high bits, shell index in the low 40.
     camera = torch.div(torch.arange(found.numel(), device=found.device), found.numel() // num, rounding_mode="floor")
     pairs = torch.unique(torch.where(found >= 0, (camera << 40) | found, -1))  # sorted: camera, then point

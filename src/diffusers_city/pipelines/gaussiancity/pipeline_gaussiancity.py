@@ -29,7 +29,6 @@ from ...bev import (
     ViewCache,
     bev_points,
     upload,
-    visible_bev_points,
     visible_bev_points_per_camera,
 )
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
@@ -303,11 +302,9 @@ class GaussianCityPipeline(DiffusionPipeline):
         device = self._execution_device if device is None else device
         options = {"max_distance": float(self.scene_encoder.config.max_view_distance), "ray_step": ray_step,
                    "device": device, "cache": cache}
-        if len(cameras) == 1:
-            return [self.decode_points(layout, visible_bev_points(layout, cameras, **options), styles, device)]
         points, rows = visible_bev_points_per_camera(layout, cameras, **options)
         gaussians = self.decode_points(layout, points, styles, device)
-        return [gaussians[r] for r in rows]
+        return [gaussians] if len(rows) == 1 else [gaussians[r] for r in rows]
 
     def layout_gaussians(self, layout: BEVLayout, styles: torch.Tensor, tile: int = 512) -> Gaussians:
         """Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
