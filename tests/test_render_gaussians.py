@@ -191,3 +191,33 @@ def test_from_points_orients_surfels_to_normals():
 
     assert torch.allclose(quat_to_rotmat(g.quats)[:, :, 2], normals, atol=1e-6)
     assert torch.allclose(g.scales, torch.full((4, 3), 0.5)) and torch.allclose(g.opacities, torch.ones(4))
+
+
+def test_gsplat_backend_is_built_by_one_process_at_a_time(tmp_path):
+    """gsplat deletes its build folder before a first build, so processes that first import its
+    CUDA extension at once (DDP ranks, test workers) must do it in turn: a stand-in backend that
+    takes 3 s to import, imported by two processes started together, never runs twice at once."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    fake = tmp_path / "site" / "gsplat" / "cuda"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    log = tmp_path / "imports.log"
+    (fake / "_backend.py").write_text(textwrap.dedent(f"""
+        import time
+        with open({str(log)!r}, "a") as f:
+            f.write("start\\n")
+        time.sleep(3)
+        with open({str(log)!r}, "a") as f:
+            f.write("end\\n")
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent.parent), os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp_path)}
+    code = "from diffusers_city.render.rasterize_gsplat import load_gsplat_backend as f; f(); f()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert log.read_text().split() == ["start", "end", "start", "end"]

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+from filelock import FileLock
 from torch import Tensor
 
 from .cameras import Cameras
 from .gaussians import Gaussians, RenderOutput
+
+_BACKEND_LOADED = False
+
+
+def load_gsplat_backend() -> None:
+    """Import gsplat's CUDA extension, once per process, under a lock shared by the machine's
+    processes. Its first import on a machine compiles it (minutes), and gsplat starts that build
+    by deleting its build folder, so processes importing it at once (DDP ranks, test workers)
+    break each other's build (gsplat#297); under the lock the first builds, the rest load."""
+    global _BACKEND_LOADED
+    if not _BACKEND_LOADED:
+        with FileLock(os.path.join(tempfile.gettempdir(), "diffusers_city_gsplat_build.lock")):
+            import gsplat.cuda._backend  # noqa: F401
+        _BACKEND_LOADED = True
 
 
 def rasterize_gsplat(
@@ -20,6 +38,8 @@ def rasterize_gsplat(
 ) -> RenderOutput:
     """Render with gsplat's fused CUDA kernels in ``"RGB+ED"`` mode (classic, non-antialiased)."""
     import gsplat
+
+    load_gsplat_backend()
 
     C = len(cameras)
     common = dict(
