@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city.bev import visible_bev_points
+from diffusers_city.models.gaussiancity.bev import visible_bev_points
 from diffusers_city.data import NUM_CLASSES
 from diffusers_city.metrics import psnr
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city import bev
-from diffusers_city.bev import (
+from diffusers_city.models.gaussiancity import bev
+from diffusers_city.models.gaussiancity.bev import (
     BEVPoints,
     visible_bev_points_per_camera,
 )
-from diffusers_city.cuda_graph import CapturedCall
+from diffusers_city.utils.cuda_graph import CapturedCall
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
 from diffusers_city.export import write_text_atomic
 from diffusers_city.models.gaussiancity import BEVPointDecoder

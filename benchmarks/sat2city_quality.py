@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
-from diffusers_city.cli.generate_sat2city import add_sampling_arguments  # noqa: E402
+from diffusers_city.pipelines.sat2city.cli import add_sampling_arguments  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     preset = load_preset("sat2city", args.preset)
     pipe = load_pipeline(args)
+    # the settings the table reports: the given ones, else the pipeline's stored defaults
+    args.guidance_scale = args.guidance_scale if args.guidance_scale is not None else tuple(pipe.config.default_guidance_scale)
+    args.temperature = args.temperature if args.temperature is not None else tuple(pipe.config.default_temperature)
     v = float(pipe.dense_vae.config.voxel_size)
     mpp = float(preset["training"]["data"]["meters_per_pixel"])
     k = max(1, int(round(v / mpp)))

@@ -89,7 +89,7 @@ def instrument(pipe: Sat2CityPipeline, target: SparseTensor, times: dict, sync) 
     pipe._denoise = lambda stage, *a, **k: timed(f"{stage}_diffusion", denoise)(stage, *a, **k)
     pipe.condition_encoder.forward = timed("condition_encoder", pipe.condition_encoder.forward)
     pipe.dense_vae.decode = timed("dense_decode", functools.partial(pipe.dense_vae.decode, target=target))
-    pipe.sparse_vae.decode_geometry = timed("sparse_decode", functools.partial(pipe.sparse_vae.decode_geometry, target=target))
+    pipe.sparse_vae.decode = timed("sparse_decode", functools.partial(pipe.sparse_vae.decode, target=target))
     pipe.sparse_vae.decode_appearance = timed("appearance_decode", pipe.sparse_vae.decode_appearance)
 
 

@@ -31,7 +31,6 @@ from sat2city_quality import block_max, load_pipeline  # noqa: E402
 
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import height_fidelity  # noqa: E402
-from diffusers_city.models.sat2city.blocks import sample_gaussian  # noqa: E402
 from diffusers_city.pipelines.sat2city.pipeline_sat2city import _Sampling  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
 
@@ -75,16 +74,17 @@ def diagnose(
     voxels = prepared["voxels"]
     dvae, svae = pipe.dense_vae, pipe.sparse_vae
     gen = torch.Generator(device=voxels.device).manual_seed(seed)
-    mean, logvar = dvae.encode(voxels)
+    dense_posterior = dvae.encode(voxels).latent_dist
     enc = svae.encode(voxels)
+    sparse_posterior = enc.latent_dist
     row = {
         "ground_truth": corr(voxels),
-        "dense_vae_mean": corr(dvae.decode(mean).output),
-        "dense_vae_sample": corr(dvae.decode(sample_gaussian(mean, logvar, gen)).output),
-        "sparse_vae_mean": corr(svae.decode_geometry(enc.mean).output),
-        "sparse_vae_sample": corr(svae.decode_geometry(enc.mean.replace(sample_gaussian(enc.mean.feats, enc.logvar.feats, gen))).output),
-        "dense_variance_share": variance_share(mean, logvar),
-        "sparse_variance_share": variance_share(enc.mean.feats, enc.logvar.feats),
+        "dense_vae_mean": corr(dvae.decode(dense_posterior.mode()).sample),
+        "dense_vae_sample": corr(dvae.decode(dense_posterior.sample(gen)).sample),
+        "sparse_vae_mean": corr(svae.decode(sparse_posterior.mode()).sample),
+        "sparse_vae_sample": corr(svae.decode(sparse_posterior.sample(gen)).sample),
+        "dense_variance_share": variance_share(dense_posterior.mean, dense_posterior.logvar),
+        "sparse_variance_share": variance_share(sparse_posterior.mean.feats, sparse_posterior.logvar.feats),
     }
     grid = tuple(dvae.config.grid_size)
     shape = dvae.latent_shape(grid)
@@ -94,10 +94,10 @@ def diagnose(
         g = torch.Generator(device=voxels.device).manual_seed(seed)
         run = _Sampling(steps, g, None, [], (scale, 1.0, 1.0), temperatures)
         x = pipe._denoise("dense", pipe.dense_unet, (1, dvae.config.latent_channels, *shape), lambda t: t, cond, run)
-        row[name] = corr(dvae.decode(x * dvae.config.scaling_factor).output)
+        row[name] = corr(dvae.decode(x / dvae.config.scaling_factor).sample)
     first = voxels.replace(F.normalize(voxels.feats.float(), dim=1))
     g = torch.Generator(device=voxels.device).manual_seed(seed)
-    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], _Sampling(steps, g, None, [], temperature=temperatures))
+    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], _Sampling(steps, g, None, [], (1.0, 1.0, 1.0), temperatures))
     row["sparse_stages_from_gt_grid"] = corr(final)
     return row
 

@@ -33,8 +33,8 @@ from train_sat2city_vae import vae_losses  # noqa: E402
 
 from diffusers import DDIMScheduler  # noqa: E402
 
-from diffusers_city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
-from diffusers_city.models.sat2city import DenseUNet3D, HeightFieldEncoder, SparseUNet3D  # noqa: E402
+from diffusers_city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
+from diffusers_city.models.sat2city import Sat2CityDenseUNet3D, HeightFieldEncoder, Sat2CitySparseUNet3D  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
 from diffusers_city.sparse import available_backends, use_backend  # noqa: E402
 
@@ -62,8 +62,8 @@ def time_loader(preset: dict, workers: int, batch_size: int, batches: int) -> fl
 
 def stage_step(preset: dict, stage: str, batch: dict, device: torch.device) -> Callable[[], torch.Tensor]:
     """Fresh models and optimizer of ``stage``; the returned closure computes one step's loss."""
-    dense = DenseGeometryVAE.from_config(preset["components"]["dense_vae"]).to(device)
-    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"]).to(device)
+    dense = Sat2CityDenseVAE.from_config(preset["components"]["dense_vae"]).to(device)
+    sparse = Sat2CitySparseVAE.from_config(preset["components"]["sparse_vae"]).to(device)
     if stage == "vae":
         modules = [dense, sparse]
         weights = preset["training"]["vae"]["loss_weights"]
@@ -75,7 +75,7 @@ def stage_step(preset: dict, stage: str, batch: dict, device: torch.device) -> C
         dense.eval().requires_grad_(False)
         sparse.eval().requires_grad_(False)
         data = StageData(stage, dense, sparse)
-        unet_cls = DenseUNet3D if stage == "dense" else SparseUNet3D
+        unet_cls = Sat2CityDenseUNet3D if stage == "dense" else Sat2CitySparseUNet3D
         unet = unet_cls.from_config(preset["components"][UNETS[stage]]).to(device)
         encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]).to(device) if stage == "dense" else None
         modules = [unet] + ([encoder] if encoder is not None else [])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_city.bev import (
+from diffusers_city.models.gaussiancity.bev import (
     BEVLayout,
     ViewCache,
     bev_points,
@@ -169,7 +169,7 @@ def test_bad_arguments_raise():
 def _reference_march(o, d, top, coarse_cell, tmax):
     """The previous visibility march (one coarse skipping grid, active rays compacted every step):
     the oracle the maximum-mipmap lockstep march must reproduce exactly."""
-    from diffusers_city.bev_march import slab as _slab
+    from diffusers_city.render.heightfield_march import slab as _slab
 
     hc, wc = top.shape
     n = o.shape[0]
@@ -226,8 +226,8 @@ def _city(size, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("mip_levels", [0, 1, 3, 16])
 def test_mipmap_march_matches_reference_first_hits(seed, mip_levels):
-    from diffusers_city.bev import _camera_rays, _max_pyramid, _pixel_grid
-    from diffusers_city.bev_march import march
+    from diffusers_city.models.gaussiancity.bev import _camera_rays, _max_pyramid, _pixel_grid
+    from diffusers_city.render.heightfield_march import march
 
     layout = _city(64, seed)
     rng = np.random.default_rng(100 + seed)
@@ -305,7 +305,7 @@ def test_view_cache_gives_the_uncached_points_and_rebuilds_only_when_the_view_le
 
 
 def _march_case(layout, rng, width, height, device):
-    from diffusers_city.bev import _camera_rays, _max_pyramid, _pixel_grid
+    from diffusers_city.models.gaussiancity.bev import _camera_rays, _max_pyramid, _pixel_grid
 
     w = layout.shape[1]
     eye = [*rng.uniform(-0.2 * w, 1.2 * w, 2), rng.uniform(3, 0.8 * w)]
@@ -318,7 +318,7 @@ def _march_case(layout, rng, width, height, device):
 
 
 def test_triton_march_refuses_cpu_tensors():
-    from diffusers_city.bev_march import march
+    from diffusers_city.render.heightfield_march import march
 
     rng = np.random.default_rng(0)
     o, d, top, pyramid, _ = _march_case(_city(32, 0), rng, 16, 12, "cpu")
@@ -330,7 +330,7 @@ def test_triton_march_refuses_cpu_tensors():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_triton_march_matches_torch_march_on_cuda(seed):
     """GPU parity: the Triton kernel returns exactly the torch traversal's hits, pixels and levels."""
-    from diffusers_city.bev_march import march, triton_available
+    from diffusers_city.render.heightfield_march import march, triton_available
 
     assert triton_available(torch.device("cuda"))
     layout = _city(384, seed)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,7 +35,8 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_missing_subcommand_module_is_reported(capsys, monkeypatch):
-    monkeypatch.setitem(cli.GENERATE, "sat2city", ("no_such_module", "help"))
+    broken = {"sat2city": SimpleNamespace(description="help", cli_module="no_such_module")}
+    monkeypatch.setattr(cli, "registered_systems", lambda: broken)
     rc, _, err = run_main(capsys, "generate", "sat2city")
     assert rc == 1 and "generate sat2city is not available" in err
     rc, out, _ = run_main(capsys, "--help")
@@ -129,7 +131,8 @@ def test_console_script_help():
 def test_info_imports_no_other_subcommand_in_a_fresh_process():
     code = (
         "import sys; from diffusers_city.cli import main; rc = main(['info']);"
-        "names = ['diffusers_city.cli.' + m for m in ('demo', 'scene', 'generate_sat2city', 'generate_gaussiancity')];"
+        "names = ['diffusers_city.cli.demo', 'diffusers_city.cli.scene', 'diffusers_city.pipelines.sat2city.cli',"
+        " 'diffusers_city.pipelines.gaussiancity.cli'];"
         "print('LOADED', [n for n in names if n in sys.modules]); sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,13 +6,13 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers_city import BEVPointDecoder, BEVSceneEncoder, SemanticDiscriminator
-from diffusers_city.bev import BEVLayout, bev_points
+from diffusers_city.models.gaussiancity.bev import BEVLayout, bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF
 from diffusers_city.sparse import SparseTensor
 from diffusers_city.sparse.attention import SerializedAttention
 from diffusers_city.models.gaussiancity.layers import ModulatedLinear, pool_features, sincos_encoding
 from diffusers_city.models.gaussiancity.point_hierarchy import HierarchyCapacity, PointHierarchy
-from diffusers_city.models.gaussiancity.vgg19_perceptual import VGG19PerceptualLoss
+from diffusers_city.models.shared import VGG19PerceptualLoss
 
 TINY = dict(
     num_freqs=4,

@@ -43,7 +43,7 @@ def test_frames_determinism_and_progress(pipe):
     assert a.styles.shape == (4 + 1, pipe.style_dim)
     assert a.layout.num_instances == 4
     assert a.images.std() > 0.01
-    pil = _run(pipe, output_type="pil", style=a.styles)
+    pil = _run(pipe, output_type="pil", styles=a.styles)
     assert pil.images[0].size == (32, 24)
     assert np.allclose(np.asarray(pil.images[0]) / 255.0, a.images[0], atol=1 / 255 + 1e-6)
 
@@ -55,7 +55,7 @@ def test_style_edit_changes_only_that_building(pipe):
                 return_gaussians="visible")
     styles = base.styles
     edited = pipe.edit_style(styles, 2, torch.randn(pipe.style_dim, generator=torch.Generator().manual_seed(5)))
-    out = pipe(sem, hgt, cameras=cam, style=edited, output_type="np", return_gaussians="visible")
+    out = pipe(sem, hgt, cameras=cam, styles=edited, output_type="np", return_gaussians="visible")
     g0, g1 = base.gaussians[0], out.gaussians[0]
     assert torch.equal(g0.means, g1.means)
     changed = (g0.colors - g1.colors).abs().amax(1) > 1e-6
@@ -83,7 +83,7 @@ def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
     assert seen == [0, 1] and float(np.abs(out.images).max()) == 0.0
     g = out.gaussians
     sem, hgt = _maps()
-    only = pipe(sem, hgt, output_type="gaussians", style=out.styles)
+    only = pipe(sem, hgt, output_type="gaussians", styles=out.styles)
     assert only.images is None and len(only.gaussians) == len(g)
     assert bool((g.opacities == 1).all()) and float(g.colors.min()) >= 0 and float(g.colors.max()) <= 1
     from plyfile import PlyData
@@ -130,13 +130,13 @@ def test_fit_styles_finds_codes_that_reproduce_views(pipe):
     layout = pipe.prepare_layout(sem, hgt)
     cams = _fit_views()
     truth = pipe.sample_styles(layout, torch.Generator().manual_seed(3))
-    targets = pipe(sem, hgt, cameras=cams, style=truth, output_type="pt").images
+    targets = pipe(sem, hgt, cameras=cams, styles=truth, output_type="pt").images
     start = pipe.sample_styles(layout, torch.Generator().manual_seed(4))
     kept = start.clone()
     fitted = pipe.fit_styles(layout, cams, targets, styles=start, num_steps=40, learning_rate=0.1)
 
     def error(styles):
-        return float((pipe(sem, hgt, cameras=cams, style=styles, output_type="pt").images - targets).square().mean())
+        return float((pipe(sem, hgt, cameras=cams, styles=styles, output_type="pt").images - targets).square().mean())
 
     assert fitted.shape == start.shape and torch.equal(start, kept)
     assert error(fitted) < 0.2 * error(start), (error(fitted), error(start))
@@ -161,7 +161,7 @@ def test_fit_styles_finds_codes_that_reproduce_views(pipe):
         ({"images": torch.full((3, 24, 32, 3), 2.0)}, "must lie in \\[0, 1\\]"),
         ({"masks": torch.ones(3, 24, 32)}, "masks must be a bool"),
         ({"masks": torch.zeros(3, 24, 32, dtype=torch.bool)}, "masks cover no pixel"),
-        ({"styles": torch.zeros(3, 32)}, "style must have shape"),
+        ({"styles": torch.zeros(3, 32)}, "styles must have shape"),
         ({"num_steps": 0}, "num_steps must be a positive int"),
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
     ],
@@ -181,12 +181,12 @@ def test_fit_styles_bad_input_raises_before_work(pipe, change, match):
         (dict(semantic_map=np.full((48, 48), 11)), "unknown class ids"),
         (dict(height_map=np.full((48, 48), np.nan)), "NaN"),
         (dict(width=0), "width must be a positive int"),
-        (dict(style=torch.zeros(5, 7)), "style must have shape"),
-        (dict(style=torch.zeros(3, 32)), "num_instances \\+ 1"),
+        (dict(styles=torch.zeros(5, 7)), "styles must have shape"),
+        (dict(styles=torch.zeros(3, 32)), "num_instances \\+ 1"),
         (dict(output_type="latent"), "output_type"),
         (dict(trajectory="spiral"), "trajectory must be one of"),
-        ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive int"),
-        ({"decode_chunk_size": True}, "decode_chunk_size must be a positive int"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size must be an integer >= 1"),
+        ({"decode_chunk_size": True}, "decode_chunk_size must be an integer >= 1"),
         (dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
          "either cameras or trajectory"),
     ],
@@ -224,8 +224,8 @@ def test_decode_chunks_decode_once_and_rasterize_each_frames_own_points(pipe):
     cam = Cameras.look_at(torch.tensor([-10.0, -10.0, 40.0]), torch.tensor([24.0, 24.0, 0.0]), width=32, height=24, focal=20.0)
     same = Cameras.cat([cam] * 3)
     sem, hgt = _maps()
-    one = pipe(sem, hgt, cameras=same, style=single.styles, output_type="np")
-    three = pipe(sem, hgt, cameras=same, style=single.styles, output_type="np", decode_chunk_size=3)
+    one = pipe(sem, hgt, cameras=same, styles=single.styles, output_type="np")
+    three = pipe(sem, hgt, cameras=same, styles=single.styles, output_type="np", decode_chunk_size=3)
     np.testing.assert_allclose(three.images, one.images, atol=1e-5)
     assert one.images.std() > 0.01
 
@@ -250,7 +250,7 @@ def test_model_cpu_offload_renders_the_frames_of_a_cuda_pipeline():
     np.testing.assert_allclose(out.images, ref.images, atol=1e-5)
     sem, hgt = _maps()
     layout, cams = on_cuda.prepare_layout(sem, hgt), _fit_views()
-    images = on_cuda(sem, hgt, cameras=cams, style=ref.styles, output_type="pt").images.cpu()
+    images = on_cuda(sem, hgt, cameras=cams, styles=ref.styles, output_type="pt").images.cpu()
     kw = {"styles": torch.zeros_like(ref.styles), "num_steps": 2}
     torch.testing.assert_close(offloaded.fit_styles(layout, cams, images, **kw), on_cuda.fit_styles(layout, cams, images, **kw))
     offloaded.remove_all_hooks()
@@ -268,7 +268,7 @@ def test_cuda_graphs_match_eager_frames():
             pipe.enable_cuda_graphs(False)
             eager = _run(pipe, generator=torch.Generator().manual_seed(0), **kw)
             pipe.enable_cuda_graphs()
-            graphed = _run(pipe, style=eager.styles, **kw)
+            graphed = _run(pipe, styles=eager.styles, **kw)
         assert eager.images.std() > 0.01
         np.testing.assert_allclose(graphed.images, eager.images, atol=1e-4 if not autocast else 2e-2)
         assert 1 <= pipe._graphed.captures <= 4

@@ -42,10 +42,10 @@ def test_stage_diagnosis_quick(tmp_path, capsys):
 
 def test_quality_sampling_arguments_are_one_value_or_three(tmp_path):
     parse = load("sat2city_quality").parse_args
-    assert parse(["--out", str(tmp_path), "--device", "cpu"]).guidance_scale == 1.0
+    assert parse(["--out", str(tmp_path), "--device", "cpu"]).guidance_scale is None  # the pipeline's stored default
     assert parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1", "1"]).guidance_scale == (3.0, 1.0, 1.0)
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--device", "cpu", "--guidance-scale", "3", "1"])
-    assert parse(["--out", str(tmp_path), "--device", "cpu"]).temperature == 1.0
+    assert parse(["--out", str(tmp_path), "--device", "cpu"]).temperature is None
     assert parse(["--out", str(tmp_path), "--device", "cpu", "--temperature", "0.5"]).temperature == 0.5
     assert parse(["--out", str(tmp_path), "--device", "cpu", "--temperature", "0", "0.5", "1"]).temperature == (0.0, 0.5, 1.0)

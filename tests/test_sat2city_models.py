@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusers_city.models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
-from diffusers_city.models.sat2city.blocks import (
-    coarsen_coords, grid_condition, height_columns, match_coords, sparse_condition, sparse_condition_uses_height, struct_condition,
+from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CityDenseUNet3D, HeightFieldEncoder, Sat2CitySparseVAE, Sat2CitySparseUNet3D
+from diffusers_city.models.sat2city.conditions import (
+    grid_condition, height_columns, sparse_condition, sparse_condition_uses_height, struct_condition,
 )
+from diffusers_city.models.shared.sparse_vae import coarsen_coords, match_coords
 from diffusers_city.sparse import SparseTensor
 from diffusers_city.sparse.ops import trilinear_interpolate
 
@@ -38,15 +39,15 @@ def key_set(coords: torch.Tensor) -> set[tuple[int, ...]]:
 
 
 @pytest.fixture
-def dense_vae() -> DenseGeometryVAE:
+def dense_vae() -> Sat2CityDenseVAE:
     torch.manual_seed(0)
-    return DenseGeometryVAE(latent_channels=4, encoder_channels=(8, 8, 16), decoder_channels=(16, 8, 8), grid_size=GRID, voxel_size=V)
+    return Sat2CityDenseVAE(latent_channels=4, encoder_channels=(8, 8, 16), decoder_channels=(16, 8, 8), grid_size=GRID, voxel_size=V)
 
 
 @pytest.fixture
-def sparse_vae() -> SparseGeometryVAE:
+def sparse_vae() -> Sat2CitySparseVAE:
     torch.manual_seed(0)
-    return SparseGeometryVAE(
+    return Sat2CitySparseVAE(
         latent_channels=4, encoder_channels=(8, 16), decoder_channels=(16, 8), appearance_decoder_channels=(8, 8),
         appearance_channels=4, num_rehash_levels=2, color_hidden_channels=16, grid_size=GRID, voxel_size=V,
     )
@@ -55,7 +56,7 @@ def sparse_vae() -> SparseGeometryVAE:
 def test_dense_vae_densified_latent_and_teacher_forced_structure(dense_vae):
     g = toy_city(batch=2)
     out = dense_vae(g)
-    assert out.mean.shape == (2, 4, 4, 4, 2) and out.logvar.shape == out.mean.shape
+    assert out.latent_dist.mean.shape == (2, 4, 4, 4, 2) and out.latent_dist.logvar.shape == out.latent_dist.mean.shape
     dec = out.decoding
     # level 0 is the whole dense latent grid, every later level 8 candidates per kept parent
     assert dec.candidates[0].shape[0] == 2 * 4 * 4 * 2
@@ -64,8 +65,8 @@ def test_dense_vae_densified_latent_and_teacher_forced_structure(dense_vae):
     for logits, targets, keep in zip(dec.logits, dec.targets, dec.struct):
         assert logits.shape == targets.shape == keep.shape
         assert torch.equal(keep, targets)  # teacher forcing prunes by the ground truth
-    assert key_set(dec.output.coords) == key_set(g.coords)
-    assert dec.output.num_channels == 3 and dec.output.voxel_size == V and dec.output.origin == g.origin
+    assert key_set(dec.sample.coords) == key_set(g.coords)
+    assert dec.sample.num_channels == 3 and dec.sample.voxel_size == V and dec.sample.origin == g.origin
     for level, structure in enumerate(dec.structures):
         expected = key_set(coarsen_coords(g.coords, 2 ** (2 - level), 2)[0])
         assert key_set(structure.coords) == expected
@@ -81,7 +82,7 @@ def test_decoder_prunes_by_prediction_and_replays_struct(dense_vae):
             SparseTensor.from_dense(latent, mask=torch.ones(1, 4, 4, 2, dtype=torch.bool), voxel_size=4 * V, origin=(2.5 * V,) * 3, stride=4),
             struct=free.struct,
         )
-    assert key_set(replay.output.coords) == key_set(free.output.coords)
+    assert key_set(replay.sample.coords) == key_set(free.sample.coords)
 
 
 def test_struct_must_fit_the_candidates(dense_vae):
@@ -122,22 +123,23 @@ def test_inverse_sampling_colours_points_and_trains_appearance(sparse_vae):
 def test_appearance_latent_has_no_posterior_and_starts_as_copy(sparse_vae):
     enc = sparse_vae.encode(toy_city())
     assert not hasattr(enc, "appearance_logvar")
-    assert enc.mean.num_channels == enc.logvar.num_channels == enc.appearance.num_channels == 4
+    posterior = enc.latent_dist
+    assert posterior.mean.num_channels == posterior.logvar.num_channels == enc.appearance.num_channels == 4
     sparse_vae.init_appearance_from_geometry()
     enc = sparse_vae.encode(toy_city())
-    assert torch.allclose(enc.appearance.feats, enc.mean.feats)
+    assert torch.allclose(enc.appearance.feats, enc.latent_dist.mean.feats)
 
 
 def test_geometry_decoder_records_struct_for_appearance(sparse_vae):
     g = toy_city()
     with torch.no_grad():
         enc = sparse_vae.encode(g)
-        geometry = sparse_vae.decode_geometry(enc.mean)
+        geometry = sparse_vae.decode(enc.latent_dist.mode())
         features = sparse_vae.decode_appearance(sparse_vae.rehash(enc.appearance), geometry)
-    assert key_set(features.coords) == key_set(geometry.output.coords)
+    assert key_set(features.coords) == key_set(geometry.sample.coords)
     assert features.num_channels == 3 * 4
-    cond = struct_condition(geometry, enc.mean)
-    assert cond.shape == (enc.mean.num_voxels, len(geometry.struct) + 3)
+    cond = struct_condition(geometry, enc.appearance)
+    assert cond.shape == (enc.appearance.num_voxels, len(geometry.struct) + 3)
     assert torch.equal(cond[:, 0], geometry.struct[0].float())
 
 
@@ -189,7 +191,7 @@ def test_height_field_encoder_max_pools_points_per_voxel():
 
 def test_dense_unet_anisotropic_grid_and_zero_init():
     torch.manual_seed(0)
-    unet = DenseUNet3D(in_channels=4, condition_channels=3, block_channels=(16, 32, 32), attention_levels=(2,), norm_num_groups=8)
+    unet = Sat2CityDenseUNet3D(in_channels=4, condition_channels=3, block_channels=(16, 32, 32), attention_levels=(2,), norm_num_groups=8)
     x, c = torch.randn(2, 4, 8, 8, 2), torch.randn(2, 3, 8, 8, 2)
     out = unet(x, torch.tensor([3, 700]), c).sample
     assert out.shape == x.shape and torch.count_nonzero(out) == 0  # zero-initialised output conv
@@ -204,7 +206,7 @@ def test_dense_unet_anisotropic_grid_and_zero_init():
 def test_sparse_unet_shapes_and_condition():
     torch.manual_seed(0)
     g = toy_city(batch=2)
-    unet = SparseUNet3D(in_channels=3, condition_channels=2, block_channels=(16, 32), attention_levels=(1,), attention_window=4)
+    unet = Sat2CitySparseUNet3D(in_channels=3, condition_channels=2, block_channels=(16, 32), attention_levels=(1,), attention_window=4)
     torch.nn.init.normal_(unet.conv_out.weight)
     cond = torch.randn(g.num_voxels, 2)
     out = unet(g, torch.tensor([5, 900]), cond).sample

@@ -16,7 +16,7 @@ from diffusers_city import Sat2CityPipeline
 from diffusers_city.cli import main as cli_main
 from diffusers_city.data.scene import CityScene
 from diffusers_city.sparse import SparseTensor
-from diffusers_city.models.sat2city import SparseUNet3D
+from diffusers_city.models.sat2city import Sat2CitySparseUNet3D
 
 STEPS = 2
 
@@ -77,11 +77,13 @@ def test_cityscene_output_is_georeferenced(pipe):
 
 
 def test_output_types(pipe):
-    pt = run(pipe, output_type="pt")
-    assert isinstance(pt.points, torch.Tensor) and pt.points.shape[1] == 3
+    pts = run(pipe, output_type="points")
+    assert isinstance(pts.points, np.ndarray) and pts.points.shape[1] == 3
     vox = run(pipe, output_type="voxels").voxels
-    assert isinstance(vox, SparseTensor) and vox.num_channels == 6 and vox.num_voxels == len(pt.points)
-    assert torch.allclose(vox.world_positions(), pt.points, atol=1e-4)
+    assert isinstance(vox, SparseTensor) and vox.num_channels == 6 and vox.num_voxels == len(pts.points)
+    assert torch.allclose(vox.world_positions().float(), torch.from_numpy(pts.points), atol=1e-4)
+    with pytest.raises(ValueError, match="rendered frames as torch tensors"):
+        run(pipe, output_type="pt")
     mesh = run(pipe, output_type="mesh")
     assert isinstance(mesh.mesh, trimesh.Trimesh) and len(mesh.mesh.faces) > 0
     points, _ = run(pipe, return_dict=False)[:2]
@@ -138,7 +140,7 @@ def test_mismatched_components_are_refused(saved, tmp_path):
     with pytest.raises(ValueError, match="voxel sizes differ"):
         Sat2CityPipeline.from_pretrained(edited_copy(saved, tmp_path, "sparse_vae", voxel_size=3.0))
     pipe = Sat2CityPipeline.from_pretrained(saved)
-    wrong = SparseUNet3D.from_config({**pipe.sparse_unet.config, "condition_channels": 5})
+    wrong = Sat2CitySparseUNet3D.from_config({**pipe.sparse_unet.config, "condition_channels": 5})
     with pytest.raises(ValueError, match="sparse_unet: sparse stage condition_channels must be 4 .* or 8 .* got 5"):
         Sat2CityPipeline(**{**pipe.components, "sparse_unet": wrong})
 
@@ -263,18 +265,18 @@ def test_guidance_per_stage(pipe):
     def run(g):
         calls.clear()
         out = pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=g,
-                   callback_on_step_end=record, output_type="pt")
+                   callback_on_step_end=record)
         return out, list(calls)
 
     plain, stages = run(1.0)
     assert stages == ["dense"] * 2 + ["sparse"] * 2 + ["appearance"] * 2
     same, _ = run((1.0, 1.0, 1.0))
-    assert torch.equal(plain.points, same.points) and torch.equal(plain.colors, same.colors)
+    assert np.array_equal(plain.points, same.points) and np.array_equal(plain.colors, same.colors)
     colour_only, _ = run((1.0, 1.0, 4.0))
-    assert torch.equal(plain.points, colour_only.points)  # geometry stages unguided
-    assert not torch.equal(plain.colors, colour_only.colors)
+    assert np.array_equal(plain.points, colour_only.points)  # geometry stages unguided
+    assert not np.array_equal(plain.colors, colour_only.colors)
     dense_only, _ = run((4.0, 1.0, 1.0))
-    assert not torch.equal(plain.points, dense_only.points) or not torch.equal(plain.colors, dense_only.colors)
+    assert not np.array_equal(plain.points, dense_only.points) or not np.array_equal(plain.colors, dense_only.colors)
     for bad in ((1.0, 2.0), (0.5, 1.0, 1.0), float("nan"), (1.0, True, 1.0)):
         with pytest.raises(ValueError, match="guidance_scale"):
             pipe(hm, num_inference_steps=2, guidance_scale=bad)
@@ -286,15 +288,14 @@ def test_temperature_per_stage(pipe):
     hm = np.random.default_rng(1).uniform(0, 255, (40, 40)).astype(np.uint8)
 
     def run(seed, temperature):
-        return pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(seed), temperature=temperature,
-                    output_type="pt")
+        return pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(seed), temperature=temperature)
 
     a, b = run(0, 1.0), run(1, 1.0)
-    assert not torch.equal(a.points, b.points) or not torch.equal(a.colors, b.colors)
+    assert not np.array_equal(a.points, b.points) or not np.array_equal(a.colors, b.colors)
     a, b = run(0, 0.0), run(1, 0.0)
-    assert torch.equal(a.points, b.points) and torch.equal(a.colors, b.colors)
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.colors, b.colors)
     a, b = run(0, (0.0, 0.0, 1.0)), run(1, (0.0, 0.0, 1.0))
-    assert torch.equal(a.points, b.points) and not torch.equal(a.colors, b.colors)
+    assert np.array_equal(a.points, b.points) and not np.array_equal(a.colors, b.colors)
     for bad in ((1.0, 0.5), -0.1, float("inf"), (1.0, None, 1.0)):
         with pytest.raises(ValueError, match="temperature"):
             pipe(hm, num_inference_steps=2, temperature=bad)

@@ -19,7 +19,7 @@ import train_sat2city_diffusion  # noqa: E402
 import train_sat2city_vae  # noqa: E402
 from sat2city_common import load_preset, make_dataloader, prepare_batch  # noqa: E402
 
-from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE, SparseUNet3D  # noqa: E402
+from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE, Sat2CitySparseUNet3D  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
 FAST = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "2"]
@@ -43,8 +43,8 @@ def test_vae_trains_and_resumes_exactly(tmp_path):
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), f"{name}.{key} differs after resume"
     assert (straight / "validation" / "step-2" / "ground_truth.png").is_file()
-    untrained = SparseGeometryVAE.from_config(load_preset(_ns()).get("components")["sparse_vae"])
-    trained = SparseGeometryVAE.from_pretrained(straight / "sparse_vae")
+    untrained = Sat2CitySparseVAE.from_config(load_preset(_ns()).get("components")["sparse_vae"])
+    trained = Sat2CitySparseVAE.from_pretrained(straight / "sparse_vae")
     assert not torch.equal(untrained.geometry_head.weight, trained.geometry_head.weight)
 
 
@@ -55,8 +55,8 @@ def _ns():
 def test_kl_reaches_geometry_latents_only():
     preset = load_preset(_ns())
     torch.manual_seed(0)
-    dense = DenseGeometryVAE.from_config(preset["components"]["dense_vae"])
-    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    dense = Sat2CityDenseVAE.from_config(preset["components"]["dense_vae"])
+    sparse = Sat2CitySparseVAE.from_config(preset["components"]["sparse_vae"])
     grid = tuple(dense.config.grid_size)
     prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
     weights_ = preset["training"]["vae"]["loss_weights"]
@@ -79,8 +79,8 @@ def vae_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("vae")
     preset = load_preset(_ns())
     torch.manual_seed(0)
-    DenseGeometryVAE.from_config(preset["components"]["dense_vae"]).save_pretrained(folder / "dense_vae")
-    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    Sat2CityDenseVAE.from_config(preset["components"]["dense_vae"]).save_pretrained(folder / "dense_vae")
+    sparse = Sat2CitySparseVAE.from_config(preset["components"]["sparse_vae"])
     for head in sparse.geometry_decoder.occupancy_heads:  # keep voxels, so validation decodes something
         torch.nn.init.constant_(head[1].bias, 3.0)
     sparse.save_pretrained(folder / "sparse_vae")
@@ -160,20 +160,20 @@ def test_sparse_stage_gains_the_height_columns_from_a_grid_only_pipeline(vae_dir
     """A sparse stage trained with the paper's 4-channel condition is widened to the preset's
     height-aware condition: zero new input weights, so the same predictions; then it trains on them."""
     preset = load_preset(_ns())
-    old = SparseUNet3D.from_config({**preset["components"]["sparse_unet"], "condition_channels": 4})
+    old = Sat2CitySparseUNet3D.from_config({**preset["components"]["sparse_unet"], "condition_channels": 4})
     wide = train_sat2city_diffusion.widen_condition(old, 8)
     assert wide.config.condition_channels == 8
     grid = tuple(preset["components"]["dense_vae"]["grid_size"])
     prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
-    dense, sparse = DenseGeometryVAE.from_pretrained(vae_dir / "dense_vae"), SparseGeometryVAE.from_pretrained(vae_dir / "sparse_vae")
+    dense, sparse = Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"), Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae")
     data = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean", sparse_height=True)
     x, enc = data.latent(prepared)
     cond = data.condition(prepared, enc, None)
     assert cond.shape == (x.shape[0], 8) and (cond[:, 4:] > -1).any()
     t = torch.tensor([500])
     with torch.no_grad():
-        narrow_v = old(enc.mean.replace(x), t, cond[:, :4]).sample.feats
-        assert torch.allclose(wide(enc.mean.replace(x), t, cond).sample.feats, narrow_v, atol=1e-6)
+        narrow_v = old(enc.appearance.replace(x), t, cond[:, :4]).sample.feats
+        assert torch.allclose(wide(enc.appearance.replace(x), t, cond).sample.feats, narrow_v, atol=1e-6)
     with pytest.raises(ValueError, match="cannot narrow"):
         train_sat2city_diffusion.widen_condition(wide, 4)
 
@@ -191,15 +191,15 @@ def test_latent_target_mean_is_the_posterior_mean(vae_dir):
     preset = load_preset(_ns())
     grid = tuple(preset["components"]["dense_vae"]["grid_size"])
     prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
-    dense, sparse = DenseGeometryVAE.from_pretrained(vae_dir / "dense_vae"), SparseGeometryVAE.from_pretrained(vae_dir / "sparse_vae")
-    mean, _ = dense.encode(prepared["voxels"])
+    dense, sparse = Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"), Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae")
+    mean = dense.encode(prepared["voxels"]).latent_dist.mean
     x, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "mean").latent(prepared)
     assert torch.equal(x, mean)
     sampled, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "sample").latent(prepared, torch.Generator().manual_seed(0))
     assert not torch.allclose(sampled, mean)
     enc = sparse.encode(prepared["voxels"])
     x, _ = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean").latent(prepared)
-    assert torch.equal(x, enc.mean.feats)
+    assert torch.equal(x, enc.latent_dist.mean.feats)
     with pytest.raises(ValueError, match="latent_target must be one of"):
         train_sat2city_diffusion.StageData("dense", dense, sparse, "mode")
 

@@ -26,16 +26,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sat2city_common import example_height_map, load_preset, pipeline_scale, write_json_atomic  # noqa: E402
+from sat2city_common import example_height_map, load_preset, pipeline_scale, read_latent_scale, write_json_atomic  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
 from diffusers_city.export.preview import write_image  # noqa: E402
 from diffusers_city.models.sat2city import (  # noqa: E402
-    DenseGeometryVAE,
-    DenseUNet3D,
+    Sat2CityDenseVAE,
+    Sat2CityDenseUNet3D,
     HeightFieldEncoder,
-    SparseGeometryVAE,
-    SparseUNet3D,
+    Sat2CitySparseVAE,
+    Sat2CitySparseUNet3D,
 )
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
@@ -73,19 +73,19 @@ def _is_pipeline(folder: Path) -> bool:
 
 
 def scale_of(folder: Path, stage: str) -> float:
-    """The stage's latent std: its training run's ``latent_scale.json``, or, when ``folder`` is a
-    saved pipeline (a stage kept from an earlier assembly), that pipeline's VAE config."""
+    """The stage's ``scaling_factor`` (1 / latent std): its training run's ``latent_scale.json``,
+    or, when ``folder`` is a saved pipeline (a stage kept from an earlier assembly), that pipeline's VAE config."""
     if _is_pipeline(folder):
         return pipeline_scale(folder, stage)
-    return float(json.loads((folder / "latent_scale.json").read_text())["scaling_factor"])
+    return read_latent_scale(folder / "latent_scale.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = load_preset(argparse.Namespace(preset=args.preset))
     fp32 = {"torch_dtype": torch.float32}
-    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32)
-    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32)
+    dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32)
+    sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32)
     dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir, "dense"))
     sparse_vae.register_to_config(scaling_factor=scale_of(args.sparse_dir, "sparse"),
                                   appearance_scaling_factor=scale_of(args.appearance_dir, "appearance"))
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         dense_vae=dense_vae,
         sparse_vae=sparse_vae,
         condition_encoder=HeightFieldEncoder.from_pretrained(args.dense_dir / "condition_encoder", **fp32),
-        dense_unet=DenseUNet3D.from_pretrained(args.dense_dir / "dense_unet", **fp32),
-        sparse_unet=SparseUNet3D.from_pretrained(args.sparse_dir / "sparse_unet", **fp32),
-        appearance_unet=SparseUNet3D.from_pretrained(args.appearance_dir / "appearance_unet", **fp32),
+        dense_unet=Sat2CityDenseUNet3D.from_pretrained(args.dense_dir / "dense_unet", **fp32),
+        sparse_unet=Sat2CitySparseUNet3D.from_pretrained(args.sparse_dir / "sparse_unet", **fp32),
+        appearance_unet=Sat2CitySparseUNet3D.from_pretrained(args.appearance_dir / "appearance_unet", **fp32),
         scheduler=DDIMScheduler.from_config(preset["scheduler"]),
     )
     if args.dtype != "fp32":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffusers_city.data import VoxelCropDataset  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
-from diffusers_city.models.sat2city.blocks import StructureDecoding, match_coords  # noqa: E402
+from diffusers_city.models.shared.sparse_vae import StructureDecoding, match_coords  # noqa: E402
 from diffusers_city.pipelines.sat2city.pipeline_sat2city import HeightMap  # noqa: E402
 from diffusers_city.render import render_points_preview  # noqa: E402
 from diffusers_city.sparse import SparseTensor  # noqa: E402
@@ -156,7 +156,7 @@ def geometry_losses(decoding: StructureDecoding, target: SparseTensor) -> tuple[
     logits = torch.cat(decoding.logits)
     targets = torch.cat(decoding.targets).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-    out = decoding.output
+    out = decoding.sample
     rows = match_coords(out.coords, target.coords, target.batch_size)
     found = (rows >= 0).nonzero().squeeze(1)
     pred = F.normalize(take_rows(out.feats, found).float(), dim=1)
@@ -191,11 +191,18 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def pipeline_scale(folder: Path, stage: str) -> float:
-    """The latent std a saved pipeline divides a stage's latents by (from its VAE configs);
-    ``stage`` is "dense", "sparse" or "appearance"."""
+    """The ``scaling_factor`` (1 / latent std) a saved pipeline multiplies a stage's latents by
+    (from its VAE configs); ``stage`` is "dense", "sparse" or "appearance"."""
     vae = "dense_vae" if stage == "dense" else "sparse_vae"
     key = "appearance_scaling_factor" if stage == "appearance" else "scaling_factor"
     return float(json.loads((folder / vae / "config.json").read_text())[key])
+
+
+def read_latent_scale(path: Path) -> float:
+    """The ``scaling_factor`` (1 / latent std) of a stage's ``latent_scale.json``. Files without a
+    ``latent_std`` entry are older and store the std itself under ``scaling_factor``."""
+    data = json.loads(Path(path).read_text())
+    return float(data["scaling_factor"]) if "latent_std" in data else 1.0 / float(data["scaling_factor"])
 
 
 def save_model(model: torch.nn.Module, ema, folder: Path) -> None:

@@ -52,10 +52,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diffusers_city.bev import BEVLayout, visible_bev_points
+from diffusers_city.models.gaussiancity.bev import BEVLayout, visible_bev_points
 from diffusers_city.data import NUM_CLASSES, CityScene, procedural_city
 from diffusers_city.models.gaussiancity import SemanticDiscriminator
-from diffusers_city.models.gaussiancity.vgg19_perceptual import VGG19PerceptualLoss
+from diffusers_city.models.shared import VGG19PerceptualLoss
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, Gaussians, drone_trajectory, orbit_trajectory, render_gaussians
 from diffusers_city.training_utils import (

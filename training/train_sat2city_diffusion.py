@@ -1,8 +1,8 @@
 """Train one stage of Sat2City's cascaded latent diffusion (Sec. 3.2) on frozen VAE latents.
 
-``--stage dense``: ``DenseUNet3D`` (+ the ``HeightFieldEncoder`` condition encoder, trained
-jointly) on X_D | c(P_h). ``--stage sparse``: ``SparseUNet3D`` on X_S | {G, A_N} (pooled normals
-and occupancy of the grid). ``--stage appearance``: ``SparseUNet3D`` on the Re-Hash latent
+``--stage dense``: ``Sat2CityDenseUNet3D`` (+ the ``HeightFieldEncoder`` condition encoder, trained
+jointly) on X_D | c(P_h). ``--stage sparse``: ``Sat2CitySparseUNet3D`` on X_S | {G, A_N} (pooled normals
+and occupancy of the grid). ``--stage appearance``: ``Sat2CitySparseUNet3D`` on the Re-Hash latent
 X_C0 | struct (the geometry decoder's pruning decisions). v-prediction MSE, uniform timesteps,
 condition dropout (the unet config's ``condition_dropout``) for guidance.
 
@@ -36,6 +36,7 @@ from sat2city_common import (  # noqa: E402
     make_dataloader,
     normal_colors,
     pipeline_scale,
+    read_latent_scale,
     prepare_batch,
     preview,
     save_model,
@@ -47,15 +48,16 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import compute_density_for_timestep_sampling  # noqa: E402
 
 from diffusers_city.models.sat2city import (  # noqa: E402
-    DenseGeometryVAE,
-    DenseUNet3D,
+    Sat2CityDenseVAE,
+    Sat2CityDenseUNet3D,
     HeightFieldEncoder,
-    SparseGeometryVAE,
-    SparseUNet3D,
+    Sat2CitySparseVAE,
+    Sat2CitySparseUNet3D,
 )
-from diffusers_city.models.sat2city.blocks import (  # noqa: E402
-    match_coords, sample_gaussian, sparse_condition, sparse_condition_uses_height, struct_condition,
+from diffusers_city.models.sat2city.conditions import (  # noqa: E402
+    sparse_condition, sparse_condition_uses_height, struct_condition,
 )
+from diffusers_city.models.shared.sparse_vae import match_coords  # noqa: E402
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
@@ -115,7 +117,7 @@ class StageData:
     """
 
     def __init__(
-        self, stage: str, dense_vae: DenseGeometryVAE, sparse_vae: SparseGeometryVAE, latent_target: str = "sample",
+        self, stage: str, dense_vae: Sat2CityDenseVAE, sparse_vae: Sat2CitySparseVAE, latent_target: str = "sample",
         sparse_height: bool = False,
     ) -> None:
         if latent_target not in LATENT_TARGETS:
@@ -124,8 +126,8 @@ class StageData:
         self.sparse_height = sparse_height  # the sparse stage also sees P_h's height columns
         self._cached = None
 
-    def _posterior(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return mean if self.latent_target == "mean" else sample_gaussian(mean, logvar, generator)
+    def _posterior(self, posterior, generator: torch.Generator | None):
+        return posterior.mode() if self.latent_target == "mean" else posterior.sample(generator)
 
     def _encode(self, voxels):
         """The frozen VAE's encoding of ``voxels``, computed once per batch (echoed steps reuse it)."""
@@ -139,11 +141,10 @@ class StageData:
         """Unscaled clean latent (dense ``[B, C, X, Y, Z]`` or per-voxel ``[N, C]``) and the sparse structure."""
         voxels = prepared["voxels"]
         if self.stage == "dense":
-            mean, logvar = self._encode(voxels)
-            return self._posterior(mean, logvar, generator), None
+            return self._posterior(self._encode(voxels).latent_dist, generator), None
         enc = self._encode(voxels)
         if self.stage == "sparse":
-            return self._posterior(enc.mean.feats, enc.logvar.feats, generator), enc
+            return self._posterior(enc.latent_dist, generator).feats, enc
         return enc.appearance.feats, enc
 
     def condition(self, prepared: dict, enc, encoder: torch.nn.Module | None) -> torch.Tensor:
@@ -155,19 +156,19 @@ class StageData:
             if self.stage == "sparse":
                 height = (prepared["ph_points"], prepared["ph_batch"]) if self.sparse_height else None
                 coords, cond = sparse_condition(voxels, self.sparse_vae.downsample_factor, height)
-                return cond[match_coords(enc.mean.coords, coords, voxels.batch_size)]
-            geometry = self.sparse_vae.decode_geometry(enc.mean, target=voxels)
-            return struct_condition(geometry, enc.mean)
+                return cond[match_coords(enc.appearance.coords, coords, voxels.batch_size)]
+            geometry = self.sparse_vae.decode(enc.latent_dist.mode(), target=voxels)
+            return struct_condition(geometry, enc.appearance)
 
 
-def widen_condition(unet: SparseUNet3D, condition_channels: int) -> SparseUNet3D:
+def widen_condition(unet: Sat2CitySparseUNet3D, condition_channels: int) -> Sat2CitySparseUNet3D:
     """``unet`` taking ``condition_channels`` condition channels, the new ones appended with zero
     input weights: it starts as exactly the old model (a trained sparse stage gains the height
     columns without starting over, like widening a U-Net's conv_in for inpainting)."""
     old = unet.config.condition_channels
     if condition_channels < old:
         raise ValueError(f"cannot narrow the condition from {old} to {condition_channels} channels")
-    wide = SparseUNet3D.from_config({**unet.config, "condition_channels": condition_channels})
+    wide = Sat2CitySparseUNet3D.from_config({**unet.config, "condition_channels": condition_channels})
     state = unet.state_dict()
     weight = state["conv_in.weight"]  # [out, k, k, k, in_channels + condition_channels]
     state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(*weight.shape[:-1], condition_channels - old)], -1)
@@ -176,14 +177,14 @@ def widen_condition(unet: SparseUNet3D, condition_channels: int) -> SparseUNet3D
 
 
 def measure_scale(data: StageData, loader, args, grid, device) -> float:
-    """Std of the clean latents over ``--scale_batches`` batches."""
+    """``1 / std`` of the clean latents over ``--scale_batches`` batches (diffusers' ``scaling_factor``)."""
     total = total_sq = count = 0.0
     for batch in itertools.islice(iter(loader), args.scale_batches):
         x, _ = data.latent(prepare_batch(batch, grid, device))
         x = x.double()
         total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
     mean = total / count
-    return float(math.sqrt(max(total_sq / count - mean * mean, 1e-12)))
+    return 1.0 / math.sqrt(max(total_sq / count - mean * mean, 1e-12))
 
 
 def diffusion_loss(
@@ -197,15 +198,15 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> torch.Tensor:
-    """v-prediction MSE of one batch: frozen clean latent / ``scale``, the condition zeroed per
+    """v-prediction MSE of one batch: frozen clean latent * ``scale``, the condition zeroed per
     batch item with probability ``p_drop``, uniform timesteps; the condition encoder and the unet
     run under ``autocast``. Per-voxel latents take their item's timestep and dropout."""
     device = prepared["voxels"].device
     num_t = scheduler.config.num_train_timesteps
     x0, enc = data.latent(prepared, generator)
-    x0 = x0 / scale
+    x0 = x0 * scale
     b = prepared["voxels"].batch_size
-    rows = None if enc is None else enc.mean.coords[:, 0].long()
+    rows = None if enc is None else enc.appearance.coords[:, 0].long()
     with autocast():
         cond = data.condition(prepared, enc, encoder)
         keep = (torch.rand(b, device=device, generator=generator) >= p_drop).to(cond.dtype)
@@ -216,7 +217,7 @@ def diffusion_loss(
         noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
         noisy = scheduler.add_noise(x0, noise, t_rows)
         target = scheduler.get_velocity(x0, noise, t_rows)
-        sample = noisy if enc is None else enc.mean.replace(noisy)
+        sample = noisy if enc is None else enc.appearance.replace(noisy)
         pred = unet(sample, t, cond).sample
         pred = pred if enc is None else pred.feats
         return F.mse_loss(pred.float(), target.float())
@@ -231,24 +232,24 @@ def validation_images(data: StageData, unet, encoder, scheduler: DDIMScheduler, 
     x = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     scheduler.set_timesteps(steps, device=x0.device)
     for t in scheduler.timesteps:
-        sample = x if enc is None else enc.mean.replace(x)
+        sample = x if enc is None else enc.appearance.replace(x)
         v = unet(sample, t, cond).sample
         x = scheduler.step(v if enc is None else v.feats, t, x).prev_sample
-    x = x * scale
+    x = x / scale
     voxels = prepared["voxels"]
     images = {"ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats))}
     if data.stage == "dense":
-        out = data.dense_vae.decode(x).output
+        out = data.dense_vae.decode(x).sample
         images["dense_sample"] = preview(out.world_positions(), normal_colors(out.feats))
         return images
     svae = data.sparse_vae
     if data.stage == "sparse":
-        out = svae.decode_geometry(enc.mean.replace(x)).output
+        out = svae.decode(enc.appearance.replace(x)).sample
         images["sparse_sample"] = preview(out.world_positions(), normal_colors(out.feats))
         return images
-    geometry = svae.decode_geometry(enc.mean, target=voxels)
-    feats = svae.decode_appearance(svae.rehash(enc.mean.replace(x)), geometry)
-    out = geometry.output
+    geometry = svae.decode(enc.latent_dist.mode(), target=voxels)
+    feats = svae.decode_appearance(svae.rehash(enc.appearance.replace(x)), geometry)
+    out = geometry.sample
     images["appearance_sample"] = preview(out.world_positions(), svae.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long()))
     return images
 
@@ -259,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = setup_accelerator(args)
     device = accelerator.device
     fp32 = {"torch_dtype": torch.float32}  # also when --vae_dir is a pipeline saved in fp16
-    dense_vae = DenseGeometryVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32).to(device).eval().requires_grad_(False)
-    sparse_vae = SparseGeometryVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32).to(device).eval().requires_grad_(False)
+    dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32).to(device).eval().requires_grad_(False)
+    sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32).to(device).eval().requires_grad_(False)
     grid = tuple(dense_vae.config.grid_size)
     unet_name = UNETS[args.stage]
-    unet_cls = DenseUNet3D if args.stage == "dense" else SparseUNet3D
+    unet_cls = Sat2CityDenseUNet3D if args.stage == "dense" else Sat2CitySparseUNet3D
     if args.init_from is not None:
         unet = unet_cls.from_pretrained(args.init_from / unet_name, **fp32)
         encoder = HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
@@ -284,15 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_dataloader(preset, args, args.train_batch_size)
     scale_path = out_dir / SCALE_FILE
     if scale_path.is_file():
-        scale = float(json.loads(scale_path.read_text())["scaling_factor"])
+        scale = read_latent_scale(scale_path)
     else:
         if args.init_from is not None:
             scale, source = pipeline_scale(args.init_from, args.stage), {"from_pipeline": str(args.init_from)}
         else:
             scale, source = measure_scale(data, loader, args, grid, device), {"batches": args.scale_batches}
         if accelerator.is_main_process:
-            write_json_atomic(scale_path, {"stage": args.stage, "scaling_factor": scale, **source})
-    accelerator.print(f"{args.stage} latent std (scaling_factor): {scale:.5g}")
+            write_json_atomic(scale_path, {"stage": args.stage, "scaling_factor": scale, "latent_std": 1 / scale, **source})
+    accelerator.print(f"{args.stage} scaling_factor (1 / latent std): {scale:.5g}")
 
     modules = [unet] + ([encoder] if encoder is not None else [])
     emas = [create_ema(m, args) for m in modules]

@@ -2,8 +2,8 @@
 
 Both VAEs train in one loop on the same batches:
 
-- ``DenseGeometryVAE``: 20 BCE(occupancy, all levels) + 50 L1(normals) + 0.03 KL(X_D);
-- ``SparseGeometryVAE``: 20 BCE + 50 L1(normals) + 0.03 KL(X_S) and, after the geometry-only
+- ``Sat2CityDenseVAE``: 20 BCE(occupancy, all levels) + 50 L1(normals) + 0.03 KL(X_D);
+- ``Sat2CitySparseVAE``: 20 BCE + 50 L1(normals) + 0.03 KL(X_S) and, after the geometry-only
   phase, + 50 L1(inverse-sampled colours at the points). KL never touches the appearance
   latents. The paper trains geometry only for E = 10 epochs; our data is generated on the fly
   (no epochs), so E is counted in optimizer steps: ``training.vae.geometry_only_steps`` of the
@@ -40,8 +40,7 @@ from sat2city_common import (  # noqa: E402
 )
 from diffusers.optimization import get_scheduler  # noqa: E402
 
-from diffusers_city.models.sat2city import DenseGeometryVAE, SparseGeometryVAE  # noqa: E402
-from diffusers_city.models.sat2city.blocks import kl_divergence  # noqa: E402
+from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     log_step,
@@ -79,11 +78,11 @@ def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, 
     voxels = prepared["voxels"]
     d = dense(voxels, generator=generator)
     d_bce, d_l1 = geometry_losses(d.decoding, voxels)
-    d_kl = kl_divergence(d.mean.flatten(2).transpose(1, 2).flatten(0, 1), d.logvar.flatten(2).transpose(1, 2).flatten(0, 1))
+    d_kl = d.latent_dist.kl()
     points, batch_idx, colors = subsample_points(prepared, color_points, generator)
     s = sparse(voxels, points=points, batch_idx=batch_idx, generator=generator)
     s_bce, s_l1 = geometry_losses(s.geometry, voxels)
-    s_kl = kl_divergence(s.encoding.mean.feats, s.encoding.logvar.feats)
+    s_kl = s.encoding.latent_dist.kl()
     color_l1 = (s.colors.float() - colors.float()).abs().mean()
     terms = {"dense_bce": d_bce, "dense_normal_l1": d_l1, "dense_kl": d_kl,
              "sparse_bce": s_bce, "sparse_normal_l1": s_l1, "sparse_kl": s_kl, "color_l1": color_l1}
@@ -93,15 +92,15 @@ def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, 
 
 
 @torch.no_grad()
-def validation_images(dense: DenseGeometryVAE, sparse: SparseGeometryVAE, prepared: dict) -> dict:
+def validation_images(dense: Sat2CityDenseVAE, sparse: Sat2CitySparseVAE, prepared: dict) -> dict:
     """Ground truth vs. free-running (not teacher-forced) reconstructions of the first item."""
     voxels = next(iter(prepared["voxels"]))
-    d = dense.decode(dense.encode(voxels)[0]).output
+    d = dense.decode(dense.encode(voxels).latent_dist.mode()).sample
     enc = sparse.encode(voxels)
-    geometry = sparse.decode_geometry(enc.mean)
+    geometry = sparse.decode(enc.latent_dist.mode())
     images = {"ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats)),
               "dense_reconstruction": preview(d.world_positions(), normal_colors(d.feats))}
-    out = geometry.output
+    out = geometry.sample
     if out.num_voxels:
         feats = sparse.decode_appearance(sparse.rehash(enc.appearance), geometry)
         colors = sparse.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long())
@@ -115,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = preset["training"]["vae"]["loss_weights"]
     color_points = int(preset["training"]["vae"]["color_points_per_scene"])
     accelerator = setup_accelerator(args)
-    dense = DenseGeometryVAE.from_config(preset["components"]["dense_vae"])
-    sparse = SparseGeometryVAE.from_config(preset["components"]["sparse_vae"])
+    dense = Sat2CityDenseVAE.from_config(preset["components"]["dense_vae"])
+    sparse = Sat2CitySparseVAE.from_config(preset["components"]["sparse_vae"])
     grid = tuple(dense.config.grid_size)
     ema_dense, ema_sparse = create_ema(dense, args), create_ema(sparse, args)
     optimizer = torch.optim.AdamW(itertools.chain(dense.parameters(), sparse.parameters()), lr=args.learning_rate)

@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 
 from ._registration import install as _install
-from ._registration import register
+from ._registration import register, register_alias
 from ._registration import register_exports as _register_exports
+from ._registration import register_legacy_names as _register_legacy_names
 
 _install()
 
@@ -23,7 +24,8 @@ from .pipelines import *  # noqa: E402,F401,F403
 from .pipelines import __all__ as _pipelines_all  # noqa: E402
 
 _register_exports([*_models_all, *_pipelines_all])
+_register_legacy_names(f"{__name__}.models")
 
 __all__ = [
-    "register", "ConfigMixin", "DiffusionPipeline", "ModelMixin", "SchedulerMixin", *_models_all, *_pipelines_all
+    "register", "register_alias", "ConfigMixin", "DiffusionPipeline", "ModelMixin", "SchedulerMixin", *_models_all, *_pipelines_all
 ]

@@ -13,12 +13,20 @@ knows a plugin package:
 ``install()`` adds ``"diffusers_city"`` to ``LOADABLE_CLASSES`` (with diffusers' own base
 classes, re-exported by ``diffusers_city``) and makes ``save_pretrained`` record every
 registered class as ``["diffusers_city", name]`` wherever it is defined. ``register(cls)``
-exports a class on ``diffusers_city`` and, for a pipeline, on ``diffusers``.
+exports a class on ``diffusers_city`` and, for a pipeline, on ``diffusers``; ``register_alias``
+keeps a class loadable under an earlier name.
+
+It also holds the registry of systems (:class:`System`): every package under
+``diffusers_city.pipelines`` that defines ``SYSTEM`` is one, found by :func:`systems`, so a new
+family adds its folders and is picked up by the package exports, the CLI and the demo.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
+from dataclasses import dataclass
 from typing import TypeVar
 
 import diffusers
@@ -32,6 +40,8 @@ T = TypeVar("T", bound=type)
 
 # Registered classes by name: the name is what model_index.json stores, so it must be unique.
 _registry: dict[str, type] = {}
+# Earlier class names still loadable from saved pipelines: old name -> current class.
+_aliases: dict[str, type] = {}
 _original_fetch = pipeline_loading_utils._fetch_class_library_tuple
 
 
@@ -99,3 +109,86 @@ def register_exports(names: list[str]) -> None:
 def registered() -> dict[str, type]:
     """Registered classes by name (a copy)."""
     return dict(_registry)
+
+
+def register_alias(old_name: str, cls: type) -> None:
+    """Make ``diffusers_city.<old_name>`` resolve to the registered ``cls``, so pipelines saved
+    when ``cls`` had that name still load (``save_pretrained`` records the current name)."""
+    if _registry.get(cls.__name__) is not cls:
+        raise ValueError(f"register {cls.__name__} before aliasing {old_name!r} to it")
+    if _registry.get(old_name) is not None or _aliases.get(old_name, cls) is not cls:
+        raise ValueError(f"cannot alias {old_name!r} to {cls.__name__}: the name is taken")
+    _set_unique(sys.modules[LIBRARY], old_name, cls, LIBRARY)
+    _aliases[old_name] = cls
+
+
+def aliases() -> dict[str, type]:
+    """Earlier class names and the classes they load as (a copy)."""
+    return dict(_aliases)
+
+
+@dataclass(frozen=True)
+class System:
+    """One family of the package, declared as ``SYSTEM`` in ``diffusers_city/pipelines/<name>/__init__.py``.
+
+    Attributes:
+        name: the family's folder under ``pipelines/`` (the package and the bundled presets /
+            weights of top-level ``pipelines/<name>/``) and its ``diffusers-city generate`` name.
+        pipeline: the name of its ``DiffusionPipeline`` class.
+        description: one line for the CLI's help.
+    """
+
+    name: str
+    pipeline: str
+    description: str
+
+    @property
+    def module(self) -> str:
+        return f"{LIBRARY}.pipelines.{self.name}"
+
+    @property
+    def demo_module(self) -> str:
+        """Module whose ``run_demo(out_dir, device) -> list[Path]`` runs the shipped default."""
+        return f"{self.module}.demo"
+
+    @property
+    def cli_module(self) -> str:
+        """Module with ``add_arguments(parser)`` and ``run(args) -> int`` of ``diffusers-city generate <name>``."""
+        return f"{self.module}.cli"
+
+    def pipeline_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.pipeline)
+
+
+def family_packages(package: str) -> list[str]:
+    """Full names of the subpackages of ``package`` (e.g. ``diffusers_city.pipelines``), sorted."""
+    parent = importlib.import_module(package)
+    return sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(parent.__path__) if m.ispkg)
+
+
+def export_families(namespace: dict, package: str) -> list[str]:
+    """Put every name of the ``__all__`` of each subpackage of ``package`` into ``namespace`` (a
+    package's ``globals()``); returns those names (the package's ``__all__``)."""
+    names: list[str] = []
+    for name in family_packages(package):
+        module = importlib.import_module(name)
+        namespace.update({k: getattr(module, k) for k in module.__all__})
+        names += list(module.__all__)
+    return names
+
+
+def register_legacy_names(package: str) -> None:
+    """``register_alias`` every ``LEGACY_NAMES`` entry (old name -> class) of ``package``'s subpackages."""
+    for name in family_packages(package):
+        for old_name, cls in getattr(importlib.import_module(name), "LEGACY_NAMES", {}).items():
+            register_alias(old_name, cls)
+
+
+def systems() -> dict[str, System]:
+    """Every system of the package by name (the ``SYSTEM`` of each ``diffusers_city.pipelines`` subpackage)."""
+    found = {}
+    for name in family_packages(f"{LIBRARY}.pipelines"):
+        system = getattr(importlib.import_module(name), "SYSTEM", None)
+        if isinstance(system, System):
+            found[system.name] = system
+    return found

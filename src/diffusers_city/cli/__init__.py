@@ -1,8 +1,10 @@
-"""``diffusers-city`` command line: ``info``, ``demo``, ``scene``, ``generate {sat2city,gaussiancity}``.
+"""``diffusers-city`` command line: ``info``, ``demo``, ``scene``, ``generate <system>``.
 
-Each subcommand lives in its own module of this package exposing ``add_arguments(parser)``
-and ``run(args) -> int``. Only the invoked subcommand's module is imported, so one that is
-missing or broken cannot break ``--help`` or the others.
+Each subcommand lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``:
+the general ones in this package, ``generate <system>`` in its family
+(``diffusers_city.pipelines.<system>.cli``, found through the registry of systems). Only the
+invoked subcommand's module is imported, so one that is missing or broken cannot break
+``--help`` or the others.
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from .._registration import systems as registered_systems
 
-# name -> (module in diffusers_city.cli, one-line help)
+# name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("info", "versions, sparse backends, renderer and device of this installation"),
-    "demo": ("demo", "run the shipped default pipelines and write their outputs"),
-    "scene": ("scene", "make, convert or preview a city scene"),
-}
-GENERATE: dict[str, tuple[str, str]] = {
-    "sat2city": ("generate_sat2city", "height map -> 3D city with the Sat2City pipeline"),
-    "gaussiancity": ("generate_gaussiancity", "BEV layout -> 3D Gaussian city with the GaussianCity pipeline"),
+    "info": (f"{__name__}.info", "versions, sparse backends, renderer and device of this installation"),
+    "demo": (f"{__name__}.demo", "run the shipped default pipelines and write their outputs"),
+    "scene": (f"{__name__}.scene", "make, convert or preview a city scene"),
 }
 
 
@@ -41,7 +40,7 @@ def _requested(argv: Sequence[str]) -> tuple[str, ...]:
 def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> None:
     """Import the subcommand's module and let it add its arguments; record an import failure."""
     try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
+        module = importlib.import_module(module_name)
     except ImportError as error:
         parser.set_defaults(_cli_unavailable=f"diffusers-city {command} is not available: {error}")
         return
@@ -65,10 +64,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="run a pipeline on your own input",
                                    description="Run a pipeline on your own input.")
     systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
-    for name, (module, help_text) in GENERATE.items():
-        sub = systems.add_parser(name, help=help_text, description=help_text)
+    for name, system in registered_systems().items():
+        sub = systems.add_parser(name, help=system.description, description=system.description)
         if requested == ("generate", name):
-            _attach(sub, module, f"generate {name}")
+            _attach(sub, system.cli_module, f"generate {name}")
     return parser
 
 

@@ -1,7 +1,7 @@
 """``diffusers-city demo``: run the shipped default pipeline of each system.
 
-A system runs when ``pipelines/<system>/default/model_index.json`` is bundled; its
-``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs
+Every system of the registry runs when ``pipelines/<system>/default/model_index.json`` is
+bundled; its ``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs
 under ``--out/<system>/``. Exit status 1 when no system ran or one of them failed.
 """
 
@@ -12,8 +12,6 @@ import importlib
 import sys
 import traceback
 from pathlib import Path
-
-SYSTEMS = ("sat2city", "gaussiancity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +34,19 @@ def _resolve_device(name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._registration import systems
     from ..presets import bundled_path
 
     device = _resolve_device(args.device)
     ran, failed = [], []
-    for system in SYSTEMS:
+    for system, entry in systems().items():
         index = bundled_path(system, "default", "model_index.json")
         if not index.is_file():
             print(f"{system}: skipped, no shipped weights ({index} is missing)")
             continue
         print(f"{system}: running the shipped default pipeline on {device} ...")
         try:
-            demo = importlib.import_module(f"diffusers_city.pipelines.{system}.demo")
+            demo = importlib.import_module(entry.demo_module)
             paths = demo.run_demo(args.out / system, device)
         except Exception:
             traceback.print_exc()

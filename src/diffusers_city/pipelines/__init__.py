@@ -1,8 +1,6 @@
-"""``DiffusionPipeline`` subclasses, one folder per system."""
+"""``DiffusionPipeline`` subclasses, one folder per family (each declares its ``SYSTEM``), and the
+code they share in ``pipeline_utils``. Each family's ``__all__`` is re-exported."""
 
-from .gaussiancity import *  # noqa: F401,F403
-from .gaussiancity import __all__ as _gaussiancity_all
-from .sat2city import *  # noqa: F401,F403
-from .sat2city import __all__ as _sat2city_all
+from .._registration import export_families
 
-__all__ = [*_sat2city_all, *_gaussiancity_all]
+__all__ = export_families(globals(), __name__)

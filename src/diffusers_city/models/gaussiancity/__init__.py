@@ -5,6 +5,5 @@ and the semantic discriminator used in training."""
 from .bev_point_decoder import BEVPointDecoder
 from .bev_scene_encoder import BEVSceneEncoder
 from .semantic_discriminator import SemanticDiscriminator
-from .vgg19_perceptual import VGG19PerceptualLoss
 
-__all__ = ["BEVPointDecoder", "BEVSceneEncoder", "SemanticDiscriminator", "VGG19PerceptualLoss"]
+__all__ = ["BEVPointDecoder", "BEVSceneEncoder", "SemanticDiscriminator"]

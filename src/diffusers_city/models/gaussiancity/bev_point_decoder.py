@@ -19,7 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...bev import FLAT_CLASSES
+from .bev import FLAT_CLASSES
 from ...render import Gaussians
 from ...sparse.attention import SparseTransformerBlock
 from ...sparse.tensor import SparseTensor

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...bev import DEFAULT_CLASS_STRIDES
+from .bev import DEFAULT_CLASS_STRIDES
 
 __all__ = ["BEVSceneEncoder"]
 

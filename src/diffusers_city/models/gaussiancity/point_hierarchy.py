@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...bev import upload
+from ...utils.device import upload
 from ...sparse.attention import AttentionGroups, SerializedAttention, patch_lengths
 from ...sparse.serialize import curve_code, key_bits
 from ...sparse.tensor import SparseTensor

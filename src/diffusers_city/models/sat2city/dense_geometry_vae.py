@@ -19,28 +19,22 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ...sparse import SparseTensor
-from .blocks import (
-    SparseEncoder,
-    StructureDecoder,
-    StructureDecoding,
-    full_grid,
-    level_geometry,
-    sample_gaussian,
-    scatter_to_dense,
-)
+from ..shared.distributions import AutoencoderOutput, DiagonalGaussianDistribution
+from ..shared.sparse_vae import StructureDecoder, StructureDecoding, SparseEncoder, full_grid, level_geometry, scatter_to_dense
+from .legacy import LegacyScalingMixin
 
 
 @dataclass
-class DenseGeometryVAEOutput(BaseOutput):
-    """``decoding``: the structure decoder's result; ``mean``/``logvar``/``latent``: X_D [B, C, X, Y, Z]."""
+class Sat2CityDenseVAEOutput(BaseOutput):
+    """``decoding``: the structure decoder's result; ``latent_dist``: the posterior of X_D;
+    ``latent``: the decoded X_D [B, C, X, Y, Z] (a posterior sample or its mean)."""
 
     decoding: StructureDecoding
-    mean: torch.Tensor
-    logvar: torch.Tensor
+    latent_dist: DiagonalGaussianDistribution
     latent: torch.Tensor
 
 
-class DenseGeometryVAE(ModelMixin, ConfigMixin):
+class Sat2CityDenseVAE(LegacyScalingMixin, ModelMixin, ConfigMixin):
     """Dense geometry VAE of Sat2City (Sec. 3.1, Fig. 4 "Dense Neck").
 
     Args:
@@ -51,8 +45,12 @@ class DenseGeometryVAE(ModelMixin, ConfigMixin):
         layers_per_block: residual blocks per level.
         grid_size: voxels of the training crop (x, y, z); the latent grid is this / 2^(levels-1).
         voxel_size: metres per finest voxel.
-        scaling_factor: std of X_D measured on training data; diffusion runs on X_D / scaling_factor.
+        scaling_factor: 1 / the std of X_D measured on training data: diffusion runs on
+            ``z * scaling_factor`` and ``decode`` takes ``latents / scaling_factor`` (diffusers' convention).
     """
+
+    _legacy_names = ("DenseGeometryVAE",)
+    _legacy_scaling_keys = ("scaling_factor",)
 
     @register_to_config
     def __init__(
@@ -91,26 +89,29 @@ class DenseGeometryVAE(ModelMixin, ConfigMixin):
 
     @apply_forward_hook
     def encode(
-        self, x: SparseTensor, grid_size: tuple[int, int, int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``(mean, logvar)`` of X_D, each ``[B, C, X/f, Y/f, Z/f]``; ``x.feats`` are normals."""
+        self, x: SparseTensor, grid_size: tuple[int, int, int] | None = None, return_dict: bool = True
+    ) -> AutoencoderOutput | tuple[DiagonalGaussianDistribution]:
+        """Posterior of X_D (``latent_dist``, over ``[B, C, X/f, Y/f, Z/f]``); ``x.feats`` are normals."""
         ones = x.feats.new_ones(x.num_voxels, 1)
         h = self.encoder(x.replace(torch.cat([x.feats, ones], 1)))
         dense = scatter_to_dense(h, self.latent_shape(grid_size))
-        mean, logvar = self.quant_conv(dense).chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)
+        posterior = DiagonalGaussianDistribution(self.quant_conv(dense))
+        return AutoencoderOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     @apply_forward_hook
-    def decode(self, latent: torch.Tensor, target: SparseTensor | None = None) -> StructureDecoding:
-        """Decode X_D ``[B, C, X, Y, Z]`` into voxels + normals (teacher-forced when ``target`` is given)."""
+    def decode(
+        self, z: torch.Tensor, target: SparseTensor | None = None, return_dict: bool = True
+    ) -> StructureDecoding | tuple[SparseTensor]:
+        """Decode X_D ``[B, C, X, Y, Z]`` (unscaled: ``latents / scaling_factor``) into voxels +
+        normals (``.sample``), teacher-forced when ``target`` is given."""
         voxel_size, origin = level_geometry(self.config.voxel_size, self.fine_origin, self.downsample_factor)
-        x = full_grid(latent, voxel_size, origin, self.downsample_factor)
-        return self.decoder(x, target=target)
+        decoding = self.decoder(full_grid(z, voxel_size, origin, self.downsample_factor), target=target)
+        return decoding if return_dict else (decoding.sample,)
 
     def forward(
         self, x: SparseTensor, sample_posterior: bool = True, generator: torch.Generator | None = None
-    ) -> DenseGeometryVAEOutput:
+    ) -> Sat2CityDenseVAEOutput:
         """Encode, sample and decode teacher-forced on ``x`` (the training pass)."""
-        mean, logvar = self.encode(x)
-        latent = sample_gaussian(mean, logvar, generator) if sample_posterior else mean
-        return DenseGeometryVAEOutput(decoding=self.decode(latent, target=x), mean=mean, logvar=logvar, latent=latent)
+        posterior = self.encode(x).latent_dist
+        latent = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return Sat2CityDenseVAEOutput(decoding=self.decode(latent, target=x), latent_dist=posterior, latent=latent)

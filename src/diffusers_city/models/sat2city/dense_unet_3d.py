@@ -88,7 +88,7 @@ class _Unit(nn.Module):
         return self.attn(h) if self.attn is not None else h
 
 
-class DenseUNet3D(ModelMixin, ConfigMixin):
+class Sat2CityDenseUNet3D(ModelMixin, ConfigMixin):
     """3D ADM U-Net on the dense latent X_D, conditioned by concatenation (Sat2City Psi_D).
 
     Args:

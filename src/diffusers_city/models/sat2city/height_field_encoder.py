@@ -16,7 +16,7 @@ from torch import nn
 
 from ...sparse import SparseTensor
 from ...sparse.kernel_map import unique_coords
-from .blocks import SparseEncoder, scatter_to_dense
+from ..shared.sparse_vae import SparseEncoder, scatter_to_dense
 
 
 class _ResidualMLP(nn.Module):

@@ -26,19 +26,21 @@ from torch import nn
 
 from ...sparse import SparseTensor
 from ...sparse.ops import regrid, trilinear_interpolate
-from .blocks import SparseEncoder, StructureDecoder, StructureDecoding, level_geometry, sample_gaussian
+from ..shared.distributions import DiagonalGaussianDistribution
+from ..shared.sparse_vae import SparseEncoder, StructureDecoder, StructureDecoding, level_geometry
+from .legacy import LegacyScalingMixin
 
 
 @dataclass
 class SparseGeometryEncoding(BaseOutput):
-    """Posterior of X_S (``mean``, ``logvar``) and the appearance latent X_C0, on one structure."""
+    """What ``encode`` returns: ``latent_dist``, the posterior of X_S (diffusers'
+    ``AutoencoderKLOutput``), and the appearance latent X_C0, on the same latent voxels."""
 
-    mean: SparseTensor
-    logvar: SparseTensor
+    latent_dist: DiagonalGaussianDistribution
     appearance: SparseTensor
 
 
-class SparseGeometryVAE(ModelMixin, ConfigMixin):
+class Sat2CitySparseVAE(LegacyScalingMixin, ModelMixin, ConfigMixin):
     """Sparse geometry + Re-Hash appearance VAE of Sat2City (Sec. 3.1, Fig. 4).
 
     Args:
@@ -52,8 +54,12 @@ class SparseGeometryVAE(ModelMixin, ConfigMixin):
         color_hidden_channels: hidden width of the inverse-sampling MLP.
         layers_per_block: residual blocks per level.
         grid_size, voxel_size: training crop in voxels and metres per finest voxel.
-        scaling_factor, appearance_scaling_factor: measured std of X_S and X_C0.
+        scaling_factor, appearance_scaling_factor: 1 / the measured std of X_S and X_C0: diffusion
+            runs on ``z * scaling_factor``, the decoders take ``latents / scaling_factor`` (diffusers' convention).
     """
+
+    _legacy_names = ("SparseGeometryVAE",)
+    _legacy_scaling_keys = ("scaling_factor", "appearance_scaling_factor")
 
     @register_to_config
     def __init__(
@@ -109,14 +115,13 @@ class SparseGeometryVAE(ModelMixin, ConfigMixin):
         self.appearance_head.bias.copy_(self.geometry_head.bias[:c])
 
     @apply_forward_hook
-    def encode(self, x: SparseTensor) -> SparseGeometryEncoding:
-        """Posterior of X_S and the appearance latent X_C0 on the stride-f structure of ``x``."""
+    def encode(self, x: SparseTensor, return_dict: bool = True) -> SparseGeometryEncoding | tuple:
+        """Posterior of X_S (``latent_dist``) and the appearance latent X_C0 on the stride-f structure of ``x``."""
         ones = x.feats.new_ones(x.num_voxels, 1)
         h = self.encoder(x.replace(torch.cat([x.feats, ones], 1)))
-        mean, logvar = self.geometry_head(h.feats).chunk(2, dim=1)
-        return SparseGeometryEncoding(
-            mean=h.replace(mean), logvar=h.replace(logvar.clamp(-30.0, 20.0)), appearance=h.replace(self.appearance_head(h.feats))
-        )
+        posterior = DiagonalGaussianDistribution(h.replace(self.geometry_head(h.feats)))
+        appearance = h.replace(self.appearance_head(h.feats))
+        return SparseGeometryEncoding(latent_dist=posterior, appearance=appearance) if return_dict else (posterior, appearance)
 
     def latent_structure(self, coords: torch.Tensor, batch_size: int) -> SparseTensor:
         """Empty-featured latent voxels over given latent coordinates (the sparse stages' domain)."""
@@ -127,9 +132,13 @@ class SparseGeometryVAE(ModelMixin, ConfigMixin):
         )
 
     @apply_forward_hook
-    def decode_geometry(self, latent: SparseTensor, target: SparseTensor | None = None) -> StructureDecoding:
-        """D_s: X_S -> voxels + normals, recording ``struct`` (teacher-forced when ``target`` is given)."""
-        return self.geometry_decoder(latent, target=target)
+    def decode(
+        self, z: SparseTensor, target: SparseTensor | None = None, return_dict: bool = True
+    ) -> StructureDecoding | tuple[SparseTensor]:
+        """D_s: X_S (unscaled: ``latents / scaling_factor``) -> voxels + normals (``.sample``),
+        recording ``struct`` (teacher-forced when ``target`` is given)."""
+        decoding = self.geometry_decoder(z, target=target)
+        return decoding if return_dict else (decoding.sample,)
 
     def rehash(self, appearance: SparseTensor) -> list[SparseTensor]:
         """Re-Hash neck: ``[X_C0, X_C1, ..., X_Cn]``, v_k = 2 v_(k-1), features trilinear from k-1 (Eq. 1)."""
@@ -154,7 +163,7 @@ class SparseGeometryVAE(ModelMixin, ConfigMixin):
         for k, level in enumerate(levels):
             feats = level.feats if k == 0 else trilinear_interpolate(level, positions, batch_idx)
             decoded = self.appearance_decoder(base.replace(feats), struct=geometry.struct, structures=geometry.structures)
-            outs.append(decoded.output.feats)
+            outs.append(decoded.sample.feats)
         return geometry.structures[-1].replace(torch.cat(outs, 1))
 
     @apply_forward_hook
@@ -170,20 +179,20 @@ class SparseGeometryVAE(ModelMixin, ConfigMixin):
         batch_idx: torch.Tensor | None = None,
         sample_posterior: bool = True,
         generator: torch.Generator | None = None,
-    ) -> SparseGeometryVAEOutput:
+    ) -> Sat2CitySparseVAEOutput:
         """Training pass: teacher-forced geometry; colours at ``points`` when given (appearance phase)."""
         enc = self.encode(x)
-        feats = sample_gaussian(enc.mean.feats, enc.logvar.feats, generator) if sample_posterior else enc.mean.feats
-        geometry = self.decode_geometry(enc.mean.replace(feats), target=x)
+        posterior = enc.latent_dist
+        geometry = self.decode(posterior.sample(generator) if sample_posterior else posterior.mode(), target=x)
         colors = None
         if points is not None:
             appearance = self.decode_appearance(self.rehash(enc.appearance), geometry)
             colors = self.inverse_sample(appearance, points, batch_idx)
-        return SparseGeometryVAEOutput(geometry=geometry, encoding=enc, colors=colors)
+        return Sat2CitySparseVAEOutput(geometry=geometry, encoding=enc, colors=colors)
 
 
 @dataclass
-class SparseGeometryVAEOutput(BaseOutput):
+class Sat2CitySparseVAEOutput(BaseOutput):
     """Teacher-forced geometry decoding, the encoding, and inverse-sampled colours (or None)."""
 
     geometry: StructureDecoding

@@ -20,31 +20,18 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...sparse import SparseTensor
-from ...sparse.attention import SparseTransformerBlock
-from ...sparse.nn import SparseConv3d, SparseGroupNorm, SparseInverseConv3d, SparseResBlock, SubMConv3d, group_count
+from ...sparse.nn import SparseConv3d, SparseGroupNorm, SparseInverseConv3d, SubMConv3d, group_count
+from ..shared.unet_blocks import SparseUNetUnit
 
 
 @dataclass
-class SparseUNet3DOutput(BaseOutput):
+class Sat2CitySparseUNet3DOutput(BaseOutput):
     """``sample``: the predicted v on the input voxels."""
 
     sample: SparseTensor
 
 
-class _Unit(nn.Module):
-    """One sparse residual block, followed by window self-attention on attention levels."""
-
-    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, heads: int, window: int, attn: bool) -> None:
-        super().__init__()
-        self.res = SparseResBlock(in_ch, out_ch, emb_ch, dropout=dropout)
-        self.attn = SparseTransformerBlock(out_ch, heads, attention="window", window_size=window) if attn else None
-
-    def forward(self, x: SparseTensor, emb: torch.Tensor) -> SparseTensor:
-        h = self.res(x, emb)
-        return self.attn(h) if self.attn is not None else h
-
-
-class SparseUNet3D(ModelMixin, ConfigMixin):
+class Sat2CitySparseUNet3D(ModelMixin, ConfigMixin):
     """Sparse 3D ADM U-Net on a sparse latent, conditioned by concatenation (Sat2City Psi_S / Psi_C).
 
     Args:
@@ -89,7 +76,7 @@ class SparseUNet3D(ModelMixin, ConfigMixin):
             attn = level in attention_levels
             units = nn.ModuleList()
             for _ in range(layers_per_block):
-                units.append(_Unit(ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn))
+                units.append(SparseUNetUnit(ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn))
                 ch = out_ch
             skips.append(ch)
             self.down.append(units)
@@ -97,16 +84,16 @@ class SparseUNet3D(ModelMixin, ConfigMixin):
                 self.downsamplers.append(SparseConv3d(ch, block_channels[level + 1], kernel_size=2, stride=2))
                 ch = block_channels[level + 1]
         self.mid = nn.ModuleList(
-            [_Unit(ch, ch, emb_ch, dropout, num_heads, attention_window, True),
-             _Unit(ch, ch, emb_ch, dropout, num_heads, attention_window, False)]
+            [SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, True),
+             SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, False)]
         )
         self.up = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for level in reversed(range(len(block_channels))):
             out_ch = block_channels[level]
             attn = level in attention_levels
-            units = nn.ModuleList([_Unit(ch + skips.pop(), out_ch, emb_ch, dropout, num_heads, attention_window, attn)])
-            units.extend(_Unit(out_ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn) for _ in range(layers_per_block - 1))
+            units = nn.ModuleList([SparseUNetUnit(ch + skips.pop(), out_ch, emb_ch, dropout, num_heads, attention_window, attn)])
+            units.extend(SparseUNetUnit(out_ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn) for _ in range(layers_per_block - 1))
             ch = out_ch
             self.up.append(units)
             if level > 0:
@@ -123,7 +110,7 @@ class SparseUNet3D(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float | int,
         condition: torch.Tensor,
         return_dict: bool = True,
-    ) -> SparseUNet3DOutput | tuple:
+    ) -> Sat2CitySparseUNet3DOutput | tuple:
         """Predict v for the noisy ``sample`` at ``timestep`` given ``condition`` [N, Cc] on its voxels."""
         if condition.shape != (sample.num_voxels, self.config.condition_channels):
             raise ValueError(
@@ -149,4 +136,4 @@ class SparseUNet3D(ModelMixin, ConfigMixin):
             if i < len(self.upsamplers):
                 h = self.upsamplers[i](h, skips[-1])
         out = sample.replace(self.conv_out(F.silu(self.norm_out(h).feats)))
-        return SparseUNet3DOutput(sample=out) if return_dict else (out,)
+        return Sat2CitySparseUNet3DOutput(sample=out) if return_dict else (out,)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ...cuda_graph import CapturedCall
+from ...utils.cuda_graph import CapturedCall
 from ...models.gaussiancity import BEVPointDecoder
 from ...models.gaussiancity.point_hierarchy import HierarchyCapacity, PointHierarchy
 

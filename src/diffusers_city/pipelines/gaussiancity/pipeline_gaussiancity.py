@@ -13,53 +13,31 @@ building instance ``i`` (``layout.instance``). Codes are standard normal (the de
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
 
-from ...bev import (
+from ...models.gaussiancity.bev import (
     BEVLayout,
     BEVPoints,
     ViewCache,
     bev_points,
-    upload,
     visible_bev_points_per_camera,
 )
 from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
+from ...utils.device import upload
+from ..pipeline_utils import IMAGE_OUTPUT_TYPES, check_callback_inputs, check_output_type, check_positive_int, frames_to_output
 from .cuda_graph import GraphedPointDecoder
+from .pipeline_output import GaussianCityPipelineOutput
 from .style_fitting import check_views, fit_styles
 
 __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
 
-OUTPUT_TYPES = ("pil", "np", "pt", "gaussians")
+OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "gaussians")
 TRAJECTORIES = ("orbit", "drone", "street")
-
-
-@dataclass
-class GaussianCityPipelineOutput(BaseOutput):
-    """Output of :class:`GaussianCityPipeline`.
-
-    Attributes:
-        images: rendered frames: a list of PIL images (``"pil"``), ``[F, H, W, 3]`` float 0..1
-            (``"np"``, ``"pt"``), or ``None`` for ``output_type="gaussians"``.
-        gaussians: the whole layout's Gaussians (``output_type="gaussians"`` or
-            ``return_gaussians="layout"``), a list with each frame's visible Gaussians
-            (``return_gaussians="visible"``), else ``None``.
-        styles: the ``[num_instances + 1, style_dim]`` style table used (edit it and pass it back).
-        layout: the validated :class:`~diffusers_city.bev.BEVLayout` (instance ids, boxes).
-    """
-
-    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
-    gaussians: Gaussians | list[Gaussians] | None
-    styles: torch.Tensor
-    layout: BEVLayout
 
 
 def _concat_gaussians(parts: Sequence[Gaussians], device: torch.device, rows: torch.Tensor | None = None) -> Gaussians:
@@ -84,6 +62,7 @@ class GaussianCityPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "scene_encoder->background_decoder->building_decoder"
+    _callback_tensor_inputs = ["image"]
 
     def __init__(
         self, scene_encoder: BEVSceneEncoder, background_decoder: BEVPointDecoder, building_decoder: BEVPointDecoder
@@ -216,7 +195,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         Adam on the masked mean squared error of every view's render plus ``prior_weight`` x the
         codes' mean square (their standard-normal prior), starting from ``styles`` or from codes
         sampled with ``generator``. Codes of buildings no view shows barely move. Use it to give
-        a layout the look of photos of its city, then render new views with ``style=``.
+        a layout the look of photos of its city, then render new views with ``styles=``.
 
         Args:
             layout: from ``prepare_layout``.
@@ -298,7 +277,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         that any of them sees decoded together, once: the decoders see the union of the views as
         context, so the colours of a point agree across these frames, and the decoders run once
         for all of them. Visibility stops at the scene encoder's ``max_view_distance``; ``cache``
-        keeps its tables across calls (:class:`~diffusers_city.bev.ViewCache`)."""
+        keeps its tables across calls (:class:`~diffusers_city.models.gaussiancity.bev.ViewCache`)."""
         device = self._execution_device if device is None else device
         options = {"max_distance": float(self.scene_encoder.config.max_view_distance), "ray_step": ray_step,
                    "device": device, "cache": cache}
@@ -330,15 +309,15 @@ class GaussianCityPipeline(DiffusionPipeline):
     # -- checks ---------------------------------------------------------------------------
     def _check_styles(self, styles: Any, layout: BEVLayout) -> torch.Tensor:
         if not isinstance(styles, torch.Tensor):
-            raise ValueError(f"style must be a torch.Tensor [num_instances + 1, {self.style_dim}], got {type(styles).__name__}")
+            raise ValueError(f"styles must be a torch.Tensor [num_instances + 1, {self.style_dim}], got {type(styles).__name__}")
         expected = (layout.num_instances + 1, self.style_dim)
         if tuple(styles.shape) != expected:
             raise ValueError(
-                f"style must have shape [num_instances + 1, style_dim] = {list(expected)} "
+                f"styles must have shape [num_instances + 1, style_dim] = {list(expected)} "
                 f"(row 0: background, rows 1..{layout.num_instances}: buildings), got {list(styles.shape)}"
             )
         if not styles.is_floating_point() or not bool(torch.isfinite(styles).all()):
-            raise ValueError("style must be a finite floating-point tensor")
+            raise ValueError("styles must be a finite floating-point tensor")
         return styles.float().cpu()
 
     def _cameras(self, cameras, trajectory, layout, num_frames, width, height, scene) -> Cameras | None:
@@ -369,6 +348,27 @@ class GaussianCityPipeline(DiffusionPipeline):
         make = getattr(render, f"{trajectory}_trajectory")
         return make(scene, num_frames, width=width, height=height)
 
+    def check_inputs(
+        self,
+        output_type: Any,
+        return_gaussians: Any,
+        decode_chunk_size: Any,
+        background: Any,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None,
+    ) -> list[str]:
+        """``ValueError`` naming the first bad option, before any work; returns the callback's tensor names."""
+        check_output_type(output_type, OUTPUT_TYPES, "GaussianCityPipeline")
+        if return_gaussians not in (None, "visible", "layout"):
+            raise ValueError(f"return_gaussians must be None, 'visible' or 'layout', got {return_gaussians!r}")
+        check_positive_int("decode_chunk_size", decode_chunk_size)
+        if background is not None:
+            bg = torch.as_tensor(background, dtype=torch.float32)
+            if bg.shape != (3,) or not bool(torch.isfinite(bg).all()):
+                raise ValueError(f"background must be 3 finite values (RGB), got {background!r}")
+        if self._graphed is not None and getattr(self.building_decoder, "_hf_hook", None) is not None:
+            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a call)")
+        return check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, ["image"])
+
     # -- call -----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -386,7 +386,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         num_frames: int = 16,
         width: int = 256,
         height: int = 256,
-        style: torch.Tensor | None = None,
+        styles: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_gaussians: str | None = None,
@@ -394,7 +394,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         ray_step: int = 1,
         decode_chunk_size: int = 1,
         callback_on_step_end: Callable[[Any, int, None, dict], dict] | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
+        callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
         return_dict: bool = True,
     ) -> GaussianCityPipelineOutput | tuple:
         """Render a BEV layout.
@@ -405,7 +405,7 @@ class GaussianCityPipeline(DiffusionPipeline):
             ground_map, instance_map, meters_per_pixel, origin: the rest of the layout.
             cameras: ``Cameras`` to render from; or ``trajectory`` (``"orbit"``, ``"drone"``,
                 ``"street"``) with ``num_frames``, ``width``, ``height``.
-            style: ``[num_instances + 1, style_dim]`` style table (``None``: sampled with ``generator``).
+            styles: ``[num_instances + 1, style_dim]`` style table (``None``: sampled with ``generator``).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (frames) or ``"gaussians"`` (the whole
                 layout's Gaussians, no frames; cameras optional).
             return_gaussians: also return ``"visible"`` (per frame) or ``"layout"`` Gaussians.
@@ -416,38 +416,33 @@ class GaussianCityPipeline(DiffusionPipeline):
                 give colours that agree across a chunk's frames and run the decoders once per
                 chunk (faster on a GPU), for memory that grows with the chunk's union of views.
             callback_on_step_end: called after each frame as ``fn(pipe, frame, None, kwargs)`` with
-                ``kwargs["image"]`` the frame ``[H, W, 3]``; may return a dict replacing it.
+                ``kwargs["image"]`` the frame ``[H, W, 3]``; may return a dict replacing it. (One
+                pass, no denoising steps: a frame is this pipeline's step.)
+            callback_on_step_end_tensor_inputs: keys passed to the callback (``["image"]``).
 
         Raises:
             ValueError: naming the problem, before any work, for inconsistent maps, unknown
                 classes, NaN heights, zero-size images, wrong style sizes or bad options.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if return_gaussians not in (None, "visible", "layout"):
-            raise ValueError(f"return_gaussians must be None, 'visible' or 'layout', got {return_gaussians!r}")
-        if isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
-            raise ValueError(f"decode_chunk_size must be a positive int, got {decode_chunk_size!r}")
+        tensor_inputs = self.check_inputs(
+            output_type, return_gaussians, decode_chunk_size, background, callback_on_step_end_tensor_inputs
+        )
         if scene is not None:
             if semantic_map is not None or height_map is not None:
                 raise ValueError("pass either scene or semantic_map/height_map, not both")
+            if not all(hasattr(scene, k) for k in ("semantic", "height", "meters_per_pixel", "origin")):
+                raise ValueError(f"scene must be a CityScene (semantic, height, meters_per_pixel, origin), got {type(scene).__name__}")
             semantic_map, height_map = scene.semantic, scene.height
             ground_map, instance_map = getattr(scene, "ground", None), getattr(scene, "instance", None)
             meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)
         if semantic_map is None or height_map is None:
             raise ValueError("semantic_map and height_map (or scene) are required")
-        if self._graphed is not None and getattr(self.building_decoder, "_hf_hook", None) is not None:
-            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a call)")
         layout = self.prepare_layout(semantic_map, height_map, ground_map, instance_map, meters_per_pixel, origin)
         cams = self._cameras(cameras, trajectory, layout, num_frames, width, height, scene)
         if cams is None and output_type != "gaussians":
             raise ValueError("rendering frames needs cameras or a trajectory (or use output_type='gaussians')")
-        styles = self.sample_styles(layout, generator) if style is None else self._check_styles(style, layout)
-        bg = None
-        if background is not None:
-            bg = torch.as_tensor(background, dtype=torch.float32)
-            if bg.shape != (3,):
-                raise ValueError(f"background must be 3 values (RGB), got shape {list(bg.shape)}")
+        styles = self.sample_styles(layout, generator) if styles is None else self._check_styles(styles, layout)
+        bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
 
         device = self._execution_device
         layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
@@ -465,21 +460,14 @@ class GaussianCityPipeline(DiffusionPipeline):
                     for i, g in zip(chunk, decoded):
                         image = render_gaussians(g, cams[i], background=fill).rgb[0].clamp(0, 1)
                         if callback_on_step_end is not None:
-                            out = callback_on_step_end(self, i, None, {"image": image})
+                            local = {"image": image}
+                            out = callback_on_step_end(self, i, None, {k: local[k] for k in tensor_inputs})
                             image = (out or {}).get("image", image)
                         frames.append(image)
                         if return_gaussians == "visible":
                             visible.append(g)
                         progress.update()
-        images: Any = None
-        if frames:
-            stack = torch.stack(frames).float()
-            if output_type == "pt":
-                images = stack
-            else:
-                images = stack.cpu().numpy()
-                if output_type == "pil":
-                    images = [PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in images]
+        images = frames_to_output(torch.stack(frames), output_type) if frames else None
         gaussians = visible if return_gaussians == "visible" else layout_g
         if not return_dict:
             return images, gaussians, styles, layout

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...bev import BEVLayout, visible_bev_points
+from ...models.gaussiancity.bev import BEVLayout, visible_bev_points
 from ...render import Cameras, render_gaussians
 
 if TYPE_CHECKING:

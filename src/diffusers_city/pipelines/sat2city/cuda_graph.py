@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...cuda_graph import CapturedCall
+from ...utils.cuda_graph import CapturedCall
 
 
 class GraphedStep:

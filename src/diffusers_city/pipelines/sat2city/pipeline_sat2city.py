@@ -1,6 +1,6 @@
 """Sat2City: height map -> coloured 3D city by cascaded latent diffusion (Hua et al., Sec. 3.2).
 
-Three DDIM stages, each conditioned on the previous one (Fig. 6, supplementary 6.2):
+Three latent diffusion stages, each conditioned on the previous one (Fig. 6, supplementary 6.2):
 
 1. dense latent X_D | c(P_h): the height map lifted to a point cloud, encoded by the
    ``condition_encoder``; decoded by the dense VAE into a first voxel grid {G, A_N};
@@ -23,20 +23,30 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ...data.noise import height_from_gray
 from ...export.mesh import mesh_from_voxels
 from ...data.scene import CityScene
-from ...models.sat2city import DenseGeometryVAE, DenseUNet3D, HeightFieldEncoder, SparseGeometryVAE, SparseUNet3D
-from ...models.sat2city.blocks import sparse_condition, sparse_condition_uses_height, struct_condition
+from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
+from ...models.sat2city.conditions import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
+from ..pipeline_utils import (
+    check_callback_inputs,
+    check_number,
+    check_output_type,
+    check_positive_int,
+    check_prediction_type,
+    denoising_loop,
+)
 from .cuda_graph import GraphedStep
 from .pipeline_output import Sat2CityPipelineOutput
 
-OUTPUT_TYPES = ("points", "mesh", "voxels", "pt")
+OUTPUT_TYPES = ("points", "mesh", "voxels")
+PREDICTION_TYPES = ("v_prediction",)  # what the training script trains every stage's U-Net for
 STAGES = ("dense", "sparse", "appearance")  # the cascade, in order; per-stage arguments follow it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Rough peak bytes per finest surface voxel and decoder channel (activations, kernel maps,
@@ -49,14 +59,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Sampling:
-    """What every stage's DDIM loop of one call shares."""
+    """What every stage's denoising loop of one call shares."""
 
     num_inference_steps: int
     generator: torch.Generator | None
     callback_on_step_end: Callable | None
     tensor_inputs: list[str]
-    guidance_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (dense, sparse, appearance)
-    temperature: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    guidance_scale: tuple[float, float, float]  # (dense, sparse, appearance)
+    temperature: tuple[float, float, float]
 
 
 class HeightMap:
@@ -156,10 +166,14 @@ def load_height_map(
 class Sat2CityPipeline(DiffusionPipeline):
     """Height map -> 3D city (Sat2City, Hua et al. 2025): cascaded dense / sparse / appearance latent diffusion.
 
-    Components: ``dense_vae`` (:class:`DenseGeometryVAE`), ``sparse_vae`` (:class:`SparseGeometryVAE`),
-    ``condition_encoder`` (:class:`HeightFieldEncoder`), ``dense_unet`` (:class:`DenseUNet3D`),
-    ``sparse_unet`` and ``appearance_unet`` (:class:`SparseUNet3D`) and a ``DDIMScheduler``
-    (v-prediction, shared by the three stages).
+    Components: ``dense_vae`` (:class:`Sat2CityDenseVAE`), ``sparse_vae`` (:class:`Sat2CitySparseVAE`),
+    ``condition_encoder`` (:class:`HeightFieldEncoder`), ``dense_unet`` (:class:`Sat2CityDenseUNet3D`),
+    ``sparse_unet`` and ``appearance_unet`` (:class:`Sat2CitySparseUNet3D`) and a scheduler shared by
+    the three stages (the trained ``DDIMScheduler``, or any diffusers scheduler built from its config,
+    e.g. ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``; v-prediction).
+
+    ``default_guidance_scale`` and ``default_temperature`` are what a call without those arguments
+    uses: a trained pipeline stores its measured best settings there (``model_index.json``).
     """
 
     model_cpu_offload_seq = "condition_encoder->dense_unet->dense_vae->sparse_unet->sparse_vae->appearance_unet"
@@ -167,13 +181,15 @@ class Sat2CityPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        dense_vae: DenseGeometryVAE,
-        sparse_vae: SparseGeometryVAE,
+        dense_vae: Sat2CityDenseVAE,
+        sparse_vae: Sat2CitySparseVAE,
         condition_encoder: HeightFieldEncoder,
-        dense_unet: DenseUNet3D,
-        sparse_unet: SparseUNet3D,
-        appearance_unet: SparseUNet3D,
-        scheduler: DDIMScheduler,
+        dense_unet: Sat2CityDenseUNet3D,
+        sparse_unet: Sat2CitySparseUNet3D,
+        appearance_unet: Sat2CitySparseUNet3D,
+        scheduler: KarrasDiffusionSchedulers,
+        default_guidance_scale: float | tuple[float, float, float] = 1.0,
+        default_temperature: float | tuple[float, float, float] = 1.0,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -184,6 +200,10 @@ class Sat2CityPipeline(DiffusionPipeline):
             sparse_unet=sparse_unet,
             appearance_unet=appearance_unet,
             scheduler=scheduler,
+        )
+        self.register_to_config(
+            default_guidance_scale=list(self._per_stage("default_guidance_scale", default_guidance_scale, 1.0)),
+            default_temperature=list(self._per_stage("default_temperature", default_temperature, 0.0)),
         )
         self.check_components()
         self.stage: str | None = None
@@ -257,6 +277,23 @@ class Sat2CityPipeline(DiffusionPipeline):
         return int((surface + candidates) * channels * _BYTES_PER_VOXEL_CHANNEL + dense)
 
     # -- stages -----------------------------------------------------------------------------
+    def prepare_latents(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """A stage's initial latents: ``latents`` (unit-variance noise of ``shape``) or fresh noise,
+        times the scheduler's ``init_noise_sigma`` and the stage's ``temperature``."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
+        return latents.to(device=device, dtype=dtype) * (self.scheduler.init_noise_sigma * temperature)
+
     def _denoise(
         self,
         stage: str,
@@ -265,40 +302,31 @@ class Sat2CityPipeline(DiffusionPipeline):
         wrap: Callable[[torch.Tensor], Any],
         condition: torch.Tensor,
         run: _Sampling,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """DDIM loop of one stage from noise of ``shape`` (times the stage's temperature);
-        ``wrap`` turns the feature tensor into the unet's sample. With ``enable_cuda_graphs`` on
-        CUDA, the steps after the first replay one captured graph (`GraphedStep`)."""
+        """One stage's denoising loop from noise of ``shape`` (or ``latents``); ``wrap`` turns the
+        feature tensor into the unet's sample. With ``enable_cuda_graphs`` on CUDA, the steps after
+        the first replay one captured graph (`GraphedStep`)."""
         self.stage = stage
         index = STAGES.index(stage)
         guidance_scale = run.guidance_scale[index]
-        generator, callback_on_step_end = run.generator, run.callback_on_step_end
-        latents = randn_tensor(shape, generator=generator, device=condition.device, dtype=condition.dtype)
-        latents = latents * run.temperature[index]
-        self.scheduler.set_timesteps(run.num_inference_steps, device=latents.device)
-        timesteps = self.scheduler.timesteps
+        self.scheduler.set_timesteps(run.num_inference_steps, device=condition.device)
+        latents = self.prepare_latents(shape, condition.dtype, condition.device, run.generator, latents, run.temperature[index])
 
-        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = unet(wrap(latents), t, condition).sample
+        def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = unet(wrap(model_input), t, condition).sample
             v = v.feats if isinstance(v, SparseTensor) else v
             if guidance_scale != 1.0:
-                v_uncond = unet(wrap(latents), t, torch.zeros_like(condition)).sample
+                v_uncond = unet(wrap(model_input), t, torch.zeros_like(condition)).sample
                 v_uncond = v_uncond.feats if isinstance(v_uncond, SparseTensor) else v_uncond
                 v = v_uncond + guidance_scale * (v - v_uncond)
             return v
 
         step = GraphedStep(predict) if self.cuda_graphs and latents.is_cuda else predict
-        with self.progress_bar(total=len(timesteps)) as bar:
-            bar.set_description(f"sat2city {stage}")
-            for i, t in enumerate(timesteps):
-                v = step(latents, t)
-                latents = self.scheduler.step(v, t, latents, generator=generator).prev_sample
-                if callback_on_step_end is not None:
-                    local = {"latents": latents}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in run.tensor_inputs})
-                    latents = outputs.pop("latents", latents)
-                bar.update()
-        return latents
+        return denoising_loop(
+            self, latents, step, generator=run.generator, callback_on_step_end=run.callback_on_step_end,
+            tensor_inputs=run.tensor_inputs, description=f"sat2city {stage}",
+        )
 
     @staticmethod
     def _per_stage(name: str, value: Any, low: float) -> tuple[float, float, float]:
@@ -312,16 +340,28 @@ class Sat2CityPipeline(DiffusionPipeline):
             )
         return tuple(float(g) for g in values)
 
-    def _validate_call(self, num_inference_steps: int, output_type: str, tensor_inputs: list[str]) -> None:
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be an integer in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps!r}"
-            )
-        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+    def check_inputs(
+        self,
+        num_inference_steps: Any,
+        output_type: Any,
+        guidance_scale: Any,
+        temperature: Any,
+        max_memory_gb: Any,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> tuple[tuple[float, float, float], tuple[float, float, float], list[str]]:
+        """``ValueError`` naming the first bad argument, before any work; returns the per-stage
+        guidance and temperature (the pipeline's defaults where None) and the callback's tensor names."""
+        check_output_type(output_type, OUTPUT_TYPES, "Sat2CityPipeline")
+        check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
+        check_number("max_memory_gb", max_memory_gb, low=0.0)
+        check_prediction_type(self.scheduler, PREDICTION_TYPES, "Sat2CityPipeline")
+        tensor_inputs = check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, ["latents"])
+        unets = (self.dense_unet, self.sparse_unet, self.appearance_unet)
+        if self.cuda_graphs and any(getattr(unet, "_hf_hook", None) is not None for unet in unets):
+            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a step)")
+        guidance = self._per_stage("guidance_scale", self.config.default_guidance_scale if guidance_scale is None else guidance_scale, 1.0)
+        temperature = self._per_stage("temperature", self.config.default_temperature if temperature is None else temperature, 0.0)
+        return guidance, temperature, tensor_inputs
 
     @torch.no_grad()
     def __call__(
@@ -329,11 +369,12 @@ class Sat2CityPipeline(DiffusionPipeline):
         height_map: Any,
         num_inference_steps: int = 50,
         generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "points",
         meters_per_pixel: float | None = None,
         height_range: tuple[float, float] | None = None,
-        guidance_scale: float | tuple[float, float, float] = 1.0,
-        temperature: float | tuple[float, float, float] = 1.0,
+        guidance_scale: float | tuple[float, float, float] | None = None,
+        temperature: float | tuple[float, float, float] | None = None,
         max_memory_gb: float = 32.0,
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
@@ -344,31 +385,30 @@ class Sat2CityPipeline(DiffusionPipeline):
         Args:
             height_map: ``CityScene`` (metric heights, georeferenced), or a grayscale height map
                 (0..255, Sat2City convention) as array / tensor / PIL image / PNG or ``.npy`` path.
-            num_inference_steps: DDIM steps of each of the three stages.
+            num_inference_steps: denoising steps of each of the three stages.
             generator: torch generator for the initial noise of every stage.
+            latents: the dense stage's initial noise ``[1, C, X, Y, Z]`` (unit variance; the later
+                stages' shapes depend on it, their noise comes from ``generator``).
             output_type: ``"points"`` (numpy points / colours / normals), ``"mesh"`` (plus a
-                trimesh surface), ``"voxels"`` (a ``SparseTensor`` of normals + colours) or ``"pt"``.
+                trimesh surface) or ``"voxels"`` (a ``SparseTensor`` of normals + colours).
             meters_per_pixel: ground sampling distance; default: the scene's, or the training
                 crop width divided by the map's larger side for plain grayscale maps.
             height_range: metres of gray 0 and 255 (default ``(0, max_height_m)`` of the condition encoder).
             guidance_scale: classifier-free guidance on the stage conditions (1 = off), one scale for
-                all three stages or a ``(dense, sparse, appearance)`` triple.
+                all three stages or a ``(dense, sparse, appearance)`` triple (default: the
+                pipeline's ``default_guidance_scale``).
             temperature: scale of each stage's initial noise (1 = the trained prior, 0 = start DDIM
                 from the prior's mean), one for all stages or a ``(dense, sparse, appearance)`` triple.
                 Below 1 trades sample diversity for fidelity to the condition, as in Grad-TTS and
-                Glow; see the model card for the measured effect.
+                Glow; see the model card for the measured effect (default: ``default_temperature``).
             max_memory_gb: refuse inputs whose estimated peak memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
-                DDIM step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
+                denoising step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
         """
-        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
-        self._validate_call(num_inference_steps, output_type, tensor_inputs)
-        unets = (self.dense_unet, self.sparse_unet, self.appearance_unet)
-        if self.cuda_graphs and any(getattr(unet, "_hf_hook", None) is not None for unet in unets):
-            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a step)")
-        guidance = self._per_stage("guidance_scale", guidance_scale, 1.0)
-        temperature = self._per_stage("temperature", temperature, 0.0)
+        guidance, temperature, tensor_inputs = self.check_inputs(
+            num_inference_steps, output_type, guidance_scale, temperature, max_memory_gb, callback_on_step_end_tensor_inputs
+        )
         enc = self.condition_encoder.config
         vae = self.dense_vae.config
         hrange = (0.0, float(enc.max_height_m)) if height_range is None else tuple(float(h) for h in height_range)
@@ -389,6 +429,12 @@ class Sat2CityPipeline(DiffusionPipeline):
                 "crop the map, lower its resolution or raise max_memory_gb"
             )
 
+        latent_shape = self.dense_vae.latent_shape(grid)
+        shape = (1, vae.latent_channels, *latent_shape)
+        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape):
+            got = list(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must be a tensor of the dense stage's shape {list(shape)} for this height map, got {got}")
+
         device = self._execution_device
         dtype = self.dense_unet.dtype
         run = _Sampling(num_inference_steps, generator, callback_on_step_end, tensor_inputs, guidance, temperature)
@@ -396,11 +442,9 @@ class Sat2CityPipeline(DiffusionPipeline):
         # Stage 1: dense latent X_D | c(P_h).
         points = torch.from_numpy(hmap.points()).to(device)
         points[:, 2] = points[:, 2].clamp(0, grid[2] * vae.voxel_size - 1e-3)
-        latent_shape = self.dense_vae.latent_shape(grid)
         cond = self.condition_encoder(points, torch.zeros(points.shape[0], dtype=torch.long, device=device), latent_shape, 1)
-        shape = (1, vae.latent_channels, *latent_shape)
-        x_d = self._denoise("dense", self.dense_unet, shape, lambda x: x, cond.to(dtype), run)
-        first = self.dense_vae.decode(x_d * vae.scaling_factor).output
+        x_d = self._denoise("dense", self.dense_unet, shape, lambda x: x, cond.to(dtype), run, latents)
+        first = self.dense_vae.decode(x_d / vae.scaling_factor).sample
         first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
 
         if first.num_voxels:
@@ -428,14 +472,14 @@ class Sat2CityPipeline(DiffusionPipeline):
         structure = svae.latent_structure(coords, 1)
         shape = (structure.num_voxels, svae.config.latent_channels)
         x_s = self._denoise("sparse", self.sparse_unet, shape, structure.replace, cond.to(dtype), run)
-        geometry = svae.decode_geometry(structure.replace(x_s * svae.config.scaling_factor))
+        geometry = svae.decode(structure.replace(x_s / svae.config.scaling_factor))
 
         # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
         app_cond = struct_condition(geometry, structure)
         x_c = self._denoise("appearance", self.appearance_unet, shape, structure.replace, app_cond.to(dtype), run)
-        voxels = geometry.output
+        voxels = geometry.sample
         if voxels.num_voxels:
-            features = svae.decode_appearance(svae.rehash(structure.replace(x_c * svae.config.appearance_scaling_factor)), geometry)
+            features = svae.decode_appearance(svae.rehash(structure.replace(x_c / svae.config.appearance_scaling_factor)), geometry)
             colors = svae.inverse_sample(features, voxels.world_positions(), voxels.coords[:, 0].long())
         else:
             colors = voxels.feats.new_zeros(0, 3)
@@ -449,8 +493,6 @@ class Sat2CityPipeline(DiffusionPipeline):
         world = voxels.world_positions().double().cpu() + shift
         voxel_size = float(voxels.voxel_size)
         info = {"voxel_size": voxel_size, "origin": shift.numpy(), "crs": hmap.crs}
-        if output_type == "pt":
-            return Sat2CityPipelineOutput(points=world.float(), colors=colors.cpu(), normals=normals.cpu(), **info)
         origin = (torch.tensor(voxels.origin, dtype=torch.float64) + shift).tolist()
         if output_type == "voxels":
             feats = torch.cat([normals, colors], 1).cpu()

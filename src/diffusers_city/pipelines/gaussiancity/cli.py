@@ -28,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.scene import CityScene
-    from ..export.splat import write_gaussian_ply
-    from ..export.video import write_video
-    from ..pipelines.gaussiancity import GaussianCityPipeline
-    from ..presets import bundled_path
+    from ...data.scene import CityScene
+    from ...export.splat import write_gaussian_ply
+    from ...export.video import write_video
+    from .pipeline_gaussiancity import GaussianCityPipeline
+    from ...presets import bundled_path
 
     for name in ("frames", "width", "height", "decode_chunk_size"):
         if getattr(args, name) <= 0:

@@ -18,7 +18,7 @@ height field, with a pyramid of coarse max-height grids to skip empty space) and
 ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
 Only a window of the layout around the cameras (bounded by ``max_distance``) is ever moved to the
 compute device, and rays are processed in chunks, so memory does not grow with the layout size.
-Rays traverse a maximum mipmap of the heights (hierarchical empty-space skipping, ``bev_march``):
+Rays traverse a maximum mipmap of the heights (hierarchical empty-space skipping, ``render.heightfield_march``):
 one Triton kernel on CUDA, vectorized lockstep torch elsewhere; the rest is vectorized torch.
 """
 
@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bev_march import march, slab
-from .data.classes import CLASSES, FACADE, GROUND, NUM_CLASSES, ROAD, ROOF, WATER
+from ...data.classes import CLASSES, FACADE, GROUND, NUM_CLASSES, ROAD, ROOF, WATER
+from ...render.heightfield_march import march, slab
+from ...utils.device import upload
 
 __all__ = [
     "DEFAULT_CLASS_STRIDES",
@@ -44,7 +45,6 @@ __all__ = [
     "ViewCache",
     "ViewTables",
     "bev_points",
-    "upload",
     "visible_bev_points",
     "visible_bev_points_per_camera",
 ]
@@ -57,12 +57,6 @@ FLAT_CLASSES: tuple[int, ...] = (GROUND, ROAD, WATER)
 """Classes whose Gaussians are thin in z (flat surfaces)."""
 
 _FAR_BELOW = -(1 << 40)
-
-
-def upload(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A host tensor on ``device`` without waiting for the device: the driver stages a pageable
-    copy at once, so unlike ``.to(device)`` (a stream sync per copy) the host runs on ahead."""
-    return t.to(device, non_blocking=True)
 
 
 def _as_map(name: str, value: Any) -> torch.Tensor:

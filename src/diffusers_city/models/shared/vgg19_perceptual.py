@@ -1,4 +1,4 @@
-"""VGG19 perceptual loss of GaussianCity's training (Sec. 3.5; Johnson et al. 2016).
+"""VGG19 perceptual loss (Johnson et al. 2016), used in training (GaussianCity Sec. 3.5).
 
 The network is defined here (torchvision is not a dependency) with torchvision's layer indexing,
 so a safetensors export of torchvision's ``vgg19().features`` state dict (keys ``features.N.*``

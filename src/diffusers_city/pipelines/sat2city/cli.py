@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)")
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead of weights")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps per stage (default 50)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--meters-per-pixel", type=float, default=None)
     parser.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -36,14 +36,16 @@ class _PerStage(argparse.Action):
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """``--guidance-scale`` and ``--temperature`` (one value or one per stage), shared by this
     command and the quality benchmark."""
-    parser.add_argument("--guidance-scale", type=float, nargs="+", default=1.0, metavar="G", action=_PerStage,
-                        help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance)")
-    parser.add_argument("--temperature", type=float, nargs="+", default=1.0, metavar="T", action=_PerStage,
-                        help="scale of the initial noise (1 = the trained prior, 0 = deterministic): one for every stage or three")
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=None, metavar="G", action=_PerStage,
+                        help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance); "
+                             "default: the pipeline's stored best")
+    parser.add_argument("--temperature", type=float, nargs="+", default=None, metavar="T", action=_PerStage,
+                        help="scale of the initial noise (1 = the trained prior, 0 = deterministic): one for every stage or three; "
+                             "default: the pipeline's stored best")
 
 
 def _load_input(path: Path):
-    from ..data.scene import CityScene
+    from ...data.scene import CityScene
 
     if path.is_dir():
         return CityScene.load(path)
@@ -55,9 +57,9 @@ def _load_input(path: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..pipelines.sat2city import Sat2CityPipeline
-    from ..pipelines.sat2city.demo import write_city
-    from ..presets import bundled_path
+    from .demo import write_city
+    from .pipeline_sat2city import Sat2CityPipeline
+    from ...presets import bundled_path
 
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")

@@ -1,12 +1,12 @@
-"""Building blocks shared by the Sat2City models (not models themselves).
+"""Sparse VAE building blocks shared by every family (not models themselves).
 
-- :class:`SparseEncoder`: the sparse-conv encoder of every Sat2City VAE and of the condition
-  encoder (Sec. 3.1, "sparse convolutional neural networks as encoders to downsample").
-- :class:`StructureDecoder`: XCube's structure-prediction backbone (Sec. 3.1): at every level it
-  subdivides each voxel into 8, predicts occupancy, prunes, then refines the kept voxels. It
-  records its pruning decisions (``struct``) so that a second decoder can follow them (the
-  appearance decoder D_c, Sec. 3.2 / supplementary 6.2).
-- coordinate helpers (matching, coarsening), the cascade stages' conditions and the diagonal-Gaussian KL.
+- :class:`SparseEncoder`: a sparse-conv encoder with stride-2 downsamplings (Sat2City Sec. 3.1,
+  "sparse convolutional neural networks as encoders to downsample"; EarthCrafter's StructVAE).
+- :class:`StructureDecoder`: XCube's structure-prediction backbone: at every level it subdivides
+  each voxel into 8, predicts occupancy, prunes, then refines the kept voxels. It records its
+  pruning decisions (``struct``) so that a second decoder can follow them.
+- :func:`full_grid` / :func:`scatter_to_dense`: between a dense latent grid and sparse voxels.
+- coordinate helpers: matching, coarsening, the geometry of a coarser level.
 """
 
 from __future__ import annotations
@@ -15,12 +15,25 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...sparse import SparseTensor
-from ...sparse.tensor import take_rows
 from ...sparse.kernel_map import build_index, unique_coords
 from ...sparse.nn import SparseConv3d, SparseResBlock, SubMConv3d, prune, subdivide
+from ...sparse.tensor import take_rows
+
+__all__ = [
+    "SparseEncoder",
+    "StructureDecoder",
+    "StructureDecoding",
+    "coarsen_coords",
+    "full_grid",
+    "level_geometry",
+    "match_coords",
+    "scatter_to_dense",
+]
+
 
 def match_coords(query: torch.Tensor, reference: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Row of ``reference`` [N, 4] holding each ``query`` coordinate [M, 4], ``-1`` where absent."""
@@ -39,18 +52,6 @@ def level_geometry(voxel_size: float, origin: tuple[float, float, float], factor
     coarse = voxel_size * factor
     shift = (coarse - voxel_size) / 2
     return coarse, tuple(o + shift for o in origin)
-
-
-def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, 1)), summed over channels, averaged over latent voxels."""
-    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
-    return kl.sum(1).mean()
-
-
-def sample_gaussian(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Reparameterised sample of the diagonal Gaussian posterior."""
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + (0.5 * logvar).exp() * noise
 
 
 class SparseEncoder(nn.Module):
@@ -83,11 +84,11 @@ class SparseEncoder(nn.Module):
 
 
 @dataclass
-class StructureDecoding:
+class StructureDecoding(BaseOutput):
     """What a :class:`StructureDecoder` produced.
 
     Attributes:
-        output: head output on the finest kept voxels (normals, or appearance features).
+        sample: head output on the finest kept voxels (normals, or appearance features).
         structures: kept voxels of every level, coarse to fine (their features are the decoder's).
         struct: per level, the pruning decision over that level's candidate voxels.
         candidates: per level, the candidate coordinates ``[N_l, 4]`` the decisions refer to.
@@ -95,7 +96,7 @@ class StructureDecoding:
         targets: per level ground-truth occupancy of the candidates (only when a target was given).
     """
 
-    output: SparseTensor
+    sample: SparseTensor
     structures: list[SparseTensor]
     struct: list[torch.Tensor]
     candidates: list[torch.Tensor]
@@ -203,7 +204,7 @@ class StructureDecoder(nn.Module):
             kept.append(h)
         out = h.replace(self.head(F.silu(self.norm_out(h.feats))))
         return StructureDecoding(
-            output=out,
+            sample=out,
             structures=kept,
             struct=record["struct"],
             candidates=record["candidates"],
@@ -233,100 +234,3 @@ def scatter_to_dense(x: SparseTensor, shape: tuple[int, int, int], reduce: str =
         count = feats.new_zeros(total).index_add_(0, flat, torch.ones_like(flat, dtype=feats.dtype))
         out = out / count.clamp(min=1).unsqueeze(1)
     return out.view(x.batch_size, *shape, -1).permute(0, 4, 1, 2, 3).contiguous()
-
-
-def _pool_to_latent(fine_coords: torch.Tensor, feats: torch.Tensor, latent: SparseTensor, factor: int) -> torch.Tensor:
-    """Sum of ``feats`` of fine voxels per latent voxel (``latent`` is ``factor`` times coarser)."""
-    parent = fine_coords.long().clone()
-    parent[:, 1:] = torch.div(parent[:, 1:], factor, rounding_mode="floor")
-    rows = match_coords(parent, latent.coords, latent.batch_size)
-    inside = rows >= 0
-    out = feats.new_zeros(latent.num_voxels, feats.shape[1])
-    return out.index_add_(0, rows[inside], take_rows(feats, inside))
-
-
-def grid_condition(voxels: SparseTensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Condition of the sparse stage from a decoded fine grid {G, A_N} (Sec. 3.2, Eq. 5).
-
-    Returns the latent coordinates (the fine voxels coarsened by ``factor``) and per latent voxel
-    ``[mean normal (3), occupied fraction of its factor^3 fine voxels (1)]``.
-    """
-    coords, inverse = coarsen_coords(voxels.coords, factor, voxels.batch_size)
-    ones = voxels.feats.new_ones(voxels.num_voxels, 1)
-    sums = voxels.feats.new_zeros(coords.shape[0], 4).index_add_(0, inverse, torch.cat([voxels.feats[:, :3], ones], 1))
-    count = sums[:, 3:].clamp(min=1)
-    return coords, torch.cat([sums[:, :3] / count, sums[:, 3:] / factor**3], 1)
-
-
-GRID_CONDITION_CHANNELS = 4  # grid_condition: mean normal (3) + occupied fraction (1)
-
-
-def height_columns(
-    points: torch.Tensor, point_batch: torch.Tensor, coords: torch.Tensor, voxel_size: float, factor: int
-) -> torch.Tensor:
-    """Height-map part of the sparse stage's condition (our addition to Sec. 3.2, pipelines/sat2city/README.md).
-
-    For every latent voxel (``coords`` [N, 4], ``factor`` fine voxels of ``voxel_size`` wide) and
-    each of its ``factor x factor`` fine columns: the top of the condition point cloud P_h
-    (``points`` [M, 3] in the grid frame, item ``point_batch`` [M]) in that column, relative to
-    the voxel's bottom in units of its height, clamped to [-1, 2] (-1 where the column holds no
-    point): ``[N, factor**2]``. It lets stage 2 put roofs where the map says, not only where the
-    dense stage's grid says.
-    """
-    f, v = int(factor), float(voxel_size)
-    n = coords.shape[0]
-    if n == 0:
-        return points.new_zeros(0, f * f)
-    c = coords.long()
-    points, point_batch = points.to(coords.device), point_batch.to(coords.device).long()
-    nb, nx, ny = int(c[:, 0].max()) + 1, (int(c[:, 1].max()) + 1) * f, (int(c[:, 2].max()) + 1) * f
-    cols = torch.floor(points[:, :2] / v).long()
-    ok = (cols >= 0).all(1) & (cols[:, 0] < nx) & (cols[:, 1] < ny) & (point_batch < nb)
-    key = (point_batch[ok] * nx + cols[ok, 0]) * ny + cols[ok, 1]
-    top = points.new_full((nb * nx * ny,), float("-inf")).scatter_reduce_(0, key, points[ok, 2], "amax")
-    a = torch.arange(f, device=c.device)
-    fx, fy = c[:, 1:2] * f + a, c[:, 2:3] * f + a
-    rows = (c[:, 0, None, None] * nx + fx[:, :, None]) * ny + fy[:, None, :]
-    rel = (top[rows.reshape(n, -1)] - c[:, 3:4].to(top.dtype) * (f * v)) / (f * v)
-    return torch.nan_to_num(rel, neginf=-1.0).clamp(-1.0, 2.0)
-
-
-def sparse_condition_uses_height(condition_channels: int, factor: int) -> bool:
-    """Whether a sparse stage of ``condition_channels`` takes `height_columns`
-    (``4 + factor**2``) or only `grid_condition` (4, the paper's); ``ValueError`` otherwise."""
-    if condition_channels not in (GRID_CONDITION_CHANNELS, GRID_CONDITION_CHANNELS + factor * factor):
-        raise ValueError(
-            f"sparse stage condition_channels must be {GRID_CONDITION_CHANNELS} (normal + occupancy) or "
-            f"{GRID_CONDITION_CHANNELS + factor * factor} (+ {factor}x{factor} height columns), got {condition_channels}"
-        )
-    return condition_channels > GRID_CONDITION_CHANNELS
-
-
-def sparse_condition(
-    voxels: SparseTensor, factor: int, height_points: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Condition of the sparse stage: `grid_condition` of the decoded grid, followed by the
-    `height_columns` of P_h ``(points, batch)`` when given (a height-aware stage 2)."""
-    coords, cond = grid_condition(voxels, factor)
-    if height_points is not None:
-        cond = torch.cat([cond, height_columns(*height_points, coords, voxels.voxel_size, factor).to(cond.dtype)], 1)
-    return coords, cond
-
-
-def struct_condition(decoding: StructureDecoding, latent: SparseTensor) -> torch.Tensor:
-    """Condition of the appearance stage from the pruning decisions ``struct`` (Sec. 3.2, Eq. 6).
-
-    Per latent voxel: for every decoder level l the fraction of its 8^l descendants kept there,
-    and the mean decoded normal of its kept finest voxels (``num_levels + 3`` channels).
-    """
-    feats = []
-    for level, (cand, keep) in enumerate(zip(decoding.candidates, decoding.struct)):
-        factor = 2**level
-        kept = cand[keep]
-        ones = latent.feats.new_ones(kept.shape[0], 1)
-        feats.append(_pool_to_latent(kept, ones, latent, factor) / factor**3)
-    out = decoding.output
-    count = _pool_to_latent(out.coords, out.feats.new_ones(out.num_voxels, 1), latent, 2 ** (len(decoding.struct) - 1))
-    normals = _pool_to_latent(out.coords, out.feats[:, :3], latent, 2 ** (len(decoding.struct) - 1))
-    feats.append(normals / count.clamp(min=1))
-    return torch.cat(feats, 1)

@@ -1,0 +1,131 @@
+"""What every diffusers-city pipeline shares: one ``output_type`` vocabulary, the input checks
+diffusers pipelines make in ``check_inputs``, and the denoising loop that works with any
+diffusers scheduler of the model's prediction type.
+
+``output_type`` means the same in every pipeline:
+
+- ``"pil"``, ``"np"``, ``"pt"``: rendered frames, as PIL images, a numpy ``[F, H, W, 3]`` float
+  array in 0..1, or the same as a torch tensor (pipelines that render);
+- ``"points"``: a coloured point cloud as numpy arrays (``points``, ``colors``, ``normals``);
+- ``"mesh"``: the points plus a ``trimesh`` surface;
+- ``"voxels"``: a :class:`~diffusers_city.sparse.SparseTensor` of the generated voxels;
+- ``"gaussians"``: the scene's :class:`~diffusers_city.render.Gaussians`, no frames.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+__all__ = [
+    "IMAGE_OUTPUT_TYPES",
+    "OUTPUT_TYPES",
+    "check_callback_inputs",
+    "check_number",
+    "check_output_type",
+    "check_positive_int",
+    "check_prediction_type",
+    "denoising_loop",
+    "frames_to_output",
+]
+
+IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "points", "mesh", "voxels", "gaussians")
+
+
+def check_output_type(output_type: Any, supported: Sequence[str], pipeline: str) -> None:
+    """``ValueError`` unless ``output_type`` is one of ``supported`` (a subset of :data:`OUTPUT_TYPES`)."""
+    if output_type not in supported:
+        hint = " (it means rendered frames as torch tensors)" if output_type == "pt" else ""
+        raise ValueError(f"{pipeline} output_type must be one of {tuple(supported)}, got {output_type!r}{hint}")
+
+
+def check_positive_int(name: str, value: Any, high: int | None = None) -> int:
+    """``value`` as an int in 1..``high``; ``ValueError`` for anything else, booleans included."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or (high is not None and value > high):
+        bound = f"in 1..{high}" if high is not None else ">= 1"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: Any, low: float | None = None) -> float:
+    """``value`` as a finite float (``>= low`` when given); ``ValueError`` for NaN, inf, bool or non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def check_callback_inputs(names: Sequence[str] | None, allowed: Sequence[str], default: Sequence[str]) -> list[str]:
+    """The tensor names a ``callback_on_step_end`` gets (``default`` when ``names`` is None)."""
+    names = list(default if names is None else names)
+    unknown = [k for k in names if k not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {list(allowed)}")
+    return names
+
+
+def check_prediction_type(scheduler: Any, supported: Sequence[str], pipeline: str) -> None:
+    """``ValueError`` unless the scheduler predicts what the denoisers were trained to predict."""
+    kind = getattr(scheduler.config, "prediction_type", None)
+    if kind not in supported:
+        raise ValueError(
+            f"{pipeline}'s denoisers predict {' or '.join(supported)}, the scheduler "
+            f"{type(scheduler).__name__} is configured for {kind!r}; build it with "
+            f"{type(scheduler).__name__}.from_config(pipe.scheduler.config)"
+        )
+
+
+def frames_to_output(frames: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """Frames ``[F, H, W, 3]`` in 0..1 as ``output_type`` (``"pil"``, ``"np"`` or ``"pt"``)."""
+    frames = frames.float()
+    if output_type == "pt":
+        return frames
+    array = frames.cpu().numpy()
+    if output_type == "np":
+        return array
+    return [PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in array]
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
+    """``generator`` for the schedulers whose ``step`` takes one (diffusers' ``prepare_extra_step_kwargs``)."""
+    accepts = "generator" in inspect.signature(scheduler.step).parameters
+    return {"generator": generator} if accepts else {}
+
+
+def denoising_loop(
+    pipe: Any,
+    latents: torch.Tensor,
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    generator: torch.Generator | None,
+    callback_on_step_end: Callable | None,
+    tensor_inputs: Sequence[str],
+    description: str,
+) -> torch.Tensor:
+    """The denoising loop over ``pipe.scheduler.timesteps`` (``set_timesteps`` already called and
+    ``latents`` already scaled by ``init_noise_sigma``): ``scale_model_input`` ->
+    ``predict(model_input, t)`` -> ``scheduler.step``, then ``callback_on_step_end(pipe, i, t,
+    {name: tensor})``, which may replace ``latents``. Works with any diffusers scheduler whose
+    ``prediction_type`` is what ``predict`` returns."""
+    scheduler = pipe.scheduler
+    step_kwargs = _step_kwargs(scheduler, generator)
+    timesteps = scheduler.timesteps
+    with pipe.progress_bar(total=len(timesteps)) as bar:
+        bar.set_description(description)
+        for i, t in enumerate(timesteps):
+            model_output = predict(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                local = {"latents": latents}
+                outputs = callback_on_step_end(pipe, i, t, {k: local[k] for k in tensor_inputs})
+                latents = (outputs or {}).get("latents", latents)
+            bar.update()
+    return latents
