@@ -8,6 +8,9 @@ Two groupings cover the sparse transformers of the three systems:
   along a space-filling curve (:mod:`.serialize`) and cut per batch item into patches of fixed
   size (1024 in GaussianCity); the last patch of an item may be shorter.
 
+Cross-attention (EarthCrafter's flow models) lets the voxels of each batch item attend to that
+item's condition tokens, a packed sequence of per-item length (:class:`CrossAttentionGroups`).
+
 On CUDA all groups run unpadded through one varlen call of SDPA's memory-efficient kernel.
 Elsewhere, and as the reference on the GPU, groups are packed into padded ``[G, L, heads, dim]``
 batches bucketed by padded length (powers of two and their 3/4, so padding stays below 50% of a
@@ -18,14 +21,16 @@ The plan (:class:`AttentionGroups`) depends only on the structure; modules cache
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nn import batch_index
 from .serialize import ORDERS, serialize
 
 if TYPE_CHECKING:
@@ -33,10 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttentionGroups",
+    "CrossAttentionGroups",
     "SerializedAttention",
+    "SparseCrossAttention",
     "SparseTransformerBlock",
     "SparseWindowAttention",
+    "cross_attention_groups",
     "grouped_attention",
+    "grouped_cross_attention",
     "patch_lengths",
     "serialized_attention",
     "serialized_groups",
@@ -80,15 +89,13 @@ class AttentionGroups:
     @cached_property
     def inverse(self) -> torch.Tensor:
         """``[N]`` position of each token in ``order``."""
-        inverse = torch.empty_like(self.order)
-        inverse[self.order] = torch.arange(self.num_tokens, device=self.order.device)
-        return inverse
+        return _inverse(self.order)
 
     @cached_property
     def cu_seqlens(self) -> torch.Tensor:
         """``[G + 1]`` int32 start of each group in ``order`` (and the end): the varlen kernel's
         cumulative sequence lengths."""
-        return F.pad(torch.cumsum(self.lengths, 0), (1, 0)).to(torch.int32)
+        return _cu_seqlens(self.lengths)
 
     @cached_property
     def max_length(self) -> int:
@@ -149,6 +156,16 @@ class AttentionGroups:
         return self._padded[2]
 
 
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return inverse
+
+
+def _cu_seqlens(lengths: torch.Tensor) -> torch.Tensor:
+    return F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+
+
 def _padded_lengths(lengths: torch.Tensor) -> torch.Tensor:
     """Round up to the ladder 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and their 3/4)."""
     pow2 = torch.ones_like(lengths)
@@ -163,13 +180,9 @@ def _pack(
 ) -> tuple[torch.Tensor, tuple[tuple[int, int, torch.Tensor | None], ...], torch.Tensor]:
     """Padded-bucket layout ``(gather_index, buckets, scatter_index)`` of groups listed in ``order``."""
     device = order.device
-    n = order.numel()
-    num_groups = lengths.numel()
     starts = torch.cumsum(lengths, 0) - lengths
-    group_sorted = torch.repeat_interleave(torch.arange(num_groups, device=device), lengths)
-    rank = torch.arange(n, device=device) - starts[group_sorted]
     padded = _padded_lengths(lengths)
-    base = torch.empty(num_groups, dtype=torch.long, device=device)
+    base = torch.empty(lengths.numel(), dtype=torch.long, device=device)
     buckets, slots = [], []
     offset = 0
     for length in torch.unique(padded).tolist():
@@ -177,15 +190,61 @@ def _pack(
         count = members.numel()
         base[members] = offset + torch.arange(count, device=device) * length
         offset += count * length
-        slot = torch.arange(length, device=device)
-        valid = slot[None, :] < lengths[members][:, None]
-        first = starts[members][:, None]
-        slots.append(torch.where(valid, first + slot[None, :], first).flatten())
+        slot, valid = _slots(starts, lengths, members, length)
+        slots.append(slot)
         buckets.append((count, length, None if bool(valid.all()) else valid[:, None, None, :]))
     gather_index = order[torch.cat(slots)] if slots else order
-    scatter_index = torch.empty(n, dtype=torch.long, device=device)
+    return gather_index, tuple(buckets), _scatter_index(order, lengths, starts, base)
+
+
+def _pack_cross(
+    q_order: torch.Tensor, q_lengths: torch.Tensor, kv_index: torch.Tensor, kv_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int, int, torch.Tensor | None], ...], torch.Tensor]:
+    """Padded-bucket layout ``(q_gather_index, kv_gather_index, buckets, scatter_index)`` of
+    :class:`CrossAttentionGroups`: groups bucketed by their pair of padded query and key lengths."""
+    device = q_order.device
+    q_starts = torch.cumsum(q_lengths, 0) - q_lengths
+    kv_starts = torch.cumsum(kv_lengths, 0) - kv_lengths
+    pairs, bucket_of = torch.unique(
+        torch.stack([_padded_lengths(q_lengths), _padded_lengths(kv_lengths)], 1), dim=0, return_inverse=True
+    )
+    base = torch.empty(q_lengths.numel(), dtype=torch.long, device=device)
+    buckets, q_slots, kv_slots = [], [], []
+    offset = 0
+    for i, (length_q, length_k) in enumerate(pairs.tolist()):
+        members = torch.nonzero(bucket_of == i).squeeze(1)
+        count = members.numel()
+        base[members] = offset + torch.arange(count, device=device) * length_q
+        offset += count * length_q
+        q_slots.append(_slots(q_starts, q_lengths, members, length_q)[0])
+        slot, valid = _slots(kv_starts, kv_lengths, members, length_k)
+        kv_slots.append(slot)
+        buckets.append((count, length_q, length_k, None if bool(valid.all()) else valid[:, None, None, :]))
+    return (
+        q_order[torch.cat(q_slots)],
+        kv_index[torch.cat(kv_slots)],
+        tuple(buckets),
+        _scatter_index(q_order, q_lengths, q_starts, base),
+    )
+
+
+def _slots(starts: torch.Tensor, lengths: torch.Tensor, members: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (in ``order``) filling ``length`` padded slots of each group in ``members``, padding
+    repeating a group's first token, and ``valid`` ``[G, length]``: which slots are real."""
+    slot = torch.arange(length, device=starts.device)
+    valid = slot[None, :] < lengths[members][:, None]
+    first = starts[members][:, None]
+    return torch.where(valid, first + slot[None, :], first).flatten(), valid
+
+
+def _scatter_index(order: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``[N]`` padded slot of each token: its group's first slot ``base`` plus its rank in the group."""
+    device = order.device
+    group_sorted = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    rank = torch.arange(order.numel(), device=device) - starts[group_sorted]
+    scatter_index = torch.empty(order.numel(), dtype=torch.long, device=device)
     scatter_index[order] = base[group_sorted] + rank
-    return gather_index, tuple(buckets), scatter_index
+    return scatter_index
 
 
 def _as_triple(name: str, value: int | tuple[int, int, int], positive: bool) -> tuple[int, int, int]:
@@ -261,11 +320,116 @@ def patch_lengths(item_counts: torch.Tensor, patch_size: int, num_patches: int |
     return torch.repeat_interleave(lengths.flatten(), repeats.flatten(), output_size=num_patches)
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+@dataclass(frozen=True)
+class CrossAttentionGroups:
+    """Plan of cross-attention from ``N`` query tokens to ``M`` key tokens packed item after item:
+    the queries of batch item ``b`` attend to the keys of item ``b`` (built by
+    :func:`cross_attention_groups`).
+
+    One group per batch item with queries; items without queries are left out (their keys get
+    zero gradient). ``q_order`` lists the queries group after group and ``q_lengths`` counts them;
+    ``kv_index`` lists each group's keys as rows of the keys with one zero row appended (row
+    ``num_keys``) and ``kv_lengths`` counts them. The group of an item without keys holds that
+    zero key and value alone, so its queries get exactly zero output and zero gradient on both
+    layouts, where an empty softmax would give NaN; no group is empty on either side.
+
+    Layouts as for :class:`AttentionGroups`: varlen (``cu_seqlens_q``, ``cu_seqlens_k``,
+    ``max_length_q``, ``max_length_k``, ``inverse``) and padded buckets: ``q_gather_index`` and
+    ``kv_gather_index`` hold bucket after bucket; bucket ``(G, L_q, L_k, mask)`` is ``G`` groups
+    of ``L_q`` queries and ``L_k`` keys, padded, with ``mask`` ``[G, 1, 1, L_k]`` marking real
+    keys (``None`` where all are); ``scatter_index`` ``[N]`` is each query's slot. A bucket pairs
+    a padded query length with a padded key length, so there are at most as many as groups.
+    """
+
+    q_order: torch.Tensor
+    q_lengths: torch.Tensor
+    kv_index: torch.Tensor
+    kv_lengths: torch.Tensor
+    num_keys: int
+
+    @property
+    def num_queries(self) -> int:
+        return self.q_order.numel()
+
+    @cached_property
+    def inverse(self) -> torch.Tensor:
+        """``[N]`` position of each query in ``q_order``."""
+        return _inverse(self.q_order)
+
+    @cached_property
+    def cu_seqlens_q(self) -> torch.Tensor:
+        return _cu_seqlens(self.q_lengths)
+
+    @cached_property
+    def cu_seqlens_k(self) -> torch.Tensor:
+        return _cu_seqlens(self.kv_lengths)
+
+    @cached_property
+    def max_length_q(self) -> int:
+        return int(self.q_lengths.max())
+
+    @cached_property
+    def max_length_k(self) -> int:
+        return int(self.kv_lengths.max())
+
+    @cached_property
+    def _padded(self) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int, int, torch.Tensor | None], ...], torch.Tensor]:
+        return _pack_cross(self.q_order, self.q_lengths, self.kv_index, self.kv_lengths)
+
+    @property
+    def q_gather_index(self) -> torch.Tensor:
+        return self._padded[0]
+
+    @property
+    def kv_gather_index(self) -> torch.Tensor:
+        return self._padded[1]
+
+    @property
+    def buckets(self) -> tuple[tuple[int, int, int, torch.Tensor | None], ...]:
+        return self._padded[2]
+
+    @property
+    def scatter_index(self) -> torch.Tensor:
+        return self._padded[3]
+
+
+def cross_attention_groups(batch_idx: torch.Tensor, context_lengths: torch.Tensor) -> CrossAttentionGroups:
+    """Plan cross-attention from queries of batch items ``batch_idx`` ``[N]`` to keys packed item
+    after item, ``context_lengths[b]`` ``[B]`` of them for item ``b`` (zero allowed)."""
+    for name, t, length in (("batch_idx", batch_idx, "N"), ("context_lengths", context_lengths, "B")):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            raise ValueError(f"{name} must have shape [{length}], got {getattr(t, 'shape', None)}")
+        _check_index(name, t, tuple(t.shape))
+    device = batch_idx.device
+    batch_idx = batch_idx.long()
+    context_lengths = context_lengths.to(device, torch.long)
+    num_items = context_lengths.numel()
+    if num_items and int(context_lengths.min()) < 0:
+        raise ValueError(f"context_lengths must be >= 0, got {context_lengths.tolist()}")
+    if batch_idx.numel() and not 0 <= int(batch_idx.min()) <= int(batch_idx.max()) < num_items:
+        raise ValueError(f"batch_idx must lie in [0, {num_items}): context_lengths has one entry per batch item")
+    q_counts = torch.bincount(batch_idx, minlength=num_items)
+    items = torch.nonzero(q_counts).squeeze(1)
+    lengths = context_lengths[items]
+    kv_lengths = lengths.clamp(min=1)
+    num_keys, total = (int(t.sum()) for t in (context_lengths, kv_lengths))
+    group = torch.repeat_interleave(torch.arange(items.numel(), device=device), kv_lengths, output_size=total)
+    rank = torch.arange(total, device=device) - (torch.cumsum(kv_lengths, 0) - kv_lengths)[group]
+    first = (torch.cumsum(context_lengths, 0) - context_lengths)[items]
+    kv_index = torch.where(lengths[group] > 0, first[group] + rank, num_keys)
+    q_order = torch.argsort(batch_idx, stable=True)
+    return CrossAttentionGroups(q_order, q_counts[items], kv_index, kv_lengths, num_keys)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cross: bool = False) -> None:
+    """Shapes ``[N, heads, dim]``; ``cross``: ``k, v`` have their own length ``M``."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            raise ValueError(f"{name} must have shape [N, heads, dim], got {getattr(t, 'shape', None)}")
-    if not q.shape[0] == k.shape[0] == v.shape[0]:
+            length = "M" if cross and name != "q" else "N"
+            raise ValueError(f"{name} must have shape [{length}, heads, dim], got {getattr(t, 'shape', None)}")
+    if cross and k.shape[0] != v.shape[0]:
+        raise ValueError(f"k and v must have the same M, got {k.shape[0]} and {v.shape[0]}")
+    if not cross and not q.shape[0] == k.shape[0] == v.shape[0]:
         raise ValueError(f"q, k, v must have the same N, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
     if not q.shape[1] == k.shape[1] == v.shape[1]:
         raise ValueError(f"q, k, v must have the same number of heads, got {q.shape[1]}, {k.shape[1]}, {v.shape[1]}")
@@ -293,39 +457,100 @@ def grouped_attention(
     if q.shape[0] == 0:
         return v.new_empty(v.shape)
     if q.is_cuda if varlen is None else varlen:
-        if not q.is_cuda:
-            raise ValueError("varlen attention runs on CUDA only; use varlen=False on the CPU")
         return _varlen_attention(q, k, v, groups, scale)
-    heads, dim_v = v.shape[1], v.shape[2]
     # index_select, not q[index]: its backward is an index_add, not a sort-based index_put.
     q, k, v = (t.index_select(0, groups.gather_index) for t in (q, k, v))
+    buckets = ((count, length, length, mask) for count, length, mask in groups.buckets)
+    return _bucket_attention(q, k, v, buckets, scale).index_select(0, groups.scatter_index)
+
+
+def _bucket_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    buckets: Iterable[tuple[int, int, int, torch.Tensor | None]],
+    scale: float | None,
+) -> torch.Tensor:
+    """One SDPA call per bucket ``(G, L_q, L_k, mask)`` of gathered ``q`` and ``k, v`` rows (bucket
+    after bucket, ``G * L_q`` and ``G * L_k`` rows); returns the packed ``[sum G * L_q, heads, dim_v]``."""
+    heads, dim_v = v.shape[1], v.shape[2]
     outputs = []
-    offset = 0
-    for count, length, mask in groups.buckets:
-        rows = slice(offset, offset + count * length)
-        offset = rows.stop
-        qb, kb, vb = (t[rows].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v))
+    q_offset = kv_offset = 0
+    for count, length_q, length_k, mask in buckets:
+        qb = q[q_offset : q_offset + count * length_q].unflatten(0, (count, length_q)).transpose(1, 2)
+        kb, vb = (t[kv_offset : kv_offset + count * length_k].unflatten(0, (count, length_k)).transpose(1, 2) for t in (k, v))
+        q_offset += count * length_q
+        kv_offset += count * length_k
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
-        outputs.append(out.transpose(1, 2).reshape(count * length, heads, dim_v))
-    packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return packed.index_select(0, groups.scatter_index)
+        outputs.append(out.transpose(1, 2).reshape(count * length_q, heads, dim_v))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def _varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: AttentionGroups, scale: float | None
 ) -> torch.Tensor:
-    """All groups in one varlen call of SDPA's memory-efficient CUDA kernel (no padding).
+    """All groups in one varlen call of SDPA's memory-efficient CUDA kernel (no padding)."""
+    qs, ks, vs = (t.index_select(0, groups.order) for t in (q, k, v))
+    cu, longest = groups.cu_seqlens, groups.max_length
+    return _varlen_kernel(qs, ks, vs, cu, cu, longest, longest, scale).index_select(0, groups.inverse)
+
+
+def _varlen_kernel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    scale: float | None,
+) -> torch.Tensor:
+    """Segment ``i`` of ``q`` (rows ``cu_seqlens_q[i]:cu_seqlens_q[i + 1]``) attends to segment ``i``
+    of ``k, v``; ``[T, heads, dim]`` in, ``[T_q, heads, dim_v]`` out.
 
     This is the op that nested-tensor SDPA dispatches to, called directly: measured on an H200,
     the nested-tensor wrapper cost more host time per layer than the kernel itself."""
-    qs, ks, vs = (t.index_select(0, groups.order).unsqueeze(0) for t in (q, k, v))
-    cu = groups.cu_seqlens
-    longest = groups.max_length
+    if not q.is_cuda:
+        raise ValueError("varlen attention runs on CUDA only; use varlen=False on the CPU")
     needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out = torch.ops.aten._efficient_attention_forward(
-        qs, ks, vs, None, cu, cu, longest, longest, 0.0, 0, needs_lse, scale=scale
+        q[None], k[None], v[None], None, cu_seqlens_q, cu_seqlens_k, max_q, max_k, 0.0, 0, needs_lse, scale=scale
     )[0]
-    return out[0].index_select(0, groups.inverse)
+    return out[0]
+
+
+def grouped_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: CrossAttentionGroups,
+    scale: float | None = None,
+    varlen: bool | None = None,
+) -> torch.Tensor:
+    """Softmax attention of each batch item's queries over that item's keys (see
+    :class:`CrossAttentionGroups`): ``q`` ``[N, heads, dim]``, ``k, v`` ``[M, heads, dim]``,
+    returns ``[N, heads, dim_v]``, zero for the queries of an item without keys.
+
+    ``varlen`` picks the layout as in :func:`grouped_attention`: one varlen kernel call with
+    separate query and key lengths (CUDA only; the default there) or padded buckets."""
+    _check_qkv(q, k, v, cross=True)
+    if groups.num_queries != q.shape[0]:
+        raise ValueError(f"groups were built for {groups.num_queries} queries, q has {q.shape[0]}")
+    if groups.num_keys != k.shape[0]:
+        raise ValueError(f"groups were built for {groups.num_keys} keys, k has {k.shape[0]}")
+    if q.shape[0] == 0:
+        return v.new_empty(0, *v.shape[1:])
+    k, v = (F.pad(t, (0, 0, 0, 0, 0, 1)) for t in (k, v))  # row M: the zero key/value of items without keys
+    if q.is_cuda if varlen is None else varlen:
+        qs = q.index_select(0, groups.q_order)
+        ks, vs = (t.index_select(0, groups.kv_index) for t in (k, v))
+        out = _varlen_kernel(
+            qs, ks, vs, groups.cu_seqlens_q, groups.cu_seqlens_k, groups.max_length_q, groups.max_length_k, scale
+        )
+        return out.index_select(0, groups.inverse)
+    q = q.index_select(0, groups.q_gather_index)
+    k, v = (t.index_select(0, groups.kv_gather_index) for t in (k, v))
+    return _bucket_attention(q, k, v, groups.buckets, scale).index_select(0, groups.scatter_index)
 
 
 def window_attention(
@@ -360,7 +585,10 @@ def serialized_attention(
     return grouped_attention(q, k, v, serialized_groups(keys, batch_idx, patch_size))
 
 
-def _cached_groups(x: SparseTensor, key: tuple, build: Callable[[], AttentionGroups]) -> AttentionGroups:
+_Plan = TypeVar("_Plan", AttentionGroups, CrossAttentionGroups)
+
+
+def _cached_groups(x: SparseTensor, key: tuple, build: Callable[[], _Plan]) -> _Plan:
     cache = getattr(x, "cache", None)
     if cache is None:
         return build()
@@ -458,6 +686,79 @@ class SerializedAttention(_SparseSelfAttention):
         return self.attend(x, self.groups(x))
 
 
+class SparseCrossAttention(nn.Module):
+    """Multi-head cross-attention from the voxels of a ``SparseTensor`` to a variable-length
+    condition sequence per batch item: ``forward(x, context, context_lengths)`` with ``context``
+    ``[M, context_dim]`` packing the items' condition tokens one item after another and
+    ``context_lengths`` ``[B]`` counting them; the voxels of item ``b`` attend to item ``b``'s.
+
+    The voxels of an item without condition tokens get zero output (not the output projection's
+    bias), so a residual around this layer leaves them as they are: no condition tokens, no
+    cross-attention. The plan is cached in ``x.cache`` per structure and ``context_lengths``.
+    """
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if num_heads <= 0 or dim <= 0 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim <= 0:
+            raise ValueError(f"context_dim must be a positive int, got {context_dim!r}")
+        self.dim = dim
+        self.context_dim = context_dim
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: SparseTensor, context: torch.Tensor, context_lengths: torch.Tensor) -> SparseTensor:
+        feats = x.feats
+        if feats.dim() != 2 or feats.shape[1] != self.dim:
+            raise ValueError(f"expected features [N, {self.dim}], got {list(feats.shape)}")
+        if not isinstance(context, torch.Tensor) or context.dim() != 2 or context.shape[1] != self.context_dim:
+            raise ValueError(f"context must have shape [M, {self.context_dim}], got {getattr(context, 'shape', None)}")
+        _check_index("context_lengths", context_lengths, (x.batch_size,))
+        groups = _cached_groups(
+            x,
+            ("attention", "cross", tuple(context_lengths.tolist())),
+            lambda: cross_attention_groups(batch_index(x), context_lengths),
+        )
+        if groups.num_keys != context.shape[0]:
+            raise ValueError(f"context_lengths sum to {groups.num_keys} but context has {context.shape[0]} rows")
+        n, m, head_dim = feats.shape[0], context.shape[0], self.dim // self.num_heads
+        q = self.to_q(feats).view(n, self.num_heads, head_dim)
+        k, v = self.to_kv(context).view(m, 2, self.num_heads, head_dim).unbind(1)
+        out = self.proj(grouped_cross_attention(q, k, v, groups).reshape(n, self.dim))
+        has_context = (context_lengths.to(out.device) > 0).index_select(0, batch_index(x))
+        return x.replace(out * has_context[:, None])
+
+
+def _self_attention(
+    dim: int,
+    num_heads: int,
+    attention: str,
+    window_size: int | tuple[int, int, int],
+    shift: bool,
+    patch_size: int,
+    order: str,
+    grid_size: int,
+    qkv_bias: bool,
+) -> _SparseSelfAttention:
+    """The self-attention layer of a transformer block: ``"window"`` or ``"serialized"``."""
+    if attention == "window":
+        return SparseWindowAttention(dim, num_heads, window_size, shift, qkv_bias)
+    if attention == "serialized":
+        return SerializedAttention(dim, num_heads, patch_size, order, grid_size, qkv_bias)
+    raise ValueError(f"attention must be 'window' or 'serialized', got {attention!r}")
+
+
+def _mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
+    """The MLP of a transformer block: Linear, tanh-GELU, Linear, ``int(dim * mlp_ratio)`` hidden."""
+    if mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+    hidden = int(dim * mlp_ratio)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
 class SparseTransformerBlock(nn.Module):
     """Pre-LN transformer block on a ``SparseTensor``: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``.
 
@@ -481,18 +782,10 @@ class SparseTransformerBlock(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if attention == "window":
-            self.attn: _SparseSelfAttention = SparseWindowAttention(dim, num_heads, window_size, shift, qkv_bias)
-        elif attention == "serialized":
-            self.attn = SerializedAttention(dim, num_heads, patch_size, order, grid_size, qkv_bias)
-        else:
-            raise ValueError(f"attention must be 'window' or 'serialized', got {attention!r}")
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
-        hidden = int(dim * mlp_ratio)
+        self.attn = _self_attention(dim, num_heads, attention, window_size, shift, patch_size, order, grid_size, qkv_bias)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         h = x.feats + self.attn(x.replace(self.norm1(x.feats))).feats
