@@ -8,6 +8,7 @@ from diffusers import DiffusionPipeline
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION
 from diffusers_city.render import Cameras
+from pipeline_contract import PipelineContract
 
 
 def _maps(size=48):
@@ -96,18 +97,6 @@ def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
     assert vertex.count == len(g) and np.allclose(vertex["x"], g.means[:, 0].numpy())
 
 
-def test_save_load_and_from_pretrained_by_path_and_repo_id(pipe, tmp_path, offline_hub):
-    ref = _run(pipe, generator=torch.Generator().manual_seed(3))
-    pipe.save_pretrained(tmp_path / "gc")
-    loaded = DiffusionPipeline.from_pretrained(tmp_path / "gc")
-    assert isinstance(loaded, GaussianCityPipeline)
-    again = _run(loaded, generator=torch.Generator().manual_seed(3))
-    assert np.array_equal(ref.images, again.images)
-    pipe.push_to_hub("org/gc-tiny")
-    hub = DiffusionPipeline.from_pretrained("org/gc-tiny")
-    assert np.array_equal(_run(hub, generator=torch.Generator().manual_seed(3)).images, ref.images)
-
-
 def test_cameras_looking_away_give_empty_frames(pipe):
     sem, hgt = _maps()
     cam = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)
@@ -174,29 +163,49 @@ def test_fit_styles_bad_input_raises_before_work(pipe, change, match):
         pipe.fit_styles(**args)
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
+class TestGaussianCityPipelineContract(PipelineContract):
+    pipeline_class = GaussianCityPipeline
+    output_types = ("pil", "np", "pt", "gaussians")
+    callback_tensor_inputs = ("image",)
+    work_component = "scene_encoder"
+    bad_inputs = (
         (dict(height_map=np.zeros((48, 40))), "differ in size"),
         (dict(semantic_map=np.full((48, 48), 11)), "unknown class ids"),
         (dict(height_map=np.full((48, 48), np.nan)), "NaN"),
         (dict(width=0), "width must be a positive int"),
         (dict(styles=torch.zeros(5, 7)), "styles must have shape"),
         (dict(styles=torch.zeros(3, 32)), "num_instances \\+ 1"),
-        (dict(output_type="latent"), "output_type"),
         (dict(trajectory="spiral"), "trajectory must be one of"),
         ({"decode_chunk_size": 0}, "decode_chunk_size must be an integer >= 1"),
         ({"decode_chunk_size": True}, "decode_chunk_size must be an integer >= 1"),
+        ({"background": (0.0, float("nan"), 0.0)}, "background must be 3 finite values"),
+        ({"scene": {"semantic": 1}, "semantic_map": None, "height_map": None}, "scene must be a CityScene"),
         (dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
          "either cameras or trajectory"),
-    ],
-)
-def test_bad_input_raises_before_work(pipe, kwargs, match):
-    sem, hgt = _maps()
-    args = dict(semantic_map=sem, height_map=hgt, trajectory="orbit", num_frames=1, width=16, height=12)
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
-        pipe(**args)
+    )
+
+    def make_pipeline(self):
+        return GaussianCityPipeline.from_preset("tiny", seed=0)
+
+    def call_arguments(self, seed=0):
+        sem, hgt = _maps()
+        return dict(semantic_map=sem, height_map=hgt, trajectory="orbit", num_frames=2, width=32, height=24,
+                    output_type="np", generator=torch.Generator().manual_seed(seed))
+
+    def main_output(self, output):
+        return np.asarray(output.images) if output.images is not None else output.gaussians.colors.numpy()
+
+    def check_output(self, output, output_type):
+        if output_type == "gaussians":
+            assert output.images is None and len(output.gaussians) > 0
+        elif output_type == "pil":
+            assert len(output.images) == 2 and output.images[0].size == (32, 24)
+        else:
+            kind = torch.Tensor if output_type == "pt" else np.ndarray
+            assert isinstance(output.images, kind) and tuple(output.images.shape) == (2, 24, 32, 3)
+
+
+def test_decoders_must_agree(pipe):
     with pytest.raises(ValueError, match="style_dim"):
         GaussianCityPipeline(pipe.scene_encoder, pipe.background_decoder,
                              type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(),

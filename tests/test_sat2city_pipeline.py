@@ -17,6 +17,7 @@ from diffusers_city.cli import main as cli_main
 from diffusers_city.data.scene import CityScene
 from diffusers_city.sparse import SparseTensor
 from diffusers_city.models.sat2city import Sat2CitySparseUNet3D
+from pipeline_contract import PipelineContract
 
 STEPS = 2
 
@@ -53,16 +54,46 @@ def run(pipe, hm=None, seed=0, **kwargs):
     return pipe(height_map() if hm is None else hm, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-def test_points_output_and_seeded_determinism(pipe):
-    a, b, c = run(pipe), run(pipe), run(pipe, seed=1)
-    assert a.points.shape[1] == 3 and a.points.shape == a.colors.shape == a.normals.shape
-    assert len(a.points) > 0
-    assert np.array_equal(a.points, b.points) and np.array_equal(a.colors, b.colors)
-    assert not np.array_equal(a.colors, c.colors)
-    assert ((a.colors >= 0) & (a.colors <= 1)).all()
-    assert np.allclose(np.linalg.norm(a.normals, axis=1), 1, atol=1e-4)
-    # 32 px over the 128 m tiny crop: points lie inside the crop footprint
-    assert a.points[:, :2].min() >= 0 and a.points[:, :2].max() <= 128
+class TestSat2CityPipelineContract(PipelineContract):
+    pipeline_class = Sat2CityPipeline
+    output_types = ("points", "mesh", "voxels")
+    callback_tensor_inputs = ("latents",)
+    work_component = "condition_encoder"
+    bad_inputs = tuple(({"height_map": value, **kwargs}, match) for value, kwargs, match in [
+        (np.full((32, 32), np.nan, np.float32), {}, "NaN/inf"),
+        (np.where(np.eye(32) > 0, np.inf, 1.0), {}, "NaN/inf"),
+        (np.full((32, 32), 7, np.uint8), {}, "constant"),
+        (np.zeros((0, 32), np.uint8), {}, "empty"),
+        (np.zeros((2, 32, 32), np.uint8), {}, "rank 3"),
+        (np.zeros((4, 4), np.uint8) + np.eye(4, dtype=np.uint8), {}, "too small"),
+        (np.full((32, 32), 300.0), {}, "0..255"),
+        (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
+        (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
+        (height_map(), {"num_inference_steps": True}, "num_inference_steps"),
+        (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
+        (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
+        (height_map(), {"max_memory_gb": float("nan")}, "max_memory_gb"),
+        (height_map(), {"latents": torch.zeros(1, 2, 3)}, "latents must be a tensor"),
+        ({"height": 1}, {}, "height_map must be"),
+    ])
+
+    def make_pipeline(self):
+        return keep_everything(Sat2CityPipeline.from_preset("tiny"))
+
+    def call_arguments(self, seed=0):
+        return {"height_map": height_map(), "num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(seed)}
+
+    def main_output(self, output):
+        return np.concatenate([output.points, output.colors], 1)
+
+    def check_output(self, output, output_type):
+        if output_type == "voxels":
+            assert isinstance(output.voxels, SparseTensor) and output.voxels.num_voxels > 0
+            return
+        assert output.points.shape[1] == 3 and output.points.shape == output.colors.shape == output.normals.shape
+        assert len(output.points) > 0
+        if output_type == "mesh":
+            assert isinstance(output.mesh, trimesh.Trimesh) and len(output.mesh.faces) > 0
 
 
 def test_cityscene_output_is_georeferenced(pipe):
@@ -104,25 +135,10 @@ def test_callback_sees_every_step_of_every_stage_and_can_edit_latents(pipe):
     assert not np.array_equal(out.colors, run(pipe).colors)
 
 
-def test_save_and_load_are_bit_exact(pipe, saved):
-    loaded = Sat2CityPipeline.from_pretrained(saved)
-    for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module):
-            for (k, v), (k2, v2) in zip(component.state_dict().items(), getattr(loaded, name).state_dict().items()):
-                assert k == k2 and torch.equal(v, v2), f"{name}.{k}"
-    loaded.set_progress_bar_config(disable=True)
-    assert np.array_equal(run(loaded).colors, run(pipe).colors)
+def test_generic_loader_keeps_the_trained_scheduler(saved):
     generic = DiffusionPipeline.from_pretrained(saved)
     assert type(generic) is Sat2CityPipeline
     assert generic.scheduler.config.prediction_type == "v_prediction"
-
-
-def test_from_pretrained_by_repo_id(pipe, offline_hub):
-    pipe.push_to_hub("org/sat2city-tiny")
-    assert "model_index.json" in offline_hub.files("org/sat2city-tiny")
-    loaded = DiffusionPipeline.from_pretrained("org/sat2city-tiny")
-    assert type(loaded) is Sat2CityPipeline
-    assert torch.equal(loaded.dense_unet.conv_in.weight, pipe.dense_unet.conv_in.weight)
 
 
 def edited_copy(saved, tmp_path, component: str, **changes):
@@ -148,33 +164,6 @@ def test_mismatched_components_are_refused(saved, tmp_path):
 def test_weights_not_matching_their_config_are_refused(saved, tmp_path):
     with pytest.raises(ValueError, match="conv_in.weight expected shape"):
         Sat2CityPipeline.from_pretrained(edited_copy(saved, tmp_path, "dense_unet", condition_channels=7))
-
-
-@pytest.mark.parametrize(
-    ("value", "kwargs", "match"),
-    [
-        (np.full((32, 32), np.nan, np.float32), {}, "NaN/inf"),
-        (np.where(np.eye(32) > 0, np.inf, 1.0), {}, "NaN/inf"),
-        (np.full((32, 32), 7, np.uint8), {}, "constant"),
-        (np.zeros((0, 32), np.uint8), {}, "empty"),
-        (np.zeros((2, 32, 32), np.uint8), {}, "rank 3"),
-        (np.zeros((4, 4), np.uint8) + np.eye(4, dtype=np.uint8), {}, "too small"),
-        (np.full((32, 32), 300.0), {}, "0..255"),
-        (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
-        (height_map(), {"output_type": "gltf"}, "output_type"),
-        (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
-        (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
-        (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
-        ({"height": 1}, {}, "height_map must be"),
-    ],
-)
-def test_bad_input_is_refused_before_any_work(pipe, monkeypatch, value, kwargs, match):
-    def no_work(*args, **kw):
-        raise AssertionError("work started before validation")
-
-    monkeypatch.setattr(pipe.condition_encoder, "forward", no_work)
-    with pytest.raises(ValueError, match=match):
-        pipe(value, **{"num_inference_steps": STEPS, **kwargs})
 
 
 def test_heights_above_the_grid_warn(pipe, caplog):
@@ -299,3 +288,74 @@ def test_temperature_per_stage(pipe):
     for bad in ((1.0, 0.5), -0.1, float("inf"), (1.0, None, 1.0)):
         with pytest.raises(ValueError, match="temperature"):
             pipe(hm, num_inference_steps=2, temperature=bad)
+
+
+def test_folders_saved_under_the_earlier_class_names_still_load(pipe, saved, tmp_path):
+    """A pipeline saved before the classes carried their family's name (``DenseUNet3D``, ...) and
+    before ``scaling_factor`` meant 1 / std loads as the current classes, converted, with the same
+    outputs; saving it again records the current names."""
+    import json
+    import shutil
+
+    pipe = with_random_outputs(pipe)
+    pipe.dense_vae.register_to_config(scaling_factor=0.5)
+    pipe.sparse_vae.register_to_config(scaling_factor=2.0, appearance_scaling_factor=4.0)
+    pipe.save_pretrained(tmp_path / "now")
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "now", old)
+    names = {"dense_vae": "DenseGeometryVAE", "sparse_vae": "SparseGeometryVAE", "dense_unet": "DenseUNet3D",
+             "sparse_unet": "SparseUNet3D", "appearance_unet": "SparseUNet3D"}
+    index = json.loads((old / "model_index.json").read_text())
+    for component, name in names.items():
+        index[component] = ["diffusers_city", name]
+        config = json.loads((old / component / "config.json").read_text())
+        config["_class_name"] = name
+        for key in ("scaling_factor", "appearance_scaling_factor"):
+            if key in config:
+                config[key] = 1.0 / config[key]  # then: the latents' std
+        (old / component / "config.json").write_text(json.dumps(config))
+    for key in ("default_guidance_scale", "default_temperature"):
+        del index[key]
+    (old / "model_index.json").write_text(json.dumps(index))
+
+    loaded = DiffusionPipeline.from_pretrained(old)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.dense_unet).__name__ == "Sat2CityDenseUNet3D"
+    assert type(loaded.appearance_unet) is Sat2CitySparseUNet3D
+    assert loaded.dense_vae.config.scaling_factor == pytest.approx(0.5)
+    assert loaded.sparse_vae.config.appearance_scaling_factor == pytest.approx(4.0)
+    ours = run(pipe, guidance_scale=(2, 1, 1))
+    theirs = run(loaded, guidance_scale=(2, 1, 1))
+    assert np.array_equal(ours.points, theirs.points)
+    np.testing.assert_allclose(ours.colors, theirs.colors, atol=1e-6)
+    loaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "model_index.json").read_text())
+    assert again["dense_unet"] == ["diffusers_city", "Sat2CityDenseUNet3D"]
+    assert again["sparse_vae"] == ["diffusers_city", "Sat2CitySparseVAE"]
+
+
+def test_scheduler_must_predict_what_the_unets_were_trained_for(pipe):
+    from diffusers import DDIMScheduler
+
+    original = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(original.config, prediction_type="epsilon")
+    try:
+        with pytest.raises(ValueError, match="predict v_prediction.*configured for 'epsilon'"):
+            run(pipe)
+    finally:
+        pipe.scheduler = original
+
+
+def test_stored_sampling_defaults_are_used_and_saved(pipe, tmp_path):
+    pipe = copy.deepcopy(with_random_outputs(pipe))
+    explicit = run(pipe, guidance_scale=(2, 1, 1), temperature=(0, 0, 1))
+    assert not np.array_equal(run(pipe).points, explicit.points) or not np.array_equal(run(pipe).colors, explicit.colors)
+    pipe.register_to_config(default_guidance_scale=[2.0, 1.0, 1.0], default_temperature=[0.0, 0.0, 1.0])
+    pipe.save_pretrained(tmp_path / "tuned")
+    loaded = Sat2CityPipeline.from_pretrained(tmp_path / "tuned")
+    loaded.set_progress_bar_config(disable=True)
+    assert list(loaded.config.default_guidance_scale) == [2.0, 1.0, 1.0]
+    implicit, explicit = run(loaded), run(loaded, guidance_scale=(2, 1, 1), temperature=(0, 0, 1))
+    assert np.array_equal(implicit.points, explicit.points) and np.array_equal(implicit.colors, explicit.colors)
+    with pytest.raises(ValueError, match="default_temperature"):
+        Sat2CityPipeline(**pipe.components, default_temperature=-1.0)

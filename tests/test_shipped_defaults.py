@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trimesh
+from diffusers import DiffusionPipeline
 from PIL import Image
 from plyfile import PlyData
 
 from diffusers_city.cli import main
+from diffusers_city.data import CityScene
 from diffusers_city.presets import bundled_path, load_preset
 
 SYSTEMS = ("sat2city", "gaussiancity")
@@ -49,3 +53,59 @@ def test_readme_demo_command_on_the_shipped_defaults(tmp_path, capsys):
     gc = tmp_path / "gaussiancity"
     assert Image.open(gc / "orbit.gif").n_frames > 1
     assert PlyData.read(str(gc / "city.ply"))["vertex"].count > 1000
+
+
+GOLDEN = Path(__file__).parent / "data" / "shipped_defaults_before_reshape.npz"
+
+
+def test_shipped_defaults_reproduce_their_outputs_from_before_the_family_reshaping():
+    """The shipped defaults give, for a fixed seed, what they gave before the classes were renamed
+    and ``scaling_factor`` took its diffusers meaning (recorded in ``tests/data``): Sat2City with
+    its stored default settings (then passed by hand: guidance (2, 1, 1), temperature (0, 0, 1)),
+    GaussianCity's orbit frames. Tolerances: the recording is float16 (colours and pixels to
+    ~5e-4), decoding ``x / (1 / s)`` instead of ``x * s`` rounds differently in the last bit, and
+    a voxel whose occupancy logit sits at 0 can flip with such a change: a few voxels of 28k may."""
+    golden = np.load(GOLDEN)
+    s2c = DiffusionPipeline.from_pretrained(bundled_path("sat2city", "default"))
+    s2c.set_progress_bar_config(disable=True)
+    example = bundled_path("sat2city", "examples", "height_map.png")
+    meta = json.loads(example.with_suffix(".json").read_text())
+    out = s2c(str(example), num_inference_steps=10, generator=torch.Generator().manual_seed(0), **meta)
+    before = {tuple(p): i for i, p in enumerate(np.round(golden["sat2city_points"], 3).tolist())}
+    now = {tuple(p): i for i, p in enumerate(np.round(out.points, 3).tolist())}
+    shared = sorted(before.keys() & now.keys())
+    assert len(before.keys() ^ now.keys()) <= 0.001 * len(before), "the generated voxels changed"
+    old = golden["sat2city_colors"][[before[p] for p in shared]].astype(np.float32)
+    new = out.colors[[now[p] for p in shared]]
+    np.testing.assert_allclose(new, old, atol=2e-3)
+
+    gc = DiffusionPipeline.from_pretrained(bundled_path("gaussiancity", "default"))
+    gc.set_progress_bar_config(disable=True)
+    scene = CityScene.load(bundled_path("gaussiancity", "example_layout"))
+    frames = gc(scene=scene, trajectory="orbit", num_frames=2, width=64, height=48,
+                generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(frames, golden["gaussiancity_images"].astype(np.float32), atol=2e-3)
+
+
+def test_shipped_sat2city_default_works_with_other_diffusers_schedulers():
+    """DDIM (trained with), DPM-Solver++ and Euler, each from the shipped scheduler config, at 20
+    steps: the city's height correlation with its input map agrees within 0.03."""
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    from diffusers_city.data.noise import height_from_gray
+    from diffusers_city.metrics import height_fidelity
+
+    pipe = DiffusionPipeline.from_pretrained(bundled_path("sat2city", "default"))
+    pipe.set_progress_bar_config(disable=True)
+    example = bundled_path("sat2city", "examples", "height_map.png")
+    meta = json.loads(example.with_suffix(".json").read_text())
+    heights = height_from_gray(np.asarray(Image.open(example).convert("L"), dtype=np.float32), *meta["height_range"])
+    ddim = pipe.scheduler
+    correlation = {}
+    for scheduler in (ddim, DPMSolverMultistepScheduler.from_config(ddim.config), EulerDiscreteScheduler.from_config(ddim.config)):
+        pipe.scheduler = scheduler
+        out = pipe(str(example), num_inference_steps=20, generator=torch.Generator().manual_seed(0), **meta)
+        correlation[type(scheduler).__name__] = height_fidelity(out.points, heights, meta["meters_per_pixel"])["pearson"]
+    assert correlation["DDIMScheduler"] > 0.7, correlation
+    for name, r in correlation.items():
+        assert abs(r - correlation["DDIMScheduler"]) <= 0.03, correlation
