@@ -188,8 +188,8 @@ class Sat2CityPipeline(DiffusionPipeline):
         sparse_unet: Sat2CitySparseUNet3D,
         appearance_unet: Sat2CitySparseUNet3D,
         scheduler: KarrasDiffusionSchedulers,
-        default_guidance_scale: float | tuple[float, float, float] = 1.0,
-        default_temperature: float | tuple[float, float, float] = 1.0,
+        default_guidance_scale: float | list[float] = 1.0,
+        default_temperature: float | list[float] = 1.0,
     ) -> None:
         super().__init__()
         self.register_modules(
