@@ -160,3 +160,11 @@ def offline_hub(tmp_path, monkeypatch) -> OfflineHub:
         monkeypatch.setattr(sys.modules["huggingface_hub"], name, fake)
         monkeypatch.setattr(HfApi, name, lambda self, *args, _fake=fake, **kwargs: _fake(*args, **kwargs))
     return hub
+
+
+@pytest.fixture(scope="class")
+def contract_pipe(request):
+    """The pipeline a ``PipelineContract`` subclass tests (``tests/pipeline_contract.py``), built once per class."""
+    pipe = request.cls.make_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

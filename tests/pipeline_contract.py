@@ -35,8 +35,10 @@ class PipelineContract:
     # Largest difference of outputs after a save / load round trip (0: bit-exact).
     reload_atol: float = 0.0
 
-    def make_pipeline(self) -> DiffusionPipeline:
-        """A small (tiny preset) pipeline whose outputs are non-empty and depend on the seed."""
+    @classmethod
+    def make_pipeline(cls) -> DiffusionPipeline:
+        """A small (tiny preset) pipeline whose outputs are non-empty and depend on the seed (built
+        once per class: the ``contract_pipe`` fixture of ``conftest.py``)."""
         raise NotImplementedError
 
     def call_arguments(self, seed: int = 0) -> dict:
@@ -52,12 +54,6 @@ class PipelineContract:
         raise NotImplementedError
 
     # -- shared machinery ---------------------------------------------------------------------
-    @pytest.fixture(scope="class")
-    def pipe(self):
-        pipe = self.make_pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def run(self, pipe, seed: int = 0, **changes):
         return pipe(**{**self.call_arguments(seed), **changes})
 
@@ -70,89 +66,89 @@ class PipelineContract:
             np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
     # -- the contract -------------------------------------------------------------------------
-    def test_output_types_are_the_shared_vocabulary(self, pipe):
+    def test_output_types_are_the_shared_vocabulary(self, contract_pipe):
         assert set(self.output_types) <= set(OUTPUT_TYPES)
-        assert list(pipe._callback_tensor_inputs) == list(self.callback_tensor_inputs)
-        assert callable(getattr(pipe, "check_inputs", None))
-        assert type(pipe).__call__.__module__ == type(pipe).__module__
-        output_class = type(self.run(pipe, output_type=self.output_types[0]))
+        assert list(contract_pipe._callback_tensor_inputs) == list(self.callback_tensor_inputs)
+        assert callable(getattr(contract_pipe, "check_inputs", None))
+        assert type(contract_pipe).__call__.__module__ == type(contract_pipe).__module__
+        output_class = type(self.run(contract_pipe, output_type=self.output_types[0]))
         assert output_class.__module__.endswith(".pipeline_output"), "the output dataclass lives in pipeline_output.py"
 
-    def test_save_load_round_trip(self, pipe, tmp_path):
-        pipe.save_pretrained(tmp_path / "saved")
+    def test_save_load_round_trip(self, contract_pipe, tmp_path):
+        contract_pipe.save_pretrained(tmp_path / "saved")
         loaded = self.pipeline_class.from_pretrained(tmp_path / "saved")
         loaded.set_progress_bar_config(disable=True)
-        for name, component in pipe.components.items():
+        for name, component in contract_pipe.components.items():
             if isinstance(component, torch.nn.Module):
                 theirs = getattr(loaded, name).state_dict()
                 for key, value in component.state_dict().items():
                     assert torch.equal(value, theirs[key]), f"{name}.{key}"
-        self.assert_same_output(self.run(loaded), self.run(pipe), self.reload_atol)
+        self.assert_same_output(self.run(loaded), self.run(contract_pipe), self.reload_atol)
 
-    def test_from_pretrained_by_path_and_hub_id(self, pipe, tmp_path, offline_hub):
-        pipe.save_pretrained(tmp_path / "saved")
+    def test_from_pretrained_by_path_and_hub_id(self, contract_pipe, tmp_path, offline_hub):
+        contract_pipe.save_pretrained(tmp_path / "saved")
         assert type(DiffusionPipeline.from_pretrained(tmp_path / "saved")) is self.pipeline_class
         repo = f"org/{self.pipeline_class.__name__.lower()}-contract"
-        pipe.push_to_hub(repo)
+        contract_pipe.push_to_hub(repo)
         assert "model_index.json" in offline_hub.files(repo)
         loaded = DiffusionPipeline.from_pretrained(repo)
         assert type(loaded) is self.pipeline_class
         loaded.set_progress_bar_config(disable=True)
-        self.assert_same_output(self.run(loaded), self.run(pipe), self.reload_atol)
+        self.assert_same_output(self.run(loaded), self.run(contract_pipe), self.reload_atol)
 
-    def test_seeded_determinism(self, pipe):
-        a, b, c = self.run(pipe, seed=0), self.run(pipe, seed=0), self.run(pipe, seed=1)
+    def test_seeded_determinism(self, contract_pipe):
+        a, b, c = self.run(contract_pipe, seed=0), self.run(contract_pipe, seed=0), self.run(contract_pipe, seed=1)
         self.assert_same_output(a, b)
         assert not np.array_equal(self.main_output(a), self.main_output(c))
 
-    def test_callback_contract(self, pipe):
+    def test_callback_contract(self, contract_pipe):
         for names in ([], list(self.callback_tensor_inputs)):
             seen = []
 
             def record(p, i, t, kwargs, seen=seen):
-                assert p is pipe
+                assert p is contract_pipe
                 seen.append(sorted(kwargs))
                 return kwargs
 
-            same = self.run(pipe, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names)
+            same = self.run(contract_pipe, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names)
             assert seen and all(keys == sorted(names) for keys in seen)
-            self.assert_same_output(same, self.run(pipe))
+            self.assert_same_output(same, self.run(contract_pipe))
 
         def zero(p, i, t, kwargs):
             return {k: torch.zeros_like(v) for k, v in kwargs.items()}
 
-        edited = self.run(pipe, callback_on_step_end=zero)
-        assert not np.array_equal(self.main_output(edited), self.main_output(self.run(pipe)))
+        edited = self.run(contract_pipe, callback_on_step_end=zero)
+        assert not np.array_equal(self.main_output(edited), self.main_output(self.run(contract_pipe)))
         with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
-            self.run(pipe, callback_on_step_end=zero, callback_on_step_end_tensor_inputs=["not_a_tensor"])
+            self.run(contract_pipe, callback_on_step_end=zero, callback_on_step_end_tensor_inputs=["not_a_tensor"])
 
-    def test_every_output_type(self, pipe):
+    def test_every_output_type(self, contract_pipe):
         for output_type in self.output_types:
-            self.check_output(self.run(pipe, output_type=output_type), output_type)
+            self.check_output(self.run(contract_pipe, output_type=output_type), output_type)
         for output_type in ("latent", *sorted(set(OUTPUT_TYPES) - set(self.output_types))):
             with pytest.raises(ValueError, match="output_type"):
-                self.run(pipe, output_type=output_type)
+                self.run(contract_pipe, output_type=output_type)
 
-    def test_tuple_output(self, pipe):
-        out = self.run(pipe, return_dict=False)
-        assert isinstance(out, tuple) and np.array_equal(np.asarray(out[0]), np.asarray(self.run(pipe)[0]))
+    def test_tuple_output(self, contract_pipe):
+        out = self.run(contract_pipe, return_dict=False)
+        assert isinstance(out, tuple) and np.array_equal(np.asarray(out[0]), np.asarray(self.run(contract_pipe)[0]))
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload moves components to a CUDA device")
-    def test_model_cpu_offload(self, pipe):
-        reference = self.run(pipe.to("cuda"))
-        pipe.to("cpu")
-        pipe.enable_model_cpu_offload()
+    def test_model_cpu_offload(self, contract_pipe):
+        reference = self.run(contract_pipe.to("cuda"))
+        contract_pipe.to("cpu")
+        contract_pipe.enable_model_cpu_offload()
         try:
-            self.assert_same_output(self.run(pipe), reference, atol=1e-4)
+            self.assert_same_output(self.run(contract_pipe), reference, atol=1e-4)
         finally:
-            pipe.remove_all_hooks()
-            pipe.to("cpu")
+            contract_pipe.remove_all_hooks()
+            contract_pipe.to("cpu")
 
-    def test_bad_input_is_refused_before_any_work(self, pipe, monkeypatch):
+    def test_bad_input_is_refused_before_any_work(self, contract_pipe, monkeypatch):
         def no_work(*args, **kwargs):
             raise AssertionError("work started before the input was checked")
 
-        monkeypatch.setattr(getattr(pipe, self.work_component), "forward", no_work)
+        monkeypatch.setattr(getattr(contract_pipe, self.work_component), "forward", no_work)
         for changes, match in self.bad_inputs:
             with pytest.raises(ValueError, match=match):
-                self.run(pipe, **changes)
+                self.run(contract_pipe, **changes)

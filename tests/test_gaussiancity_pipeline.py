@@ -184,7 +184,8 @@ class TestGaussianCityPipelineContract(PipelineContract):
          "either cameras or trajectory"),
     )
 
-    def make_pipeline(self):
+    @classmethod
+    def make_pipeline(cls):
         return GaussianCityPipeline.from_preset("tiny", seed=0)
 
     def call_arguments(self, seed=0):

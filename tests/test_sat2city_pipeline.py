@@ -77,7 +77,8 @@ class TestSat2CityPipelineContract(PipelineContract):
         ({"height": 1}, {}, "height_map must be"),
     ])
 
-    def make_pipeline(self):
+    @classmethod
+    def make_pipeline(cls):
         return keep_everything(Sat2CityPipeline.from_preset("tiny"))
 
     def call_arguments(self, seed=0):
