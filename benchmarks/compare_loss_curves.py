@@ -27,7 +27,9 @@ def read_log(path: Path) -> dict[int, dict[str, float]]:
     return {int(r["step"]): r for r in records}
 
 
-def window_means(log: dict[int, dict[str, float]], terms: list[str], window: int, last: int) -> list[tuple[int, int, dict[str, float]]]:
+def window_means(
+    log: dict[int, dict[str, float]], terms: list[str], window: int, last: int
+) -> list[tuple[int, int, dict[str, float]]]:
     rows = []
     for start in range(1, last + 1, window):
         steps = [s for s in log if start <= s < start + window and s <= last]

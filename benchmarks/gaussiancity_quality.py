@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city.models.gaussiancity.bev import visible_bev_points
 from diffusers_city.data import NUM_CLASSES
 from diffusers_city.metrics import psnr
+from diffusers_city.models.gaussiancity.bev import visible_bev_points
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
 
@@ -74,7 +74,9 @@ def _material_map(seed: int, layout) -> torch.Tensor:
     from diffusers_city.data.procedural.layout import build_layout
     from diffusers_city.data.procedural.style import CityStyle
 
-    return torch.from_numpy(build_layout(seed, layout.shape, layout.meters_per_pixel, CityStyle.from_kwargs()).material.astype(np.int64))
+    return torch.from_numpy(
+        build_layout(seed, layout.shape, layout.meters_per_pixel, CityStyle.from_kwargs()).material.astype(np.int64)
+    )
 
 
 def _point_materials(pts, materials: torch.Tensor) -> torch.Tensor:
@@ -101,8 +103,10 @@ class Ceilings:
         pts = visible_bev_points(layout, camera, device=self.device)
         mat = pts.classes * self.NUM_MATERIALS + _point_materials(pts, materials)
         inst = pts.instances * NUM_CLASSES + pts.classes
-        return (self.train.label_image(layout, camera, pts, mat, NUM_CLASSES * self.NUM_MATERIALS)[0],
-                self.train.label_image(layout, camera, pts, inst, int(inst.max()) + 1 if len(pts) else 1)[0])
+        return (
+            self.train.label_image(layout, camera, pts, mat, NUM_CLASSES * self.NUM_MATERIALS)[0],
+            self.train.label_image(layout, camera, pts, inst, int(inst.max()) + 1 if len(pts) else 1)[0],
+        )
 
     def fit(self, layouts, materials, views) -> None:
         """(class, material) mean colours over the training views."""
@@ -122,7 +126,10 @@ class Ceilings:
         gt, m, seg = view.rgb.to(self.device), view.mask.to(self.device), view.seg.to(self.device)
         mat, inst = self.labels(layout, materials, cam)
         known = (self.material_counts[mat] > 0)[..., None]
-        out = {"class_mean_pixel": class_means[seg], "class_material_mean": torch.where(known, self.material_means[mat], class_means[seg])}
+        out = {
+            "class_mean_pixel": class_means[seg],
+            "class_material_mean": torch.where(known, self.material_means[mat], class_means[seg]),
+        }
         for name, label in (("view_class_mean", seg), ("view_instance_mean", inst)):
             means, _ = _label_means(label[m], gt[m], int(label.max()) + 1)
             out[name] = means[label]
@@ -147,13 +154,17 @@ def masked_psnr(pred: torch.Tensor, view) -> float:
 
 
 def _visible(pipe, layout, camera, device):
-    return visible_bev_points(layout, camera.to(device), max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
+    return visible_bev_points(
+        layout, camera.to(device), max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device
+    )
 
 
 def paint_points(pipe, layout, view, colours: torch.Tensor, label_of, device) -> torch.Tensor:
     """Render of ``view`` with its visible BEV points coloured ``colours[label_of(points)]`` (no model)."""
     pts = _visible(pipe, layout, view.camera, device)
-    g = pipe.background_decoder.gaussians(pts.positions, pts.strides, pts.classes, colours[label_of(pts)], layout.meters_per_pixel)
+    g = pipe.background_decoder.gaussians(
+        pts.positions, pts.strides, pts.classes, colours[label_of(pts)], layout.meters_per_pixel
+    )
     return render_gaussians(g, view.camera.to(device)).rgb[0]
 
 
@@ -185,7 +196,9 @@ FIT_ROWS = (
 )
 
 
-def fitted_style_rows(pipe, train, layouts, views, class_means: torch.Tensor, steps: int, device) -> tuple[list[list[float]], float]:
+def fitted_style_rows(
+    pipe, train, layouts, views, class_means: torch.Tensor, steps: int, device
+) -> tuple[list[list[float]], float]:
     """PSNR of each scored view (odd views of every held-out city) for the ``FIT_ROWS`` methods,
     and the seconds spent fitting codes; the even views are the ones the codes and the observed
     means are fitted on."""
@@ -195,18 +208,26 @@ def fitted_style_rows(pipe, train, layouts, views, class_means: torch.Tensor, st
         seen, scored = city[0::2], city[1::2]
         sampled = pipe.sample_styles(layout, torch.Generator().manual_seed(c))
         start = time.perf_counter()
-        fitted = pipe.fit_styles(layout, Cameras.cat([v.camera for v in seen]), torch.stack([v.rgb for v in seen]),
-                                 torch.stack([v.mask for v in seen]), styles=sampled, num_steps=steps)
+        fitted = pipe.fit_styles(
+            layout,
+            Cameras.cat([v.camera for v in seen]),
+            torch.stack([v.rgb for v in seen]),
+            torch.stack([v.mask for v in seen]),
+            styles=sampled,
+            num_steps=steps,
+        )
         seconds += time.perf_counter() - start
         with torch.no_grad():
             observed = observed_means(train, pipe, layout, seen, class_means, device)
             for v in scored:
-                rows.append([
-                    masked_psnr(train.render_view(pipe, layout, v.camera, sampled, device), v),
-                    masked_psnr(train.render_view(pipe, layout, v.camera, fitted, device), v),
-                    masked_psnr(paint_points(pipe, layout, v, class_means, lambda p: p.classes, device), v),
-                    masked_psnr(paint_points(pipe, layout, v, observed, _instance_class, device), v),
-                ])
+                rows.append(
+                    [
+                        masked_psnr(train.render_view(pipe, layout, v.camera, sampled, device), v),
+                        masked_psnr(train.render_view(pipe, layout, v.camera, fitted, device), v),
+                        masked_psnr(paint_points(pipe, layout, v, class_means, lambda p: p.classes, device), v),
+                        masked_psnr(paint_points(pipe, layout, v, observed, _instance_class, device), v),
+                    ]
+                )
     return rows, seconds
 
 
@@ -237,10 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--city_size_m", type=float, default=192.0)
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, tiny cities and frames")
     parser.add_argument("--ceilings", action="store_true", help="also score mean-colour predictors that know more")
-    parser.add_argument("--fit_styles", type=int, default=0, metavar="STEPS",
-                        help="also score style codes fitted in STEPS steps on each held-out city's other views")
-    parser.add_argument("--decode_chunk_size", type=int, default=0, metavar="K",
-                        help="also score each city's views decoded together, K at a time (decode_visible)")
+    parser.add_argument(
+        "--fit_styles",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also score style codes fitted in STEPS steps on each held-out city's other views",
+    )
+    parser.add_argument(
+        "--decode_chunk_size",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score each city's views decoded together, K at a time (decode_visible)",
+    )
     args = parser.parse_args(argv)
     if args.decode_chunk_size < 0:
         raise ValueError(f"--decode_chunk_size must be >= 0 (0: no chunked row), got {args.decode_chunk_size}")
@@ -264,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (int(v) for v in args.resolution.split("x"))
 
     def views_of(first_seed: int, n: int):
-        ns = argparse.Namespace(num_cities=n, city_size_m=args.city_size_m, points_per_m2=4.0,
-                                views_per_city=args.views_per_city, width=w, height=h)
+        ns = argparse.Namespace(
+            num_cities=n, city_size_m=args.city_size_m, points_per_m2=4.0, views_per_city=args.views_per_city, width=w, height=h
+        )
         layouts, views, _ = train.procedural_views(ns, device, first_seed=first_seed)
         return layouts, views, [_material_map(first_seed + i, lay) for i, lay in enumerate(layouts)]
 
@@ -288,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                 images = ceilings.predict(layout, materials[view.city], view, means)
                 ceiling_rows.append([masked_psnr(images[k], view) for k, _ in CEILING_ROWS])
         chunk_scores = chunked_psnr(pipe, layouts, views, args.decode_chunk_size, device) if args.decode_chunk_size else []
-    fit_rows, fit_seconds = fitted_style_rows(pipe, train, layouts, views, means, args.fit_styles, device) if args.fit_styles else ([], 0.0)
+    fit_rows, fit_seconds = (
+        fitted_style_rows(pipe, train, layouts, views, means, args.fit_styles, device) if args.fit_styles else ([], 0.0)
+    )
     arr = np.array(rows)
     summary = {
         "pipeline": args.preset or str(args.pipeline or "shipped default"),
@@ -310,27 +344,35 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out / ".gaussiancity_quality.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, args.out / "gaussiancity_quality.json")
-    table = "\n".join([
-        f"GaussianCity quality on {args.num_cities} held-out layouts, {len(rows)} views at {w}x{h} ({summary['pipeline']})",
-        "",
-        "| method | PSNR (dB, masked) |",
-        "| --- | --- |",
-        f"| GaussianCity pipeline | {summary['psnr_pipeline']:.2f} |",
-        f"| per-class mean colour | {summary['psnr_class_mean_baseline']:.2f} |",
-        f"| gain | {summary['gain_db']:+.2f} (goal >= +2) |",
-    ])
+    table = "\n".join(
+        [
+            f"GaussianCity quality on {args.num_cities} held-out layouts, {len(rows)} views at {w}x{h} ({summary['pipeline']})",
+            "",
+            "| method | PSNR (dB, masked) |",
+            "| --- | --- |",
+            f"| GaussianCity pipeline | {summary['psnr_pipeline']:.2f} |",
+            f"| per-class mean colour | {summary['psnr_class_mean_baseline']:.2f} |",
+            f"| gain | {summary['gain_db']:+.2f} (goal >= +2) |",
+        ]
+    )
     if chunk_scores:
-        table += (f"\n| GaussianCity, a city's views decoded together, {args.decode_chunk_size} at a time "
-                  f"| {summary['decode_chunk']['psnr']:.2f} |")
+        table += (
+            f"\n| GaussianCity, a city's views decoded together, {args.decode_chunk_size} at a time "
+            f"| {summary['decode_chunk']['psnr']:.2f} |"
+        )
     if ceiling_rows:
         ref = summary["ceilings"]["class_mean_pixel"]
         table += "\n\n| per-pixel mean colour | PSNR (dB, masked) | gain over the per-pixel class mean |\n| --- | --- | --- |\n"
-        table += "\n".join(f"| {label} | {summary['ceilings'][k]:.2f} | {summary['ceilings'][k] - ref:+.2f} |" for k, label in CEILING_ROWS)
+        table += "\n".join(
+            f"| {label} | {summary['ceilings'][k]:.2f} | {summary['ceilings'][k] - ref:+.2f} |" for k, label in CEILING_ROWS
+        )
     if fit_rows:
         fit = summary["fitted_styles"]
-        table += (f"\n\nStyle codes fitted ({args.fit_styles} steps, {fit['fit_seconds_per_city']:.1f} s per city on {device}) "
-                  f"on the even views of each held-out city, "
-                  f"scored on its {len(fit_rows)} odd views:\n\n| method | PSNR (dB, masked) | gain over the per-class mean |\n| --- | --- | --- |\n")
+        table += (
+            f"\n\nStyle codes fitted ({args.fit_styles} steps, {fit['fit_seconds_per_city']:.1f} s per city on {device}) "
+            f"on the even views of each held-out city, "
+            f"scored on its {len(fit_rows)} odd views:\n\n| method | PSNR (dB, masked) | gain over the per-class mean |\n| --- | --- | --- |\n"  # noqa: E501
+        )
         table += "\n".join(f"| {label} | {fit[k]:.2f} | {fit[k] - fit['class_mean']:+.2f} |" for k, label in FIT_ROWS)
     (args.out / "gaussiancity_quality.md").write_text(table + "\n")
     print(table)

@@ -30,18 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city.models.gaussiancity import bev
+from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
+from diffusers_city.export import write_text_atomic
+from diffusers_city.models.gaussiancity import BEVPointDecoder, bev
 from diffusers_city.models.gaussiancity.bev import (
     BEVPoints,
     visible_bev_points_per_camera,
 )
-from diffusers_city.utils.cuda_graph import CapturedCall
-from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION, WATER
-from diffusers_city.export import write_text_atomic
-from diffusers_city.models.gaussiancity import BEVPointDecoder
 from diffusers_city.models.gaussiancity.point_hierarchy import PointHierarchy
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
+from diffusers_city.utils.cuda_graph import CapturedCall
 
 
 def manhattan_layout(size_px: int, seed: int = 0, block: int = 80, road: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -183,11 +182,13 @@ def profile_frames(pipe, layout, styles, cams: Cameras, args, device, autocast) 
     events = prof.key_averages()
     sort_device = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     count = math.ceil(args.profile / chunk) * chunk
-    return "\n\n".join([
-        f"## per step ({count} frames in chunks of {chunk})\n\n{_per_label_table(prof, count)}",
-        f"## by self device time ({count} frames)\n\n```\n{events.table(sort_by=sort_device, row_limit=30)}\n```",
-        f"## by total host time (labelled ranges first)\n\n```\n{events.table(sort_by='cpu_time_total', row_limit=40)}\n```",
-    ])
+    return "\n\n".join(
+        [
+            f"## per step ({count} frames in chunks of {chunk})\n\n{_per_label_table(prof, count)}",
+            f"## by self device time ({count} frames)\n\n```\n{events.table(sort_by=sort_device, row_limit=30)}\n```",
+            f"## by total host time (labelled ranges first)\n\n```\n{events.table(sort_by='cpu_time_total', row_limit=40)}\n```",
+        ]
+    )
 
 
 def bench_layout(pipe, size_px: int, cams: Cameras, args, device) -> dict:
@@ -249,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the decoders")
-    parser.add_argument("--cuda-graphs", action="store_true", help="enable_cuda_graphs (building decoder replayed as a CUDA graph)")
-    parser.add_argument("--decode_chunk_size", type=int, default=1,
-                        help="frames decoded together, once (the pipeline's decode_chunk_size; 1: per frame, as the paper)")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="enable_cuda_graphs (building decoder replayed as a CUDA graph)"
+    )
+    parser.add_argument(
+        "--decode_chunk_size",
+        type=int,
+        default=1,
+        help="frames decoded together, once (the pipeline's decode_chunk_size; 1: per frame, as the paper)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, small layouts and frames")
     parser.add_argument("--profile", type=int, default=0, help="also profile this many frames (profile.md)")
     args = parser.parse_args(argv)
@@ -291,11 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_text_atomic(args.out / "gaussiancity_speed.json", json.dumps(summary, indent=2))
     lines = [
-        (f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16}, "
-         f"cuda_graphs={args.cuda_graphs}, graph captures {summary['graph_captures']}, "
-         f"decode_chunk_size={args.decode_chunk_size}; ms per frame, chunk ms = latency of a chunk)"),
+        (
+            f"GaussianCity speed ({summary['device']}, preset {summary['preset']}, {width}x{height}, bf16={args.bf16}, "
+            f"cuda_graphs={args.cuda_graphs}, graph captures {summary['graph_captures']}, "
+            f"decode_chunk_size={args.decode_chunk_size}; ms per frame, chunk ms = latency of a chunk)"
+        ),
         "",
-        "| layout | points/frame | decoded/frame | view windows built | visibility ms | decode ms | raster ms | total ms | FPS | chunk ms | peak GPU MB |",
+        "| layout | points/frame | decoded/frame | view windows built | visibility ms | decode ms | raster ms | total ms | FPS | chunk ms | peak GPU MB |",  # noqa: E501
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:

@@ -108,8 +108,14 @@ def synthetic_city(seed: int, size_m: float = 96.0, mpp: float = 1.0) -> SimpleN
     palette = np.array([[0.45, 0.5, 0.35], [0.3, 0.3, 0.32], [0.75, 0.7, 0.6], [0.6, 0.35, 0.3]])
     colors = palette[classes] * rng.uniform(0.85, 1.15, size=(len(points), 1))
     return SimpleNamespace(
-        height=height, semantic=semantic, meters_per_pixel=mpp, origin=(0.0, 0.0, 0.0), ground=None,
-        points=points, normals=normals, colors=np.clip(colors, 0, 1).astype(np.float32),
+        height=height,
+        semantic=semantic,
+        meters_per_pixel=mpp,
+        origin=(0.0, 0.0, 0.0),
+        ground=None,
+        points=points,
+        normals=normals,
+        colors=np.clip(colors, 0, 1).astype(np.float32),
     )
 
 
@@ -139,7 +145,10 @@ def city_gaussians(scene, max_points: int, seed: int) -> Gaussians:
     spacing = math.sqrt(float(np.ptp(pts[:, 0]) * np.ptp(pts[:, 1])) / len(pts))
     scale = torch.tensor([1.0, 1.0, 0.15]) * 0.6 * max(spacing, 0.2)
     return Gaussians.from_points(
-        torch.from_numpy(pts), torch.from_numpy(cols).clamp(0, 1), scale=scale, opacity=0.95,
+        torch.from_numpy(pts),
+        torch.from_numpy(cols).clamp(0, 1),
+        scale=scale,
+        opacity=0.95,
         normals=torch.from_numpy(nrm) if nrm is not None else None,
     )
 
@@ -151,8 +160,10 @@ def blob_cameras(width: int, height: int, n: int) -> Cameras:
 
 
 def city_cameras(scene, width: int, height: int, quick: bool) -> Cameras:
-    cams = [orbit_trajectory(scene, 2 if quick else 4, width=width, height=height),
-            drone_trajectory(scene, 1 if quick else 2, seed=1, width=width, height=height)]
+    cams = [
+        orbit_trajectory(scene, 2 if quick else 4, width=width, height=height),
+        drone_trajectory(scene, 1 if quick else 2, seed=1, width=width, height=height),
+    ]
     try:
         cams.append(street_trajectory(scene, 1 if quick else 2, seed=2, width=width, height=height))
     except ValueError as exc:
@@ -210,14 +221,20 @@ def compare(name: str, g: Gaussians, cams: Cameras, mode: str, device: torch.dev
     dz = (ref.depth - out.depth).abs()[both]
     rel = dz / ref.depth[both].clamp_min(1e-6)
     row = {
-        "scene": name, "mode": mode, "against": test_name, "gaussians": len(g), "cameras": len(cams),
+        "scene": name,
+        "mode": mode,
+        "against": test_name,
+        "gaussians": len(g),
+        "cameras": len(cams),
         "size": f"{cams.width}x{cams.height}",
-        "psnr_rgb": psnr(ref.rgb, out.rgb), "psnr_alpha": psnr(ref.alpha, out.alpha),
+        "psnr_rgb": psnr(ref.rgb, out.rgb),
+        "psnr_alpha": psnr(ref.alpha, out.alpha),
         "max_abs_rgb": float((ref.rgb - out.rgb).abs().max()),
         "depth_mae_m": float(dz.mean()) if dz.numel() else 0.0,
         "depth_rel_p99": float(rel.quantile(0.99)) if rel.numel() else 0.0,
         "coverage": float((ref.alpha > 0.5).float().mean()),
-        "ms_per_frame_torch": 1000 * t_ref / len(cams), f"ms_per_frame_{test_name.split('(')[0]}": 1000 * t_test / len(cams),
+        "ms_per_frame_torch": 1000 * t_ref / len(cams),
+        f"ms_per_frame_{test_name.split('(')[0]}": 1000 * t_test / len(cams),
     }
     if mode == "2dgs" and ref.normal is not None and out.normal is not None:
         row["psnr_normal"] = psnr(ref.normal * 0.5, out.normal * 0.5)
@@ -245,12 +262,26 @@ def cpu_demo_timing(city, n: int = 20000, threads: int = 2) -> dict:
         torch.set_num_threads(old)
 
 
-
-
 def markdown(rows: list[dict], cpu: dict) -> str:
-    cols = ["scene", "mode", "against", "gaussians", "cameras", "size", "psnr_rgb", "psnr_alpha", "psnr_normal",
-            "max_abs_rgb", "depth_mae_m", "depth_rel_p99", "coverage", "ms_per_frame_torch", "ms_per_frame_gsplat",
-            "ms_per_frame_torch(small chunks)", "pass"]
+    cols = [
+        "scene",
+        "mode",
+        "against",
+        "gaussians",
+        "cameras",
+        "size",
+        "psnr_rgb",
+        "psnr_alpha",
+        "psnr_normal",
+        "max_abs_rgb",
+        "depth_mae_m",
+        "depth_rel_p99",
+        "coverage",
+        "ms_per_frame_torch",
+        "ms_per_frame_gsplat",
+        "ms_per_frame_torch(small chunks)",
+        "pass",
+    ]
     cols = [c for c in cols if any(c in r for r in rows)]
 
     def fmt(v):
@@ -261,14 +292,20 @@ def markdown(rows: list[dict], cpu: dict) -> str:
     grads = [r for r in rows if "grad_cosine" in r]
     if grads:
         keys = list(grads[0]["grad_cosine"])
-        lines += ["", "Gradient cosine similarity (torch reference vs the other renderer):", "",
-                  "| scene | mode | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-        lines += [f"| {r['scene']} | {r['mode']} | " + " | ".join(fmt(r["grad_cosine"][k]) for k in keys) + " |"
-                  for r in grads]
+        lines += [
+            "",
+            "Gradient cosine similarity (torch reference vs the other renderer):",
+            "",
+            "| scene | mode | " + " | ".join(keys) + " |",
+            "|" + "---|" * (len(keys) + 2),
+        ]
+        lines += [f"| {r['scene']} | {r['mode']} | " + " | ".join(fmt(r["grad_cosine"][k]) for k in keys) + " |" for r in grads]
     if cpu:
         lines += ["", "CPU torch reference (GaussianCity demo budget):", ""]
-        lines += [f"- {m}: {v['s_per_frame']:.3f} s/frame, {v['gaussians']} Gaussians, {v['size']}, "
-                  f"{v['threads']} threads" for m, v in cpu.items()]
+        lines += [
+            f"- {m}: {v['s_per_frame']:.3f} s/frame, {v['gaussians']} Gaussians, {v['size']}, {v['threads']} threads"
+            for m, v in cpu.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"scene": name, "mode": mode, "error": f"{type(exc).__name__}: {exc}", "pass": False}
             failures += not row["pass"]
             rows.append(row)
-            print(f"[render_parity] {name} {mode}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k not in ("scene", "mode")))
+            print(
+                f"[render_parity] {name} {mode}: "
+                + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k not in ("scene", "mode")
+                )
+            )
     cpu = {}
     try:
         cpu = cpu_demo_timing(city, n=2000 if args.quick else 20000)
@@ -323,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         cpu = {"error": {"s_per_frame": float("nan"), "gaussians": 0, "size": str(exc), "threads": 0}}
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
-           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "quick": args.quick}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "quick": args.quick,
+    }
     try:
         import gsplat
 
@@ -337,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nscene                         mode  psnr_rgb psnr_alpha depth_mae  ms_torch  ms_other  pass")
     for r in rows:
         other = next((v for k, v in r.items() if k.startswith("ms_per_frame_") and k != "ms_per_frame_torch"), float("nan"))
-        print(f"{r['scene'][:29]:29s} {r['mode']:5s} {r.get('psnr_rgb', float('nan')):8.2f} "
-              f"{r.get('psnr_alpha', float('nan')):10.2f} {r.get('depth_mae_m', float('nan')):9.2e} "
-              f"{r.get('ms_per_frame_torch', float('nan')):9.1f} {other:9.1f}  {'PASS' if r['pass'] else 'FAIL'}"
-              + (f"  {r['error']}" if "error" in r else ""))
+        print(
+            f"{r['scene'][:29]:29s} {r['mode']:5s} {r.get('psnr_rgb', float('nan')):8.2f} "
+            f"{r.get('psnr_alpha', float('nan')):10.2f} {r.get('depth_mae_m', float('nan')):9.2e} "
+            f"{r.get('ms_per_frame_torch', float('nan')):9.1f} {other:9.1f}  {'PASS' if r['pass'] else 'FAIL'}"
+            + (f"  {r['error']}" if "error" in r else "")
+        )
     for m, v in cpu.items():
         print(f"cpu torch {m}: {v['s_per_frame']:.3f} s/frame ({v['gaussians']} Gaussians, {v['size']}, {v['threads']} threads)")
     return 1 if failures else 0

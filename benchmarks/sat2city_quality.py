@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
-from diffusers_city.pipelines.sat2city.cli import add_sampling_arguments  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
+from diffusers_city.pipelines.sat2city.cli import add_sampling_arguments  # noqa: E402
 from diffusers_city.presets import bundled_path, load_preset  # noqa: E402
 
 
@@ -123,8 +123,15 @@ def main(argv=None) -> int:
         s = data[i]
         gray = np.round(s["height_noisy"][0].numpy() * 255).astype(np.uint8)
         span = float(s["z_max"] - s["z_min"])
-        out = pipe(gray, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(i),
-                   meters_per_pixel=mpp, height_range=(0.0, span), guidance_scale=args.guidance_scale, temperature=args.temperature)
+        out = pipe(
+            gray,
+            num_inference_steps=args.steps,
+            generator=torch.Generator().manual_seed(i),
+            meters_per_pixel=mpp,
+            height_range=(0.0, span),
+            guidance_scale=args.guidance_scale,
+            temperature=args.temperature,
+        )
         gt_points, gt_colors = s["points"].numpy(), s["colors"].numpy()
         clean = s["height"][0].numpy()
         row = {"scene": i, "voxels": int(len(out.points))}
@@ -146,8 +153,10 @@ def main(argv=None) -> int:
         row["color_l1_class_mean"] = float(np.abs(base_colors - gt_colors).mean())
         per_scene.append(row)
         print(json.dumps(row))
-    metrics = {"generated": coverage_mmd(generated, reference, n_points=args.n_points) if generated else {},
-               "baseline_extrusion": coverage_mmd(baseline, reference, n_points=args.n_points)}
+    metrics = {
+        "generated": coverage_mmd(generated, reference, n_points=args.n_points) if generated else {},
+        "baseline_extrusion": coverage_mmd(baseline, reference, n_points=args.n_points),
+    }
     summary = {
         "height_pearson": float(np.nanmean([r["height_pearson"] for r in per_scene])),
         "height_pearson_extrusion": float(np.mean([r["height_pearson_extrusion"] for r in per_scene])),
@@ -155,23 +164,36 @@ def main(argv=None) -> int:
         "color_l1_class_mean": float(np.mean([r["color_l1_class_mean"] for r in per_scene])),
         "empty_scenes": sum(r["voxels"] == 0 for r in per_scene),
     }
-    result = {"preset": args.preset, "model": str(args.model), "steps": args.steps, "guidance_scale": args.guidance_scale,
-              "temperature": args.temperature, "scenes": args.num_scenes,
-              "per_scene": per_scene, "coverage_mmd": metrics, "summary": summary}
+    result = {
+        "preset": args.preset,
+        "model": str(args.model),
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "scenes": args.num_scenes,
+        "per_scene": per_scene,
+        "coverage_mmd": metrics,
+        "summary": summary,
+    }
     write_text_atomic(args.out / "sat2city_quality.json", json.dumps(result, indent=2))
     g, b = metrics["generated"], metrics["baseline_extrusion"]
 
     def fmt(d, key):
         return f"{d[key]:.4f}" if key in d else "-"
 
-    lines = [f"Sat2City quality, preset {args.preset}, {args.num_scenes} held-out scenes, {args.steps} DDIM steps/stage, "
-             f"guidance scale {args.guidance_scale}, temperature {args.temperature}", "",
-             "| method | height r | MMD-CD | MMD-EMD | COV-CD | COV-EMD | colour L1 |", "| --- | --- | --- | --- | --- | --- | --- |",
-             f"| Sat2City (ours) | {summary['height_pearson']:.3f} | {fmt(g, 'mmd_cd')} | {fmt(g, 'mmd_emd')} | {fmt(g, 'cov_cd')} | "
-             f"{fmt(g, 'cov_emd')} | {summary['color_l1']:.4f} |",
-             f"| extruded noisy height map | {summary['height_pearson_extrusion']:.3f} | {fmt(b, 'mmd_cd')} | {fmt(b, 'mmd_emd')} | {fmt(b, 'cov_cd')} | {fmt(b, 'cov_emd')} | - |",
-             f"| per-class mean colour | - | - | - | - | - | {summary['color_l1_class_mean']:.4f} |",
-             "", f"height correlation >= 0.9 required: {'PASS' if summary['height_pearson'] >= 0.9 else 'FAIL'}"]
+    lines = [
+        f"Sat2City quality, preset {args.preset}, {args.num_scenes} held-out scenes, {args.steps} DDIM steps/stage, "
+        f"guidance scale {args.guidance_scale}, temperature {args.temperature}",
+        "",
+        "| method | height r | MMD-CD | MMD-EMD | COV-CD | COV-EMD | colour L1 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| Sat2City (ours) | {summary['height_pearson']:.3f} | {fmt(g, 'mmd_cd')} | {fmt(g, 'mmd_emd')} | {fmt(g, 'cov_cd')} | "
+        f"{fmt(g, 'cov_emd')} | {summary['color_l1']:.4f} |",
+        f"| extruded noisy height map | {summary['height_pearson_extrusion']:.3f} | {fmt(b, 'mmd_cd')} | {fmt(b, 'mmd_emd')} | {fmt(b, 'cov_cd')} | {fmt(b, 'cov_emd')} | - |",  # noqa: E501
+        f"| per-class mean colour | - | - | - | - | - | {summary['color_l1_class_mean']:.4f} |",
+        "",
+        f"height correlation >= 0.9 required: {'PASS' if summary['height_pearson'] >= 0.9 else 'FAIL'}",
+    ]
     table = "\n".join(lines)
     write_text_atomic(args.out / "sat2city_quality.md", table + "\n")
     print(table)

@@ -44,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed scenes before the timed ones")
     p.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
     p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (components on the GPU only while used)")
-    p.add_argument("--cuda-graphs", action="store_true", help="enable_cuda_graphs (each stage's U-Net step replayed as a CUDA graph)")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="enable_cuda_graphs (each stage's U-Net step replayed as a CUDA graph)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 2 steps, 1 scene")
     p.add_argument("--out", type=Path, required=True)
@@ -66,8 +68,10 @@ def ground_truth(preset: dict, device: str) -> tuple[np.ndarray, SparseTensor, d
     coords = torch.cat([torch.zeros(int(inside.sum()), 1, dtype=torch.int64), c[inside]], 1).int()
     voxels = SparseTensor(sample["normals"][inside], coords, voxel_size=v, origin=(v / 2,) * 3).to(device)
     gray = np.round(sample["height_noisy"][0].numpy() * 255).astype(np.uint8)
-    meta = {"meters_per_pixel": float(preset["training"]["data"]["meters_per_pixel"]),
-            "height_range": (0.0, float(sample["z_max"] - sample["z_min"]))}
+    meta = {
+        "meters_per_pixel": float(preset["training"]["data"]["meters_per_pixel"]),
+        "height_range": (0.0, float(sample["z_max"] - sample["z_min"])),
+    }
     return gray, voxels, meta
 
 
@@ -83,6 +87,7 @@ def instrument(pipe: Sat2CityPipeline, target: SparseTensor, times: dict, sync) 
             sync()
             times[name] = times.get(name, 0.0) + time.perf_counter() - t
             return out
+
         return wrapper
 
     denoise = pipe._denoise
@@ -133,29 +138,65 @@ def main(argv=None) -> int:
             times["mesh_extraction"] = time.perf_counter() - t
             if run < args.warmup:
                 continue
-            rows.append({"steps": steps, "scene": run, "total_s": total, **{k: round(v, 4) for k, v in times.items()},
-                         "voxels": int(len(out.points)), "faces": int(len(mesh.faces)),
-                         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None})
+            rows.append(
+                {
+                    "steps": steps,
+                    "scene": run,
+                    "total_s": total,
+                    **{k: round(v, 4) for k, v in times.items()},
+                    "voxels": int(len(out.points)),
+                    "faces": int(len(mesh.faces)),
+                    "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+                }
+            )
     summary = []
     for steps in args.steps:
         sel = [r for r in rows if r["steps"] == steps]
-        keys = ["total_s", "dense_diffusion", "sparse_diffusion", "appearance_diffusion", "condition_encoder",
-                "dense_decode", "sparse_decode", "appearance_decode", "mesh_extraction"]
-        summary.append({"steps": steps, **{k: float(np.mean([r.get(k, 0.0) for r in sel])) for k in keys},
-                        "peak_memory_gb": sel[0]["peak_memory_gb"], "voxels": sel[0]["voxels"]})
-    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if cuda else "cpu", "bf16": args.bf16,
-              "cpu_offload": args.cpu_offload, "cuda_graphs": args.cuda_graphs,
-              "threads": torch.get_num_threads(), "parameters": params, "runs": rows, "summary": summary}
+        keys = [
+            "total_s",
+            "dense_diffusion",
+            "sparse_diffusion",
+            "appearance_diffusion",
+            "condition_encoder",
+            "dense_decode",
+            "sparse_decode",
+            "appearance_decode",
+            "mesh_extraction",
+        ]
+        summary.append(
+            {
+                "steps": steps,
+                **{k: float(np.mean([r.get(k, 0.0) for r in sel])) for k in keys},
+                "peak_memory_gb": sel[0]["peak_memory_gb"],
+                "voxels": sel[0]["voxels"],
+            }
+        )
+    result = {
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "bf16": args.bf16,
+        "cpu_offload": args.cpu_offload,
+        "cuda_graphs": args.cuda_graphs,
+        "threads": torch.get_num_threads(),
+        "parameters": params,
+        "runs": rows,
+        "summary": summary,
+    }
     write_text_atomic(args.out / "sat2city_speed.json", json.dumps(result, indent=2))
-    lines = [f"Sat2City speed, preset {args.preset}, {result['device']}, bf16={args.bf16}, cpu_offload={args.cpu_offload}, cuda_graphs={args.cuda_graphs}, "
-             f"{params / 1e6:.1f}M params",
-             "", "| DDIM steps | total s | dense | sparse | appearance | cond enc | dense dec | sparse dec | app dec | mesh s | peak GB | voxels |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Sat2City speed, preset {args.preset}, {result['device']}, bf16={args.bf16}, cpu_offload={args.cpu_offload}, cuda_graphs={args.cuda_graphs}, "  # noqa: E501
+        f"{params / 1e6:.1f}M params",
+        "",
+        "| DDIM steps | total s | dense | sparse | appearance | cond enc | dense dec | sparse dec | app dec | mesh s | peak GB | voxels |",  # noqa: E501
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in summary:
         mem = "-" if s["peak_memory_gb"] is None else f"{s['peak_memory_gb']:.2f}"
-        lines.append(f"| {s['steps']} | {s['total_s']:.2f} | {s['dense_diffusion']:.2f} | {s['sparse_diffusion']:.2f} | "
-                     f"{s['appearance_diffusion']:.2f} | {s['condition_encoder']:.2f} | {s['dense_decode']:.2f} | "
-                     f"{s['sparse_decode']:.2f} | {s['appearance_decode']:.2f} | {s['mesh_extraction']:.2f} | {mem} | {s['voxels']} |")
+        lines.append(
+            f"| {s['steps']} | {s['total_s']:.2f} | {s['dense_diffusion']:.2f} | {s['sparse_diffusion']:.2f} | "
+            f"{s['appearance_diffusion']:.2f} | {s['condition_encoder']:.2f} | {s['dense_decode']:.2f} | "
+            f"{s['sparse_decode']:.2f} | {s['appearance_decode']:.2f} | {s['mesh_extraction']:.2f} | {mem} | {s['voxels']} |"
+        )
     table = "\n".join(lines)
     write_text_atomic(args.out / "sat2city_speed.md", table + "\n")
     print(table)

@@ -34,8 +34,16 @@ from diffusers_city.metrics import height_fidelity  # noqa: E402
 from diffusers_city.pipelines.sat2city.pipeline_sat2city import _Sampling  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
 
-COLUMNS = ("ground_truth", "dense_vae_mean", "dense_vae_sample", "sparse_vae_mean", "sparse_vae_sample",
-           "dense_stage_g1", "dense_stage_g", "sparse_stages_from_gt_grid")
+COLUMNS = (
+    "ground_truth",
+    "dense_vae_mean",
+    "dense_vae_sample",
+    "sparse_vae_mean",
+    "sparse_vae_sample",
+    "dense_stage_g1",
+    "dense_stage_g",
+    "sparse_stages_from_gt_grid",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,7 +105,9 @@ def diagnose(
         row[name] = corr(dvae.decode(x / dvae.config.scaling_factor).sample)
     first = voxels.replace(F.normalize(voxels.feats.float(), dim=1))
     g = torch.Generator(device=voxels.device).manual_seed(seed)
-    final, _ = pipe._geometry_and_appearance(first, prepared["ph_points"], _Sampling(steps, g, None, [], (1.0, 1.0, 1.0), temperatures))
+    final, _ = pipe._geometry_and_appearance(
+        first, prepared["ph_points"], _Sampling(steps, g, None, [], (1.0, 1.0, 1.0), temperatures)
+    )
     row["sparse_stages_from_gt_grid"] = corr(final)
     return row
 
@@ -114,21 +124,41 @@ def main(argv=None) -> int:
     rows = []
     for i, batch in zip(range(args.num_scenes), loader):
         prepared = prepare_batch(batch, grid, torch.device(args.device))
-        row = {"scene": i, **diagnose(pipe, prepared, batch["height"][0, 0].numpy(), mpp, k, args.steps, args.guidance,
-                                                args.temperature, i)}
+        row = {
+            "scene": i,
+            **diagnose(pipe, prepared, batch["height"][0, 0].numpy(), mpp, k, args.steps, args.guidance, args.temperature, i),
+        }
         rows.append(row)
         print(json.dumps(row))
-    write_text_atomic(args.out / "sat2city_stage_diagnosis.json", json.dumps({"model": str(args.model), "steps": args.steps,
-                                                                          "guidance": args.guidance, "temperature": args.temperature,
-                                                                          "rows": rows}, indent=2))
+    write_text_atomic(
+        args.out / "sat2city_stage_diagnosis.json",
+        json.dumps(
+            {
+                "model": str(args.model),
+                "steps": args.steps,
+                "guidance": args.guidance,
+                "temperature": args.temperature,
+                "rows": rows,
+            },
+            indent=2,
+        ),
+    )
     names = [c if c != "dense_stage_g" else f"dense_stage_g{args.guidance:g}" for c in COLUMNS]
-    lines = [(f"Height correlation per stage, {len(rows)} held-out crops ({args.preset}), {args.steps} DDIM steps, "
-              f"temperature {args.temperature:g}"), "",
-             "| crop | " + " | ".join(names) + " | dense / sparse posterior variance share |",
-             "|" + " --- |" * (len(COLUMNS) + 2)]
+    lines = [
+        (
+            f"Height correlation per stage, {len(rows)} held-out crops ({args.preset}), {args.steps} DDIM steps, "
+            f"temperature {args.temperature:g}"
+        ),
+        "",
+        "| crop | " + " | ".join(names) + " | dense / sparse posterior variance share |",
+        "|" + " --- |" * (len(COLUMNS) + 2),
+    ]
     for r in rows:
-        lines.append(f"| {r['scene']} | " + " | ".join(f"{r[c]:.3f}" for c in COLUMNS)
-                     + f" | {r['dense_variance_share']:.2f} / {r['sparse_variance_share']:.2f} |")
+        lines.append(
+            f"| {r['scene']} | "
+            + " | ".join(f"{r[c]:.3f}" for c in COLUMNS)
+            + f" | {r['dense_variance_share']:.2f} / {r['sparse_variance_share']:.2f} |"
+        )
     table = "\n".join(lines)
     write_text_atomic(args.out / "sat2city_stage_diagnosis.md", table + "\n")
     print(table)

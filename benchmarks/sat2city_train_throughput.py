@@ -27,14 +27,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from diffusers import DDIMScheduler  # noqa: E402
 from sat2city_common import make_dataloader, prepare_batch  # noqa: E402
 from train_sat2city_diffusion import UNETS, StageData, diffusion_loss  # noqa: E402
 from train_sat2city_vae import vae_losses  # noqa: E402
 
-from diffusers import DDIMScheduler  # noqa: E402
-
 from diffusers_city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
-from diffusers_city.models.sat2city import Sat2CityDenseUNet3D, HeightFieldEncoder, Sat2CitySparseUNet3D  # noqa: E402
+from diffusers_city.models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CitySparseUNet3D  # noqa: E402
 from diffusers_city.presets import load_preset  # noqa: E402
 from diffusers_city.sparse import available_backends, use_backend  # noqa: E402
 
@@ -77,13 +76,16 @@ def stage_step(preset: dict, stage: str, batch: dict, device: torch.device) -> C
         data = StageData(stage, dense, sparse)
         unet_cls = Sat2CityDenseUNet3D if stage == "dense" else Sat2CitySparseUNet3D
         unet = unet_cls.from_config(preset["components"][UNETS[stage]]).to(device)
-        encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]).to(device) if stage == "dense" else None
+        encoder = (
+            HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]).to(device) if stage == "dense" else None
+        )
         modules = [unet] + ([encoder] if encoder is not None else [])
         scheduler = DDIMScheduler.from_config(preset["scheduler"])
         p_drop = float(unet.config.condition_dropout)
 
         def loss() -> torch.Tensor:
             return diffusion_loss(data, unet, encoder, scheduler, batch, 1.0, p_drop)
+
     opt = torch.optim.AdamW(itertools.chain.from_iterable(m.parameters() for m in modules), lr=1e-4)
 
     def step() -> tuple[float, float]:
@@ -121,17 +123,22 @@ def profile_step(step: Callable[[], tuple[float, float]], device: torch.device, 
     events = prof.key_averages()
     cuda = device.type == "cuda"
     print(f"### {label}", flush=True)
-    print(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25,
-                       max_name_column_width=60), flush=True)
+    print(
+        events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25, max_name_column_width=60),
+        flush=True,
+    )
     self_time = lambda e: (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6  # noqa: E731
     total = sum(self_time(e) for e in events)
     hits = [e for e in events if e.key in INDEX_PUT_OPS or "indexing_backward" in e.key]
     backward = [e for e in events if e.key.endswith(INDEX_BACKWARD_NODES)]
     total_time = lambda e: (e.device_time_total if cuda else e.cpu_time_total) / 1e6  # noqa: E731
-    summary = {"index_put_calls": sum(e.count for e in hits if e.key == "aten::_index_put_impl_"),
-               "index_put_self_s": sum(self_time(e) for e in hits), "profiled_self_s": total,
-               "indexing_backward_nodes": sum(e.count for e in backward),
-               "indexing_backward_s": sum(total_time(e) for e in backward)}
+    summary = {
+        "index_put_calls": sum(e.count for e in hits if e.key == "aten::_index_put_impl_"),
+        "index_put_self_s": sum(self_time(e) for e in hits),
+        "profiled_self_s": total,
+        "indexing_backward_nodes": sum(e.count for e in backward),
+        "indexing_backward_s": sum(total_time(e) for e in backward),
+    }
     print(f"{label}: {summary}", flush=True)
     return summary
 
@@ -191,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    table = [f"Sat2City training throughput, preset {args.preset}, {name}",
-             "", "| what | value |", "| --- | ---: |"] + [f"| {r['what']} | {r['seconds']:.3f} |" for r in rows]
+    table = [f"Sat2City training throughput, preset {args.preset}, {name}", "", "| what | value |", "| --- | ---: |"] + [
+        f"| {r['what']} | {r['seconds']:.3f} |" for r in rows
+    ]
     (args.out / "throughput.json").write_text(json.dumps(rows, indent=1))
     (args.out / "throughput.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

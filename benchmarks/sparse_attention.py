@@ -23,12 +23,13 @@ import json
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from diffusers_city.export import write_text_atomic
 from diffusers_city.sparse.attention import (
     AttentionGroups,
     SparseTransformerBlock,
@@ -38,7 +39,6 @@ from diffusers_city.sparse.attention import (
 )
 from diffusers_city.sparse.serialize import ORDERS, serialize
 from diffusers_city.sparse.tensor import SparseTensor
-from diffusers_city.export import write_text_atomic
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -57,9 +57,7 @@ def city_voxels(side: int, seed: int = 0, max_height: int = 64) -> torch.Tensor:
         block = height[x : x + sx, y : y + sy]
         block.clamp_(min=top)
     padded = F.pad(height[None, None].float(), (1, 1, 1, 1), value=0.0)[0, 0].long()
-    lowest = torch.stack(
-        [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
-    ).amin(0)
+    lowest = torch.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amin(0)
     low = torch.minimum(height, lowest + 1)
     counts = (height - low + 1).flatten()
     columns = torch.repeat_interleave(torch.arange(side * side), counts)
@@ -124,9 +122,7 @@ def bench_grouped(name: str, plan: AttentionGroups, heads: int, head_dim: int, a
 
 def bench_dense(tokens: int, chunk: int, heads: int, head_dim: int, args, device, dtype):
     chunks = max(1, tokens // chunk)
-    q, k, v = (
-        torch.randn(chunks, heads, chunk, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)
-    )
+    q, k, v = (torch.randn(chunks, heads, chunk, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     flops = 4 * chunks * chunk * chunk * head_dim * heads
     fwd = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), device, args.reps, args.warmup)
     grad = torch.randn_like(v)
@@ -265,8 +261,6 @@ def markdown(rows: list[dict], device_name: str, dtype_name: str) -> str:
             f"| {r['fwd_bwd_ms']:.3f} | {r['useful_tflops_fwd_bwd']:.2f} | {block} |"
         )
     return "\n".join(lines)
-
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

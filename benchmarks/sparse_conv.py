@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusers_city.export import write_text_atomic
 from diffusers_city.sparse import SparseTensor, available_backends, use_backend
 from diffusers_city.sparse import nn as snn
 from diffusers_city.sparse.backend import get_backend
-from diffusers_city.export import write_text_atomic
 
 
 def city_height_field(size: int, seed: int) -> np.ndarray:
@@ -224,8 +224,6 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder (sparse_conv.json, sparse_conv.md)")
@@ -275,14 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             spconv_triton.constants.SPCONV_ALLOW_TF32 = False
             env["spconv_triton"] = spconv_triton.__version__
             env["autotune"] = configure_autotune(args.autotune)
-    header = f"## Sparse conv benchmark ({env.get('gpu', 'cpu')}, torch {torch.__version__}, spconv autotune {env.get('autotune', '-')})"
+    header = f"## Sparse conv benchmark ({env.get('gpu', 'cpu')}, torch {torch.__version__}, spconv autotune {env.get('autotune', '-')})"  # noqa: E501
     rows, start = [], time.time()
     for precision in args.precisions:
         for kind in args.kinds:
             for channels in args.channels:
                 for n in args.sizes:
                     if time.time() - start > args.max_seconds:
-                        rows.append({"kind": kind, "voxels": n, "channels": channels, "precision": precision, "skipped": "time budget"})
+                        rows.append(
+                            {"kind": kind, "voxels": n, "channels": channels, "precision": precision, "skipped": "time budget"}
+                        )
                         continue
                     try:
                         row = run_row(args, kind, n, channels, precision, device)

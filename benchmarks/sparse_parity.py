@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from diffusers_city.export import write_text_atomic
 from diffusers_city.sparse import SparseTensor, available_backends, use_backend
 from diffusers_city.sparse import nn as snn
-from diffusers_city.export import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_conv import city_voxels  # noqa: E402
@@ -124,7 +124,7 @@ def run_case(case: dict, device: torch.device) -> list[dict]:
             results[name] = run_backend(name.replace("64", ""), kind, layer, target, coarse_coords, feats, grad_out, dtype)
         sp, tr, gt = results["spconv"], results["torch"], results["torch64"]
         row = {"case": case["name"], "op": f"{op} k{k} s{s} p{p}", "voxels_in": n_in, "voxels_out": n_out,
-               "batch": target.batch_size, "channels": f"{c_in}->{c_out}", "same_sites": bool(torch.equal(sp[1], tr[1]))}  # fmt: skip
+               "batch": target.batch_size, "channels": f"{c_in}->{c_out}", "same_sites": bool(torch.equal(sp[1], tr[1]))}  # fmt: skip  # noqa: E501
         for label, i in (("out", None), ("d_feats", 0), ("d_weight", 1), ("d_bias", 2)):
             a, b, ref = (sp[0], tr[0], gt[0]) if i is None else (sp[2][i], tr[2][i], gt[2][i])
             row[f"{label}_spconv_vs_torch"] = rel(a, b)
@@ -163,10 +163,10 @@ def markdown(rows: list[dict], header: str) -> str:
             "d_feats_spconv_vs_torch", "d_weight_spconv_vs_torch", "d_bias_spconv_vs_torch", "pass"]  # fmt: skip
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r.get(c, '-'):.2e}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols) + " |")
+        lines.append(
+            "| " + " | ".join(f"{r.get(c, '-'):.2e}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols) + " |"
+        )
     return "\n".join(lines) + "\n"
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-autotune", action="store_true", help="keep spconv-triton's full autotune sweep")
     args = p.parse_args(argv)
     if "spconv" not in available_backends():
-        raise ValueError("sparse_parity needs CUDA and spconv-triton (available backends: %s)" % available_backends())
+        raise ValueError(f"sparse_parity needs CUDA and spconv-triton (available backends: {available_backends()})")
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -62,9 +62,17 @@ def main() -> None:
     write_image(args.out / "gallery.png", _grid(tiles, 2))
 
     views = [
-        _captioned(render_points_preview(real.points, real.colors, view="oblique", width=TILE, height=TILE // 2), "LiDAR RGB (oblique)"),
-        _captioned(render_points_preview(real.points, semantic_to_rgb(real.point_classes), view="oblique", width=TILE, height=TILE // 2), "point classes (ground / vegetation / roof)"),
-        _captioned(_raster_image(real.height / max(float(real.height.max()), 1e-6), (TILE, TILE // 2)), f"height raster {real.shape[1]}x{real.shape[0]} @ 1 m (north up)"),
+        _captioned(
+            render_points_preview(real.points, real.colors, view="oblique", width=TILE, height=TILE // 2), "LiDAR RGB (oblique)"
+        ),
+        _captioned(
+            render_points_preview(real.points, semantic_to_rgb(real.point_classes), view="oblique", width=TILE, height=TILE // 2),
+            "point classes (ground / vegetation / roof)",
+        ),
+        _captioned(
+            _raster_image(real.height / max(float(real.height.max()), 1e-6), (TILE, TILE // 2)),
+            f"height raster {real.shape[1]}x{real.shape[0]} @ 1 m (north up)",
+        ),
         _captioned(_raster_image(semantic_to_rgb(real.semantic), (TILE, TILE // 2)), "semantic raster"),
     ]
     write_image(args.out / "real_data.png", _grid(views, 2))

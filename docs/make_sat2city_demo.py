@@ -36,8 +36,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         preview = next(p for p in run_demo(Path(tmp), "cpu") if p.name.endswith("_preview.png"))
         city = Image.open(preview).convert("RGB").resize((SIDE, SIDE), Image.LANCZOS)  # the preview is square
-    tiles = [_captioned(height_map, "input noisy height map (contrast stretched)"),
-             _captioned(city, f"Sat2City small default, CPU demo ({DEMO_STEPS} DDIM steps/stage)")]
+    tiles = [
+        _captioned(height_map, "input noisy height map (contrast stretched)"),
+        _captioned(city, f"Sat2City small default, CPU demo ({DEMO_STEPS} DDIM steps/stage)"),
+    ]
     write_image(args.out / "sat2city_demo.png", _grid(tiles, 2))
 
 

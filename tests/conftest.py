@@ -89,9 +89,19 @@ class OfflineHub:
             (folder / "refs" / "main").write_text(sha)
         return RepoUrl(f"{self.endpoint}/{self.full_repo_id(repo_id)}", endpoint=self.endpoint)
 
-    def upload_folder(self, *, repo_id: str, folder_path, path_in_repo: str | None = None,
-                      commit_message: str | None = None, repo_type: str | None = None,
-                      allow_patterns=None, ignore_patterns=None, delete_patterns=None, **_) -> CommitInfo:
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path,
+        path_in_repo: str | None = None,
+        commit_message: str | None = None,
+        repo_type: str | None = None,
+        allow_patterns=None,
+        ignore_patterns=None,
+        delete_patterns=None,
+        **_,
+    ) -> CommitInfo:
         source = Path(folder_path)
         if not source.is_dir():
             raise ValueError(f"offline hub: {source} is not a folder")
@@ -111,8 +121,16 @@ class OfflineHub:
 
         return self._commit(repo_id, repo_type, commit_message or "Upload folder", write)
 
-    def upload_file(self, *, path_or_fileobj, path_in_repo: str, repo_id: str, repo_type: str | None = None,
-                    commit_message: str | None = None, **_) -> CommitInfo:
+    def upload_file(
+        self,
+        *,
+        path_or_fileobj,
+        path_in_repo: str,
+        repo_id: str,
+        repo_type: str | None = None,
+        commit_message: str | None = None,
+        **_,
+    ) -> CommitInfo:
         if isinstance(path_or_fileobj, (str, Path)):
             data = Path(path_or_fileobj).read_bytes()
         elif isinstance(path_or_fileobj, bytes):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers_city.data.classes import FACADE, GROUND, ROAD, ROOF, WATER
 from diffusers_city.models.gaussiancity.bev import (
     BEVLayout,
     ViewCache,
@@ -13,7 +14,6 @@ from diffusers_city.models.gaussiancity.bev import (
     visible_bev_points,
     visible_bev_points_per_camera,
 )
-from diffusers_city.data.classes import FACADE, GROUND, ROAD, ROOF, WATER
 from diffusers_city.render import Cameras
 
 
@@ -99,7 +99,7 @@ def test_top_down_view_sees_every_top_and_nothing_else():
     cam = _camera([8.0, 8.0, 40.0], [8.0, 8.0, 0.0], width=96, height=96, focal=110.0)
     vis = visible_bev_points(layout, cam)
     tops = bev_points(layout)
-    is_top = (tops.classes != FACADE)
+    is_top = tops.classes != FACADE
     assert _key_set(vis) == _key_set(tops.select(is_top))
 
 
@@ -264,12 +264,14 @@ def test_per_camera_visibility_is_each_cameras_own_visible_set():
     """Frames decoded together: the union of the cameras' points, and per camera exactly the points
     a call for that camera alone returns (a camera looking away sees none)."""
     layout = _city(64, 7)
-    cams = Cameras.cat([
-        _camera([-5.0, 10.0, 30.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
-        _camera([70.0, 60.0, 35.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
-        _camera([30.0, 30.0, 60.0], [30.0, 30.0, 200.0], width=40, height=30, focal=25.0),  # looking up
-        _camera([10.0, 70.0, 25.0], [40.0, 20.0, 0.0], width=40, height=30, focal=25.0),
-    ])
+    cams = Cameras.cat(
+        [
+            _camera([-5.0, 10.0, 30.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
+            _camera([70.0, 60.0, 35.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0),
+            _camera([30.0, 30.0, 60.0], [30.0, 30.0, 200.0], width=40, height=30, focal=25.0),  # looking up
+            _camera([10.0, 70.0, 25.0], [40.0, 20.0, 0.0], width=40, height=30, focal=25.0),
+        ]
+    )
     union, rows = visible_bev_points_per_camera(layout, cams, max_distance=80.0, ray_step=2)
     want_union = visible_bev_points(layout, cams, max_distance=80.0, ray_step=2)
     assert torch.equal(union.voxels, want_union.voxels) and torch.equal(union.classes, want_union.classes)

@@ -47,8 +47,18 @@ def test_info_json(capsys):
     rc, out, _ = run_main(capsys, "info", "--json")
     facts = json.loads(out)
     assert rc == 0
-    for key in ("python", "torch", "diffusers", "transformers", "accelerate", "gsplat", "spconv-triton",
-                "sparse backends", "renderer", "device"):
+    for key in (
+        "python",
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "gsplat",
+        "spconv-triton",
+        "sparse backends",
+        "renderer",
+        "device",
+    ):
         assert facts[key], key
     assert facts["torch"] == torch.__version__
     assert facts["device"].startswith("cuda" if torch.cuda.is_available() else ("cpu", "mps"))

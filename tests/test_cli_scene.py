@@ -13,7 +13,16 @@ from diffusers_city.data.readers import read_point_cloud
 from diffusers_city.export import read_gaussian_ply
 
 REAL_LAZ = Path(__file__).resolve().parents[1] / "docs" / "data" / "autzen_trim.laz"
-EXPECTED = ["mesh.glb", "mesh.obj", "points.las", "points.laz", "points.ply", "preview_oblique.png", "preview_top.png", "splat.ply"]
+EXPECTED = [
+    "mesh.glb",
+    "mesh.obj",
+    "points.las",
+    "points.laz",
+    "points.ply",
+    "preview_oblique.png",
+    "preview_top.png",
+    "splat.ply",
+]
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -24,7 +33,10 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_procedural_scene_all_formats(tmp_path):
     out = tmp_path / "city"
-    assert cli_scene.run(_args("--seed", "3", "--size", "48", "--points-per-m2", "1", "--splat-sh-degree", "0", "--out", str(out))) == 0
+    assert (
+        cli_scene.run(_args("--seed", "3", "--size", "48", "--points-per-m2", "1", "--splat-sh-degree", "0", "--out", str(out)))
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir() if p.is_file())
     assert [n for n in EXPECTED if n not in names] == []
     scene = CityScene.load(out / "scene")
@@ -37,7 +49,9 @@ def test_procedural_scene_all_formats(tmp_path):
 
 def test_scene_from_real_lidar(tmp_path):
     out = tmp_path / "autzen"
-    assert cli_scene.run(_args("--from", str(REAL_LAZ), "--meters-per-pixel", "3", "--formats", "ply,las", "--out", str(out))) == 0
+    assert (
+        cli_scene.run(_args("--from", str(REAL_LAZ), "--meters-per-pixel", "3", "--formats", "ply,las", "--out", str(out))) == 0
+    )
     las = laspy.read(str(out / "points.las"))
     src = laspy.read(str(REAL_LAZ))
     # written back in the CRS's own unit (international feet), at the original positions

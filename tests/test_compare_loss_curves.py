@@ -12,7 +12,9 @@ compare = load_script("benchmarks/compare_loss_curves.py")
 
 
 def write_log(path: Path, steps: range, loss, seconds_per_step: float) -> Path:
-    path.write_text("".join(json.dumps({"step": s, "elapsed_s": 10 + s * seconds_per_step, "loss": loss(s)}) + "\n" for s in steps))
+    path.write_text(
+        "".join(json.dumps({"step": s, "elapsed_s": 10 + s * seconds_per_step, "loss": loss(s)}) + "\n" for s in steps)
+    )
     return path
 
 

@@ -152,8 +152,15 @@ def _digest(sample):
 
 def test_voxel_dataset_bit_identical_to_recorded_samples():
     ds = VoxelCropDataset(
-        2, crops_per_scene=3, crop_size_px=24, scene_size_m=48, meters_per_pixel=1.0, points_per_m2=2.0,
-        voxel_size=1.5, base_seed=11, max_points=400,
+        2,
+        crops_per_scene=3,
+        crop_size_px=24,
+        scene_size_m=48,
+        meters_per_pixel=1.0,
+        points_per_m2=2.0,
+        voxel_size=1.5,
+        base_seed=11,
+        max_points=400,
     )
     for index in (4, 0, 2, 4):  # out of order: the per-scene state must follow the scene
         assert _digest(ds[index]) == GOLDEN[index], index
@@ -167,9 +174,7 @@ def test_splat_normals_sparse_fallback_matches_dense_table():
     normals = rng.normal(size=(3000, 3))
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     dense = splat_normals(cluster, normals, 1.0, origin=(0.5, 0.5, 0.5))
-    far = splat_normals(
-        np.r_[cluster, [[5e4, 0.0, 0.0]]], np.r_[normals, [[0.0, 0.0, 1.0]]], 1.0, origin=(0.5, 0.5, 0.5)
-    )
+    far = splat_normals(np.r_[cluster, [[5e4, 0.0, 0.0]]], np.r_[normals, [[0.0, 0.0, 1.0]]], 1.0, origin=(0.5, 0.5, 0.5))
     assert far["coords"].shape[0] == dense["coords"].shape[0] + 1
     for key in ("coords", "normals", "counts"):
         np.testing.assert_array_equal(far[key][:-1], dense[key])

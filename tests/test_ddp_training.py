@@ -67,12 +67,31 @@ def launch_two_processes(script: str, args: list[str], timeout: float = 150) -> 
     Python stack (``PYTHONFAULTHANDLER``), and tried once more with a fresh port. The stacks of
     the stopped launch are reported as a warning, so a hang is never silent; a second hang fails.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     for attempt in (1, 2):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(TRAINING / script), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(TRAINING / script),
+            *args,
+        ]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -118,9 +137,26 @@ def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
 
 
 def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
-    args = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "100",
-            "--checkpointing_steps", "2", "--max_train_steps", "3", "--geometry_only_steps", "1",
-            "--train_batch_size", "1", "--use_ema"]
+    args = [
+        "--preset",
+        "tiny",
+        "--cpu",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--validation_steps",
+        "100",
+        "--checkpointing_steps",
+        "2",
+        "--max_train_steps",
+        "3",
+        "--geometry_only_steps",
+        "1",
+        "--train_batch_size",
+        "1",
+        "--use_ema",
+    ]
     launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
     vae = load_script("training/train_sat2city_vae.py")
@@ -135,11 +171,42 @@ def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
 
 
 def test_gaussiancity_two_processes_match_one_process(tmp_path):
-    args = ["--preset", "tiny", "--num_cities", "3", "--city_size_m", "48", "--points_per_m2", "1",
-            "--views_per_city", "3", "--resolution", "24x16", "--discriminator_channels", "8", "--report_to", "none",
-            "--checkpointing_steps", "2", "--validation_steps", "2", "--max_train_steps", "4", "--logging_steps", "1",
-            "--cpu", "--use_ema", "--ema_decay", "0.5", "--learning_rate", "1e-3", "--discriminator_lr", "1e-3",
-            "--discriminator_warmup_steps", "1"]
+    args = [
+        "--preset",
+        "tiny",
+        "--num_cities",
+        "3",
+        "--city_size_m",
+        "48",
+        "--points_per_m2",
+        "1",
+        "--views_per_city",
+        "3",
+        "--resolution",
+        "24x16",
+        "--discriminator_channels",
+        "8",
+        "--report_to",
+        "none",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "2",
+        "--max_train_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--cpu",
+        "--use_ema",
+        "--ema_decay",
+        "0.5",
+        "--learning_rate",
+        "1e-3",
+        "--discriminator_lr",
+        "1e-3",
+        "--discriminator_warmup_steps",
+        "1",
+    ]
     two = launch_two_processes("train_gaussiancity.py", [*args, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two")])
     assert "global batch 2 = 1 per process x 2 processes x 1 accumulation steps" in two
     assert (tmp_path / "two" / "checkpoint-2").is_dir()

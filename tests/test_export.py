@@ -26,7 +26,7 @@ from diffusers_city.export import (
     write_video,
 )
 
-WKT = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
+WKT = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'  # noqa: E501
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_las_and_laz_round_trip(tmp_path, cloud):
 
 
 def test_las_in_feet_restores_crs_units(tmp_path):
-    feet = 'PROJCS["x",GEOGCS["g",DATUM["d",SPHEROID["s",6378137,298.257]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],UNIT["foot",0.3048]]'
+    feet = 'PROJCS["x",GEOGCS["g",DATUM["d",SPHEROID["s",6378137,298.257]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],UNIT["foot",0.3048]]'  # noqa: E501
     pts = np.array([[1000.0, 2000.0, 30.0], [1010.0, 2005.0, 31.0]])
     path = write_las(tmp_path / "f.las", pts, crs=feet, unit_factor=0.3048)
     las = laspy.read(str(path))
@@ -183,5 +183,7 @@ def test_bad_input_writes_nothing(tmp_path, kwargs, msg):
         with pytest.raises(ValueError, match=msg):
             writer(tmp_path / name, args["points"], args["colors"], classes=args["classes"])
     with pytest.raises(ValueError):
-        write_gaussian_ply(tmp_path / "g.ply", args["points"], args["colors"] if args["colors"] is not None else np.full((3, 3), 2.0), 0.1)
+        write_gaussian_ply(
+            tmp_path / "g.ply", args["points"], args["colors"] if args["colors"] is not None else np.full((3, 3), 2.0), 0.1
+        )
     assert list(tmp_path.iterdir()) == []

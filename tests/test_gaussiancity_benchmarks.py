@@ -9,7 +9,12 @@ from script_loader import load_script
 
 def test_quality_quick_with_fitted_styles_and_ceilings(tmp_path):
     quality = load_script("benchmarks/gaussiancity_quality.py")
-    assert quality.main(["--device", "cpu", "--quick", "--fit_styles", "2", "--ceilings", "--decode_chunk_size", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        quality.main(
+            ["--device", "cpu", "--quick", "--fit_styles", "2", "--ceilings", "--decode_chunk_size", "2", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "gaussiancity_quality.json").read_text())
     assert result["views"] == 2 and len(result["per_view"]) == 2
     assert result["gain_db"] == result["psnr_pipeline"] - result["psnr_class_mean_baseline"]
@@ -30,7 +35,10 @@ def test_speed_quick_in_chunks_decodes_each_point_once_per_chunk(tmp_path):
     speed = load_script("benchmarks/gaussiancity_speed.py")
     out = {}
     for chunk in (1, 3):
-        assert speed.main(["--device", "cpu", "--quick", "--decode_chunk_size", str(chunk), "--out", str(tmp_path / str(chunk))]) == 0
+        assert (
+            speed.main(["--device", "cpu", "--quick", "--decode_chunk_size", str(chunk), "--out", str(tmp_path / str(chunk))])
+            == 0
+        )
         out[chunk] = json.loads((tmp_path / str(chunk) / "gaussiancity_speed.json").read_text())
     for r in out[1]["results"]:
         assert r["points_decoded_per_frame"] == r["points_per_frame"] > 0 and r["fps"] > 0

@@ -20,8 +20,28 @@ def scene_dir(tmp_path_factory):
 
 def test_generate_writes_frames_video_and_ply(scene_dir, tmp_path):
     out = tmp_path / "out"
-    rc = main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
-               "--frames", "3", "--width", "24", "--height", "16", "--device", "cpu", "--decode_chunk_size", "2"])
+    rc = main(
+        [
+            "generate",
+            "gaussiancity",
+            "--scene",
+            str(scene_dir),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--frames",
+            "3",
+            "--width",
+            "24",
+            "--height",
+            "16",
+            "--device",
+            "cpu",
+            "--decode_chunk_size",
+            "2",
+        ]
+    )
     assert rc == 0
     frames = sorted((out / "frames").glob("*.png"))
     assert len(frames) == 3 and Image.open(frames[0]).size == (24, 16)
@@ -33,10 +53,26 @@ def test_generate_bad_input_fails_before_writing(scene_dir, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["generate", "gaussiancity", "--scene", str(tmp_path / "nope"), "--out", str(out), "--preset", "tiny"]) == 2
     assert "not a scene folder" in capsys.readouterr().err
-    assert main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
-                 "--width", "0"]) == 2
-    assert main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny",
-                 "--decode_chunk_size", "0"]) == 2
+    assert (
+        main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny", "--width", "0"]) == 2
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "gaussiancity",
+                "--scene",
+                str(scene_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--decode_chunk_size",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--decode_chunk_size must be positive" in capsys.readouterr().err
     assert not out.exists()
 

@@ -6,13 +6,13 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers_city import BEVPointDecoder, BEVSceneEncoder, SemanticDiscriminator
-from diffusers_city.models.gaussiancity.bev import BEVLayout, bev_points
 from diffusers_city.data.classes import GROUND, ROAD, ROOF
-from diffusers_city.sparse import SparseTensor
-from diffusers_city.sparse.attention import SerializedAttention
+from diffusers_city.models.gaussiancity.bev import BEVLayout, bev_points
 from diffusers_city.models.gaussiancity.layers import ModulatedLinear, pool_features, sincos_encoding
 from diffusers_city.models.gaussiancity.point_hierarchy import HierarchyCapacity, PointHierarchy
 from diffusers_city.models.shared import VGG19PerceptualLoss
+from diffusers_city.sparse import SparseTensor
+from diffusers_city.sparse.attention import SerializedAttention
 
 TINY = dict(
     num_freqs=4,
@@ -97,8 +97,7 @@ def test_padded_hierarchy_gives_the_same_colours():
         def pad(t):
             return torch.cat([t, t.new_zeros(rows - n, *t.shape[1:])])
 
-        out = decoder(pad(sel.positions), pad(sel.relative), None, pad(sel.classes), pad(sel.instances), styles,
-                      hierarchy=padded)
+        out = decoder(pad(sel.positions), pad(sel.relative), None, pad(sel.classes), pad(sel.instances), styles, hierarchy=padded)
     assert out.shape == (rows, 3)
     assert torch.allclose(out[:n], ref, atol=1e-5)
     small = HierarchyCapacity(tuple(p // 4 for p in cap.points), cap.groups, cap.patch_size)
@@ -145,15 +144,32 @@ def test_hierarchy_equals_unique_pooling_and_per_level_serialization(order, grid
 
 def test_background_decoder_with_scene_features_and_gaussian_defaults():
     enc = BEVSceneEncoder(base_channels=8, out_channels=4, num_down=1)
-    dec = BEVPointDecoder(num_freqs=2, use_relative=False, scene_channels=4, enc_depths=(), enc_channels=(),
-                          dec_depths=(), dec_channels=(), style_dim=8, mlp_hidden=16, mlp_layers=1)
+    dec = BEVPointDecoder(
+        num_freqs=2,
+        use_relative=False,
+        scene_channels=4,
+        enc_depths=(),
+        enc_channels=(),
+        dec_depths=(),
+        dec_channels=(),
+        style_dim=8,
+        mlp_hidden=16,
+        mlp_layers=1,
+    )
     sem = torch.full((1, 16, 16), ROAD)
     feats = enc(sem, torch.zeros(1, 16, 16))
     assert feats.shape == (1, 4, 8, 8)
     pts = _points().select(_points().instances == 0)
     f = BEVSceneEncoder.sample(feats, pts.positions[:, :2].double(), (16, 16))
-    rgb = dec(pts.positions, pts.relative, pts.voxels, pts.classes, torch.zeros(len(pts), dtype=torch.long),
-              torch.randn(1, 8), scene_features=f)
+    rgb = dec(
+        pts.positions,
+        pts.relative,
+        pts.voxels,
+        pts.classes,
+        torch.zeros(len(pts), dtype=torch.long),
+        torch.randn(1, 8),
+        scene_features=f,
+    )
     g = dec.gaussians(pts.positions, pts.strides, pts.classes, rgb, 1.0)
     assert torch.allclose(g.opacities, torch.ones(len(pts)))
     assert torch.allclose(g.quats, torch.tensor([1.0, 0, 0, 0]).expand(len(pts), 4))

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline
+from pipeline_contract import PipelineContract
 
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION
 from diffusers_city.render import Cameras
-from pipeline_contract import PipelineContract
 
 
 def _maps(size=48):
@@ -16,7 +15,7 @@ def _maps(size=48):
     hgt = np.zeros((size, size))
     sem[::12] = GROUND
     sem[30:40, 2:12] = VEGETATION
-    for k, (r, c, h) in enumerate([(4, 4, 12), (4, 24, 20), (20, 14, 8), (34, 30, 16)]):
+    for r, c, h in [(4, 4, 12), (4, 24, 20), (20, 14, 8), (34, 30, 16)]:
         sem[r : r + 8, c : c + 8] = ROOF
         hgt[r : r + 8, c : c + 8] = h
     return sem, hgt
@@ -52,8 +51,7 @@ def test_frames_determinism_and_progress(pipe):
 def test_style_edit_changes_only_that_building(pipe):
     sem, hgt = _maps()
     cam = Cameras.look_at(torch.tensor([24.0, 24.0, 90.0]), torch.tensor([24.0, 24.0, 0.0]), width=48, height=48, focal=40.0)
-    base = pipe(sem, hgt, cameras=cam, generator=torch.Generator().manual_seed(0), output_type="np",
-                return_gaussians="visible")
+    base = pipe(sem, hgt, cameras=cam, generator=torch.Generator().manual_seed(0), output_type="np", return_gaussians="visible")
     styles = base.styles
     edited = pipe.edit_style(styles, 2, torch.randn(pipe.style_dim, generator=torch.Generator().manual_seed(5)))
     out = pipe(sem, hgt, cameras=cam, styles=edited, output_type="np", return_gaussians="visible")
@@ -91,8 +89,9 @@ def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
 
     from diffusers_city.export.splat import write_gaussian_ply
 
-    path = write_gaussian_ply(tmp_path / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(),
-                              g.opacities.numpy(), g.quats.numpy())
+    path = write_gaussian_ply(
+        tmp_path / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(), g.opacities.numpy(), g.quats.numpy()
+    )
     vertex = PlyData.read(str(path))["vertex"]
     assert vertex.count == len(g) and np.allclose(vertex["x"], g.means[:, 0].numpy())
 
@@ -180,8 +179,10 @@ class TestGaussianCityPipelineContract(PipelineContract):
         ({"decode_chunk_size": True}, "decode_chunk_size must be an integer >= 1"),
         ({"background": (0.0, float("nan"), 0.0)}, "background must be 3 finite values"),
         ({"scene": {"semantic": 1}, "semantic_map": None, "height_map": None}, "scene must be a CityScene"),
-        (dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
-         "either cameras or trajectory"),
+        (
+            dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
+            "either cameras or trajectory",
+        ),
     )
 
     @classmethod
@@ -190,8 +191,16 @@ class TestGaussianCityPipelineContract(PipelineContract):
 
     def call_arguments(self, seed=0):
         sem, hgt = _maps()
-        return dict(semantic_map=sem, height_map=hgt, trajectory="orbit", num_frames=2, width=32, height=24,
-                    output_type="np", generator=torch.Generator().manual_seed(seed))
+        return dict(
+            semantic_map=sem,
+            height_map=hgt,
+            trajectory="orbit",
+            num_frames=2,
+            width=32,
+            height=24,
+            output_type="np",
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def main_output(self, output):
         return np.asarray(output.images) if output.images is not None else output.gaussians.colors.numpy()
@@ -208,9 +217,11 @@ class TestGaussianCityPipelineContract(PipelineContract):
 
 def test_decoders_must_agree(pipe):
     with pytest.raises(ValueError, match="style_dim"):
-        GaussianCityPipeline(pipe.scene_encoder, pipe.background_decoder,
-                             type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(),
-                                                         dec_channels=()))
+        GaussianCityPipeline(
+            pipe.scene_encoder,
+            pipe.background_decoder,
+            type(pipe.building_decoder)(style_dim=8, enc_depths=(), enc_channels=(), dec_depths=(), dec_channels=()),
+        )
 
 
 def test_decode_chunks_decode_once_and_rasterize_each_frames_own_points(pipe):

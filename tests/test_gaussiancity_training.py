@@ -18,24 +18,46 @@ def train():
     return load_script("training/train_gaussiancity.py")
 
 
-COMMON = ["--preset", "tiny", "--num_cities", "2", "--city_size_m", "48", "--points_per_m2", "1", "--views_per_city",
-          "2", "--resolution", "24x16", "--train_batch_size", "1", "--discriminator_channels", "8",
-          "--report_to", "none", "--checkpointing_steps", "2", "--validation_steps", "2", "--cpu", "--use_ema",
-          "--ema_decay", "0.5"]
+COMMON = [
+    "--preset",
+    "tiny",
+    "--num_cities",
+    "2",
+    "--city_size_m",
+    "48",
+    "--points_per_m2",
+    "1",
+    "--views_per_city",
+    "2",
+    "--resolution",
+    "24x16",
+    "--train_batch_size",
+    "1",
+    "--discriminator_channels",
+    "8",
+    "--report_to",
+    "none",
+    "--checkpointing_steps",
+    "2",
+    "--validation_steps",
+    "2",
+    "--cpu",
+    "--use_ema",
+    "--ema_decay",
+    "0.5",
+]
 
 
 def test_train_steps_resume_and_saved_pipeline(train, tmp_path, capsys):
     out = tmp_path / "run"
     layout_dir = tmp_path / "layout"
-    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "2",
-                       "--example_layout_out", str(layout_dir)]) == 0
+    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "2", "--example_layout_out", str(layout_dir)]) == 0
     assert "perceptual term off" in capsys.readouterr().out
     assert (out / "checkpoint-2").is_dir()
     assert (out / "validation" / "step-2" / "held_out.png").is_file()
     first = GaussianCityPipeline.from_pretrained(out / "pipeline")
     assert (layout_dir / "scene.json").is_file()
-    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "3",
-                       "--resume_from_checkpoint", "latest"]) == 0
+    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]) == 0
     assert "Resuming from" in capsys.readouterr().out
     resumed = GaussianCityPipeline.from_pretrained(out / "pipeline")
     for name in ("scene_encoder", "background_decoder", "building_decoder"):
@@ -47,8 +69,22 @@ def test_fine_tune_starts_from_a_saved_pipeline(train, tmp_path):
     start = GaussianCityPipeline.from_preset("tiny", seed=5)
     start.save_pretrained(tmp_path / "start")
     out = tmp_path / "run"
-    assert train.main([*COMMON, "--output_dir", str(out), "--max_train_steps", "1", "--learning_rate", "0",
-                       "--init_from", str(tmp_path / "start")]) == 0
+    assert (
+        train.main(
+            [
+                *COMMON,
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "1",
+                "--learning_rate",
+                "0",
+                "--init_from",
+                str(tmp_path / "start"),
+            ]
+        )
+        == 0
+    )
     tuned = GaussianCityPipeline.from_pretrained(out / "pipeline")
     for name in ("scene_encoder", "background_decoder", "building_decoder"):
         pairs = zip(getattr(start, name).state_dict().values(), getattr(tuned, name).state_dict().values())
@@ -83,8 +119,12 @@ def test_googleearth_loader_and_training(train, tmp_path):
     seg, covered = train.segmentation(layout, cam, torch.device("cpu"))
     assert covered.all() and int(seg[8, 12]) == ROOF and {ROAD, ROOF} <= set(seg.unique().tolist())
     out = tmp_path / "run"
-    assert train.main([*COMMON, "--data", "googleearth", "--data_dir", str(root), "--output_dir", str(out),
-                       "--max_train_steps", "1"]) == 0
+    assert (
+        train.main(
+            [*COMMON, "--data", "googleearth", "--data_dir", str(root), "--output_dir", str(out), "--max_train_steps", "1"]
+        )
+        == 0
+    )
     assert (out / "pipeline" / "model_index.json").is_file()
 
 

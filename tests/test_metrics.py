@@ -128,13 +128,17 @@ def test_psnr_and_ssim_match_skimage():
     np.testing.assert_allclose(psnr(pred, target, reduction="none").numpy(), 10 * np.log10(1 / mse))
     ours = ssim(pred, target, reduction="none").numpy()
     ref = [
-        structural_similarity(p, t, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            p, t, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         for p, t in zip(pred, target)
     ]
     np.testing.assert_allclose(ours, ref, rtol=1e-7)
     gray = ssim(pred[0, ..., 0], target[0, ..., 0])
     assert gray == pytest.approx(
-        structural_similarity(pred[0, ..., 0], target[0, ..., 0], data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            pred[0, ..., 0], target[0, ..., 0], data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
     )
     with pytest.raises(ValueError, match="shapes differ"):
         ssim(pred, target[:, :30])

@@ -76,8 +76,16 @@ def _geotiff(path, data, x0=350000.0, ytop=5600000.0, mpp=2.0, nodata=None):
     from rasterio.transform import from_origin
 
     with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32",
-        crs="EPSG:32633", transform=from_origin(x0, ytop, mpp, mpp), nodata=nodata,
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=from_origin(x0, ytop, mpp, mpp),
+        nodata=nodata,
     ) as dst:
         dst.write(data.astype(np.float32), 1)
 

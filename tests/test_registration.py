@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import diffusers
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
@@ -11,7 +12,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines import pipeline_loading_utils
 
-import diffusers
 import diffusers_city
 from diffusers_city import register
 from diffusers_city._registration import registered
@@ -24,9 +24,7 @@ class RegistrationTestDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, channels: int = 4, hidden: int = 8):
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(channels, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, channels)
-        )
+        self.net = torch.nn.Sequential(torch.nn.Linear(channels, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, channels))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         return self.net(sample)
@@ -135,3 +133,41 @@ def test_package_classes_are_all_registered():
         obj = getattr(diffusers_city, name)
         if isinstance(obj, type) and issubclass(obj, loadable) and obj.__module__.startswith("diffusers_city."):
             assert registered().get(name) is obj, name
+
+
+@register
+class RegistrationTestOddSizes(ModelMixin, ConfigMixin):
+    """Layers of odd byte sizes, so that in a safetensors file most tensors start off 16-byte boundaries."""
+
+    @register_to_config
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(3, 5)
+        self.b = torch.nn.Linear(5, 35)
+        self.c = torch.nn.Linear(35, 33)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 33))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x))))) * self.scale
+
+
+def test_loaded_weights_own_aligned_memory_and_compute_the_same_bits(tmp_path):
+    """diffusers hands the model safetensors' views into the file's memory map, at the file's byte
+    offsets; MKL's one-row product (sgemv) sums in another order for a weight that is not
+    16-byte aligned, so reloaded GaussianCity pipelines rendered other images. ``from_pretrained``
+    of a registered model copies its CPU weights into torch-allocated (64-byte aligned) memory:
+    the layout of the model that was saved, so a one-row forward is bit-exact again."""
+    torch.manual_seed(0)
+    model = RegistrationTestOddSizes().eval()
+    model.save_pretrained(tmp_path / "odd")
+    loaded, info = RegistrationTestOddSizes.from_pretrained(tmp_path / "odd", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tensors = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert len(tensors) == 7
+    assert {k: t.data_ptr() % 64 for k, t in tensors.items()} == dict.fromkeys(tensors, 0)
+    x = torch.randn(1, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # the wrapped from_pretrained is inherited by subclasses and not wrapped twice
+    assert register(RegistrationTestOddSizes) is RegistrationTestOddSizes
+    assert RegistrationTestOddSizes.from_pretrained.__func__.__wrapped__ is ModelMixin.from_pretrained.__func__

@@ -22,15 +22,25 @@ def _gaussians(means, scales, opacities, colors, quats=None) -> Gaussians:
     means = torch.tensor(means, dtype=torch.float32)
     n = means.shape[0]
     quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * n) if quats is None else torch.tensor(quats, dtype=torch.float32)
-    return Gaussians(means, quats, torch.tensor(scales, dtype=torch.float32),
-                     torch.tensor(opacities, dtype=torch.float32), torch.tensor(colors, dtype=torch.float32))
+    return Gaussians(
+        means,
+        quats,
+        torch.tensor(scales, dtype=torch.float32),
+        torch.tensor(opacities, dtype=torch.float32),
+        torch.tensor(colors, dtype=torch.float32),
+    )
 
 
 def _random(n: int, seed: int = 0, spread: float = 1.0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(n, 3, generator=gen) * spread + torch.tensor([0.0, 0.0, 5.0])
-    return Gaussians(means, torch.randn(n, 4, generator=gen), torch.rand(n, 3, generator=gen) * 0.3 + 0.02,
-                     torch.rand(n, generator=gen), torch.rand(n, 3, generator=gen))
+    return Gaussians(
+        means,
+        torch.randn(n, 4, generator=gen),
+        torch.rand(n, 3, generator=gen) * 0.3 + 0.02,
+        torch.rand(n, generator=gen),
+        torch.rand(n, 3, generator=gen),
+    )
 
 
 def test_single_gaussian_matches_analytic_footprint():
@@ -121,14 +131,35 @@ def test_vectorised_compositing_matches_sequential_loop():
     assert np.abs(out.alpha[0, ..., 0].numpy() - ref[..., 3]).max() < 1e-4
 
 
+def _two_orders_rtol(n_roundings: int) -> float:
+    """Relative distance bound of two float32 evaluations of a sum of non-negative products.
+
+    Any order of a K-term dot product returns ``S (1 + theta)`` with ``|theta| <= gamma_K =
+    K u / (1 - K u)``, ``u = 2^-24`` (Higham, Accuracy and Stability of Numerical Algorithms,
+    Sec. 3.1; fused multiply-adds only drop roundings). Two orders differ by at most
+    ``2 gamma_K S <= 2 gamma_K / (1 - gamma_K) |a|`` relative to either result ``a``.
+    """
+    gamma = n_roundings * 2.0**-24 / (1 - n_roundings * 2.0**-24)
+    return 2 * gamma / (1 - gamma)
+
+
 def test_chunking_does_not_change_the_image():
+    """Chunks of 1-7 splats against chunks of 32, 64, ...: the exponents, alphas, skips, stops
+    and the transmittance are the same bits (rasterize_torch's docstring), so alpha is equal;
+    rgb (black background) and depth are the weighted sums ``sum_k w_k f_k`` (``f >= 0``) of
+    a tile's splats, summed by BLAS in chunk-sized pieces, so they may differ by the rounding
+    of two summation orders: K <= len(g) terms, and one rounding more for depth (the division
+    by alpha). (Before, each chunk size took another BLAS kernel for the exponents, and 2DGS
+    rgb moved by 2e-5 on an AMD EPYC.)"""
     g = _random(400, seed=2)
     cams = Cameras.look_at([0.5, -6.0, 3.0], [0.0, 0.0, 5.0], width=40, height=30)
     for mode in ("3dgs", "2dgs"):
         a = render_gaussians(g, cams, mode=mode, backend="torch")
         b = render_gaussians(g, cams, mode=mode, backend="torch", max_chunk_elements=2000)
-        for k in ("rgb", "alpha", "depth"):
-            assert torch.allclose(getattr(a, k), getattr(b, k), atol=1e-5), (mode, k)
+        assert torch.equal(a.alpha, b.alpha), mode
+        assert a.alpha.max() > 0.9 and (a.alpha == 0).any()  # opaque and empty pixels both occur
+        torch.testing.assert_close(b.rgb, a.rgb, rtol=_two_orders_rtol(len(g)), atol=0.0, msg=mode)
+        torch.testing.assert_close(b.depth, a.depth, rtol=_two_orders_rtol(len(g) + 1), atol=0.0, msg=mode)
 
 
 @pytest.mark.parametrize("mode", ["3dgs", "2dgs"])
@@ -163,10 +194,20 @@ def test_2dgs_facing_splat_is_a_disk_at_plane_depth():
 
 
 def test_bad_input_raises():
-    ok = dict(means=torch.zeros(2, 3), quats=torch.tensor([[1.0, 0, 0, 0]] * 2), scales=torch.ones(2, 3),
-              opacities=torch.ones(2), colors=torch.ones(2, 3))
-    for name, bad in (("means", torch.zeros(2, 2)), ("quats", torch.zeros(2, 3)), ("scales", torch.ones(3, 3)),
-                      ("opacities", torch.ones(2, 1)), ("colors", torch.ones(2, 4))):
+    ok = dict(
+        means=torch.zeros(2, 3),
+        quats=torch.tensor([[1.0, 0, 0, 0]] * 2),
+        scales=torch.ones(2, 3),
+        opacities=torch.ones(2),
+        colors=torch.ones(2, 3),
+    )
+    for name, bad in (
+        ("means", torch.zeros(2, 2)),
+        ("quats", torch.zeros(2, 3)),
+        ("scales", torch.ones(3, 3)),
+        ("opacities", torch.ones(2, 1)),
+        ("colors", torch.ones(2, 4)),
+    ):
         with pytest.raises(ValueError, match=name):
             Gaussians(**{**ok, name: bad})
     with pytest.raises(ValueError, match="NaN"):
@@ -207,16 +248,21 @@ def test_gsplat_backend_is_built_by_one_process_at_a_time(tmp_path):
     (fake.parent / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("")
     log = tmp_path / "imports.log"
-    (fake / "_backend.py").write_text(textwrap.dedent(f"""
+    (fake / "_backend.py").write_text(
+        textwrap.dedent(f"""
         import time
         with open({str(log)!r}, "a") as f:
             f.write("start\\n")
         time.sleep(3)
         with open({str(log)!r}, "a") as f:
             f.write("end\\n")
-    """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent.parent), os.environ.get("PYTHONPATH", "")]),
-           "TMPDIR": str(tmp_path)}
+    """)
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(fake.parent.parent), os.environ.get("PYTHONPATH", "")]),
+        "TMPDIR": str(tmp_path),
+    }
     code = "from diffusers_city.render.rasterize_gsplat import load_gsplat_backend as f; f(); f()"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

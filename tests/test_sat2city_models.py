@@ -5,9 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CityDenseUNet3D, HeightFieldEncoder, Sat2CitySparseVAE, Sat2CitySparseUNet3D
+from diffusers_city.models.sat2city import (
+    HeightFieldEncoder,
+    Sat2CityDenseUNet3D,
+    Sat2CityDenseVAE,
+    Sat2CitySparseUNet3D,
+    Sat2CitySparseVAE,
+)
 from diffusers_city.models.sat2city.conditions import (
-    grid_condition, height_columns, sparse_condition, sparse_condition_uses_height, struct_condition,
+    grid_condition,
+    height_columns,
+    sparse_condition,
+    sparse_condition_uses_height,
+    struct_condition,
 )
 from diffusers_city.models.shared.sparse_vae import coarsen_coords, match_coords
 from diffusers_city.sparse import SparseTensor
@@ -41,15 +51,24 @@ def key_set(coords: torch.Tensor) -> set[tuple[int, ...]]:
 @pytest.fixture
 def dense_vae() -> Sat2CityDenseVAE:
     torch.manual_seed(0)
-    return Sat2CityDenseVAE(latent_channels=4, encoder_channels=(8, 8, 16), decoder_channels=(16, 8, 8), grid_size=GRID, voxel_size=V)
+    return Sat2CityDenseVAE(
+        latent_channels=4, encoder_channels=(8, 8, 16), decoder_channels=(16, 8, 8), grid_size=GRID, voxel_size=V
+    )
 
 
 @pytest.fixture
 def sparse_vae() -> Sat2CitySparseVAE:
     torch.manual_seed(0)
     return Sat2CitySparseVAE(
-        latent_channels=4, encoder_channels=(8, 16), decoder_channels=(16, 8), appearance_decoder_channels=(8, 8),
-        appearance_channels=4, num_rehash_levels=2, color_hidden_channels=16, grid_size=GRID, voxel_size=V,
+        latent_channels=4,
+        encoder_channels=(8, 16),
+        decoder_channels=(16, 8),
+        appearance_decoder_channels=(8, 8),
+        appearance_channels=4,
+        num_rehash_levels=2,
+        color_hidden_channels=16,
+        grid_size=GRID,
+        voxel_size=V,
     )
 
 
@@ -79,7 +98,9 @@ def test_decoder_prunes_by_prediction_and_replays_struct(dense_vae):
         for keep, logits in zip(free.struct, free.logits):
             assert torch.equal(keep, logits > 0)
         replay = dense_vae.decoder(
-            SparseTensor.from_dense(latent, mask=torch.ones(1, 4, 4, 2, dtype=torch.bool), voxel_size=4 * V, origin=(2.5 * V,) * 3, stride=4),
+            SparseTensor.from_dense(
+                latent, mask=torch.ones(1, 4, 4, 2, dtype=torch.bool), voxel_size=4 * V, origin=(2.5 * V,) * 3, stride=4
+            ),
             struct=free.struct,
         )
     assert key_set(replay.sample.coords) == key_set(free.sample.coords)
@@ -191,7 +212,9 @@ def test_height_field_encoder_max_pools_points_per_voxel():
 
 def test_dense_unet_anisotropic_grid_and_zero_init():
     torch.manual_seed(0)
-    unet = Sat2CityDenseUNet3D(in_channels=4, condition_channels=3, block_channels=(16, 32, 32), attention_levels=(2,), norm_num_groups=8)
+    unet = Sat2CityDenseUNet3D(
+        in_channels=4, condition_channels=3, block_channels=(16, 32, 32), attention_levels=(2,), norm_num_groups=8
+    )
     x, c = torch.randn(2, 4, 8, 8, 2), torch.randn(2, 3, 8, 8, 2)
     out = unet(x, torch.tensor([3, 700]), c).sample
     assert out.shape == x.shape and torch.count_nonzero(out) == 0  # zero-initialised output conv
@@ -206,7 +229,9 @@ def test_dense_unet_anisotropic_grid_and_zero_init():
 def test_sparse_unet_shapes_and_condition():
     torch.manual_seed(0)
     g = toy_city(batch=2)
-    unet = Sat2CitySparseUNet3D(in_channels=3, condition_channels=2, block_channels=(16, 32), attention_levels=(1,), attention_window=4)
+    unet = Sat2CitySparseUNet3D(
+        in_channels=3, condition_channels=2, block_channels=(16, 32), attention_levels=(1,), attention_window=4
+    )
     torch.nn.init.normal_(unet.conv_out.weight)
     cond = torch.randn(g.num_voxels, 2)
     out = unet(g, torch.tensor([5, 900]), cond).sample

@@ -11,13 +11,13 @@ import torch
 import trimesh
 from diffusers import DiffusionPipeline
 from PIL import Image
+from pipeline_contract import PipelineContract
 
 from diffusers_city import Sat2CityPipeline
 from diffusers_city.cli import main as cli_main
 from diffusers_city.data.scene import CityScene
-from diffusers_city.sparse import SparseTensor
 from diffusers_city.models.sat2city import Sat2CitySparseUNet3D
-from pipeline_contract import PipelineContract
+from diffusers_city.sparse import SparseTensor
 
 STEPS = 2
 
@@ -51,7 +51,9 @@ def height_map(size: int = 32) -> np.ndarray:
 
 
 def run(pipe, hm=None, seed=0, **kwargs):
-    return pipe(height_map() if hm is None else hm, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return pipe(
+        height_map() if hm is None else hm, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed), **kwargs
+    )
 
 
 class TestSat2CityPipelineContract(PipelineContract):
@@ -59,23 +61,26 @@ class TestSat2CityPipelineContract(PipelineContract):
     output_types = ("points", "mesh", "voxels")
     callback_tensor_inputs = ("latents",)
     work_component = "condition_encoder"
-    bad_inputs = tuple(({"height_map": value, **kwargs}, match) for value, kwargs, match in [
-        (np.full((32, 32), np.nan, np.float32), {}, "NaN/inf"),
-        (np.where(np.eye(32) > 0, np.inf, 1.0), {}, "NaN/inf"),
-        (np.full((32, 32), 7, np.uint8), {}, "constant"),
-        (np.zeros((0, 32), np.uint8), {}, "empty"),
-        (np.zeros((2, 32, 32), np.uint8), {}, "rank 3"),
-        (np.zeros((4, 4), np.uint8) + np.eye(4, dtype=np.uint8), {}, "too small"),
-        (np.full((32, 32), 300.0), {}, "0..255"),
-        (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
-        (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
-        (height_map(), {"num_inference_steps": True}, "num_inference_steps"),
-        (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
-        (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
-        (height_map(), {"max_memory_gb": float("nan")}, "max_memory_gb"),
-        (height_map(), {"latents": torch.zeros(1, 2, 3)}, "latents must be a tensor"),
-        ({"height": 1}, {}, "height_map must be"),
-    ])
+    bad_inputs = tuple(
+        ({"height_map": value, **kwargs}, match)
+        for value, kwargs, match in [
+            (np.full((32, 32), np.nan, np.float32), {}, "NaN/inf"),
+            (np.where(np.eye(32) > 0, np.inf, 1.0), {}, "NaN/inf"),
+            (np.full((32, 32), 7, np.uint8), {}, "constant"),
+            (np.zeros((0, 32), np.uint8), {}, "empty"),
+            (np.zeros((2, 32, 32), np.uint8), {}, "rank 3"),
+            (np.zeros((4, 4), np.uint8) + np.eye(4, dtype=np.uint8), {}, "too small"),
+            (np.full((32, 32), 300.0), {}, "0..255"),
+            (height_map(), {"meters_per_pixel": 2000.0}, "estimated peak memory"),
+            (height_map(), {"num_inference_steps": 0}, "num_inference_steps"),
+            (height_map(), {"num_inference_steps": True}, "num_inference_steps"),
+            (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
+            (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
+            (height_map(), {"max_memory_gb": float("nan")}, "max_memory_gb"),
+            (height_map(), {"latents": torch.zeros(1, 2, 3)}, "latents must be a tensor"),
+            ({"height": 1}, {}, "height_map must be"),
+        ]
+    )
 
     @classmethod
     def make_pipeline(cls):
@@ -99,7 +104,9 @@ class TestSat2CityPipelineContract(PipelineContract):
 
 def test_cityscene_output_is_georeferenced(pipe):
     heights = height_map().astype(np.float32) / 8 + 100.0
-    scene = CityScene(heights, np.zeros_like(heights, dtype=np.int64), meters_per_pixel=4.0, origin=(5000.0, 7000.0, 20.0), crs="EPSG:32633")
+    scene = CityScene(
+        heights, np.zeros_like(heights, dtype=np.int64), meters_per_pixel=4.0, origin=(5000.0, 7000.0, 20.0), crs="EPSG:32633"
+    )
     out = run(pipe, scene)
     plain = run(pipe, height_map(), meters_per_pixel=4.0, height_range=(100.0, 100.0 + 255 / 8))
     assert out.crs == "EPSG:32633"
@@ -184,8 +191,28 @@ def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
     png = tmp_path / "hm.png"
     Image.fromarray(height_map()).save(png)
     out = tmp_path / "out"
-    code = cli_main(["generate", "sat2city", "--height-map", str(png), "--out", str(out), "--model", str(saved), "--steps", "2",
-                     "--guidance-scale", "2", "1", "1", "--temperature", "0", "0", "1"])
+    code = cli_main(
+        [
+            "generate",
+            "sat2city",
+            "--height-map",
+            str(png),
+            "--out",
+            str(out),
+            "--model",
+            str(saved),
+            "--steps",
+            "2",
+            "--guidance-scale",
+            "2",
+            "1",
+            "1",
+            "--temperature",
+            "0",
+            "0",
+            "1",
+        ]
+    )
     assert code == 0
     for name in ("city.ply", "city.glb", "city_preview.png"):
         assert (out / name).stat().st_size > 0
@@ -254,8 +281,9 @@ def test_guidance_per_stage(pipe):
 
     def run(g):
         calls.clear()
-        out = pipe(hm, num_inference_steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=g,
-                   callback_on_step_end=record)
+        out = pipe(
+            hm, num_inference_steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=g, callback_on_step_end=record
+        )
         return out, list(calls)
 
     plain, stages = run(1.0)
@@ -304,8 +332,13 @@ def test_folders_saved_under_the_earlier_class_names_still_load(pipe, saved, tmp
     pipe.save_pretrained(tmp_path / "now")
     old = tmp_path / "old"
     shutil.copytree(tmp_path / "now", old)
-    names = {"dense_vae": "DenseGeometryVAE", "sparse_vae": "SparseGeometryVAE", "dense_unet": "DenseUNet3D",
-             "sparse_unet": "SparseUNet3D", "appearance_unet": "SparseUNet3D"}
+    names = {
+        "dense_vae": "DenseGeometryVAE",
+        "sparse_vae": "SparseGeometryVAE",
+        "dense_unet": "DenseUNet3D",
+        "sparse_unet": "SparseUNet3D",
+        "appearance_unet": "SparseUNet3D",
+    }
     index = json.loads((old / "model_index.json").read_text())
     for component, name in names.items():
         index[component] = ["diffusers_city", name]

@@ -21,9 +21,26 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
     dest = tmp_path / "bundled" / "sat2city" / "default"
     examples = tmp_path / "bundled" / "sat2city" / "examples"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(ROOT / "training" / "train_sat2city_all.sh"), "--preset", "tiny", "--cpu", "--steps", "1",
-           "--output-dir", str(out), "--dest", str(dest), "--examples-dir", str(examples), "--dtype", "fp16",
-           "--checkpointing-steps", "1", "--validation-steps", "1000"]
+    cmd = [
+        str(ROOT / "training" / "train_sat2city_all.sh"),
+        "--preset",
+        "tiny",
+        "--cpu",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(out),
+        "--dest",
+        str(dest),
+        "--examples-dir",
+        str(examples),
+        "--dtype",
+        "fp16",
+        "--checkpointing-steps",
+        "1",
+        "--validation-steps",
+        "1000",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("VAE", "dense", "sparse", "appearance"):
@@ -31,8 +48,10 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
     pipe = DiffusionPipeline.from_pretrained(dest, torch_dtype=torch.float32)
     assert type(pipe) is Sat2CityPipeline
     assert pipe.dense_vae.config.scaling_factor == json.loads((out / "dense" / "latent_scale.json").read_text())["scaling_factor"]
-    assert pipe.sparse_vae.config.appearance_scaling_factor == json.loads(
-        (out / "appearance" / "latent_scale.json").read_text())["scaling_factor"]
+    assert (
+        pipe.sparse_vae.config.appearance_scaling_factor
+        == json.loads((out / "appearance" / "latent_scale.json").read_text())["scaling_factor"]
+    )
     stored = next((dest / "dense_unet").glob("*.safetensors"))
     from safetensors.torch import load_file
 

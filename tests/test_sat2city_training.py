@@ -19,7 +19,7 @@ import train_sat2city_diffusion  # noqa: E402
 import train_sat2city_vae  # noqa: E402
 from sat2city_common import load_preset, make_dataloader, prepare_batch  # noqa: E402
 
-from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE, Sat2CitySparseUNet3D  # noqa: E402
+from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE  # noqa: E402
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
 FAST = ["--preset", "tiny", "--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_steps", "2"]
@@ -35,8 +35,12 @@ def test_vae_trains_and_resumes_exactly(tmp_path):
     assert train_sat2city_vae.main([*args, "--output_dir", str(straight), "--max_train_steps", "3"]) == 0
     assert train_sat2city_vae.main([*args, "--output_dir", str(resumed), "--max_train_steps", "2"]) == 0
     assert (resumed / "checkpoint-2").is_dir()
-    assert train_sat2city_vae.main([*args, "--output_dir", str(resumed), "--max_train_steps", "3",
-                                    "--resume_from_checkpoint", "latest"]) == 0
+    assert (
+        train_sat2city_vae.main(
+            [*args, "--output_dir", str(resumed), "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]
+        )
+        == 0
+    )
     for name in ("dense_vae", "sparse_vae"):
         a, b = weights(straight / name), weights(resumed / name)
         assert a.keys() == b.keys()
@@ -69,8 +73,12 @@ def test_kl_reaches_geometry_latents_only():
     sparse.zero_grad()
     terms["color_l1"].backward()
     assert sparse.appearance_head.weight.grad.abs().sum() > 0
-    expected = (20 * (terms["dense_bce"] + terms["sparse_bce"]) + 50 * (terms["dense_normal_l1"] + terms["sparse_normal_l1"])
-                + 0.03 * (terms["dense_kl"] + terms["sparse_kl"]) + 50 * terms["color_l1"])
+    expected = (
+        20 * (terms["dense_bce"] + terms["sparse_bce"])
+        + 50 * (terms["dense_normal_l1"] + terms["sparse_normal_l1"])
+        + 0.03 * (terms["dense_kl"] + terms["sparse_kl"])
+        + 50 * terms["color_l1"]
+    )
     assert torch.allclose(terms["loss"], expected)
 
 
@@ -87,12 +95,27 @@ def vae_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("stage", "outputs"), [("dense", ("dense_unet", "condition_encoder")),
-                                                 ("sparse", ("sparse_unet",)), ("appearance", ("appearance_unet",))])
+@pytest.mark.parametrize(
+    ("stage", "outputs"),
+    [("dense", ("dense_unet", "condition_encoder")), ("sparse", ("sparse_unet",)), ("appearance", ("appearance_unet",))],
+)
 def test_diffusion_stage_trains_and_resumes(stage, outputs, vae_dir, tmp_path):
     out = tmp_path / stage
-    args = [*FAST, "--stage", stage, "--vae_dir", str(vae_dir), "--output_dir", str(out), "--checkpointing_steps", "1",
-            "--scale_batches", "1", "--validation_inference_steps", "2"]
+    args = [
+        *FAST,
+        "--stage",
+        stage,
+        "--vae_dir",
+        str(vae_dir),
+        "--output_dir",
+        str(out),
+        "--checkpointing_steps",
+        "1",
+        "--scale_batches",
+        "1",
+        "--validation_inference_steps",
+        "2",
+    ]
     assert train_sat2city_diffusion.main([*args, "--max_train_steps", "1"]) == 0
     scale = json.loads((out / "latent_scale.json").read_text())
     assert scale["stage"] == stage and scale["scaling_factor"] > 0
@@ -111,9 +134,26 @@ def test_diffusion_stage_trains_and_resumes(stage, outputs, vae_dir, tmp_path):
 def test_data_echo_resumes_exactly_mid_batch(vae_dir, tmp_path):
     """With --data_echo 2, stopping after step 1 (half of a batch's repeats) and resuming gives the
     same weights as an uninterrupted run; and the echo changes what is trained on."""
+
     def run(out, steps, *extra):
-        args = [*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir), "--output_dir", str(out), "--checkpointing_steps", "1",
-                "--scale_batches", "1", "--validation_steps", "100", "--max_train_steps", str(steps), *extra]
+        args = [
+            *FAST,
+            "--stage",
+            "sparse",
+            "--vae_dir",
+            str(vae_dir),
+            "--output_dir",
+            str(out),
+            "--checkpointing_steps",
+            "1",
+            "--scale_batches",
+            "1",
+            "--validation_steps",
+            "100",
+            "--max_train_steps",
+            str(steps),
+            *extra,
+        ]
         assert train_sat2city_diffusion.main(args) == 0
         return weights(out / "sparse_unet")
 
@@ -124,8 +164,9 @@ def test_data_echo_resumes_exactly_mid_batch(vae_dir, tmp_path):
     plain = run(tmp_path / "plain", 3)
     assert any(not torch.equal(straight[k], plain[k]) for k in straight)
     with pytest.raises(SystemExit):
-        train_sat2city_diffusion.parse_args([*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir),
-                                             "--output_dir", str(tmp_path / "bad"), "--data_echo", "0"])
+        train_sat2city_diffusion.parse_args(
+            [*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir), "--output_dir", str(tmp_path / "bad"), "--data_echo", "0"]
+        )
 
 
 def test_fine_tune_from_a_pipeline_and_assemble_with_kept_stages(tmp_path):
@@ -137,18 +178,65 @@ def test_fine_tune_from_a_pipeline_and_assemble_with_kept_stages(tmp_path):
     pipe.sparse_vae.register_to_config(scaling_factor=0.8, appearance_scaling_factor=0.3)
     pipe.save_pretrained(pipe_dir)
     out = tmp_path / "dense"
-    assert train_sat2city_diffusion.main([*FAST, "--stage", "dense", "--vae_dir", str(pipe_dir), "--init_from", str(pipe_dir),
-                                          "--output_dir", str(out), "--max_train_steps", "1", "--learning_rate", "0",
-                                          "--validation_steps", "100"]) == 0
+    assert (
+        train_sat2city_diffusion.main(
+            [
+                *FAST,
+                "--stage",
+                "dense",
+                "--vae_dir",
+                str(pipe_dir),
+                "--init_from",
+                str(pipe_dir),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "1",
+                "--learning_rate",
+                "0",
+                "--validation_steps",
+                "100",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "latent_scale.json").read_text())["scaling_factor"] == 0.7
     for name in ("dense_unet", "condition_encoder"):
         before, after = weights(pipe_dir / name), weights(out / name)
         assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(FileNotFoundError, match="no sparse_unet there"):
-        train_sat2city_diffusion.parse_args([*FAST, "--stage", "sparse", "--vae_dir", str(pipe_dir), "--init_from", str(tmp_path),
-                                             "--output_dir", str(tmp_path / "bad")])
-    assert assemble_sat2city.main(["--preset", "tiny", "--vae_dir", str(pipe_dir), "--dense_dir", str(out), "--sparse_dir", str(pipe_dir),
-                                   "--appearance_dir", str(pipe_dir), "--output_dir", str(tmp_path / "assembled")]) == 0
+        train_sat2city_diffusion.parse_args(
+            [
+                *FAST,
+                "--stage",
+                "sparse",
+                "--vae_dir",
+                str(pipe_dir),
+                "--init_from",
+                str(tmp_path),
+                "--output_dir",
+                str(tmp_path / "bad"),
+            ]
+        )
+    assert (
+        assemble_sat2city.main(
+            [
+                "--preset",
+                "tiny",
+                "--vae_dir",
+                str(pipe_dir),
+                "--dense_dir",
+                str(out),
+                "--sparse_dir",
+                str(pipe_dir),
+                "--appearance_dir",
+                str(pipe_dir),
+                "--output_dir",
+                str(tmp_path / "assembled"),
+            ]
+        )
+        == 0
+    )
     again = Sat2CityPipeline.from_pretrained(tmp_path / "assembled")
     assert again.dense_vae.config.scaling_factor == 0.7 and again.sparse_vae.config.appearance_scaling_factor == 0.3
     for name in ("sparse_unet", "appearance_unet", "dense_unet"):
@@ -165,7 +253,10 @@ def test_sparse_stage_gains_the_height_columns_from_a_grid_only_pipeline(vae_dir
     assert wide.config.condition_channels == 8
     grid = tuple(preset["components"]["dense_vae"]["grid_size"])
     prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
-    dense, sparse = Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"), Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae")
+    dense, sparse = (
+        Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"),
+        Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae"),
+    )
     data = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean", sparse_height=True)
     x, enc = data.latent(prepared)
     cond = data.condition(prepared, enc, None)
@@ -181,8 +272,26 @@ def test_sparse_stage_gains_the_height_columns_from_a_grid_only_pipeline(vae_dir
     pipe = Sat2CityPipeline.from_preset("tiny", seed=3)
     pipe.register_modules(sparse_unet=old)
     pipe.save_pretrained(pipe_dir)
-    assert train_sat2city_diffusion.main([*FAST, "--stage", "sparse", "--vae_dir", str(vae_dir), "--init_from", str(pipe_dir),
-                                          "--output_dir", str(out), "--max_train_steps", "2", "--validation_steps", "100"]) == 0
+    assert (
+        train_sat2city_diffusion.main(
+            [
+                *FAST,
+                "--stage",
+                "sparse",
+                "--vae_dir",
+                str(vae_dir),
+                "--init_from",
+                str(pipe_dir),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "2",
+                "--validation_steps",
+                "100",
+            ]
+        )
+        == 0
+    )
     trained = weights(out / "sparse_unet")["conv_in.weight"]
     assert trained.shape[-1] == old.config.in_channels + 8 and trained[..., -4:].abs().sum() > 0  # the new channels learnt
 
@@ -191,11 +300,16 @@ def test_latent_target_mean_is_the_posterior_mean(vae_dir):
     preset = load_preset(_ns())
     grid = tuple(preset["components"]["dense_vae"]["grid_size"])
     prepared = prepare_batch(next(iter(make_dataloader(preset, _ns(), 1))), grid, torch.device("cpu"))
-    dense, sparse = Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"), Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae")
+    dense, sparse = (
+        Sat2CityDenseVAE.from_pretrained(vae_dir / "dense_vae"),
+        Sat2CitySparseVAE.from_pretrained(vae_dir / "sparse_vae"),
+    )
     mean = dense.encode(prepared["voxels"]).latent_dist.mean
     x, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "mean").latent(prepared)
     assert torch.equal(x, mean)
-    sampled, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "sample").latent(prepared, torch.Generator().manual_seed(0))
+    sampled, _ = train_sat2city_diffusion.StageData("dense", dense, sparse, "sample").latent(
+        prepared, torch.Generator().manual_seed(0)
+    )
     assert not torch.allclose(sampled, mean)
     enc = sparse.encode(prepared["voxels"])
     x, _ = train_sat2city_diffusion.StageData("sparse", dense, sparse, "mean").latent(prepared)
@@ -206,14 +320,20 @@ def test_latent_target_mean_is_the_posterior_mean(vae_dir):
 
 def test_missing_vae_is_refused_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained dense_vae"):
-        train_sat2city_diffusion.main([*FAST, "--stage", "dense", "--vae_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")])
+        train_sat2city_diffusion.main(
+            [*FAST, "--stage", "dense", "--vae_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+        )
     assert not (tmp_path / "o").exists()
 
 
 def test_push_to_hub_with_model_card(tmp_path, offline_hub):
     out = tmp_path / "vae"
-    assert train_sat2city_vae.main([*FAST, "--output_dir", str(out), "--max_train_steps", "1",
-                                    "--push_to_hub", "--hub_model_id", "org/s2c-vae"]) == 0
+    assert (
+        train_sat2city_vae.main(
+            [*FAST, "--output_dir", str(out), "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "org/s2c-vae"]
+        )
+        == 0
+    )
     files = offline_hub.files("org/s2c-vae")
     assert "README.md" in files and "dense_vae/diffusion_pytorch_model.safetensors" in files
     card = (offline_hub.snapshot("org/s2c-vae") / "README.md").read_text()

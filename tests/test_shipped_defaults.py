@@ -82,8 +82,15 @@ def test_shipped_defaults_reproduce_their_outputs_from_before_the_family_reshapi
     gc = DiffusionPipeline.from_pretrained(bundled_path("gaussiancity", "default"))
     gc.set_progress_bar_config(disable=True)
     scene = CityScene.load(bundled_path("gaussiancity", "example_layout"))
-    frames = gc(scene=scene, trajectory="orbit", num_frames=2, width=64, height=48,
-                generator=torch.Generator().manual_seed(0), output_type="np").images
+    frames = gc(
+        scene=scene,
+        trajectory="orbit",
+        num_frames=2,
+        width=64,
+        height=48,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     np.testing.assert_allclose(frames, golden["gaussiancity_images"].astype(np.float32), atol=2e-3)
 
 
@@ -102,10 +109,14 @@ def test_shipped_sat2city_default_works_with_other_diffusers_schedulers():
     heights = height_from_gray(np.asarray(Image.open(example).convert("L"), dtype=np.float32), *meta["height_range"])
     ddim = pipe.scheduler
     correlation = {}
-    for scheduler in (ddim, DPMSolverMultistepScheduler.from_config(ddim.config), EulerDiscreteScheduler.from_config(ddim.config)):
+    for scheduler in (
+        ddim,
+        DPMSolverMultistepScheduler.from_config(ddim.config),
+        EulerDiscreteScheduler.from_config(ddim.config),
+    ):
         pipe.scheduler = scheduler
         out = pipe(str(example), num_inference_steps=20, generator=torch.Generator().manual_seed(0), **meta)
         correlation[type(scheduler).__name__] = height_fidelity(out.points, heights, meta["meters_per_pixel"])["pearson"]
     assert correlation["DDIMScheduler"] > 0.7, correlation
-    for name, r in correlation.items():
+    for r in correlation.values():
         assert abs(r - correlation["DDIMScheduler"]) <= 0.03, correlation

@@ -67,9 +67,7 @@ def _scene(seed: int = 0) -> torch.Tensor:
     return coords[torch.randperm(len(coords), generator=g)].int()
 
 
-@pytest.mark.parametrize(
-    "window_size, shift", [(4, 0), (4, 2), ((4, 2, 3), (1, 0, 2)), (1, 0), (64, 0)], ids=str
-)
+@pytest.mark.parametrize("window_size, shift", [(4, 0), (4, 2), ((4, 2, 3), (1, 0, 2)), (1, 0), (64, 0)], ids=str)
 def test_window_attention_matches_naive(window_size, shift):
     coords = _scene()
     q, k, v = _qkv(len(coords))

@@ -12,9 +12,7 @@ from diffusers_city.sparse import nn as snn
 
 def random_tensor(seed: int, n: int = 40, channels: int = 3, batch: int = 2, span: int = 6, low: int = -4):
     g = torch.Generator().manual_seed(seed)
-    coords = torch.cat(
-        [torch.randint(0, batch, (n, 1), generator=g), torch.randint(low, low + span, (n, 3), generator=g)], 1
-    )
+    coords = torch.cat([torch.randint(0, batch, (n, 1), generator=g), torch.randint(low, low + span, (n, 3), generator=g)], 1)
     coords = torch.unique(coords, dim=0)
     coords = coords[torch.randperm(coords.shape[0], generator=g)]  # unsorted input order
     feats = torch.randn(coords.shape[0], channels, generator=g, dtype=torch.float64)
@@ -60,7 +58,9 @@ def check_strided(x: SparseTensor, kernel_size: int, stride: int, padding: int):
     high = int(c.max()) + margin
     dense = dense_box(x, base, high)
     ref = F.conv3d(dense, torch_weight(conv), conv.bias, stride=stride)
-    occupied = F.conv3d((dense != 0).any(1, keepdim=True).double(), torch.ones(1, 1, *[kernel_size] * 3, dtype=torch.float64), stride=stride)
+    occupied = F.conv3d(
+        (dense != 0).any(1, keepdim=True).double(), torch.ones(1, 1, *[kernel_size] * 3, dtype=torch.float64), stride=stride
+    )
     low_out = (base + padding) // stride
     sites = occupied[:, 0].nonzero()
     sites[:, 1:] += low_out
@@ -167,7 +167,9 @@ def test_empty_inputs():
     torch.testing.assert_close(out.feats, inv.bias.expand(target.num_voxels, 2).detach())
     # one empty batch item among full ones
     x = random_tensor(8, batch=1)
-    x3 = SparseTensor.cat([x, SparseTensor(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.int32), batch_size=1), x])
+    x3 = SparseTensor.cat(
+        [x, SparseTensor(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.int32), batch_size=1), x]
+    )
     y = snn.SparseConv3d(3, 2).double()(x3)
     assert set(y.coords[:, 0].tolist()) == {0, 2}
 

@@ -135,9 +135,18 @@ def test_strided_conv_output_structure_keeps_its_cache():
     assert maps
     again = down(x.replace(torch.randn_like(x.feats)))
     assert again.cache is first.cache and all(again.cache[k] is v for k, v in maps.items())
-    fresh = SparseTensor(again.feats, again.coords.clone(), voxel_size=again.voxel_size, origin=again.origin,
-                         stride=again.stride, batch_size=again.batch_size)
+    fresh = SparseTensor(
+        again.feats,
+        again.coords.clone(),
+        voxel_size=again.voxel_size,
+        origin=again.origin,
+        stride=again.stride,
+        batch_size=again.batch_size,
+    )
     torch.testing.assert_close(subm(again).feats, subm(fresh).feats)
-    other = down(SparseTensor(x.feats, x.coords.clone(), voxel_size=x.voxel_size, origin=x.origin, stride=x.stride,
-                              batch_size=x.batch_size))
+    other = down(
+        SparseTensor(
+            x.feats, x.coords.clone(), voxel_size=x.voxel_size, origin=x.origin, stride=x.stride, batch_size=x.batch_size
+        )
+    )
     assert other.cache is not first.cache

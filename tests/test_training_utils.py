@@ -37,9 +37,7 @@ def fresh_accelerate_state():
 
 
 def parse(tmp_path, *extra: str):
-    return tu.training_parser("toy").parse_args(
-        ["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--cpu", *extra]
-    )
+    return tu.training_parser("toy").parse_args(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--cpu", *extra])
 
 
 def train(args, steps: int, start_step: int = 0):
@@ -77,8 +75,18 @@ def test_parser_defaults_and_validation(tmp_path):
 
 
 def test_checkpoint_limit_and_resume_latest_restores_everything(tmp_path):
-    args = parse(tmp_path, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--use_ema",
-                 "--ema_decay", "0.5", "--learning_rate", "0.05")
+    args = parse(
+        tmp_path,
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "2",
+        "--use_ema",
+        "--ema_decay",
+        "0.5",
+        "--learning_rate",
+        "0.05",
+    )
     _, model, optimizer, ema = train(args, steps=6)
     run = tmp_path / "run"
     assert [p.name for p in tu.list_checkpoints(run)] == ["checkpoint-4", "checkpoint-6"]
@@ -173,8 +181,13 @@ def test_push_folder_to_hub_writes_model_card(tmp_path, offline_hub):
     assert not any(f.startswith("checkpoint-") for f in files)
     card = ModelCard.load(offline_hub.snapshot("city-org/toy") / "README.md")
     assert card.text.startswith("# Toy city model")
-    for text in ("A toy.", "## Toy system", "Trained on procedural cities.",
-                 'DiffusionPipeline.from_pretrained("city-org/toy")', "- `learning_rate`: 0.003"):
+    for text in (
+        "A toy.",
+        "## Toy system",
+        "Trained on procedural cities.",
+        'DiffusionPipeline.from_pretrained("city-org/toy")',
+        "- `learning_rate`: 0.003",
+    ):
         assert text in card.text
     assert card.data.library_name == "diffusers"
     assert card.data.tags == ["diffusers-city", "toy"]

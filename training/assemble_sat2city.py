@@ -14,7 +14,6 @@ stage's measured latent std into the VAE configs (``scaling_factor``,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,16 +25,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sat2city_common import example_height_map, load_preset, pipeline_scale, read_latent_scale, write_json_atomic  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
+from sat2city_common import example_height_map, load_preset, pipeline_scale, read_latent_scale, write_json_atomic  # noqa: E402
 
 from diffusers_city.export.preview import write_image  # noqa: E402
 from diffusers_city.models.sat2city import (  # noqa: E402
-    Sat2CityDenseVAE,
-    Sat2CityDenseUNet3D,
     HeightFieldEncoder,
-    Sat2CitySparseVAE,
+    Sat2CityDenseUNet3D,
+    Sat2CityDenseVAE,
     Sat2CitySparseUNet3D,
+    Sat2CitySparseVAE,
 )
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32)
     sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32)
     dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir, "dense"))
-    sparse_vae.register_to_config(scaling_factor=scale_of(args.sparse_dir, "sparse"),
-                                  appearance_scaling_factor=scale_of(args.appearance_dir, "appearance"))
+    sparse_vae.register_to_config(
+        scaling_factor=scale_of(args.sparse_dir, "sparse"), appearance_scaling_factor=scale_of(args.appearance_dir, "appearance")
+    )
     pipe = Sat2CityPipeline(
         dense_vae=dense_vae,
         sparse_vae=sparse_vae,

@@ -113,15 +113,23 @@ def prepare_batch(batch: dict[str, Any], grid: tuple[int, int, int], device: tor
     voxels: SparseTensor = batch["voxels"].to(device)
     c = voxels.coords.long()
     inside = ((c[:, 1:] >= 0) & (c[:, 1:] < torch.tensor(grid, device=c.device))).all(1)
-    voxels = SparseTensor(voxels.feats[inside], voxels.coords[inside], voxel_size=voxels.voxel_size,
-                          origin=voxels.origin, batch_size=voxels.batch_size, validate=False)  # a subset of valid voxels
+    voxels = SparseTensor(
+        voxels.feats[inside],
+        voxels.coords[inside],
+        voxel_size=voxels.voxel_size,
+        origin=voxels.origin,
+        batch_size=voxels.batch_size,
+        validate=False,
+    )  # a subset of valid voxels
     v = voxels.voxel_size
     pts = batch["points"].to(device)
     extent = torch.tensor([grid[0] * v, grid[1] * v, grid[2] * v], device=device)
     keep = ((pts >= 0) & (pts < extent)).all(1)
     if batch.get("ph_grid") != tuple(int(g) for g in grid):
-        raise ValueError(f"batch carries P_h for grid {batch.get('ph_grid')}, the model grid is {tuple(grid)}: "
-                         "load it with make_dataloader of the same preset")
+        raise ValueError(
+            f"batch carries P_h for grid {batch.get('ph_grid')}, the model grid is {tuple(grid)}: "
+            "load it with make_dataloader of the same preset"
+        )
     ph, ph_batch = batch["ph_points"], batch["ph_batch"]
     out = {
         "voxels": voxels,
@@ -219,6 +227,8 @@ def example_height_map(preset: dict[str, Any], index: int = 0) -> tuple[np.ndarr
     """A held-out noisy height map (uint8) and its metadata (metres of gray 0 / 255, m/px)."""
     sample = make_dataset(preset, "validation")[index]
     gray = np.round(sample["height_noisy"][0].numpy() * 255).astype(np.uint8)
-    meta = {"height_range": [0.0, float(sample["z_max"]) - float(sample["z_min"])],
-            "meters_per_pixel": float(preset["training"]["data"]["meters_per_pixel"])}
+    meta = {
+        "height_range": [0.0, float(sample["z_max"]) - float(sample["z_min"])],
+        "meters_per_pixel": float(preset["training"]["data"]["meters_per_pixel"]),
+    }
     return gray, meta

@@ -52,9 +52,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diffusers_city.models.gaussiancity.bev import BEVLayout, visible_bev_points
 from diffusers_city.data import NUM_CLASSES, CityScene, procedural_city
 from diffusers_city.models.gaussiancity import SemanticDiscriminator
+from diffusers_city.models.gaussiancity.bev import BEVLayout, visible_bev_points
 from diffusers_city.models.shared import VGG19PerceptualLoss
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, Gaussians, drone_trajectory, orbit_trajectory, render_gaussians
@@ -122,7 +122,9 @@ class View:
     seg: torch.Tensor
 
 
-def label_image(layout: BEVLayout, camera: Cameras, pts, labels: torch.Tensor, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def label_image(
+    layout: BEVLayout, camera: Cameras, pts, labels: torch.Tensor, num_labels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel label ids ``[H, W]`` and coverage ``[H, W]`` of BEV points ``pts`` carrying
     integer ``labels [N]`` in ``0..num_labels - 1``, rendered with the label encoded in one colour
     channel (the front-most points win; edges may take a neighbour's label)."""
@@ -132,8 +134,13 @@ def label_image(layout: BEVLayout, camera: Cameras, pts, labels: torch.Tensor, n
     scale = pts.strides.float() * layout.meters_per_pixel * 0.55
     quats = torch.zeros(n, 4, device=device)
     quats[:, 0] = 1
-    g = Gaussians(pts.positions, quats, scale[:, None].expand(n, 3).contiguous(), torch.ones(n, device=device),
-                  torch.stack([code, torch.zeros_like(code), torch.zeros_like(code)], 1))
+    g = Gaussians(
+        pts.positions,
+        quats,
+        scale[:, None].expand(n, 3).contiguous(),
+        torch.ones(n, device=device),
+        torch.stack([code, torch.zeros_like(code), torch.zeros_like(code)], 1),
+    )
     out = render_gaussians(g, camera.to(device))
     alpha = out.alpha[0, ..., 0]
     label = torch.floor(out.rgb[0, ..., 0] / alpha.clamp(min=1e-6) * num_labels).clamp(0, num_labels - 1).long()
@@ -166,11 +173,18 @@ def procedural_views(args, device, first_seed: int = 1000) -> tuple[list[BEVLayo
         layout = BEVLayout.from_scene(scene)
         gt = _point_gaussians(scene, device)
         half = args.views_per_city // 2
-        cams = Cameras.cat([
-            orbit_trajectory(scene, max(1, args.views_per_city - half), width=args.width, height=args.height,
-                             elevation_deg=30.0 + 10.0 * (c % 3)),
-            *([drone_trajectory(scene, half, width=args.width, height=args.height)] if half else []),
-        ])
+        cams = Cameras.cat(
+            [
+                orbit_trajectory(
+                    scene,
+                    max(1, args.views_per_city - half),
+                    width=args.width,
+                    height=args.height,
+                    elevation_deg=30.0 + 10.0 * (c % 3),
+                ),
+                *([drone_trajectory(scene, half, width=args.width, height=args.height)] if half else []),
+            ]
+        )
         for i in range(len(cams)):
             cam = cams[i].to(device)
             with torch.no_grad():
@@ -197,8 +211,9 @@ def load_googleearth_city(folder: Path, width: int, height: int) -> tuple[BEVLay
         hgt = np.asarray(Image.open(folder / "height.png")).astype(np.float32)
     else:
         raise FileNotFoundError(f"{folder}: no height.npy or height.png")
-    layout = BEVLayout.from_maps(sem, hgt, meters_per_pixel=float(meta.get("meters_per_pixel", 1.0)),
-                                 origin=tuple(meta.get("origin", (0.0, 0.0, 0.0))))
+    layout = BEVLayout.from_maps(
+        sem, hgt, meters_per_pixel=float(meta.get("meters_per_pixel", 1.0)), origin=tuple(meta.get("origin", (0.0, 0.0, 0.0)))
+    )
     frames = []
     for i, frame in enumerate(meta.get("frames", [])):
         path = folder / frame["file"]
@@ -277,7 +292,7 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 
 def _per_view(loss_fn, logits: torch.Tensor, seg: torch.Tensor, mask: torch.Tensor, real: bool) -> torch.Tensor:
     """``[B]`` masked cross-entropies, one per view (each view averaged over its own pixels)."""
-    return torch.stack([loss_fn(logits[i:i + 1], seg[i:i + 1], real, mask[i:i + 1]) for i in range(len(seg))])
+    return torch.stack([loss_fn(logits[i : i + 1], seg[i : i + 1], real, mask[i : i + 1]) for i in range(len(seg))])
 
 
 def _side_by_side(pred: torch.Tensor, gt: torch.Tensor) -> Image.Image:
@@ -320,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     style_gen = torch.Generator().manual_seed(args.seed + global_step)
     per_process, accumulation = args.train_batch_size, args.gradient_accumulation_steps
     global_batch = per_process * accelerator.num_processes * accumulation
-    accelerator.print(f"global batch {global_batch} = {per_process} per process x {accelerator.num_processes} "
-                      f"processes x {accumulation} accumulation steps")
+    accelerator.print(
+        f"global batch {global_batch} = {per_process} per process x {accelerator.num_processes} "
+        f"processes x {accumulation} accumulation steps"
+    )
     start = time.time()
     generator.train()
     while global_step < args.max_train_steps:
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         sums = torch.zeros(3, device=device)  # l1, loss_g, loss_d summed over this process's views
         for micro in range(accumulation):
             first = (micro * accelerator.num_processes + accelerator.process_index) * per_process
-            batch = [(train_views[i], s) for i, s in zip(picks[first:first + per_process], styles[first:first + per_process])]
+            batch = [(train_views[i], s) for i, s in zip(picks[first : first + per_process], styles[first : first + per_process])]
             with accelerator.accumulate(generator, discriminator):
                 pred, zero = generator([(layouts[v.city], v.camera, s) for v, s in batch])
                 gt = torch.stack([v.rgb for v, _ in batch]).to(device)
@@ -342,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 pred_m, gt_m = (pred * m).permute(0, 3, 1, 2), (gt * m).permute(0, 3, 1, 2)
                 if perceptual is not None:
                     loss = loss + args.lambda_perceptual * torch.stack(
-                        [perceptual(p[None], g[None]) for p, g in zip(pred_m, gt_m)])
+                        [perceptual(p[None], g[None]) for p, g in zip(pred_m, gt_m)]
+                    )
                 if args.lambda_gan > 0:
                     with frozen(plain_discriminator) as d:
                         loss = loss + args.lambda_gan * _per_view(d.loss, d(pred_m), seg, mask, True)
@@ -356,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                         group["lr"] = args.discriminator_lr * warm
                     logits = discriminator(torch.cat([gt_m, pred_m.detach()]))
                     real, fake = logits.chunk(2)
-                    loss_d = (_per_view(plain_discriminator.loss, real, seg, mask, True)
-                              + _per_view(plain_discriminator.loss, fake, seg, mask, False))
+                    loss_d = _per_view(plain_discriminator.loss, real, seg, mask, True) + _per_view(
+                        plain_discriminator.loss, fake, seg, mask, False
+                    )
                     accelerator.backward(loss_d.mean())
                     opt_d.step()
                     opt_d.zero_grad(set_to_none=True)
@@ -376,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         if validate and accelerator.is_main_process:
             with torch.no_grad():
                 layout = layouts[val_view.city]
-                frame = render_view(pipe, layout, val_view.camera, pipe.sample_styles(layout, torch.Generator().manual_seed(0)), device)
+                frame = render_view(
+                    pipe, layout, val_view.camera, pipe.sample_styles(layout, torch.Generator().manual_seed(0)), device
+                )
             log_validation_images(accelerator, args, {"held_out": _side_by_side(frame, val_view.rgb.to(device))}, global_step)
         if time_is_up:
             accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
@@ -394,11 +415,18 @@ def main(argv: list[str] | None = None) -> int:
             scene.replace(points=None, colors=None, normals=None, point_classes=None).save(args.example_layout_out)
             accelerator.print(f"saved the held-out layout to {args.example_layout_out}")
         if args.push_to_hub:
-            push_folder_to_hub(args, folder, "gaussiancity", {
-                "title": "GaussianCity",
-                "description": "Generative Gaussian splatting of unbounded 3D cities from BEV layouts.",
-                "preset": args.preset, "data": args.data, "steps": global_step,
-            })
+            push_folder_to_hub(
+                args,
+                folder,
+                "gaussiancity",
+                {
+                    "title": "GaussianCity",
+                    "description": "Generative Gaussian splatting of unbounded 3D cities from BEV layouts.",
+                    "preset": args.preset,
+                    "data": args.data,
+                    "steps": global_step,
+                },
+            )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

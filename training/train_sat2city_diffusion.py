@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import time
@@ -31,31 +30,33 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diffusers import DDIMScheduler  # noqa: E402
+from diffusers.optimization import get_scheduler  # noqa: E402
+from diffusers.training_utils import compute_density_for_timestep_sampling  # noqa: E402
 from sat2city_common import (  # noqa: E402
     load_preset,
     make_dataloader,
     normal_colors,
     pipeline_scale,
-    read_latent_scale,
     prepare_batch,
     preview,
+    read_latent_scale,
     save_model,
     step_generator,
     write_json_atomic,
 )
-from diffusers import DDIMScheduler  # noqa: E402
-from diffusers.optimization import get_scheduler  # noqa: E402
-from diffusers.training_utils import compute_density_for_timestep_sampling  # noqa: E402
 
 from diffusers_city.models.sat2city import (  # noqa: E402
-    Sat2CityDenseVAE,
-    Sat2CityDenseUNet3D,
     HeightFieldEncoder,
-    Sat2CitySparseVAE,
+    Sat2CityDenseUNet3D,
+    Sat2CityDenseVAE,
     Sat2CitySparseUNet3D,
+    Sat2CitySparseVAE,
 )
 from diffusers_city.models.sat2city.conditions import (  # noqa: E402
-    sparse_condition, sparse_condition_uses_height, struct_condition,
+    sparse_condition,
+    sparse_condition_uses_height,
+    struct_condition,
 )
 from diffusers_city.models.shared.sparse_vae import match_coords  # noqa: E402
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
@@ -83,19 +84,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_dir", type=Path, required=True, help="output_dir of train_sat2city_vae.py")
     parser.add_argument("--scale_batches", type=int, default=None, help="batches to measure the latent std on")
     parser.add_argument("--validation_inference_steps", type=int, default=10)
-    parser.add_argument("--init_from", type=Path, default=None,
-                        help="fine-tune: a saved Sat2CityPipeline folder whose stage weights (and latent scale) to start from")
-    parser.add_argument("--latent_target", choices=LATENT_TARGETS, default=None,
-                        help="train on posterior samples or posterior means of the geometry latents (dense, sparse); "
-                             "default: the preset's training.diffusion.latent_target, else sample")
-    parser.add_argument("--data_echo", type=int, default=1,
-                        help="optimizer micro-steps per loaded batch (fresh noise and timesteps each time); "
-                             "raise it when the procedural data loader is slower than the step")
+    parser.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        help="fine-tune: a saved Sat2CityPipeline folder whose stage weights (and latent scale) to start from",
+    )
+    parser.add_argument(
+        "--latent_target",
+        choices=LATENT_TARGETS,
+        default=None,
+        help="train on posterior samples or posterior means of the geometry latents (dense, sparse); "
+        "default: the preset's training.diffusion.latent_target, else sample",
+    )
+    parser.add_argument(
+        "--data_echo",
+        type=int,
+        default=1,
+        help="optimizer micro-steps per loaded batch (fresh noise and timesteps each time); "
+        "raise it when the procedural data loader is slower than the step",
+    )
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["diffusion"]
-    parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
-                        scale_batches=section["scale_batches"], latent_target=section.get("latent_target", "sample"))
+    parser.set_defaults(
+        train_batch_size=section["train_batch_size"],
+        learning_rate=section["learning_rate"],
+        scale_batches=section["scale_batches"],
+        latent_target=section.get("latent_target", "sample"),
+    )
     args = parser.parse_args(argv)
     if args.data_echo < 1:
         parser.error(f"--data_echo must be >= 1, got {args.data_echo}")
@@ -117,7 +134,11 @@ class StageData:
     """
 
     def __init__(
-        self, stage: str, dense_vae: Sat2CityDenseVAE, sparse_vae: Sat2CitySparseVAE, latent_target: str = "sample",
+        self,
+        stage: str,
+        dense_vae: Sat2CityDenseVAE,
+        sparse_vae: Sat2CitySparseVAE,
+        latent_target: str = "sample",
         sparse_height: bool = False,
     ) -> None:
         if latent_target not in LATENT_TARGETS:
@@ -250,7 +271,9 @@ def validation_images(data: StageData, unet, encoder, scheduler: DDIMScheduler, 
     geometry = svae.decode(enc.latent_dist.mode(), target=voxels)
     feats = svae.decode_appearance(svae.rehash(enc.appearance.replace(x)), geometry)
     out = geometry.sample
-    images["appearance_sample"] = preview(out.world_positions(), svae.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long()))
+    images["appearance_sample"] = preview(
+        out.world_positions(), svae.inverse_sample(feats, out.world_positions(), out.coords[:, 0].long())
+    )
     return images
 
 
@@ -267,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     unet_cls = Sat2CityDenseUNet3D if args.stage == "dense" else Sat2CitySparseUNet3D
     if args.init_from is not None:
         unet = unet_cls.from_pretrained(args.init_from / unet_name, **fp32)
-        encoder = HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
+        encoder = (
+            HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
+        )
         wanted = preset["components"][unet_name]["condition_channels"]
         if args.stage == "sparse" and unet.config.condition_channels < wanted:
             accelerator.print(f"sparse_unet from {args.init_from} widened to the preset's {wanted} condition channels")
@@ -275,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         unet = unet_cls.from_config(preset["components"][unet_name])
         encoder = HeightFieldEncoder.from_config(preset["components"]["condition_encoder"]) if args.stage == "dense" else None
-    sparse_height = args.stage == "sparse" and sparse_condition_uses_height(unet.config.condition_channels, sparse_vae.downsample_factor)
+    sparse_height = args.stage == "sparse" and sparse_condition_uses_height(
+        unet.config.condition_channels, sparse_vae.downsample_factor
+    )
     data = StageData(args.stage, dense_vae, sparse_vae, args.latent_target, sparse_height)
     scheduler = DDIMScheduler.from_config(preset["scheduler"])
     if scheduler.config.prediction_type != "v_prediction":
@@ -299,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     emas = [create_ema(m, args) for m in modules]
     params = list(itertools.chain.from_iterable(m.parameters() for m in modules))
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
     prepared_modules = accelerator.prepare(*modules, optimizer, loader, lr_scheduler)
     unet = prepared_modules[0]
     encoder = prepared_modules[1] if encoder is not None else None
@@ -344,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, global_step)
         if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            images = validation_images(data, accelerator.unwrap_model(unet), encoder and accelerator.unwrap_model(encoder),
-                                       scheduler, val_batch, scale, args.validation_inference_steps)
+            images = validation_images(
+                data,
+                accelerator.unwrap_model(unet),
+                encoder and accelerator.unwrap_model(encoder),
+                scheduler,
+                val_batch,
+                scale,
+                args.validation_inference_steps,
+            )
             log_validation_images(accelerator, args, images, global_step)
         if out_of_time(accelerator, args, t0):
             accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
@@ -358,10 +396,17 @@ def main(argv: list[str] | None = None) -> int:
             save_model(accelerator.unwrap_model(encoder), emas[1], out_dir / "condition_encoder")
         if args.push_to_hub:
             stage = f"{args.stage} diffusion stage"
-            push_folder_to_hub(args, out_dir, "sat2city", {
-                "title": f"Sat2City {stage} ({args.preset})",
-                "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
-                "stage": stage, "preset": str(args.preset)})
+            push_folder_to_hub(
+                args,
+                out_dir,
+                "sat2city",
+                {
+                    "title": f"Sat2City {stage} ({args.preset})",
+                    "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
+                    "stage": stage,
+                    "preset": str(args.preset),
+                },
+            )
     accelerator.end_training()
     return 0
 

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diffusers.optimization import get_scheduler  # noqa: E402
 from sat2city_common import (  # noqa: E402
     geometry_losses,
     load_preset,
@@ -38,7 +39,6 @@ from sat2city_common import (  # noqa: E402
     step_generator,
     subsample_points,
 )
-from diffusers.optimization import get_scheduler  # noqa: E402
 
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
@@ -56,20 +56,33 @@ from diffusers_city.training_utils import (  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = training_parser("Train the Sat2City dense and sparse (Re-Hash) VAEs.")
-    parser.add_argument("--geometry_only_steps", type=int, default=None,
-                        help="optimizer steps of geometry-only training before colours (default: the preset's)")
+    parser.add_argument(
+        "--geometry_only_steps",
+        type=int,
+        default=None,
+        help="optimizer steps of geometry-only training before colours (default: the preset's)",
+    )
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["vae"]
-    parser.set_defaults(train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"],
-                        geometry_only_steps=section["geometry_only_steps"])
+    parser.set_defaults(
+        train_batch_size=section["train_batch_size"],
+        learning_rate=section["learning_rate"],
+        geometry_only_steps=section["geometry_only_steps"],
+    )
     args = parser.parse_args(argv)
     args.preset_data = preset
     return args
 
 
-def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, weights: dict,
-               color_points: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def vae_losses(
+    dense: torch.nn.Module,
+    sparse: torch.nn.Module,
+    prepared: dict,
+    weights: dict,
+    color_points: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Every loss term of one batch (weighted terms summed into ``loss``).
 
     The colour branch always runs (weight 0 in the geometry-only phase) so that every parameter
@@ -84,10 +97,21 @@ def vae_losses(dense: torch.nn.Module, sparse: torch.nn.Module, prepared: dict, 
     s_bce, s_l1 = geometry_losses(s.geometry, voxels)
     s_kl = s.encoding.latent_dist.kl()
     color_l1 = (s.colors.float() - colors.float()).abs().mean()
-    terms = {"dense_bce": d_bce, "dense_normal_l1": d_l1, "dense_kl": d_kl,
-             "sparse_bce": s_bce, "sparse_normal_l1": s_l1, "sparse_kl": s_kl, "color_l1": color_l1}
-    terms["loss"] = (weights["occupancy"] * (d_bce + s_bce) + weights["normals"] * (d_l1 + s_l1)
-                     + weights["kl"] * (d_kl + s_kl) + weights["color"] * color_l1)
+    terms = {
+        "dense_bce": d_bce,
+        "dense_normal_l1": d_l1,
+        "dense_kl": d_kl,
+        "sparse_bce": s_bce,
+        "sparse_normal_l1": s_l1,
+        "sparse_kl": s_kl,
+        "color_l1": color_l1,
+    }
+    terms["loss"] = (
+        weights["occupancy"] * (d_bce + s_bce)
+        + weights["normals"] * (d_l1 + s_l1)
+        + weights["kl"] * (d_kl + s_kl)
+        + weights["color"] * color_l1
+    )
     return terms
 
 
@@ -98,8 +122,10 @@ def validation_images(dense: Sat2CityDenseVAE, sparse: Sat2CitySparseVAE, prepar
     d = dense.decode(dense.encode(voxels).latent_dist.mode()).sample
     enc = sparse.encode(voxels)
     geometry = sparse.decode(enc.latent_dist.mode())
-    images = {"ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats)),
-              "dense_reconstruction": preview(d.world_positions(), normal_colors(d.feats))}
+    images = {
+        "ground_truth": preview(voxels.world_positions(), normal_colors(voxels.feats)),
+        "dense_reconstruction": preview(d.world_positions(), normal_colors(d.feats)),
+    }
     out = geometry.sample
     if out.num_voxels:
         feats = sparse.decode_appearance(sparse.rehash(enc.appearance), geometry)
@@ -119,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     grid = tuple(dense.config.grid_size)
     ema_dense, ema_sparse = create_ema(dense, args), create_ema(sparse, args)
     optimizer = torch.optim.AdamW(itertools.chain(dense.parameters(), sparse.parameters()), lr=args.learning_rate)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
     loader = make_dataloader(preset, args, args.train_batch_size)
     dense, sparse, optimizer, loader, lr_scheduler = accelerator.prepare(dense, sparse, optimizer, loader, lr_scheduler)
     global_step = maybe_resume(accelerator, args)
@@ -184,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def card_fields(args: argparse.Namespace, stage: str) -> dict[str, str]:
-    return {"title": f"Sat2City {stage} ({args.preset})",
-            "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
-            "stage": stage, "preset": str(args.preset)}
+    return {
+        "title": f"Sat2City {stage} ({args.preset})",
+        "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
+        "stage": stage,
+        "preset": str(args.preset),
+    }
 
 
 if __name__ == "__main__":

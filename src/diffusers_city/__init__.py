@@ -27,5 +27,12 @@ _register_exports([*_models_all, *_pipelines_all])
 _register_legacy_names(f"{__name__}.models")
 
 __all__ = [
-    "register", "register_alias", "ConfigMixin", "DiffusionPipeline", "ModelMixin", "SchedulerMixin", *_models_all, *_pipelines_all
+    "register",
+    "register_alias",
+    "ConfigMixin",
+    "DiffusionPipeline",
+    "ModelMixin",
+    "SchedulerMixin",
+    *_models_all,
+    *_pipelines_all,
 ]

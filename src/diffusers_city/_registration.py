@@ -33,6 +33,8 @@ import diffusers
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.pipelines import pipeline_loading_utils, pipeline_utils
 
+from .utils.storage import load_into_own_storage
+
 LIBRARY = "diffusers_city"
 _LOADABLE_BASES = ("ModelMixin", "SchedulerMixin", "DiffusionPipeline")
 
@@ -60,7 +62,7 @@ def install() -> None:
     # LOADABLE_CLASSES is one dict shared by pipeline_utils and pipeline_loading_utils: mutate it in place.
     pipeline_loading_utils.LOADABLE_CLASSES.setdefault(LIBRARY, {name: methods for name in _LOADABLE_BASES})
     for owner in (pipeline_loading_utils, pipeline_utils):
-        if getattr(owner, "_fetch_class_library_tuple") is not _fetch_class_library_tuple:
+        if owner._fetch_class_library_tuple is not _fetch_class_library_tuple:
             owner._fetch_class_library_tuple = _fetch_class_library_tuple
     # Modular pipelines bind the function at import; patch them too if they are loaded.
     modular = sys.modules.get("diffusers.modular_pipelines.modular_pipeline")
@@ -82,6 +84,8 @@ def register(cls: T) -> T:
     an attribute of ``diffusers_city``; a pipeline also of ``diffusers``, where
     ``DiffusionPipeline.from_pretrained`` looks pipeline classes up. Registering the same class
     again is a no-op; another class with the same name is a ``ValueError``. Usable as a decorator.
+    A model class's ``from_pretrained`` copies the loaded CPU weights out of the checkpoint's
+    memory map (``utils.storage.load_into_own_storage``).
     """
     if not isinstance(cls, type) or not issubclass(cls, (DiffusionPipeline, ModelMixin, SchedulerMixin)):
         raise ValueError(f"register expects a DiffusionPipeline, ModelMixin or SchedulerMixin subclass, got {cls!r}")
@@ -93,6 +97,8 @@ def register(cls: T) -> T:
     _set_unique(package, name, cls, LIBRARY)
     if issubclass(cls, DiffusionPipeline):
         _set_unique(diffusers, name, cls, "diffusers")
+    if issubclass(cls, ModelMixin):
+        load_into_own_storage(cls)  # loaded CPU weights in aligned memory of their own: same kernels, same bits
     _registry[name] = cls
     return cls
 

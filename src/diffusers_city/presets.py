@@ -46,8 +46,7 @@ def load_preset(system: str, size: str) -> dict[str, Any]:
         sizes = available_sizes(system)
         if not sizes:
             raise FileNotFoundError(
-                f"no presets for system {system!r} under {bundled_path()}; "
-                f"systems with presets: {available_systems() or 'none'}"
+                f"no presets for system {system!r} under {bundled_path()}; systems with presets: {available_systems() or 'none'}"
             )
         raise FileNotFoundError(f"no preset {size!r} for {system!r} ({path}); available sizes: {sizes}")
     return read_preset(path)

@@ -48,8 +48,17 @@ MODEL_CARDS_DIR = BUNDLED_ROOT.resolve().parent / "model_cards"
 _TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 _RESERVED_CARD_FIELDS = ("repo_id", "system_card", "training_details")
 _CARD_HPARAMS = (
-    "preset", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
-    "lr_warmup_steps", "max_train_steps", "mixed_precision", "use_ema", "ema_decay", "seed",
+    "preset",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "max_train_steps",
+    "mixed_precision",
+    "use_ema",
+    "ema_decay",
+    "seed",
 )
 
 # The accelerator made by the last `setup_accelerator` call, so `create_ema(model, args)` can
@@ -75,8 +84,11 @@ def training_parser(description: str) -> argparse.ArgumentParser:
     """Parser with the flags every training script shares; scripts add their own on top."""
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
-    add("--preset", default="tiny",
-        help="model size: a preset name of pipelines/<system>/presets/ (tiny, small, paper) or a path to a preset JSON")
+    add(
+        "--preset",
+        default="tiny",
+        help="model size: a preset name of pipelines/<system>/presets/ (tiny, small, paper) or a path to a preset JSON",
+    )
     add("--output_dir", default="training_output", help="checkpoints, logs, validation images and the final pipeline")
     add("--seed", type=int, default=0)
     add("--train_batch_size", type=_positive_int, default=4, help="batch size per device")
@@ -94,8 +106,12 @@ def training_parser(description: str) -> argparse.ArgumentParser:
     add("--max_train_minutes", type=float, default=None, help="stop (and save) after this many minutes")
     add("--validation_steps", type=_positive_int, default=500)
     add("--logging_steps", type=_positive_int, default=10)
-    add("--report_to", choices=("tensorboard", "wandb", "none"), default="tensorboard",
-        help="tracker; falls back to none when its package is not installed")
+    add(
+        "--report_to",
+        choices=("tensorboard", "wandb", "none"),
+        default="tensorboard",
+        help="tracker; falls back to none when its package is not installed",
+    )
     add("--dataloader_num_workers", type=_non_negative_int, default=0)
     add("--push_to_hub", action="store_true")
     add("--hub_model_id", default=None, help="repo id to push to (default: the output_dir name)")
@@ -119,16 +135,16 @@ def _tracker(report_to: str) -> str | None:
     if report_to == "none":
         return None
     if importlib.util.find_spec(_TRACKER_MODULES[report_to]) is None:
-        logger.warning("--report_to %s: package %s is not installed, not logging to a tracker",
-                       report_to, _TRACKER_MODULES[report_to])
+        logger.warning(
+            "--report_to %s: package %s is not installed, not logging to a tracker", report_to, _TRACKER_MODULES[report_to]
+        )
         return None
     return report_to
 
 
 def _tracker_config(args: argparse.Namespace) -> dict[str, int | float | str | bool]:
     """Hyper-parameters a tracker can store (scalars and strings; never the token)."""
-    return {k: v for k, v in vars(args).items()
-            if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
 
 
 def setup_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -221,8 +237,7 @@ def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
     if args.resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(args.output_dir)
         if not checkpoints:
-            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s, starting from step 0",
-                           args.output_dir)
+            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s, starting from step 0", args.output_dir)
             return 0
         path = checkpoints[-1]
     else:
@@ -230,9 +245,7 @@ def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
         if not path.is_dir():
             path = Path(args.output_dir) / args.resume_from_checkpoint
         if not path.is_dir():
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such checkpoint folder"
-            )
+            raise FileNotFoundError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such checkpoint folder")
     match = CHECKPOINT_RE.match(path.name)
     if match is None:
         raise ValueError(f"--resume_from_checkpoint {path}: expected a folder named checkpoint-<step>")
@@ -253,7 +266,7 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
     if accelerator.is_main_process and args.checkpoints_total_limit is not None:
         older = [p for p in list_checkpoints(output_dir) if p != final]
         excess = len(older) + 1 - args.checkpoints_total_limit
-        for path in older[:max(excess, 0)]:
+        for path in older[: max(excess, 0)]:
             logger.info("removing old checkpoint %s", path)
             shutil.rmtree(path)
     partial = output_dir / f".checkpoint-{global_step}.partial"
@@ -270,9 +283,7 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
     return final
 
 
-def create_ema(
-    model: torch.nn.Module, args: argparse.Namespace, accelerator: Accelerator | None = None
-) -> EMAModel | None:
+def create_ema(model: torch.nn.Module, args: argparse.Namespace, accelerator: Accelerator | None = None) -> EMAModel | None:
     """diffusers ``EMAModel`` of ``model``'s parameters when ``--use_ema``, else ``None``.
 
     The EMA is moved to the accelerator's device and registered for checkpointing, so
@@ -354,8 +365,9 @@ def _card_template_path(card_template: str) -> Path:
 
 def _substitute(template_path: Path, fields: dict[str, Any]) -> str:
     template = string.Template(template_path.read_text())
-    missing = sorted({m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)}
-                     - {None} - set(fields))
+    missing = sorted(
+        {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None} - set(fields)
+    )
     if missing:
         raise ValueError(f"model card template {template_path} needs fields {missing}")
     return template.substitute({k: str(v) for k, v in fields.items()})
@@ -378,9 +390,7 @@ def render_model_card(args: argparse.Namespace, repo_id: str, card_template: str
     return _substitute(_card_template_path("template"), fields)
 
 
-def push_folder_to_hub(
-    args: argparse.Namespace, folder: str | Path, card_template: str, card_fields: dict[str, Any]
-) -> str:
+def push_folder_to_hub(args: argparse.Namespace, folder: str | Path, card_template: str, card_fields: dict[str, Any]) -> str:
     """Write a model card into ``folder`` and upload the folder to ``--hub_model_id``; returns the repo id.
 
     The card is ``render_model_card`` text in a diffusers ``ModelCard``
@@ -399,7 +409,10 @@ def push_folder_to_hub(
     render_model_card(args, name, card_template, card_fields)
     repo_id = create_repo(name, exist_ok=True, token=args.hub_token).repo_id
     card = load_or_create_model_card(
-        repo_id, token=args.hub_token, is_modular=True, update_model_card=True,
+        repo_id,
+        token=args.hub_token,
+        is_modular=True,
+        update_model_card=True,
         model_description=render_model_card(args, repo_id, card_template, card_fields),
     )
     tags = [t for t in ("diffusers-city", Path(card_template).stem) if t not in (card.data.tags or [])]
@@ -407,7 +420,10 @@ def push_folder_to_hub(
     with atomic_write(folder / "README.md") as tmp:
         card.save(str(tmp))
     upload_folder(
-        repo_id=repo_id, folder_path=str(folder), token=args.hub_token,
-        commit_message="Upload diffusers-city pipeline", ignore_patterns=["checkpoint-*", ".checkpoint-*", ".*.tmp"],
+        repo_id=repo_id,
+        folder_path=str(folder),
+        token=args.hub_token,
+        commit_message="Upload diffusers-city pipeline",
+        ignore_patterns=["checkpoint-*", ".checkpoint-*", ".*.tmp"],
     )
     return repo_id

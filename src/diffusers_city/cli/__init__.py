@@ -61,8 +61,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if requested == (name,):
             _attach(sub, module, name)
-    generate = commands.add_parser("generate", help="run a pipeline on your own input",
-                                   description="Run a pipeline on your own input.")
+    generate = commands.add_parser(
+        "generate", help="run a pipeline on your own input", description="Run a pipeline on your own input."
+    )
     systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
     for name, system in registered_systems().items():
         sub = systems.add_parser(name, help=system.description, description=system.description)

@@ -18,12 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--seed", type=int, default=0, help="procedural city seed (default 0)")
     source.add_argument("--from", dest="source", type=Path, help="DSM (.png/.tif) or point cloud (.ply/.las/.laz) to convert")
     parser.add_argument("--size", type=float, default=256.0, help="procedural city side in metres (default 256)")
-    parser.add_argument("--meters-per-pixel", type=float, default=None, help="raster resolution (procedural default 1; required for a plain PNG DSM)")
+    parser.add_argument(
+        "--meters-per-pixel",
+        type=float,
+        default=None,
+        help="raster resolution (procedural default 1; required for a plain PNG DSM)",
+    )
     parser.add_argument("--points-per-m2", type=float, default=4.0, help="procedural surface point density (default 4)")
     parser.add_argument("--vertical-scale", type=float, default=1.0, help="DSM: metres per pixel value (default 1)")
     parser.add_argument("--vertical-offset", type=float, default=0.0, help="DSM: metres added to every height (default 0)")
     parser.add_argument("--voxel-size", type=float, default=None, help="mesh voxel size in metres (default 2 x meters-per-pixel)")
-    parser.add_argument("--splat-sh-degree", type=int, choices=(0, 3), default=3, help="3DGS PLY SH degree: 3 (every viewer) or 0 (smaller)")
+    parser.add_argument(
+        "--splat-sh-degree", type=int, choices=(0, 3), default=3, help="3DGS PLY SH degree: 3 (every viewer) or 0 (smaller)"
+    )
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; scene/ and the exports go inside)")
 
@@ -61,7 +68,13 @@ def scene_surface(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from ..data import semantic_to_rgb
 
     if scene.points is not None:
-        colors = scene.colors if scene.colors is not None else semantic_to_rgb(scene.point_classes) if scene.point_classes is not None else None
+        colors = (
+            scene.colors
+            if scene.colors is not None
+            else semantic_to_rgb(scene.point_classes)
+            if scene.point_classes is not None
+            else None
+        )
         return scene.points.astype(np.float64), colors, scene.point_classes
     xs, ys = scene.pixel_centers()
     pts = np.stack([xs, ys, scene.world_height()], axis=-1).reshape(-1, 3).astype(np.float64)
@@ -90,9 +103,22 @@ def export_scene(scene, out: Path, formats: list[str], voxel_size: float, sh_deg
             if fmt in formats:
                 written.append(export.write_mesh(out / f"mesh.{fmt}", mesh, crs=crs, offset=offset))
     if "splat" in formats:
-        spacing = scene.meters_per_pixel if scene.points is None else 1.0 / np.sqrt(max(len(points) / max(scene.size_m[0] * scene.size_m[1], 1e-9), 1e-9))
+        spacing = (
+            scene.meters_per_pixel
+            if scene.points is None
+            else 1.0 / np.sqrt(max(len(points) / max(scene.size_m[0] * scene.size_m[1], 1e-9), 1e-9))
+        )
         written.append(
-            export.write_gaussian_ply(out / "splat.ply", points, colors, scales=0.5 * spacing, opacities=0.95, sh_degree=sh_degree, crs=crs, offset=offset)
+            export.write_gaussian_ply(
+                out / "splat.ply",
+                points,
+                colors,
+                scales=0.5 * spacing,
+                opacities=0.95,
+                sh_degree=sh_degree,
+                crs=crs,
+                offset=offset,
+            )
         )
     for fmt in ("las", "laz"):
         if fmt in formats:

@@ -11,7 +11,7 @@ Scene -> tiles is `CityScene.tiles`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

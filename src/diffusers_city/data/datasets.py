@@ -210,7 +210,9 @@ class VoxelCropDataset(_CropDataset):
             "normals": torch.from_numpy(grid["normals"]),
             "points": torch.from_numpy(points[keep].astype(np.float32)),
             "colors": torch.from_numpy(crop.colors[keep]) if crop.colors is not None else None,
-            "point_classes": torch.from_numpy(crop.point_classes[keep].astype(np.int64)) if crop.point_classes is not None else None,
+            "point_classes": torch.from_numpy(crop.point_classes[keep].astype(np.int64))
+            if crop.point_classes is not None
+            else None,
             "height": torch.from_numpy(crop.height - np.float32(z0))[None],
             "height_noisy": torch.from_numpy(state.gray[r0 : r0 + c, c0 : c0 + c].astype(np.float32) / 255.0)[None],
             "semantic": torch.from_numpy(crop.semantic.astype(np.int64)),
@@ -236,11 +238,18 @@ class VoxelCropDataset(_CropDataset):
             raise ValueError(f"samples have different voxel sizes {sorted(voxel_sizes)}")
         v = voxel_sizes.pop()
         coords = torch.cat(
-            [torch.cat([torch.full((s["coords"].shape[0], 1), b, dtype=torch.int64), s["coords"]], 1) for b, s in enumerate(batch)]
+            [
+                torch.cat([torch.full((s["coords"].shape[0], 1), b, dtype=torch.int64), s["coords"]], 1)
+                for b, s in enumerate(batch)
+            ]
         ).to(torch.int32)
         out: dict[str, Any] = {
             "voxels": SparseTensor(
-                torch.cat([s["normals"] for s in batch]), coords, voxel_size=v, origin=(v / 2, v / 2, v / 2), batch_size=len(batch)
+                torch.cat([s["normals"] for s in batch]),
+                coords,
+                voxel_size=v,
+                origin=(v / 2, v / 2, v / 2),
+                batch_size=len(batch),
             ),
             "points": torch.cat([s["points"] for s in batch]),
             "points_batch": torch.cat([torch.full((s["points"].shape[0],), b, dtype=torch.int64) for b, s in enumerate(batch)]),

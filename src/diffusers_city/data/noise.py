@@ -90,9 +90,7 @@ def fbm(x: np.ndarray, y: np.ndarray, seed: int, wavelength: float, octaves: int
     return total / norm
 
 
-def fbm_raster(
-    seed: int, shape: tuple[int, int], meters_per_pixel: float, wavelength: float, octaves: int = 3
-) -> np.ndarray:
+def fbm_raster(seed: int, shape: tuple[int, int], meters_per_pixel: float, wavelength: float, octaves: int = 3) -> np.ndarray:
     """`fbm` at the pixel centres of a raster (local frame, origin 0), float32.
 
     Evaluated on a lattice 8 times finer than the shortest octave and linearly interpolated,

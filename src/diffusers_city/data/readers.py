@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -330,7 +330,9 @@ def _read_geotiff(path: Path, band: int):
     if transform.is_identity or crs is None:
         return data, None
     if transform.b != 0 or transform.d != 0:
-        raise ValueError(f"{path} is rotated or sheared (transform {tuple(transform)[:6]}); only axis-aligned rasters are supported")
+        raise ValueError(
+            f"{path} is rotated or sheared (transform {tuple(transform)[:6]}); only axis-aligned rasters are supported"
+        )
     if not np.isclose(abs(transform.a), abs(transform.e), rtol=1e-6):
         raise ValueError(f"{path} has non-square pixels ({transform.a} x {abs(transform.e)}); resample it first")
     wkt = crs.to_wkt()
@@ -384,7 +386,9 @@ def read_height_map(
         if data.ndim == 3:
             if data.shape[2] in (2, 4):  # grey + alpha / RGBA: drop alpha
                 data = data[..., :-1]
-            if data.shape[2] == 3 and not (np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])):
+            if data.shape[2] == 3 and not (
+                np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])
+            ):
                 raise ValueError(f"{path} is a colour image; a height map must be single-channel (greyscale)")
             data = data[..., 0]
         data = data.astype(np.float64)
@@ -397,7 +401,10 @@ def read_height_map(
         raise ValueError(f"{path}: every pixel is no-data / NaN")
     if bad.any():
         if not fill_nodata:
-            raise ValueError(f"{path}: {int(bad.sum())} no-data / NaN / inf pixels; pass fill_nodata=True to fill them from the nearest valid pixel")
+            raise ValueError(
+                f"{path}: {int(bad.sum())} no-data / NaN / inf pixels; "
+                "pass fill_nodata=True to fill them from the nearest valid pixel"
+            )
         _, (ri, ci) = ndimage.distance_transform_edt(bad, return_indices=True)
         data = data[ri, ci]
     if np.ptp(data) == 0:
@@ -555,7 +562,9 @@ def scene_from_file(
         raise FileNotFoundError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix not in _POINT_SUFFIXES + (".png", ".tif", ".tiff"):
-        raise ValueError(f"{path}: unsupported input format {path.suffix!r}; expected a DSM (.png/.tif) or a point cloud (.ply/.las/.laz)")
+        raise ValueError(
+            f"{path}: unsupported input format {path.suffix!r}; expected a DSM (.png/.tif) or a point cloud (.ply/.las/.laz)"
+        )
     if (semantic is None) != (class_mapping is None):
         raise ValueError("semantic and class_mapping must be given together")
     if suffix in _POINT_SUFFIXES:
@@ -566,12 +575,18 @@ def scene_from_file(
         if semantic is not None:
             changes["semantic"] = read_semantic_map(semantic, class_mapping)
             if changes["semantic"].shape != scene.shape:
-                raise ValueError(f"semantic map shape {changes['semantic'].shape} does not match the rasterized cloud {scene.shape}")
+                raise ValueError(
+                    f"semantic map shape {changes['semantic'].shape} does not match the rasterized cloud {scene.shape}"
+                )
         if image is not None:
             changes["image"] = read_aerial_image(image)
         return scene.replace(**changes)
     hm = read_height_map(
-        path, meters_per_pixel=meters_per_pixel, vertical_scale=vertical_scale, vertical_offset=vertical_offset, fill_nodata=fill_nodata
+        path,
+        meters_per_pixel=meters_per_pixel,
+        vertical_scale=vertical_scale,
+        vertical_offset=vertical_offset,
+        fill_nodata=fill_nodata,
     )
     oz = float(np.floor(hm.height.min()))
     height = hm.height - np.float32(oz)

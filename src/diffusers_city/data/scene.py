@@ -18,8 +18,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -292,7 +293,7 @@ class CityScene:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def replace(self, **changes: Any) -> "CityScene":
+    def replace(self, **changes: Any) -> CityScene:
         """A new scene with some fields replaced (validated like the constructor)."""
         fields = {
             name: getattr(self, name)
@@ -302,9 +303,7 @@ class CityScene:
         return CityScene(**fields)
 
     # ------------------------------------------------------------------ crops and tiles
-    def crop(
-        self, row0: int, col0: int, h: int, w: int, point_cells: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> "CityScene":
+    def crop(self, row0: int, col0: int, h: int, w: int, point_cells: tuple[np.ndarray, np.ndarray] | None = None) -> CityScene:
         """The sub-scene of rows ``row0 : row0 + h`` and columns ``col0 : col0 + w``.
 
         The crop keeps world coordinates (its origin moves to the crop corner) and holds exactly
@@ -370,11 +369,11 @@ class CityScene:
 
         return [(r, c) for r in starts(H) for c in starts(W)]
 
-    def tiles(self, size_px: int, overlap_px: int = 0) -> list["CityScene"]:
+    def tiles(self, size_px: int, overlap_px: int = 0) -> list[CityScene]:
         """Cut the scene into square tiles (see `tile_starts`); each tile's metadata has ``crop``."""
         return [self.crop(r, c, size_px, size_px) for r, c in self.tile_starts(size_px, overlap_px)]
 
-    def downsample(self, factor: int) -> "CityScene":
+    def downsample(self, factor: int) -> CityScene:
         """Coarser rasters by an integer ``factor`` (trailing rows/columns that do not fill a block are dropped).
 
         Height takes the block maximum (top surface), ground the block minimum, semantic the most
@@ -404,7 +403,9 @@ class CityScene:
             semantic=semantic,
             meters_per_pixel=self.meters_per_pixel * factor,
             origin=self.origin,
-            ground=None if scene.ground is None else np.minimum(blocks(scene.ground).min(axis=2), blocks(scene.height).max(axis=2)),
+            ground=None
+            if scene.ground is None
+            else np.minimum(blocks(scene.ground).min(axis=2), blocks(scene.height).max(axis=2)),
             crs=self.crs,
             points=scene.points,
             colors=scene.colors,
@@ -473,7 +474,7 @@ class CityScene:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CityScene":
+    def load(cls, path: str | os.PathLike) -> CityScene:
         """Read and validate a scene folder written by `save`."""
         path = Path(path)
         meta_path = path / "scene.json"

@@ -20,7 +20,19 @@ __all__ = ["atomic_write", "crs_to_wkt", "resolve_offset", "write_georef_sidecar
 
 # Coordinates beyond this magnitude (metres) lose precision as float32 (ulp >= 1 mm at 16 km).
 _FLOAT32_SAFE = 1.0e4
-_WKT_ROOTS = ("PROJCS", "GEOGCS", "GEOCCS", "COMPD_CS", "PROJCRS", "GEOGCRS", "GEODCRS", "COMPOUNDCRS", "BOUNDCRS", "VERTCRS", "VERT_CS")
+_WKT_ROOTS = (
+    "PROJCS",
+    "GEOGCS",
+    "GEOCCS",
+    "COMPD_CS",
+    "PROJCRS",
+    "GEOGCRS",
+    "GEODCRS",
+    "COMPOUNDCRS",
+    "BOUNDCRS",
+    "VERTCRS",
+    "VERT_CS",
+)
 
 
 def check_destination(path: str | os.PathLike) -> Path:
@@ -97,7 +109,9 @@ def crs_to_wkt(crs: str | None) -> str | None:
         raise ValueError(f"unrecognised CRS {crs!r}: {err}") from None
 
 
-def write_georef_sidecar(path: str | os.PathLike, *, crs: str | None, offset: Sequence[float], unit_factor: float = 1.0) -> list[Path]:
+def write_georef_sidecar(
+    path: str | os.PathLike, *, crs: str | None, offset: Sequence[float], unit_factor: float = 1.0
+) -> list[Path]:
     """Side files for formats without a CRS field: ``<file>.geo.json`` (``crs``, ``offset``:
     add it to the stored coordinates for world metres, ``unit_factor``) and, when the CRS has a
     WKT form, an ESRI-style ``<stem>.prj``. Written only when there is something to record."""

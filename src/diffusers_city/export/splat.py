@@ -127,7 +127,22 @@ def read_gaussian_ply(path: str | os.PathLike) -> GaussianSplat:
     ply = load_ply(path)
     vertex = ply["vertex"].data
     names = set(vertex.dtype.names)
-    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    required = [
+        "x",
+        "y",
+        "z",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     missing = [k for k in required if k not in names]
     if missing:
         raise ValueError(f"{path} is not a Gaussian splat PLY: missing properties {missing}")

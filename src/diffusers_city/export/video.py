@@ -46,7 +46,9 @@ def write_video(path: str | os.PathLike, frames: Sequence, fps: float = 12.0) ->
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
-            raise ValueError("writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); .gif always works") from None
+            raise ValueError(
+                "writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); .gif always works"
+            ) from None
         h, w = stack.shape[1:3]
         if h % 2 or w % 2:  # yuv420p needs even sizes
             stack = np.pad(stack, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

@@ -91,17 +91,16 @@ def _curve_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
     return np.argsort(serialize(coords, order="hilbert").numpy(), kind="stable")
 
 
-def _approximate_assignment(
-    a: np.ndarray, b: np.ndarray, block_size: int, max_rounds: int, tol: float, seed: int
-) -> np.ndarray:
+def _approximate_assignment(a: np.ndarray, b: np.ndarray, block_size: int, max_rounds: int, tol: float, seed: int) -> np.ndarray:
     """A bijection ``a[i] -> b[match[i]]`` by local exact refinement of a curve matching.
 
     Start: both sets sorted together along one Hilbert curve, the k-th point of ``a`` matched
     to the k-th point of ``b``. Each round then covers the set with about ``N / block_size``
-    neighbourhoods of ``block_size`` points (around random centres), alternately nearest neighbours in ``a`` and in ``b``, and solves the
-    assignment problem exactly between each neighbourhood and its current partners. A block
-    re-solve never increases the cost, so the result is always an upper bound of the exact EMD.
-    Stops after ``max_rounds`` or when two consecutive rounds (one per side) gain < ``tol``.
+    neighbourhoods of ``block_size`` points (around random centres), alternately nearest
+    neighbours in ``a`` and in ``b``, and solves the assignment problem exactly between each
+    neighbourhood and its current partners. A block re-solve never increases the cost, so the
+    result is always an upper bound of the exact EMD. Stops after ``max_rounds`` or when two
+    consecutive rounds (one per side) gain < ``tol``.
     """
     n = len(a)
     order = _curve_order(np.concatenate([a, b]))

@@ -9,8 +9,8 @@ points (metres, z up, see docs/design.md) to the camera frame.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -52,13 +52,9 @@ class Cameras:
         if self.K.ndim != 3 or self.K.shape[1:] != (3, 3):
             raise ValueError(f"Cameras.K must have shape [C, 3, 3], got {tuple(self.K.shape)}")
         if self.world_to_cam.ndim != 3 or self.world_to_cam.shape[1:] != (4, 4):
-            raise ValueError(
-                f"Cameras.world_to_cam must have shape [C, 4, 4], got {tuple(self.world_to_cam.shape)}"
-            )
+            raise ValueError(f"Cameras.world_to_cam must have shape [C, 4, 4], got {tuple(self.world_to_cam.shape)}")
         if self.K.shape[0] != self.world_to_cam.shape[0]:
-            raise ValueError(
-                f"Cameras.K has {self.K.shape[0]} cameras but world_to_cam has {self.world_to_cam.shape[0]}"
-            )
+            raise ValueError(f"Cameras.K has {self.K.shape[0]} cameras but world_to_cam has {self.world_to_cam.shape[0]}")
         if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
             raise ValueError(f"Cameras image size must be positive integers, got {self.width}x{self.height}")
         self.width, self.height = int(self.width), int(self.height)
@@ -80,7 +76,7 @@ class Cameras:
         height: int,
         fov_deg: float | None = 60.0,
         focal: float | None = None,
-    ) -> "Cameras":
+    ) -> Cameras:
         """Cameras at ``eye [C, 3]`` (or ``[3]``) looking at ``target``, ``up`` = world z by default.
 
         ``focal`` (pixels, fx = fy) wins over ``fov_deg`` (the vertical field of view). The
@@ -112,7 +108,7 @@ class Cameras:
         return cls(K=K, world_to_cam=w2c, width=width, height=height)
 
     @classmethod
-    def cat(cls, cameras: Sequence["Cameras"]) -> "Cameras":
+    def cat(cls, cameras: Sequence[Cameras]) -> Cameras:
         """Concatenate camera batches of the same image size."""
         if not cameras:
             raise ValueError("Cameras.cat needs at least one Cameras")
@@ -139,12 +135,12 @@ class Cameras:
     def device(self) -> torch.device:
         return self.K.device
 
-    def __getitem__(self, idx) -> "Cameras":
+    def __getitem__(self, idx) -> Cameras:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         return Cameras(K=self.K[idx], world_to_cam=self.world_to_cam[idx], width=self.width, height=self.height)
 
-    def to(self, device=None, dtype=None) -> "Cameras":
+    def to(self, device=None, dtype=None) -> Cameras:
         return Cameras(
             K=self.K.to(device=device, dtype=dtype),
             world_to_cam=self.world_to_cam.to(device=device, dtype=dtype),

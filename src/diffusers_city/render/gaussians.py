@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
-
 from diffusers.utils import BaseOutput
+from torch import Tensor
 
 from .cameras import Cameras
 
@@ -57,8 +56,7 @@ class Gaussians:
         Gaussians every frame)."""
         bad = torch.stack(
             [~torch.isfinite(getattr(self, name)).all() for name in names]
-            + [(self.scales < 0).any(), ((self.opacities < 0) | (self.opacities > 1)).any(),
-               (self.quats.norm(dim=-1) == 0).any()]
+            + [(self.scales < 0).any(), ((self.opacities < 0) | (self.opacities > 1)).any(), (self.quats.norm(dim=-1) == 0).any()]
         ).tolist()
         for name, flag in zip(names, bad):
             if flag:
@@ -68,7 +66,7 @@ class Gaussians:
             "Gaussians.opacities must lie in [0, 1] (activated opacities, not logits)",
             "Gaussians.quats contains a zero quaternion",
         )
-        for message, flag in zip(messages, bad[len(names):]):
+        for message, flag in zip(messages, bad[len(names) :]):
             if flag:
                 raise ValueError(message)
 
@@ -81,7 +79,7 @@ class Gaussians:
         scale: float | Tensor = 0.5,
         opacity: float | Tensor = 1.0,
         normals: Tensor | None = None,
-    ) -> "Gaussians":
+    ) -> Gaussians:
         """Splats centred on ``points [N, 3]`` (GaussianCity Sec. 3.3 defaults: opacity 1, identity rotation).
 
         ``scale`` (linear) is a number, ``[N]`` (per point), ``[3]`` / ``[1, 3]`` (per axis) or
@@ -93,8 +91,10 @@ class Gaussians:
         scales = torch.as_tensor(scale, device=device, dtype=dtype)
         if scales.ndim == 1 and scales.shape[0] == n:
             scales = scales[:, None]
-        if scales.ndim > 2 or (scales.ndim >= 1 and scales.shape[-1] not in (1, 3)) or (
-            scales.ndim == 2 and scales.shape[0] not in (1, n)
+        if (
+            scales.ndim > 2
+            or (scales.ndim >= 1 and scales.shape[-1] not in (1, 3))
+            or (scales.ndim == 2 and scales.shape[0] not in (1, n))
         ):
             raise ValueError(f"from_points: scale must be a number, [N], [3] or [N, 3], got {tuple(scales.shape)}")
         scales = scales.expand(n, 3)
@@ -106,8 +106,13 @@ class Gaussians:
             quats = torch.stack([1.0 + nrm[:, 2], -nrm[:, 1], nrm[:, 0], torch.zeros_like(nrm[:, 0])], dim=-1)
             flipped = quats.norm(dim=-1) < 1e-6
             quats = torch.where(flipped[:, None], torch.tensor([0.0, 1.0, 0.0, 0.0], device=device, dtype=dtype), quats)
-        return cls(means=points, quats=quats.contiguous(), scales=scales.contiguous(),
-                   opacities=opacities.contiguous(), colors=torch.as_tensor(colors, device=device, dtype=dtype))
+        return cls(
+            means=points,
+            quats=quats.contiguous(),
+            scales=scales.contiguous(),
+            opacities=opacities.contiguous(),
+            colors=torch.as_tensor(colors, device=device, dtype=dtype),
+        )
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -116,10 +121,10 @@ class Gaussians:
     def device(self) -> torch.device:
         return self.means.device
 
-    def to(self, device=None, dtype=None) -> "Gaussians":
+    def to(self, device=None, dtype=None) -> Gaussians:
         return Gaussians(*(getattr(self, f).to(device=device, dtype=dtype) for f in self._fields()))
 
-    def __getitem__(self, idx) -> "Gaussians":
+    def __getitem__(self, idx) -> Gaussians:
         return Gaussians(*(getattr(self, f)[idx] for f in self._fields()))
 
     @staticmethod
@@ -216,6 +221,12 @@ def render_gaussians(
     from .rasterize_torch import rasterize_torch
 
     return rasterize_torch(
-        g, cameras, mode, bg, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+        g,
+        cameras,
+        mode,
+        bg,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=eps2d,
         max_chunk_elements=max_chunk_elements,
     )

@@ -77,8 +77,9 @@ def march(
     device = o.device
     n = o.shape[0]
     # The slab's top is read on the device: no host sync.
-    hi = torch.cat([torch.tensor([float(wc), float(hc)], dtype=o.dtype).to(device, non_blocking=True),
-                    top.max().to(o.dtype)[None] + 1.0])
+    hi = torch.cat(
+        [torch.tensor([float(wc), float(hc)], dtype=o.dtype).to(device, non_blocking=True), top.max().to(o.dtype)[None] + 1.0]
+    )
     lo = torch.tensor([0.0, 0.0, -math.inf], dtype=o.dtype).to(device, non_blocking=True)
     tn, tf = slab(o, d, lo, hi)
     tn = tn.clamp(min=0.0) + _EPS_ENTER
@@ -156,8 +157,22 @@ if triton is not None:
 
     @triton.jit
     def _traverse_kernel(
-        o_ptr, d_ptr, t_ptr, tf_ptr, buf_ptr, off_ptr, width_ptr, hit_ptr, pixel_ptr, level_ptr,
-        n, wc, hc, top_level, start_level, BLOCK: tl.constexpr,
+        o_ptr,
+        d_ptr,
+        t_ptr,
+        tf_ptr,
+        buf_ptr,
+        off_ptr,
+        width_ptr,
+        hit_ptr,
+        pixel_ptr,
+        level_ptr,
+        n,
+        wc,
+        hc,
+        top_level,
+        start_level,
+        BLOCK: tl.constexpr,
     ):
         r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inb = r < n
@@ -223,9 +238,22 @@ def traverse_triton(o, d, t, tf, pyramid: Pyramid, shape: tuple[int, int], block
     level = torch.empty(m, dtype=torch.long, device=o.device)
     f64 = {"dtype": torch.float64}
     _traverse_kernel[(triton.cdiv(m, block),)](
-        o.to(**f64).contiguous(), d.to(**f64).contiguous(), t.to(**f64).contiguous(), tf.to(**f64).contiguous(),
-        buffer.to(**f64).contiguous(), offsets.long().contiguous(), widths.long().contiguous(),
-        hit, pixel, level, m, wc, hc, offsets.numel() - 1, _start_level(offsets),
-        BLOCK=block, enable_fp_fusion=False,
+        o.to(**f64).contiguous(),
+        d.to(**f64).contiguous(),
+        t.to(**f64).contiguous(),
+        tf.to(**f64).contiguous(),
+        buffer.to(**f64).contiguous(),
+        offsets.long().contiguous(),
+        widths.long().contiguous(),
+        hit,
+        pixel,
+        level,
+        m,
+        wc,
+        hc,
+        offsets.numel() - 1,
+        _start_level(offsets),
+        BLOCK=block,
+        enable_fp_fusion=False,
     )
     return hit.bool(), pixel, level

@@ -17,17 +17,27 @@ check them:
   transmittance to ``<= 1e-4`` (gsplat also skips ``sigma < 0``, which only rounding produces;
   here the exponent is clamped at 0). Depth is the expected z ``sum w z / max(alpha, 1e-10)``.
 
-The work is vectorised over (tiles x pixels x a chunk of splats), the exponents of a tile
-coming from one batched matmul; the chunk grows geometrically so opaque scenes stop early,
-and ``max_chunk_elements`` bounds memory. 3DGS uses 8x8 tiles: with opacities <= 1 no
-splat reaches alpha >= 1/255 outside its opacity-aware box, so this equals gsplat's 16x16
-binning; 2DGS keeps 16x16 because its low-pass filter reaches past the box inside a tile.
+The work is vectorised over (tiles x pixels x a chunk of splats); the chunk grows
+geometrically so opaque scenes stop early, and ``max_chunk_elements`` bounds memory. 3DGS
+uses 8x8 tiles: with opacities <= 1 no splat reaches alpha >= 1/255 outside its
+opacity-aware box, so this equals gsplat's 16x16 binning; 2DGS keeps 16x16 because its
+low-pass filter reaches past the box inside a tile.
+
+Chunking changes no (pixel, splat) decision. The exponents are elementwise tensor ops, one
+pair at a time (a batched matmul would be faster, but BLAS picks its kernel, FMA use and
+summation order by the matrix shape, so a pair's exponent changed with the chunk size,
+by up to 3e-5 where the expanded quadratic cancels), and the transmittance is one running
+product per pixel, carried in float64 from chunk to chunk on the CPU's sequential
+``cumprod`` scan. So every alpha, every skip (``alpha < 1/255``), every stop (``T <= 1e-4``)
+and the transmittance are bit-identical for any ``max_chunk_elements`` on the CPU; only the
+weighted sums ``sum w f`` of rgb, depth and normals are summed in chunk-sized pieces
+(float32 rounding, at most ``2 K 2^-24 sum w |f|`` apart for K splats of a tile).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +59,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(quats.shape[:-1] + (3, 3))
@@ -137,52 +153,58 @@ def project_2dgs(
     return {"means2d": means2d, "ray_transforms": Mt, "depths": z, "radii": radii, "normals": normals}
 
 
-def _sigma_3dgs(pix: Tensor, origin: Tensor, p: dict[str, Tensor]) -> Tensor:
-    """Splat exponent ``0.5 d^T conic d`` for tile-local pixel centres ``pix [T, P, 2]``.
+def _pair_offsets(pix: Tensor, origin: Tensor, means2d: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean - pixel centre`` for every (pixel, splat) pair of a tile, ``[T, P, K]`` each.
 
-    The quadratic is expanded in tile-local coordinates (``origin [T, 1, 2]`` is the tile
-    corner; ``p`` holds splats gathered per tile ``[T, K, ...]``) so one batched matmul
-    evaluates all pixel x splat pairs without cancellation.
+    ``pix [T, P, 2]`` are tile-local pixel centres, ``origin [T, 1, 2]`` the tile corners
+    (their sum, the image-space centre, is exact: small integers + 0.5), ``means2d [T, K, 2]``.
     """
-    a, b, c = p["conics"].unbind(-1)  # [T, K]
-    mx, my = (p["means2d"] - origin).unbind(-1)
-    coef = torch.stack(
-        [0.5 * a, 0.5 * c, b, -a * mx - b * my, -c * my - b * mx, 0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my],
-        dim=1,
-    )  # [T, 6, K]
-    px, py = pix.unbind(-1)
-    feats = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], dim=-1)  # [T, P, 6]
-    return (feats @ coef).clamp_min(0.0)  # the form is positive definite: negatives are rounding
+    centre = pix + origin
+    return means2d[:, None, :, 0] - centre[..., 0:1], means2d[:, None, :, 1] - centre[..., 1:2]
+
+
+def _sigma_3dgs(pix: Tensor, origin: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """Splat exponent ``0.5 (a dx^2 + c dy^2) + b dx dy`` (gsplat's form) for pixel centres ``pix [T, P, 2]``.
+
+    ``origin [T, 1, 2]`` is the tile corner of the tile-local ``pix``; ``p`` holds splats
+    gathered per tile ``[T, K, ...]``; ``d = mean - pixel centre``. Elementwise ops only, so
+    a pair's value does not depend on how many tiles and splats are evaluated with it.
+    """
+    a, b, c = p["conics"][:, None].unbind(-1)  # [T, 1, K]
+    dx, dy = _pair_offsets(pix, origin, p["means2d"])
+    sigma = dx * ((0.5 * a) * dx + b * dy) + (0.5 * c) * dy * dy  # halving is exact: 2 passes fewer over [T, P, K]
+    return sigma.clamp_min(0.0)  # the form is positive definite: negatives are rounding
+
+
+def _cross(u: Tensor, v: Tensor) -> Tensor:
+    """``u x v`` over the last dim from separate multiplies and subtractions (no fused multiply-add)."""
+    u0, u1, u2 = u.unbind(-1)
+    v0, v1, v2 = v.unbind(-1)
+    return torch.stack([u1 * v2 - u2 * v1, u2 * v0 - u0 * v2, u0 * v1 - u1 * v0], dim=-1)
 
 
 def _sigma_2dgs(pix: Tensor, origin: Tensor, p: dict[str, Tensor]) -> Tensor:
     """2DGS exponent: ray-splat intersection (Huang et al. Eq. 8-10) min gsplat's low-pass filter.
 
     With ``h_u = x M2 - M0`` and ``h_v = y M2 - M1`` the intersection ``h_u x h_v`` is affine
-    in the pixel position, so its three components come from one batched matmul.
+    in the pixel position, ``x (m1 x m2) + y (m2 x m0) + (m0 x m1)`` with ``M`` shifted to
+    tile-local pixel coordinates (smaller terms, less cancellation); the filter is
+    ``2 |mean - pixel centre|^2``. Elementwise ops per (pixel, splat) pair, as in ``_sigma_3dgs``.
     """
     M = p["ray_transforms"]  # [T, K, 3, 3]
     m2 = M[..., 2, :]
     m0 = M[..., 0, :] - origin[..., 0:1] * m2  # shift to tile-local pixel coordinates
     m1 = M[..., 1, :] - origin[..., 1:2] * m2
     # (x m2 - m0) x (y m2 - m1) = x (m1 x m2) + y (m2 x m0) + (m0 x m1)   (m2 x m2 = 0)
-    cx = torch.cross(m1, m2, dim=-1)
-    cy = torch.cross(m2, m0, dim=-1)
-    c1 = torch.cross(m0, m1, dim=-1)
-    mx, my = (p["means2d"] - origin).unbind(-1)
-    f = FILTER_INV_SQUARE_2DGS
-    w2 = torch.stack([-2 * f * mx, -2 * f * my, f * (mx * mx + my * my), torch.full_like(mx, f)], dim=-1)
-    # rows: input features (x, y, 1, x^2 + y^2); columns: outputs (h_x, h_y, h_z, 2D filter weight)
-    coef = torch.cat([torch.stack([cx, cy, c1, torch.zeros_like(c1)], dim=-2), w2[..., None]], dim=-1)  # [T, K, 4, 4]
-    n_t, n_k = coef.shape[:2]
-    px, py = pix.unbind(-1)
-    feats = torch.stack([px, py, torch.ones_like(px), px * px + py * py], dim=-1)  # [T, P, 4]
-    out = feats @ coef.permute(0, 2, 1, 3).reshape(n_t, 4, n_k * 4)  # [T, P, K * 4]
-    hx, hy, hz, weight_2d = out.reshape(n_t, -1, n_k, 4).unbind(-1)
+    cx, cy, c1 = (t[:, None] for t in (_cross(m1, m2), _cross(m2, m0), _cross(m0, m1)))  # [T, 1, K, 3]
+    px, py = pix[..., 0:1], pix[..., 1:2]  # [T, P, 1]
+    hx, hy, hz = (px * cx[..., k] + py * cy[..., k] + c1[..., k] for k in range(3))  # [T, P, K]
+    dx, dy = _pair_offsets(pix, origin, p["means2d"])
+    weight_2d = FILTER_INV_SQUARE_2DGS * (dx * dx + dy * dy)
     hz_ok = hz != 0
     hz_safe = torch.where(hz_ok, hz, torch.ones_like(hz))
     su, sv = hx / hz_safe, hy / hz_safe
-    sigma = 0.5 * torch.minimum(su * su + sv * sv, weight_2d.clamp_min(0.0))
+    sigma = 0.5 * torch.minimum(su * su + sv * sv, weight_2d)
     return torch.where(hz_ok, sigma, torch.full_like(sigma, math.inf))  # ray parallel to the splat: skipped
 
 
@@ -195,7 +217,9 @@ def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, ti
     n_tiles = tiles_x * tiles_y
     visible = torch.nonzero((radii > 0).all(dim=-1)).squeeze(1)
     if visible.numel() == 0:
-        return torch.full((n_tiles, 0), -1, device=device, dtype=torch.long), torch.zeros(n_tiles, device=device, dtype=torch.long)
+        return torch.full((n_tiles, 0), -1, device=device, dtype=torch.long), torch.zeros(
+            n_tiles, device=device, dtype=torch.long
+        )
     m = means2d[visible].detach().float() / tile_size
     r = radii[visible].float() / tile_size
     lo_x = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
@@ -252,7 +276,8 @@ def composite_tiles(
     tile_origin = torch.stack([tile_idx % tiles_x, tile_idx // tiles_x], -1).to(dtype) * tile_size  # [n_tiles, 2]
 
     acc = torch.zeros(n_tiles, n_pix, n_feat, device=device, dtype=dtype)
-    trans = torch.ones(n_tiles, n_pix, device=device, dtype=dtype)
+    # transmittance before each pixel's next splat, in float64: the running product goes on exactly from chunk to chunk
+    trans = torch.ones(n_tiles, n_pix, device=device, dtype=torch.float64)
     done = torch.zeros(n_tiles, n_pix, device=device, dtype=torch.bool)
     gather_keys = [k for k in params if k not in ("radii", "depths")]
     start, chunk = 0, 32
@@ -269,14 +294,24 @@ def composite_tiles(
         alpha = torch.clamp_max(opac[:, None] * torch.exp(-sigma), MAX_ALPHA)
         alpha = alpha * (alpha >= ALPHA_THRESHOLD)  # splats below 1/255 are skipped
         one_minus = 1.0 - alpha  # >= 0.001
-        # finished pixels start at T = 0 so nothing more is added to them
-        t_prev = torch.where(done[active], torch.zeros((), device=device, dtype=dtype), trans[active])
-        t_after = t_prev[..., None] * torch.cumprod(one_minus, dim=-1)
-        # the splat that would bring T to <= 1e-4 and all behind it are excluded (gsplat)
-        w = torch.where(t_after > TRANSMITTANCE_EPS, alpha * (t_after / one_minus), torch.zeros((), device=device, dtype=dtype))
+        # T after each splat, one running product per pixel continued from the last chunk: on the CPU
+        # cumprod is a sequential scan, so with the carried T folded into the first factor, in float64,
+        # it is the same product as over all of the pixel's splats at once (float32 would round T at
+        # every chunk boundary and could move a stop)
+        first = one_minus[..., 0].to(torch.float64) * trans[active]
+        factors = one_minus.to(torch.float64, copy=True)  # a copy also for float64 renders: it is written next
+        factors[..., 0] = first
+        t64 = torch.cumprod(factors, dim=-1)
+        t_after = t64.to(dtype)
+        # the splat that would bring T to <= 1e-4 and all behind it are excluded (gsplat); finished pixels take nothing
+        keep = (t_after > TRANSMITTANCE_EPS) & ~done[active][..., None]
+        w = torch.where(keep, alpha * (t_after / one_minus), torch.zeros((), device=device, dtype=dtype))
         acc = acc.index_copy(0, active, acc[active] + w @ features[sel_safe])
-        trans = trans.index_copy(0, active, trans[active] - w.sum(-1))
-        done = done.index_copy(0, active, done[active] | (t_after[..., -1] <= TRANSMITTANCE_EPS))
+        # T falls along the splats, so the kept ones are a prefix: T after the last of them
+        n_keep = keep.sum(-1, keepdim=True)
+        t_last = t64.gather(-1, (n_keep - 1).clamp_min(0)).squeeze(-1)
+        trans = trans.index_copy(0, active, torch.where(n_keep[..., 0] > 0, t_last, trans[active]))
+        done = done.index_copy(0, active, done[active] | ~keep[..., -1])
         start += chunk
         chunk *= 2
 
@@ -284,7 +319,7 @@ def composite_tiles(
         x = x.reshape(tiles_y, tiles_x, tile_size, tile_size, -1).permute(0, 2, 1, 3, 4)
         return x.reshape(tiles_y * tile_size, tiles_x * tile_size, -1)[:height, :width]
 
-    return to_image(acc), to_image(trans[..., None])[..., 0]
+    return to_image(acc), to_image(trans.to(dtype)[..., None])[..., 0]
 
 
 def rasterize_torch(

@@ -149,8 +149,10 @@ def drone_trajectory(
         wobble = sum(a * np.cos(k * theta + p) for k, (a, p) in enumerate(zip(amp, phase), start=2)) / amp.sum()
         rad = (0.7 + 0.3 * wobble) * (1.0 - margin)  # in [0.4, 1] x (1 - margin) of the half-size
         return np.stack(
-            [(x_min + x_max) / 2 + rad * np.cos(theta) * (x_max - x_min) / 2,
-             (y_min + y_max) / 2 + rad * np.sin(theta) * (y_max - y_min) / 2],
+            [
+                (x_min + x_max) / 2 + rad * np.cos(theta) * (x_max - x_min) / 2,
+                (y_min + y_max) / 2 + rad * np.sin(theta) * (y_max - y_min) / 2,
+            ],
             axis=-1,
         )
 

@@ -106,9 +106,7 @@ class _ImplicitGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, t: _Tables) -> torch.Tensor:
-        out, _, _ = spops.implicit_gemm(
-            feats, weight, t.pair_fwd, t.mask_fwd, t.argsort_fwd, t.num_out, t.masks, True, t.is_subm
-        )
+        out, _, _ = spops.implicit_gemm(feats, weight, t.pair_fwd, t.mask_fwd, t.argsort_fwd, t.num_out, t.masks, True, t.is_subm)
         ctx.save_for_backward(feats, weight)
         ctx.tables = t
         return out

@@ -13,9 +13,7 @@ from .kernel_map import KernelMap, down_map, inverse_map, subm_map
 from .tensor import SparseTensor
 
 
-def apply_kernel_map(
-    feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap
-) -> torch.Tensor:
+def apply_kernel_map(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap) -> torch.Tensor:
     """``out[o] = bias + sum_k W[k] feats[i]`` over the map's (i, o) pairs of offset k."""
     c_out, c_in = weight.shape[0], weight.shape[-1]
     w = weight.reshape(c_out, -1, c_in)

@@ -103,9 +103,7 @@ def backend_name(device: torch.device) -> str:
     env = os.environ.get("DIFFUSERS_CITY_SPARSE_BACKEND")
     if env:
         if env not in available_backends():
-            raise ValueError(
-                f"DIFFUSERS_CITY_SPARSE_BACKEND={env!r} is not usable here; available: {available_backends()}"
-            )
+            raise ValueError(f"DIFFUSERS_CITY_SPARSE_BACKEND={env!r} is not usable here; available: {available_backends()}")
         if env == "torch" or device.type == "cuda":
             return env
     return "spconv" if device.type == "cuda" and "spconv" in _available() else "torch"

@@ -86,9 +86,7 @@ def _check_int_tensor(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must have an integer dtype, got {t.dtype}")
 
 
-def serialize(
-    coords: torch.Tensor, order: str = "z", grid_size: int = 1, bits: int | None = None
-) -> torch.Tensor:
+def serialize(coords: torch.Tensor, order: str = "z", grid_size: int = 1, bits: int | None = None) -> torch.Tensor:
     """Curve keys of voxel coordinates.
 
     Args:
@@ -144,9 +142,7 @@ def key_bits(cell_max: int, batch_max: int, bits: int | None = None) -> int:
             "raise grid_size"
         )
     if batch_max >= 1 << (63 - 3 * bits):
-        raise ValueError(
-            f"batch index {batch_max} does not fit in the {63 - 3 * bits} high bits left by {bits} bits per axis"
-        )
+        raise ValueError(f"batch index {batch_max} does not fit in the {63 - 3 * bits} high bits left by {bits} bits per axis")
     return bits
 
 

@@ -24,7 +24,6 @@ def _as_origin(origin: Sequence[float] | torch.Tensor) -> tuple[float, float, fl
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
-
 def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``t[index]`` along dim 0 for a long index or a bool mask, through ``index_select``.
 
@@ -36,6 +35,7 @@ def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if index.dtype == torch.bool:
         index = index.nonzero().squeeze(1)
     return t.index_select(0, index)
+
 
 class SparseTensor:
     """Features ``feats`` [N, C] on voxels ``coords`` [N, 4] int32 = (batch, x, y, z).

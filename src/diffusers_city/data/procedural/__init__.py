@@ -16,7 +16,7 @@ import numpy as np
 from ..classes import NUM_CLASSES
 from ..scene import CityScene
 from .layout import MATERIAL_CLASS, Layout, build_layout
-from .style import CityStyle, KIND_NAMES
+from .style import KIND_NAMES, CityStyle
 from .surface import sample_top, sample_walls, wall_classes
 from .texture import shade, sun_direction, top_colors, wall_colors
 

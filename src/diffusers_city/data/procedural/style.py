@@ -25,9 +25,7 @@ class KindTable:
     block_pitch: np.ndarray = field(  # block + road period range (m)
         default_factory=lambda: np.array([[70, 115], [80, 135], [60, 105], [110, 190], [150, 240]], float)
     )
-    road_width: np.ndarray = field(
-        default_factory=lambda: np.array([[14, 20], [12, 16], [8, 12], [12, 16], [8, 10]], float)
-    )
+    road_width: np.ndarray = field(default_factory=lambda: np.array([[14, 20], [12, 16], [8, 12], [12, 16], [8, 10]], float))
     sidewalk: np.ndarray = field(default_factory=lambda: np.array([4.0, 3.0, 2.0, 1.5, 2.0]))
     lot_size: np.ndarray = field(default_factory=lambda: np.array([34.0, 28.0, 17.0, 55.0, 40.0]))
     setback: np.ndarray = field(  # building setback range inside a lot (m)
@@ -38,7 +36,9 @@ class KindTable:
             [[42, 0.55, 12, 220], [17, 0.35, 7, 40], [7, 0.25, 3.5, 12], [9, 0.3, 5, 18], [6, 0.3, 3.5, 10]], float
         )
     )
-    floor_height: np.ndarray = field(default_factory=lambda: np.array([[3.6, 4.2], [3.1, 3.6], [2.8, 3.2], [4.5, 6.0], [3.0, 3.5]]))
+    floor_height: np.ndarray = field(
+        default_factory=lambda: np.array([[3.6, 4.2], [3.1, 3.6], [2.8, 3.2], [4.5, 6.0], [3.0, 3.5]])
+    )
     block_types: np.ndarray = field(  # buildings, park, plaza, parking, water, construction
         default_factory=lambda: np.array(
             [
@@ -108,7 +108,7 @@ class CityStyle:
     kinds: KindTable = field(default_factory=KindTable)
 
     @classmethod
-    def from_kwargs(cls, **style) -> "CityStyle":
+    def from_kwargs(cls, **style) -> CityStyle:
         """Build a style from keywords, rejecting unknown names and out-of-range values."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(style) - names)
@@ -132,7 +132,9 @@ class CityStyle:
             if not float(getattr(out, name)) >= 0:
                 raise ValueError(f"style option {name} must be >= 0, got {getattr(out, name)}")
         if out.max_building_height_m is not None and not float(out.max_building_height_m) >= 3:
-            raise ValueError(f"style option max_building_height_m must be >= 3 (one floor) or None, got {out.max_building_height_m}")
+            raise ValueError(
+                f"style option max_building_height_m must be >= 3 (one floor) or None, got {out.max_building_height_m}"
+            )
         if not 0 <= out.river_probability <= 1:
             raise ValueError(f"river_probability must be in 0..1, got {out.river_probability}")
         if not isinstance(out.image_scale, int) or out.image_scale < 1:

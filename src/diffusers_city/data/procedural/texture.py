@@ -63,7 +63,15 @@ FACADES = np.array(
 )
 GLASS = np.array([[0.20, 0.28, 0.36], [0.30, 0.38, 0.44], [0.18, 0.22, 0.26], [0.36, 0.45, 0.48]])
 CARS = np.array(
-    [[0.90, 0.90, 0.90], [0.08, 0.08, 0.09], [0.62, 0.63, 0.65], [0.65, 0.10, 0.10], [0.12, 0.22, 0.50], [0.35, 0.36, 0.38], [0.85, 0.72, 0.20]]
+    [
+        [0.90, 0.90, 0.90],
+        [0.08, 0.08, 0.09],
+        [0.62, 0.63, 0.65],
+        [0.65, 0.10, 0.10],
+        [0.12, 0.22, 0.50],
+        [0.35, 0.36, 0.38],
+        [0.85, 0.72, 0.20],
+    ]
 )
 TREES = np.array([[0.16, 0.34, 0.13], [0.24, 0.40, 0.16], [0.30, 0.42, 0.14], [0.13, 0.28, 0.15], [0.55, 0.38, 0.14]])
 TREE_WEIGHTS = np.array([0.3, 0.3, 0.2, 0.17, 0.03])
@@ -119,7 +127,10 @@ def top_colors(layout: Layout, x: np.ndarray, y: np.ndarray, cell: np.ndarray) -
         e_v = np.where(lu[m] < hm, lu[m], lu[m] - pu)
         street = mat[m] == M_ASPHALT
         line_col = np.where((dvar[m] < 0.3)[:, None], YELLOW, WHITE)
-        for e, along, band, other_l, period in ((e_u, u[m], band_u & ~band_v, lu[m], pu), (e_v, v[m], band_v & ~band_u, lv[m], pv)):
+        for e, along, band, other_l, period in (
+            (e_u, u[m], band_u & ~band_v, lu[m], pu),
+            (e_v, v[m], band_v & ~band_u, lv[m], pv),
+        ):
             centre = band & (np.abs(e) < 0.12) & (np.mod(along, 9.0) < 4.5) & street
             edge = band & (np.abs(np.abs(e) - (hm - 0.5)) < 0.1) & street
             near = np.minimum(np.abs(other_l - hm), np.abs(other_l - (period - hm)))
@@ -159,7 +170,7 @@ def top_colors(layout: Layout, x: np.ndarray, y: np.ndarray, cell: np.ndarray) -
         col[m] = _pick(PITCHED_ROOFS, _key_uniform(layout, cell[m], 32)) * (1 - 0.15 * rows + 0.05 * g1[m])[:, None]
     m = np.flatnonzero(mat == M_ROOF_UNIT)
     if m.size:
-        col[m] *= (1 - 0.15 * ((np.mod(u[m], 0.8) < 0.1)))[:, None]
+        col[m] *= (1 - 0.15 * (np.mod(u[m], 0.8) < 0.1))[:, None]
 
     m = np.flatnonzero(mat == M_CAR)
     if m.size:
@@ -256,4 +267,3 @@ def sun_direction(seed: int, azimuth_deg: float | None, elevation_deg: float | N
     az = np.deg2rad(azimuth_deg) if azimuth_deg is not None else 2 * np.pi * float(hash_uniform(seed, 0x5A))
     el = np.deg2rad(elevation_deg) if elevation_deg is not None else np.deg2rad(35 + 35 * float(hash_uniform(seed, 0x5B)))
     return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-

@@ -300,7 +300,9 @@ class BEVPoints:
         """Concatenate point sets of one layout (at least one)."""
         if len(parts) == 1:
             return parts[0]
-        values = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BEVPoints) if f.name != "meters_per_pixel"}
+        values = {
+            f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BEVPoints) if f.name != "meters_per_pixel"
+        }
         return BEVPoints(**values, meters_per_pixel=parts[0].meters_per_pixel)
 
 
@@ -368,9 +370,10 @@ def _columns(layout: BEVLayout, window: tuple[int, int, int, int], maps: tuple[t
     col_stride = reduce(strides, "amax", 1)
     col_cls = torch.remainder(keys, NUM_CLASSES)
     counts = torch.zeros(m, device=device).index_add_(0, inverse, torch.ones_like(ii, dtype=torch.float32))
-    centroid = torch.zeros(m, 2, device=device, dtype=torch.float64).index_add_(
-        0, inverse, torch.stack([jj, ii], -1).double() + 0.5
-    ) / counts[:, None].double()
+    centroid = (
+        torch.zeros(m, 2, device=device, dtype=torch.float64).index_add_(0, inverse, torch.stack([jj, ii], -1).double() + 0.5)
+        / counts[:, None].double()
+    )
     levels = torch.div(col_top - col_bottom, col_stride, rounding_mode="floor") + 1
     exposed = -torch.div(-(col_top - col_low), col_stride, rounding_mode="floor")  # ceil((top - low) / s)
     count = torch.clamp(torch.minimum(levels, exposed), min=1)
@@ -477,9 +480,7 @@ def _camera_rays(
     return origin[..., None, :].expand_as(dirs).reshape(-1, 3), dirs.reshape(-1, 3)
 
 
-def _view_window(
-    layout: BEVLayout, cameras: Any, max_distance: float | None
-) -> tuple[int, int, int, int] | None:
+def _view_window(layout: BEVLayout, cameras: Any, max_distance: float | None) -> tuple[int, int, int, int] | None:
     """Aligned layout window holding every ray segment of the cameras inside the height slab."""
     h, w = layout.shape
     zlo, zhi = layout.z_range

@@ -19,10 +19,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .bev import FLAT_CLASSES
 from ...render import Gaussians
 from ...sparse.attention import SparseTransformerBlock
 from ...sparse.tensor import SparseTensor
+from .bev import FLAT_CLASSES
 from .layers import ModulatedLinear, leaky_relu, pool_features, sincos_encoding
 from .point_hierarchy import PointHierarchy
 
@@ -38,9 +38,7 @@ class _Stage(nn.Module):
         super().__init__()
         heads = max(1, dim // head_dim)
         self.blocks = nn.ModuleList(
-            SparseTransformerBlock(
-                dim, heads, attention="serialized", patch_size=patch_size, order=order, grid_size=grid_size
-            )
+            SparseTransformerBlock(dim, heads, attention="serialized", patch_size=patch_size, order=order, grid_size=grid_size)
             for _ in range(depth)
         )
 
@@ -132,9 +130,7 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         )
         self.to_rgb = ModulatedLinear(mlp_hidden, 3, style_dim, demodulate=False)
 
-    def sample_styles(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-    ) -> torch.Tensor:
+    def sample_styles(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """``n`` style codes from the configured distribution (standard normal), ``[n, style_dim]``."""
         gen_device = generator.device if generator is not None else device
         z = torch.randn(n, self.config.style_dim, generator=generator, device=gen_device)

@@ -57,7 +57,7 @@ class BEVSceneEncoder(ModelMixin, ConfigMixin):
     @property
     def receptive_margin(self) -> int:
         """Map pixels of context a crop needs around the points for border-free features."""
-        return 4 * 2 ** self.config.num_down
+        return 4 * 2**self.config.num_down
 
     def forward(self, semantic: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
         """``semantic [B, H, W]`` long, ``height [B, H, W]`` metres -> features ``[B, C, H', W']``."""

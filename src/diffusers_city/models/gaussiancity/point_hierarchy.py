@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ...utils.device import upload
 from ...sparse.attention import AttentionGroups, SerializedAttention, patch_lengths
 from ...sparse.serialize import curve_code, key_bits
 from ...sparse.tensor import SparseTensor
+from ...utils.device import upload
 
 __all__ = ["HierarchyCapacity", "PointHierarchy"]
 

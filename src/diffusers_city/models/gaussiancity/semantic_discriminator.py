@@ -56,7 +56,9 @@ class SemanticDiscriminator(ModelMixin, ConfigMixin):
         logits = self.head(F.leaky_relu(self.smooth(y), 0.2))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def loss(self, logits: torch.Tensor, segmentation: torch.Tensor, real: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, segmentation: torch.Tensor, real: bool, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-pixel cross-entropy against ``segmentation [B, H, W]`` (real) or the fake class,
         averaged over ``mask [B, H, W]`` (the covered pixels) when given."""
         target = segmentation.long() if real else torch.full_like(segmentation, self.config.num_classes, dtype=torch.long)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ...sparse import SparseTensor
 from ..shared.distributions import AutoencoderOutput, DiagonalGaussianDistribution
-from ..shared.sparse_vae import StructureDecoder, StructureDecoding, SparseEncoder, full_grid, level_geometry, scatter_to_dense
+from ..shared.sparse_vae import SparseEncoder, StructureDecoder, StructureDecoding, full_grid, level_geometry, scatter_to_dense
 from .legacy import LegacyScalingMixin
 
 

@@ -140,8 +140,10 @@ class Sat2CityDenseUNet3D(ModelMixin, ConfigMixin):
                 self.downsamplers.append(nn.Conv3d(ch, ch, 3, padding=1))
                 skips.append(ch)
         self.mid = nn.ModuleList(
-            [_Unit(ch, ch, emb_ch, norm_num_groups, dropout, num_heads, True),
-             _Unit(ch, ch, emb_ch, norm_num_groups, dropout, num_heads, False)]
+            [
+                _Unit(ch, ch, emb_ch, norm_num_groups, dropout, num_heads, True),
+                _Unit(ch, ch, emb_ch, norm_num_groups, dropout, num_heads, False),
+            ]
         )
         self.up = nn.ModuleList()
         self.upsamplers = nn.ModuleList()

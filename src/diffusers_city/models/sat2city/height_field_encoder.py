@@ -25,8 +25,12 @@ class _ResidualMLP(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, channels),
-            nn.LayerNorm(channels), nn.SiLU(), nn.Linear(channels, channels),
+            nn.LayerNorm(channels),
+            nn.SiLU(),
+            nn.Linear(channels, channels),
+            nn.LayerNorm(channels),
+            nn.SiLU(),
+            nn.Linear(channels, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +69,7 @@ class HeightFieldEncoder(ModelMixin, ConfigMixin):
         self.point_blocks = nn.Sequential(*[_ResidualMLP(point_channels) for _ in range(num_point_blocks)])
         self.encoder = SparseEncoder(point_channels, tuple(encoder_channels), layers_per_block)
         self.scale_proj = nn.ModuleList(nn.Linear(ch, condition_channels) for ch in encoder_channels)
-        self.conv_out = nn.Sequential(
-            nn.SiLU(), nn.Conv3d(condition_channels, condition_channels, kernel_size=3, padding=1)
-        )
+        self.conv_out = nn.Sequential(nn.SiLU(), nn.Conv3d(condition_channels, condition_channels, kernel_size=3, padding=1))
 
     @property
     def total_stride(self) -> int:
@@ -86,9 +88,7 @@ class HeightFieldEncoder(ModelMixin, ConfigMixin):
         pooled = h.new_full((unique.shape[0], h.shape[1]), float("-inf"))
         pooled = pooled.scatter_reduce(0, inverse.unsqueeze(1).expand_as(h), h, reduce="amax", include_self=True)
         stride = self.config.point_voxel_stride
-        return SparseTensor(
-            pooled, unique, voxel_size=v, origin=(v / 2,) * 3, stride=stride, batch_size=batch_size
-        )
+        return SparseTensor(pooled, unique, voxel_size=v, origin=(v / 2,) * 3, stride=stride, batch_size=batch_size)
 
     def forward(
         self,

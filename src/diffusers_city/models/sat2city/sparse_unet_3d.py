@@ -84,8 +84,10 @@ class Sat2CitySparseUNet3D(ModelMixin, ConfigMixin):
                 self.downsamplers.append(SparseConv3d(ch, block_channels[level + 1], kernel_size=2, stride=2))
                 ch = block_channels[level + 1]
         self.mid = nn.ModuleList(
-            [SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, True),
-             SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, False)]
+            [
+                SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, True),
+                SparseUNetUnit(ch, ch, emb_ch, dropout, num_heads, attention_window, False),
+            ]
         )
         self.up = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
@@ -93,7 +95,10 @@ class Sat2CitySparseUNet3D(ModelMixin, ConfigMixin):
             out_ch = block_channels[level]
             attn = level in attention_levels
             units = nn.ModuleList([SparseUNetUnit(ch + skips.pop(), out_ch, emb_ch, dropout, num_heads, attention_window, attn)])
-            units.extend(SparseUNetUnit(out_ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn) for _ in range(layers_per_block - 1))
+            units.extend(
+                SparseUNetUnit(out_ch, out_ch, emb_ch, dropout, num_heads, attention_window, attn)
+                for _ in range(layers_per_block - 1)
+            )
             ch = out_ch
             self.up.append(units)
             if level > 0:

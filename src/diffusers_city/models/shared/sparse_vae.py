@@ -136,9 +136,7 @@ class StructureDecoder(nn.Module):
             self.child_proj.append(nn.Linear(prev, 8 * ch))  # 8 octant maps, as one matmul
             self.blocks.append(nn.ModuleList(SparseResBlock(ch, ch) for _ in range(layers_per_block)))
         if predict_structure:
-            self.occupancy_heads = nn.ModuleList(
-                nn.Sequential(nn.SiLU(), nn.Linear(ch, 1)) for ch in block_channels
-            )
+            self.occupancy_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(ch, 1)) for ch in block_channels)
         self.norm_out = nn.LayerNorm(block_channels[-1])
         self.head = nn.Linear(block_channels[-1], out_channels)
 
@@ -213,9 +211,7 @@ class StructureDecoder(nn.Module):
         )
 
 
-def full_grid(
-    dense: torch.Tensor, voxel_size: float, origin: tuple[float, float, float], stride: int
-) -> SparseTensor:
+def full_grid(dense: torch.Tensor, voxel_size: float, origin: tuple[float, float, float], stride: int) -> SparseTensor:
     """Every voxel of a dense ``[B, C, X, Y, Z]`` grid as a ``SparseTensor`` (the dense neck)."""
     mask = torch.ones(dense.shape[:1] + dense.shape[2:], dtype=torch.bool, device=dense.device)
     return SparseTensor.from_dense(dense, mask=mask, voxel_size=voxel_size, origin=origin, stride=stride)

@@ -5,7 +5,8 @@ from .pipeline_gaussiancity import GaussianCityPipeline
 from .pipeline_output import GaussianCityPipelineOutput
 
 SYSTEM = System(
-    name="gaussiancity", pipeline="GaussianCityPipeline",
+    name="gaussiancity",
+    pipeline="GaussianCityPipeline",
     description="BEV layout -> 3D Gaussian city with the GaussianCity pipeline",
 )
 

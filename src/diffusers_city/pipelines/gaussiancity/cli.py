@@ -14,12 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--pipeline", default=None,
-                        help="pipeline folder or Hub repo id (default: the shipped pipelines/gaussiancity/default)")
+    parser.add_argument(
+        "--pipeline", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/gaussiancity/default)"
+    )
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead")
     parser.add_argument("--seed", type=int, default=0, help="seed of the style codes")
-    parser.add_argument("--decode_chunk_size", type=int, default=1,
-                        help="frames decoded together, once (faster on a GPU; 1: every frame on its own, as the paper)")
+    parser.add_argument(
+        "--decode_chunk_size",
+        type=int,
+        default=1,
+        help="frames decoded together, once (faster on a GPU; 1: every frame on its own, as the paper)",
+    )
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -31,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ...data.scene import CityScene
     from ...export.splat import write_gaussian_ply
     from ...export.video import write_video
-    from .pipeline_gaussiancity import GaussianCityPipeline
     from ...presets import bundled_path
+    from .pipeline_gaussiancity import GaussianCityPipeline
 
     for name in ("frames", "width", "height", "decode_chunk_size"):
         if getattr(args, name) <= 0:
@@ -74,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         tmp.replace(path)
     video = write_video(args.out / f"{args.trajectory}.{args.video}", out.images, fps=args.fps)
     g = out.gaussians.to("cpu")
-    ply = write_gaussian_ply(args.out / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(),
-                             g.opacities.numpy(), g.quats.numpy())
+    ply = write_gaussian_ply(
+        args.out / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(), g.opacities.numpy(), g.quats.numpy()
+    )
     print(f"wrote {len(out.images)} frames to {frames_dir}, {video} and {ply} ({len(g)} Gaussians)")
     return 0

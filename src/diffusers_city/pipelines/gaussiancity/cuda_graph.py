@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ...utils.cuda_graph import CapturedCall
 from ...models.gaussiancity import BEVPointDecoder
 from ...models.gaussiancity.point_hierarchy import HierarchyCapacity, PointHierarchy
+from ...utils.cuda_graph import CapturedCall
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -59,8 +59,14 @@ class GraphedPointDecoder:
             self.call, self.key = None, state
         padded = hierarchy.padded(self.capacity)
         rows = self.capacity.points[0]
-        inputs = [_pad_rows(positions, rows), _pad_rows(relative, rows), _pad_rows(classes, rows),
-                  _pad_rows(batch_index, rows), styles, *padded.device_tensors()]
+        inputs = [
+            _pad_rows(positions, rows),
+            _pad_rows(relative, rows),
+            _pad_rows(classes, rows),
+            _pad_rows(batch_index, rows),
+            styles,
+            *padded.device_tensors(),
+        ]
         if self.call is None:
             self.call = CapturedCall(self._feature_pass(padded), inputs)
             self.captures += 1

@@ -63,7 +63,14 @@ def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None =
     tmp.replace(first)
     paths.append(first)
     paths.append(
-        write_gaussian_ply(out_dir / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(),
-                           g.opacities.numpy(), g.quats.numpy(), sh_degree=0)
+        write_gaussian_ply(
+            out_dir / "city.ply",
+            g.means.numpy(),
+            g.colors.numpy(),
+            g.scales.numpy(),
+            g.opacities.numpy(),
+            g.quats.numpy(),
+            sh_degree=0,
+        )
     )
     return paths

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...models.gaussiancity.bev import (
     BEVLayout,
     BEVPoints,
@@ -26,7 +27,6 @@ from ...models.gaussiancity.bev import (
     bev_points,
     visible_bev_points_per_camera,
 )
-from ...models.gaussiancity import BEVPointDecoder, BEVSceneEncoder
 from ...render import Cameras, Gaussians, render_gaussians
 from ...utils.device import upload
 from ..pipeline_utils import IMAGE_OUTPUT_TYPES, check_callback_inputs, check_output_type, check_positive_int, frames_to_output
@@ -221,7 +221,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         mpp = layout.meters_per_pixel
         xy = (xy_world.double() - upload(torch.tensor(layout.origin[:2], dtype=torch.float64), xy_world.device)) / mpp
         margin = self.scene_encoder.receptive_margin
-        step = 2 ** self.scene_encoder.config.num_down
+        step = 2**self.scene_encoder.config.num_down
         h, w = layout.shape
         lo, hi = torch.stack([xy.amin(0).floor() - margin, xy.amax(0).ceil() + margin]).long().tolist()
         c0, r0 = max(0, lo[0] // step * step), max(0, lo[1] // step * step)
@@ -279,8 +279,12 @@ class GaussianCityPipeline(DiffusionPipeline):
         for all of them. Visibility stops at the scene encoder's ``max_view_distance``; ``cache``
         keeps its tables across calls (:class:`~diffusers_city.models.gaussiancity.bev.ViewCache`)."""
         device = self._execution_device if device is None else device
-        options = {"max_distance": float(self.scene_encoder.config.max_view_distance), "ray_step": ray_step,
-                   "device": device, "cache": cache}
+        options = {
+            "max_distance": float(self.scene_encoder.config.max_view_distance),
+            "ray_step": ray_step,
+            "device": device,
+            "cache": cache,
+        }
         points, rows = visible_bev_points_per_camera(layout, cameras, **options)
         gaussians = self.decode_points(layout, points, styles, device)
         return [gaussians] if len(rows) == 1 else [gaussians[r] for r in rows]
@@ -366,7 +370,9 @@ class GaussianCityPipeline(DiffusionPipeline):
             if bg.shape != (3,) or not bool(torch.isfinite(bg).all()):
                 raise ValueError(f"background must be 3 finite values (RGB), got {background!r}")
         if self._graphed is not None and getattr(self.building_decoder, "_hf_hook", None) is not None:
-            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a call)")
+            raise ValueError(
+                "enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a call)"
+            )
         return check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, ["image"])
 
     # -- call -----------------------------------------------------------------------------
@@ -431,7 +437,9 @@ class GaussianCityPipeline(DiffusionPipeline):
             if semantic_map is not None or height_map is not None:
                 raise ValueError("pass either scene or semantic_map/height_map, not both")
             if not all(hasattr(scene, k) for k in ("semantic", "height", "meters_per_pixel", "origin")):
-                raise ValueError(f"scene must be a CityScene (semantic, height, meters_per_pixel, origin), got {type(scene).__name__}")
+                raise ValueError(
+                    f"scene must be a CityScene (semantic, height, meters_per_pixel, origin), got {type(scene).__name__}"
+                )
             semantic_map, height_map = scene.semantic, scene.height
             ground_map, instance_map = getattr(scene, "ground", None), getattr(scene, "instance", None)
             meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)

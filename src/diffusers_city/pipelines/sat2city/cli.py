@@ -7,17 +7,28 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--height-map", type=Path, required=True,
-                        help="grayscale height map (PNG/TIFF/.npy, 0..255 = height_range metres) or a CityScene folder")
+    parser.add_argument(
+        "--height-map",
+        type=Path,
+        required=True,
+        help="grayscale height map (PNG/TIFF/.npy, 0..255 = height_range metres) or a CityScene folder",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for city.ply, city.glb, city_preview.png")
-    parser.add_argument("--model", default=None,
-                        help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)")
+    parser.add_argument(
+        "--model", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)"
+    )
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead of weights")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--meters-per-pixel", type=float, default=None)
-    parser.add_argument("--height-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="metres of gray 0 and 255 (default: the model's 0..max_height_m)")
+    parser.add_argument(
+        "--height-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="metres of gray 0 and 255 (default: the model's 0..max_height_m)",
+    )
     add_sampling_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--max-memory-gb", type=float, default=32.0)
@@ -36,12 +47,26 @@ class _PerStage(argparse.Action):
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """``--guidance-scale`` and ``--temperature`` (one value or one per stage), shared by this
     command and the quality benchmark."""
-    parser.add_argument("--guidance-scale", type=float, nargs="+", default=None, metavar="G", action=_PerStage,
-                        help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance); "
-                             "default: the pipeline's stored best")
-    parser.add_argument("--temperature", type=float, nargs="+", default=None, metavar="T", action=_PerStage,
-                        help="scale of the initial noise (1 = the trained prior, 0 = deterministic): one for every stage or three; "
-                             "default: the pipeline's stored best")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="G",
+        action=_PerStage,
+        help="classifier-free guidance (1 = off): one scale for every stage or three (dense sparse appearance); "
+        "default: the pipeline's stored best",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="T",
+        action=_PerStage,
+        help="scale of the initial noise (1 = the trained prior, 0 = deterministic): one for every stage or three; "
+        "default: the pipeline's stored best",
+    )
 
 
 def _load_input(path: Path):
@@ -57,9 +82,9 @@ def _load_input(path: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ...presets import bundled_path
     from .demo import write_city
     from .pipeline_sat2city import Sat2CityPipeline
-    from ...presets import bundled_path
 
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")

@@ -29,8 +29,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ...data.noise import height_from_gray
-from ...export.mesh import mesh_from_voxels
 from ...data.scene import CityScene
+from ...export.mesh import mesh_from_voxels
 from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
 from ...models.sat2city.conditions import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
@@ -157,7 +157,9 @@ def load_height_map(
     if not (math.isfinite(mpp) and mpp > 0):
         raise ValueError(f"meters_per_pixel must be a finite number > 0, got {mpp}")
     if min(height.shape) < MIN_PIXELS:
-        raise ValueError(f"{source}: height map of {height.shape[0]}x{height.shape[1]} px is too small (min {MIN_PIXELS} px a side)")
+        raise ValueError(
+            f"{source}: height map of {height.shape[0]}x{height.shape[1]} px is too small (min {MIN_PIXELS} px a side)"
+        )
     if float(height.max()) == float(height.min()):
         raise ValueError(f"{source}: height map is constant ({float(height.min()):g} m everywhere): nothing to generate")
     return HeightMap(height, mpp, origin, crs)
@@ -229,23 +231,44 @@ class Sat2CityPipeline(DiffusionPipeline):
         """``ValueError`` naming the first pair of components whose configs do not fit together."""
         d, s, c = self.dense_vae.config, self.sparse_vae.config, self.condition_encoder.config
         checks = [
-            (d.voxel_size == s.voxel_size == c.voxel_size,
-             f"voxel sizes differ: dense_vae {d.voxel_size}, sparse_vae {s.voxel_size}, condition_encoder {c.voxel_size}"),
-            (self.condition_encoder.total_stride == self.dense_vae.downsample_factor,
-             f"condition_encoder downsamples by {self.condition_encoder.total_stride}, dense_vae by {self.dense_vae.downsample_factor}"),
-            (self.dense_unet.config.in_channels == d.latent_channels,
-             f"dense_unet in_channels {self.dense_unet.config.in_channels} != dense_vae latent_channels {d.latent_channels}"),
-            (self.dense_unet.config.condition_channels == c.condition_channels,
-             f"dense_unet condition_channels {self.dense_unet.config.condition_channels} != condition_encoder condition_channels {c.condition_channels}"),
-            (self.sparse_unet.config.in_channels == s.latent_channels,
-             f"sparse_unet in_channels {self.sparse_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
-            (self.appearance_unet.config.in_channels == s.latent_channels,
-             f"appearance_unet in_channels {self.appearance_unet.config.in_channels} != sparse_vae latent_channels {s.latent_channels}"),
-            (self.appearance_unet.config.condition_channels == len(s.decoder_channels) + 3,
-             f"appearance_unet condition_channels must be {len(s.decoder_channels) + 3} (struct levels + normal), "
-             f"got {self.appearance_unet.config.condition_channels}"),
-            (self.dense_vae.downsample_factor % self.sparse_vae.downsample_factor == 0,
-             f"dense_vae factor {self.dense_vae.downsample_factor} must be a multiple of sparse_vae factor {self.sparse_vae.downsample_factor}"),
+            (
+                d.voxel_size == s.voxel_size == c.voxel_size,
+                f"voxel sizes differ: dense_vae {d.voxel_size}, sparse_vae {s.voxel_size}, condition_encoder {c.voxel_size}",
+            ),
+            (
+                self.condition_encoder.total_stride == self.dense_vae.downsample_factor,
+                f"condition_encoder downsamples by {self.condition_encoder.total_stride}, "
+                f"dense_vae by {self.dense_vae.downsample_factor}",
+            ),
+            (
+                self.dense_unet.config.in_channels == d.latent_channels,
+                f"dense_unet in_channels {self.dense_unet.config.in_channels} != dense_vae latent_channels {d.latent_channels}",
+            ),
+            (
+                self.dense_unet.config.condition_channels == c.condition_channels,
+                f"dense_unet condition_channels {self.dense_unet.config.condition_channels} != "
+                f"condition_encoder condition_channels {c.condition_channels}",
+            ),
+            (
+                self.sparse_unet.config.in_channels == s.latent_channels,
+                f"sparse_unet in_channels {self.sparse_unet.config.in_channels} != "
+                f"sparse_vae latent_channels {s.latent_channels}",
+            ),
+            (
+                self.appearance_unet.config.in_channels == s.latent_channels,
+                f"appearance_unet in_channels {self.appearance_unet.config.in_channels} != "
+                f"sparse_vae latent_channels {s.latent_channels}",
+            ),
+            (
+                self.appearance_unet.config.condition_channels == len(s.decoder_channels) + 3,
+                f"appearance_unet condition_channels must be {len(s.decoder_channels) + 3} (struct levels + normal), "
+                f"got {self.appearance_unet.config.condition_channels}",
+            ),
+            (
+                self.dense_vae.downsample_factor % self.sparse_vae.downsample_factor == 0,
+                f"dense_vae factor {self.dense_vae.downsample_factor} must be a multiple of "
+                f"sparse_vae factor {self.sparse_vae.downsample_factor}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -324,8 +347,13 @@ class Sat2CityPipeline(DiffusionPipeline):
 
         step = GraphedStep(predict) if self.cuda_graphs and latents.is_cuda else predict
         return denoising_loop(
-            self, latents, step, generator=run.generator, callback_on_step_end=run.callback_on_step_end,
-            tensor_inputs=run.tensor_inputs, description=f"sat2city {stage}",
+            self,
+            latents,
+            step,
+            generator=run.generator,
+            callback_on_step_end=run.callback_on_step_end,
+            tensor_inputs=run.tensor_inputs,
+            description=f"sat2city {stage}",
         )
 
     @staticmethod
@@ -358,8 +386,12 @@ class Sat2CityPipeline(DiffusionPipeline):
         tensor_inputs = check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, ["latents"])
         unets = (self.dense_unet, self.sparse_unet, self.appearance_unet)
         if self.cuda_graphs and any(getattr(unet, "_hf_hook", None) is not None for unet in unets):
-            raise ValueError("enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a step)")
-        guidance = self._per_stage("guidance_scale", self.config.default_guidance_scale if guidance_scale is None else guidance_scale, 1.0)
+            raise ValueError(
+                "enable_cuda_graphs does not mix with enable_model_cpu_offload (its hooks move modules during a step)"
+            )
+        guidance = self._per_stage(
+            "guidance_scale", self.config.default_guidance_scale if guidance_scale is None else guidance_scale, 1.0
+        )
         temperature = self._per_stage("temperature", self.config.default_temperature if temperature is None else temperature, 0.0)
         return guidance, temperature, tensor_inputs
 
@@ -418,8 +450,10 @@ class Sat2CityPipeline(DiffusionPipeline):
         grid = self.grid_for(hmap)
         rise, top = float(hmap.height.max()) - hmap.z_base, grid[2] * vae.voxel_size
         if rise > top:
-            logger.warning(f"height map rises {rise:.1f} m above its lowest pixel, this model's grid is {top:g} m tall: "
-                           "geometry above that is cut")
+            logger.warning(
+                f"height map rises {rise:.1f} m above its lowest pixel, this model's grid is {top:g} m tall: "
+                "geometry above that is cut"
+            )
         need = self.estimate_memory_bytes(grid)
         if need > max_memory_gb * 1e9:
             h, w = hmap.height.shape
@@ -479,7 +513,9 @@ class Sat2CityPipeline(DiffusionPipeline):
         x_c = self._denoise("appearance", self.appearance_unet, shape, structure.replace, app_cond.to(dtype), run)
         voxels = geometry.sample
         if voxels.num_voxels:
-            features = svae.decode_appearance(svae.rehash(structure.replace(x_c / svae.config.appearance_scaling_factor)), geometry)
+            features = svae.decode_appearance(
+                svae.rehash(structure.replace(x_c / svae.config.appearance_scaling_factor)), geometry
+            )
             colors = svae.inverse_sample(features, voxels.world_positions(), voxels.coords[:, 0].long())
         else:
             colors = voxels.feats.new_zeros(0, 3)
