@@ -246,7 +246,10 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
-@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl", "nested/model.pt"])
+# the last: a pickle under a name no pickle loader would pick, found by its first bytes
+@pytest.mark.parametrize(
+    "name", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl", "nested/model.pt", "state.dat"]
+)
 def test_checkpoint_with_a_pickle_is_refused_before_loading(tmp_path, name):
     import pickle
 
@@ -264,6 +267,43 @@ def test_checkpoint_with_a_pickle_is_refused_before_loading(tmp_path, name):
     crafted.unlink()
     _restart()
     train(args, steps=1, start_step=2)  # the same checkpoint without the pickle resumes
+
+
+def _same_size(path, data: bytes) -> None:
+    """Overwrite ``path`` with ``data`` padded or cut to its size, so the manifest's sizes still match."""
+    size = path.stat().st_size
+    path.write_bytes((data + b" " * size)[:size])
+
+
+@pytest.mark.parametrize(
+    "target, problem",
+    [
+        ("model_0.safetensors", "model_0.safetensors unreadable: SafetensorError"),  # a pickle in disguise
+        ("optimizer_0.json", "optimizer_0.json unreadable: UnicodeDecodeError"),
+        (tu.CHECKPOINT_MANIFEST, "lists ../outside.json, outside the checkpoint"),
+    ],
+)
+def test_checkpoint_with_a_file_that_does_not_parse_is_named(tmp_path, target, problem):
+    """Files of the recorded sizes that are not what their names say are refused before anything
+    is loaded (the crafted pickle never runs), naming the file."""
+    import pickle
+
+    args = parse(tmp_path, "--checkpointing_steps", "2")
+    train(args, steps=2)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    marker = tmp_path / "payload-ran"
+    if target == tu.CHECKPOINT_MANIFEST:
+        (tmp_path / "run" / "outside.json").write_text("{}")
+        manifest = json.loads((checkpoint / target).read_text())
+        manifest["files"]["../outside.json"] = 2
+        (checkpoint / target).write_text(json.dumps(manifest))
+    else:
+        _same_size(checkpoint / target, pickle.dumps(_Payload(marker)))
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    with pytest.raises(tu.CheckpointError, match=f"checkpoint-2 is incomplete .*{problem}"):
+        train(args, steps=0, start_step=2)
+    assert not marker.exists()
 
 
 def test_truncated_or_unfinished_checkpoint_is_named_and_the_previous_one_offered(tmp_path):

@@ -43,6 +43,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import SchedulerType
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .export.atomic import atomic_write, fsync_tree, remove_stale_partials, write_text_atomic
@@ -54,6 +55,8 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_FORMAT = "diffusers-city-checkpoint/1"
 CHECKPOINT_MANIFEST = "checkpoint.json"  # written last: only a complete checkpoint has one
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+_MANIFEST_COUNTS = ("step", "accelerator_step", "processes", "models", "optimizers", "schedulers", "emas")
 RUN_FILE = "run.json"
 LOG_FILE = "train_log.jsonl"
 MODEL_CARDS_DIR = Path(__file__).resolve().parent / "assets" / "model_cards"
@@ -355,8 +358,33 @@ def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
     return manifest["step"]
 
 
+def _is_pickle(file: Path) -> bool:
+    """A pickle by its suffix, or by its first bytes (pickle protocols 2-5, torch.save's zip) for
+    files that are neither safetensors nor JSON (those are validated by their own parsers)."""
+    suffix = file.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return True
+    if suffix in (".safetensors", ".json"):
+        return False
+    with open(file, "rb") as f:
+        return f.read(4).startswith(_PICKLE_MAGIC)
+
+
 def _pickles(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    return sorted(p for p in path.rglob("*") if p.is_file() and _is_pickle(p))
+
+
+def _unreadable(file: Path) -> str | None:
+    """Why ``file`` (a checkpoint's JSON or safetensors file) does not parse; only headers are read."""
+    try:
+        if file.suffix == ".json":
+            json.loads(file.read_text(encoding="utf-8"))
+        elif file.suffix == ".safetensors":
+            with safe_open(file, "pt") as f:
+                f.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError, which is no ValueError
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _incomplete(path: Path) -> tuple[str | None, dict[str, Any] | None]:
@@ -369,12 +397,22 @@ def _incomplete(path: Path) -> tuple[str | None, dict[str, Any] | None]:
         return f"{CHECKPOINT_MANIFEST} unreadable: {err}", None
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
         return f"{CHECKPOINT_MANIFEST} is not a {CHECKPOINT_FORMAT} manifest", None
-    for name, size in manifest["files"].items():
+    files = manifest.get("files")
+    counts_ok = all(isinstance(manifest.get(k), int) and manifest[k] >= 0 for k in _MANIFEST_COUNTS)
+    if not (counts_ok and isinstance(files, dict) and all(isinstance(v, int) for v in files.values())):
+        return f"{CHECKPOINT_MANIFEST} lacks {list(_MANIFEST_COUNTS)} counts or its files list", None
+    root = path.resolve()
+    for name, size in files.items():
         file = path / name
+        if not file.resolve().is_relative_to(root):
+            return f"{CHECKPOINT_MANIFEST} lists {name}, outside the checkpoint", None
         if not file.is_file():
             return f"{name} missing", None
         if file.stat().st_size != size:
             return f"{name} truncated: {file.stat().st_size} of {size} bytes", None
+        problem = _unreadable(file)
+        if problem is not None:
+            return f"{name} unreadable: {problem}", None
     return None, manifest
 
 
@@ -382,8 +420,9 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """The manifest of the checkpoint folder ``path``, read without loading anything else.
 
     Raises ``CheckpointError`` when the folder holds a pickle file (``*.pkl``, ``*.bin``, ``*.pt``,
-    ``*.pth``, ...: loading one can run code) or is incomplete (no manifest, a file missing or of
-    another size than recorded); the message names the file and the newest earlier complete
+    ``*.pth``, ... or any other file starting like a pickle: loading one can run code) or is
+    incomplete (no manifest, a file missing, of another size than recorded, or whose JSON or
+    safetensors header does not parse); the message names the file and the newest earlier complete
     checkpoint of the same folder to resume from instead.
     """
     path = Path(path)
