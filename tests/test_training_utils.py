@@ -379,6 +379,8 @@ def test_shipped_files_need_update_shipped(tmp_path):
     shipped = tu.BUNDLED_ROOT / "sat2city" / "default"
     with pytest.raises(ValueError, match="--dest .*inside the shipped files.*--update_shipped"):
         tu.refuse_shipped_paths({"--dest": shipped, "--other": tmp_path}, update_shipped=False)
+    with pytest.raises(ValueError, match="--out .*inside the shipped files"):
+        tu.refuse_shipped_paths({"--out": tu.MODEL_CARDS_DIR / ".." / "x"}, update_shipped=False)
     tu.refuse_shipped_paths({"--dest": shipped}, update_shipped=True)
     tu.refuse_shipped_paths({"--dest": tmp_path / "pipe", "--unset": None}, update_shipped=False)
 

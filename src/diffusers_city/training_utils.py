@@ -236,16 +236,18 @@ def check_output_dir(output_dir: str | Path, run: dict[str, str], resuming: bool
 
 def refuse_shipped_paths(paths: dict[str, str | Path | None], update_shipped: bool) -> None:
     """Refuse output ``paths`` (flag name: path) inside the package's shipped files (the
-    top-level ``pipelines/`` folder, which the package bundles) unless ``update_shipped``
+    top-level ``pipelines/`` folder, which the package bundles, and the package itself) unless ``update_shipped``
     (``--update_shipped``): the demos and tests read those files, so only an explicit flag may
     change them."""
-    shipped = BUNDLED_ROOT.resolve()
+    shipped = (BUNDLED_ROOT.resolve(), Path(__file__).resolve().parent)
     inside = [
-        f"{flag} {path}" for flag, path in paths.items() if path is not None and Path(path).resolve().is_relative_to(shipped)
+        f"{flag} {path}"
+        for flag, path in paths.items()
+        if path is not None and any(Path(path).resolve().is_relative_to(root) for root in shipped)
     ]
     if inside and not update_shipped:
         raise ValueError(
-            f"{', '.join(inside)}: inside the shipped files ({shipped}); "
+            f"{', '.join(inside)}: inside the shipped files ({' or '.join(map(str, shipped))}); "
             "pass --update_shipped to replace them, or write elsewhere"
         )
 
