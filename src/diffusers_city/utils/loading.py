@@ -11,11 +11,13 @@ outputs or ``RuntimeError: Tensor on device meta``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
 
-__all__ = ["check_loaded_model", "check_loaded_pipeline"]
+__all__ = ["check_loaded_model", "check_loaded_pipeline", "check_weights_on_load"]
 
 _SHOWN = 5
 
@@ -45,9 +47,41 @@ def check_loaded_model(model: torch.nn.Module, name: str) -> None:
         raise ValueError(f"{name}: non-finite (NaN/inf) weights in {_listed(bad)}; the weights file is corrupt")
 
 
-def check_loaded_pipeline(pipeline: Any) -> None:
+def check_loaded_pipeline(pipeline: Any, where: str = "pipeline") -> None:
     """`check_loaded_model` on every ``torch.nn.Module`` component of a diffusers pipeline
-    (``pipeline.components``), each named by its component name."""
+    (``pipeline.components``), named ``<where>: component '<name>'``; components whose class
+    checks itself on load (`check_weights_on_load`) were checked already and are skipped."""
     for name, component in pipeline.components.items():
-        if isinstance(component, torch.nn.Module):
-            check_loaded_model(component, name)
+        checked = getattr(getattr(type(component), "from_pretrained", None), "_checks_loaded_weights", False)
+        if isinstance(component, torch.nn.Module) and not checked:
+            check_loaded_model(component, f"{where}: component {name!r} ({type(component).__name__})")
+
+
+def check_weights_on_load(cls: type) -> type:
+    """Make ``cls.from_pretrained`` (a diffusers ``ModelMixin`` or ``DiffusionPipeline`` class)
+    refuse what it loaded with `check_loaded_model` / `check_loaded_pipeline`, named by the
+    class and the folder it was loaded from (a pipeline's component folder names the
+    component). Idempotent; subclasses inherit the wrapped method; ``(model, info)`` results
+    of ``output_loading_info=True`` are handled."""
+    from diffusers import DiffusionPipeline
+
+    func = inspect.getattr_static(cls, "from_pretrained").__func__
+    if getattr(func, "_checks_loaded_weights", False):
+        return cls
+
+    @functools.wraps(func)
+    def from_pretrained(klass, pretrained_model_name_or_path, *args, **kwargs):
+        loaded = func(klass, pretrained_model_name_or_path, *args, **kwargs)
+        obj = loaded[0] if isinstance(loaded, tuple) else loaded
+        where = str(pretrained_model_name_or_path)
+        if kwargs.get("subfolder"):
+            where = f"{where}/{kwargs['subfolder']}"
+        if isinstance(obj, DiffusionPipeline):
+            check_loaded_pipeline(obj, f"{type(obj).__name__} from {where}")
+        else:
+            check_loaded_model(obj, f"{type(obj).__name__} from {where}")
+        return loaded
+
+    from_pretrained._checks_loaded_weights = True
+    cls.from_pretrained = classmethod(from_pretrained)
+    return cls

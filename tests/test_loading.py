@@ -1,0 +1,73 @@
+"""Weights are checked at load: a registered model's or pipeline's ``from_pretrained`` refuses
+non-finite values (a corrupt ``.safetensors``) and parameters the checkpoint lacks (left on
+the meta device), naming the component and the tensor (``diffusers_city.utils.loading``)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from diffusers_city import BEVPointDecoder, GaussianCityPipeline
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loading") / "gaussiancity"
+    GaussianCityPipeline.from_preset("tiny").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def folder(saved, tmp_path):
+    import shutil
+
+    return shutil.copytree(saved, tmp_path / "pipe")
+
+
+def poison(path, value: float = np.nan, index: int = 0) -> str:
+    """Overwrite the first value of the ``index``-th float32 tensor (by name) of a safetensors
+    file with ``value`` in place, as flipped exponent bits would; returns the tensor's name."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    names = sorted(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+    name = names[index]
+    start = 8 + n + header[name]["data_offsets"][0]
+    with path.open("r+b") as f:
+        f.seek(start)
+        f.write(np.array([value], np.float32).tobytes())
+    return name
+
+
+def test_a_nan_weight_is_refused_naming_the_component_and_tensor(folder):
+    name = poison(folder / "building_decoder" / WEIGHTS)
+    with pytest.raises(ValueError, match=r"building_decoder") as err:
+        GaussianCityPipeline.from_pretrained(folder)
+    assert name in str(err.value) and "non-finite" in str(err.value)
+    with pytest.raises(ValueError, match=rf"BEVPointDecoder from .*building_decoder: non-finite .*{name}"):
+        BEVPointDecoder.from_pretrained(folder, subfolder="building_decoder")
+
+
+def test_an_inf_weight_is_refused(folder):
+    name = poison(folder / "scene_encoder" / WEIGHTS, np.inf, index=-1)
+    with pytest.raises(ValueError, match=rf"scene_encoder.*non-finite.*{name} \(1 of"):
+        GaussianCityPipeline.from_pretrained(folder)
+
+
+def test_layers_missing_from_the_weights_are_refused_naming_them(folder):
+    config_path = folder / "building_decoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["mlp_layers"] += 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"building_decoder.*have no weights in the checkpoint \(left on the meta device\): "):
+        GaussianCityPipeline.from_pretrained(folder)
+
+
+def test_an_intact_folder_loads(folder):
+    pipe = GaussianCityPipeline.from_pretrained(folder)
+    assert all(not p.is_meta for p in pipe.building_decoder.parameters())
