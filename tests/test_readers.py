@@ -305,3 +305,14 @@ def test_a_metric_raster_is_never_read_as_gray(tmp_path):
     Image.fromarray(data.astype(np.uint8)).save(tmp_path / "gray.png")
     gray = read_height_input(tmp_path / "gray.png")
     assert gray.dtype == np.uint8 and (gray == data).all()
+
+
+def test_implausible_heights_are_refused(tmp_path):
+    """Heights of 1e7 m (millimetres read as metres, a corrupt file) are no surface on Earth."""
+    Image.fromarray(np.array([[0.0, 1.0], [2.0, 3e7]], np.float32)).save(tmp_path / "far.tif")
+    with pytest.raises(ValueError, match=r"far\.tif: heights reach 3e\+07 m, beyond"):
+        read_height_map(tmp_path / "far.tif", meters_per_pixel=1)
+    Image.fromarray(np.array([[0, 250]], np.uint8)).save(tmp_path / "mm.png")
+    with pytest.raises(ValueError, match="check vertical_scale"):
+        read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=1000.0)
+    assert read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=100.0).height.max() == 25000

@@ -84,6 +84,8 @@ are written as unclassified; LAS export keeps the exact id in an extra ``city_cl
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _POINT_SUFFIXES = (".ply", ".las", ".laz")
 _HEIGHT_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+# No surface on Earth lies 100 km from sea level: a height beyond is a unit or scale error (or a corrupt file).
+_MAX_ABS_HEIGHT_M = 1e5
 _MAX_LAZ_CHUNK = 2**24
 """Largest fixed LAZ chunk (points) accepted above a file's point count: lazrs zero-fills a whole
 chunk for the last one, so a corrupt chunk size (u32) could ask for up to 4 G points."""
@@ -523,6 +525,8 @@ def _read_geotiff(path: Path, band: int):
     data = np.ma.filled(arr.astype(np.float64), np.nan) if np.ma.is_masked(arr) else np.ma.getdata(arr)
     if transform.is_identity or crs is None:
         return data, None
+    if not (np.isfinite(tuple(transform)[:6]).all() and transform.a != 0 and transform.e != 0):
+        raise ValueError(f"{path} has a corrupt georeference (transform {tuple(transform)[:6]})")
     h, w = data.shape
     if crs.is_geographic:
         lon, lat = transform.c + transform.a * w / 2, transform.f + transform.e * h / 2
@@ -536,9 +540,11 @@ def _read_geotiff(path: Path, band: int):
         )
     if not np.isclose(abs(transform.a), abs(transform.e), rtol=1e-6):
         raise ValueError(f"{path} has non-square pixels ({transform.a} x {abs(transform.e)}); resample it first")
+    if not crs.is_projected:
+        raise ValueError(f"{path}: its CRS ({crs}) is not a projected CRS in linear units; reproject it to one in metres first")
     wkt = crs.to_wkt()
-    factor = float(crs.linear_units_factor[1]) if crs.is_projected else 1.0
-    mpp = abs(transform.a) * factor
+    factor = float(crs.linear_units_factor[1])
+    mpp = _positive(abs(transform.a) * factor, f"{path}: the pixel size in metres")
     x0 = transform.c if transform.a > 0 else transform.c + w * transform.a
     if transform.a < 0:
         data = data[:, ::-1]
@@ -594,9 +600,14 @@ def _height_map(
         data = data[ri, ci]
     if np.ptp(data) == 0:
         raise ValueError(f"{path}: the height map is constant (every pixel is {data.flat[0]:g}); nothing to reconstruct")
-    height = (data * vertical_scale + vertical_offset).astype(np.float32)
-    if not np.isfinite(height).all():
-        raise ValueError(f"{path}: heights overflow float32 after vertical_scale / vertical_offset")
+    height = data * vertical_scale + vertical_offset
+    peak = float(np.abs(height).max())
+    if not peak <= _MAX_ABS_HEIGHT_M:
+        raise ValueError(
+            f"{path}: heights reach {peak:g} m, beyond the {_MAX_ABS_HEIGHT_M:g} m of any surface on Earth; "
+            "check vertical_scale / vertical_offset and the file's units"
+        )
+    height = height.astype(np.float32)
     if georef is None:
         if meters_per_pixel is None:
             raise ValueError(f"{path} carries no georeference: pass meters_per_pixel")
@@ -726,7 +737,8 @@ def read_aerial_image(path: str | os.PathLike) -> np.ndarray:
 def _ground_estimate(height: np.ndarray, mpp: float, window_m: float = 40.0) -> np.ndarray:
     """Terrain under a DSM: a grey opening wider than buildings, smoothed (rows of a
     morphological DTM filter)."""
-    size = max(3, int(round(window_m / mpp)) | 1)
+    cells = min(window_m / mpp, 2 * max(height.shape) + 1)  # a window wider than the raster changes nothing
+    size = max(3, int(round(cells)) | 1)
     ground = ndimage.grey_opening(height, size=(size, size), mode="nearest")
     ground = ndimage.uniform_filter(ground, size=size, mode="nearest")
     return np.minimum(ground, height)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def read_npy(path: Path) -> np.ndarray:
     refused before anything of that size is allocated."""
     try:
         return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
-    except (ValueError, EOFError, OSError) as err:
+    except (ValueError, EOFError, OSError, SyntaxError, TokenError, RecursionError) as err:  # the last three: a garbled header
         raise ValueError(f"{path} is not a readable .npy array (corrupt or truncated): {err}") from None
 
 

@@ -7,6 +7,8 @@ outputs or ``RuntimeError: Tensor on device meta``.
 - Meta tensors: with ``low_cpu_mem_usage`` (diffusers' default), a config declaring more layers
   than the checkpoint has weights for leaves those parameters on the meta device (diffusers
   only logs "Some weights ... were not initialized").
+- Config values a constructor cannot take (a ``{}`` for a channel count) raise its ``TypeError``
+  (...) without naming the file; they become a ``ValueError`` naming the component's folder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import torch
 __all__ = ["check_loaded_model", "check_loaded_pipeline", "check_weights_on_load"]
 
 _SHOWN = 5
+# What a config value of the wrong type or range raises in a constructor (a ``{}`` for a channel
+# count, a string for a list, a width whose weights cannot be allocated: torch's RuntimeError or
+# MemoryError); diffusers' own refusals are ``OSError`` / ``ValueError``.
+_CONFIG_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError, RuntimeError, MemoryError)
 
 
 def _listed(names: list[str]) -> str:
@@ -59,9 +65,10 @@ def check_loaded_pipeline(pipeline: Any, where: str = "pipeline") -> None:
 
 def check_weights_on_load(cls: type) -> type:
     """Make ``cls.from_pretrained`` (a diffusers ``ModelMixin`` or ``DiffusionPipeline`` class)
-    refuse what it loaded with `check_loaded_model` / `check_loaded_pipeline`, named by the
-    class and the folder it was loaded from (a pipeline's component folder names the
-    component). Idempotent; subclasses inherit the wrapped method; ``(model, info)`` results
+    refuse what it loaded with `check_loaded_model` / `check_loaded_pipeline`, and a config the
+    class cannot be built from with a ``ValueError`` instead of the constructor's ``TypeError``
+    (...), named by the class and the folder it was loaded from (a pipeline's component folder
+    names the component). Idempotent; subclasses inherit the wrapped method; ``(model, info)`` results
     of ``output_loading_info=True`` are handled."""
     from diffusers import DiffusionPipeline
 
@@ -71,11 +78,21 @@ def check_weights_on_load(cls: type) -> type:
 
     @functools.wraps(func)
     def from_pretrained(klass, pretrained_model_name_or_path, *args, **kwargs):
-        loaded = func(klass, pretrained_model_name_or_path, *args, **kwargs)
-        obj = loaded[0] if isinstance(loaded, tuple) else loaded
         where = str(pretrained_model_name_or_path)
         if kwargs.get("subfolder"):
             where = f"{where}/{kwargs['subfolder']}"
+        try:
+            loaded = func(klass, pretrained_model_name_or_path, *args, **kwargs)
+        except _CONFIG_ERRORS as err:
+            raise ValueError(
+                f"{klass.__name__} from {where}: its config cannot build it ({type(err).__name__}: {err}); "
+                "the folder's config files are corrupt or from another version"
+            ) from err
+        except ValueError as err:  # diffusers' refusals (e.g. weights of other shapes) do not all name the folder
+            if where in str(err):
+                raise
+            raise ValueError(f"{klass.__name__} from {where}: {err}") from err
+        obj = loaded[0] if isinstance(loaded, tuple) else loaded
         if isinstance(obj, DiffusionPipeline):
             check_loaded_pipeline(obj, f"{type(obj).__name__} from {where}")
         else:
