@@ -36,7 +36,7 @@ READERS = frozenset({"ValueError", "FileNotFoundError"})
 LOADING = READERS | {"OSError"}
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 25)),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 30)),
     derandomize=True,
     database=None,
     deadline=None,

@@ -71,3 +71,34 @@ def test_layers_missing_from_the_weights_are_refused_naming_them(folder):
 def test_an_intact_folder_loads(folder):
     pipe = GaussianCityPipeline.from_pretrained(folder)
     assert all(not p.is_meta for p in pipe.building_decoder.parameters())
+
+
+def edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "file, changes, match",
+    [
+        (
+            "building_decoder/config.json",
+            {"num_classes": {}},
+            r"BEVPointDecoder from .*building_decoder: its config cannot build it \(TypeError",
+        ),
+        (
+            "scene_encoder/config.json",
+            {"out_channels": -3},
+            r"BEVSceneEncoder from .*scene_encoder: its config cannot build it",
+        ),
+        ("building_decoder/config.json", {"use_relative": False}, r"BEVPointDecoder from .*building_decoder: Cannot load"),
+        ("model_index.json", {"scene_encoder": 1.5}, r"GaussianCityPipeline from .*pipe: its config cannot build it"),
+    ],
+    ids=["dict-for-int", "negative-width", "weights-of-other-shapes", "component-entry-float"],
+)
+def test_a_config_that_cannot_build_the_model_is_refused_naming_the_folder(folder, file, changes, match):
+    """Were TypeError / RuntimeError / a ValueError naming no file."""
+    edit_json(folder / file, **changes)
+    with pytest.raises(ValueError, match=match):
+        GaussianCityPipeline.from_pretrained(folder)

@@ -316,3 +316,31 @@ def test_implausible_heights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="check vertical_scale"):
         read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=1000.0)
     assert read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=100.0).height.max() == 25000
+
+
+def _georeferenced(path: Path, transform, crs="EPSG:32633") -> Path:
+    rasterio = pytest.importorskip("rasterio")
+    profile = dict(driver="GTiff", width=8, height=8, count=1, dtype="float32", crs=crs)
+    with rasterio.open(path, "w", transform=transform, **profile) as dst:
+        dst.write(np.random.default_rng(0).random((8, 8)).astype(np.float32) * 20, 1)
+    return path
+
+
+def test_corrupt_or_non_projected_georeferences_are_refused(tmp_path):
+    """Found by the fuzzer: an infinite pixel size overflowed the ground filter's window
+    (OverflowError) or made it as wide as memory; a geocentric CRS was read as metres."""
+    import struct
+
+    from affine import Affine
+
+    for name, scale in (("inf.tif", float("inf")), ("nan.tif", float("nan"))):
+        path = _georeferenced(tmp_path / name, Affine(2.0, 0, 350000.0, 0, -2.0, 5600000.0))
+        raw = path.read_bytes()  # the GeoTIFF's ModelPixelScale tag holds (2, 2, 0)
+        path.write_bytes(raw.replace(struct.pack("<3d", 2, 2, 0), struct.pack("<3d", scale, 2, 0)))
+        with pytest.raises(ValueError, match=rf"{name} has a corrupt georeference"):
+            read_height_input(path)
+    tiny = _georeferenced(tmp_path / "tiny.tif", Affine(1e-300, 0, 350000.0, 0, -1e-300, 5600000.0))
+    assert read_height_input(tiny).meters_per_pixel == 1e-300  # the terrain window stops at the raster
+    geocentric = _georeferenced(tmp_path / "ecef.tif", Affine(2.0, 0, 4e6, 0, -2.0, 1e6), crs="EPSG:4978")
+    with pytest.raises(ValueError, match=r"ecef\.tif: its CRS .* is not a projected CRS"):
+        read_height_map(geocentric)

@@ -132,6 +132,12 @@ def test_downsample(scene):
     assert d.image.shape == (12, 12, 3) and d.num_points == scene.num_points
 
 
+def _garble_npy_header(path):
+    """An unterminated literal in the header dict: numpy's parser raised tokenize's TokenError."""
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"'descr'", b"('descr'", 1))
+
+
 def _corrupt_meta(path, **changes):
     meta = json.loads((path / "scene.json").read_text())
     meta.update(changes)
@@ -149,6 +155,7 @@ def _corrupt_meta(path, **changes):
         (lambda p: (p / "scene.json").write_text("[" * 100_000), r"scene\.json is not valid JSON"),
         (lambda p: (p / "height.npy").write_bytes((p / "height.npy").read_bytes()[:100]), r"height\.npy is not a readable"),
         (lambda p: (p / "height.npy").write_bytes(b""), r"height\.npy is not a readable"),
+        (lambda p: _garble_npy_header(p / "height.npy"), r"height\.npy is not a readable"),
         (lambda p: (p / "image.png").write_bytes((p / "image.png").read_bytes()[:60]), r"image\.png is not a readable PNG"),
     ],
     ids=[
@@ -160,6 +167,7 @@ def _corrupt_meta(path, **changes):
         "deep-json",
         "cut-npy",
         "empty-npy",
+        "garbled-npy-header",
         "cut-png",
     ],
 )
