@@ -117,14 +117,15 @@ EXTREMES = [0, 1, 0x7F, 0x80, 0xFF]
 @st.composite
 def mutated(draw, data: bytes) -> tuple[bytes, str]:
     """``data`` damaged as files get damaged (and as an attacker would), with a description."""
-    op = draw(st.sampled_from(["bytes", "header", "integer", "truncate", "splice", "random"]))
+    op = draw(st.sampled_from(["bytes", "header", "tail", "integer", "truncate", "splice", "random"]))
     raw = bytearray(data)
     if op == "bytes":  # flipped bytes anywhere
         for _ in range(draw(st.integers(1, 8))):
             raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
-    elif op == "header":  # extreme bytes where the headers are
+    elif op in ("header", "tail"):  # extreme bytes where the headers are (LAZ: its chunk table at the end)
         for _ in range(draw(st.integers(1, 4))):
-            raw[draw(st.integers(0, min(len(raw), 400) - 1))] = draw(st.sampled_from(EXTREMES))
+            at = draw(st.integers(0, min(len(raw), 400) - 1))
+            raw[at if op == "header" else len(raw) - 1 - at] = draw(st.sampled_from(EXTREMES))
     elif op == "integer":  # a count, size or offset field made huge, zero or negative
         at = draw(st.integers(0, max(min(len(raw), 400) - 8, 0)))
         width = draw(st.sampled_from([2, 4, 8]))

@@ -102,3 +102,26 @@ def test_a_config_that_cannot_build_the_model_is_refused_naming_the_folder(folde
     edit_json(folder / file, **changes)
     with pytest.raises(ValueError, match=match):
         GaussianCityPipeline.from_pretrained(folder)
+
+
+def test_every_registered_model_and_pipeline_checks_on_load():
+    from diffusers import DiffusionPipeline, ModelMixin
+
+    from diffusers_city._registration import registered
+
+    loadable = {n: c for n, c in registered().items() if issubclass(c, (ModelMixin, DiffusionPipeline))}
+    assert {"GaussianCityPipeline", "Sat2CityPipeline", "BEVPointDecoder", "Sat2CitySparseVAE"} <= set(loadable)
+    assert [n for n, c in loadable.items() if not getattr(c.from_pretrained, "_checks_loaded_weights", False)] == []
+
+
+def test_a_pipeline_check_names_each_component():
+    import torch
+
+    from diffusers_city.utils.loading import check_loaded_pipeline
+
+    pipe = GaussianCityPipeline.from_preset("tiny")
+    check_loaded_pipeline(pipe)
+    with torch.no_grad():
+        next(pipe.scene_encoder.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"pipeline: component 'scene_encoder' \(BEVSceneEncoder\): non-finite"):
+        check_loaded_pipeline(pipe)

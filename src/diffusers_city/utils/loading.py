@@ -55,11 +55,10 @@ def check_loaded_model(model: torch.nn.Module, name: str) -> None:
 
 def check_loaded_pipeline(pipeline: Any, where: str = "pipeline") -> None:
     """`check_loaded_model` on every ``torch.nn.Module`` component of a diffusers pipeline
-    (``pipeline.components``), named ``<where>: component '<name>'``; components whose class
-    checks itself on load (`check_weights_on_load`) were checked already and are skipped."""
+    (``pipeline.components``), named ``<where>: component '<name>' (<class>)``: also those
+    passed in or of classes that do not check themselves on load."""
     for name, component in pipeline.components.items():
-        checked = getattr(getattr(type(component), "from_pretrained", None), "_checks_loaded_weights", False)
-        if isinstance(component, torch.nn.Module) and not checked:
+        if isinstance(component, torch.nn.Module):
             check_loaded_model(component, f"{where}: component {name!r} ({type(component).__name__})")
 
 
