@@ -12,6 +12,7 @@ MiB, is set once the imports are done.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import traceback
@@ -32,6 +33,9 @@ READERS = {
     "aerial": lambda path, mpp: read_aerial_image(path),
     "scene": lambda path, mpp: CityScene.load(path),
     "pipeline": lambda path, mpp: GaussianCityPipeline.from_pretrained(path),
+    # what the harness must catch (its own tests): a native abort and an allocation past the limit
+    "abort": lambda path, mpp: os.abort(),
+    "allocate": lambda path, mpp: bytearray(8 * 2**30),
 }
 
 

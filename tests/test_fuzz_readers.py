@@ -29,6 +29,8 @@ from diffusers_city import GaussianCityPipeline
 from diffusers_city.data import procedural_city
 from diffusers_city.export import write_point_ply
 
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the worker's memory limit is RLIMIT_AS and /proc")
+
 WORKER = Path(__file__).with_name("fuzz_worker.py")
 MEMORY_MIB = 1024  # above the worker's address space after its imports
 TIMEOUT_S = 60  # per input, generous for a loaded machine: only a hang reaches it
@@ -69,6 +71,7 @@ class Worker:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
             if not sel.select(TIMEOUT_S):
                 self.proc.kill()
+                self.timed_out = True
         line = self.proc.stdout.readline()
         return line.decode().strip() if line else None
 
@@ -77,12 +80,17 @@ class Worker:
             self.start()
         self.proc.stdin.write((json.dumps({"kind": kind, "path": str(path), "mpp": mpp}) + "\n").encode())
         self.proc.stdin.flush()
-        line = self._line()
+        line, self.timed_out = self._line(), False
         if line is None:
             code = self.proc.wait()
             self.stderr.close()
             self.proc = None
-            return {"outcome": "crash", "code": code, "stderr": self.log.read_text(errors="replace")[-1500:]}
+            return {
+                "outcome": "crash",
+                "code": code,
+                "timed_out": self.timed_out,
+                "stderr": self.log.read_text(errors="replace")[-1500:],
+            }
         return json.loads(line)
 
     def close(self) -> None:
@@ -102,7 +110,8 @@ def worker(tmp_path_factory):
 def check(outcome: dict, accepted: frozenset, what: str, name: str) -> None:
     """Fail unless ``outcome`` is a success or an accepted error whose message names ``name``."""
     if outcome["outcome"] == "crash":
-        pytest.fail(f"{what}: the reader killed its process (exit code {outcome['code']}): {outcome['stderr']}")
+        hang = f", no answer in {TIMEOUT_S} s" if outcome["timed_out"] else ""
+        pytest.fail(f"{what}: the reader killed its process (exit code {outcome['code']}{hang}): {outcome['stderr']}")
     if outcome["outcome"] == "error":
         kind = outcome["types"][0]
         assert accepted & set(outcome["types"]), f"{what}: undocumented {kind}: {outcome['message']}"
@@ -287,3 +296,12 @@ def test_pipeline_folder(worker, tmp_path):
     template = tmp_path / "template"
     GaussianCityPipeline.from_preset("tiny").save_pretrained(template)
     fuzz_folder(worker, template, tmp_path / "pipeline", "pipeline", LOADING)
+
+
+def test_the_harness_fails_on_a_blow_up_or_an_abort(worker, tmp_path):
+    """Last in the module: the abort ends the worker (the next use would start another)."""
+    with pytest.raises(AssertionError, match="undocumented MemoryError"):
+        check(worker.read("allocate", tmp_path), READERS, "allocate", "")
+    check(worker.read("scene", tmp_path / "missing"), READERS, "a missing scene", "missing")
+    with pytest.raises(pytest.fail.Exception, match=r"killed its process \(exit code -6\)"):
+        check(worker.read("abort", tmp_path), READERS, "abort", "")
