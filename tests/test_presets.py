@@ -93,3 +93,12 @@ def test_build_pipeline_names_a_bad_class(bundled):
     (bundled / "toy" / "presets" / "bad.json").write_text(json.dumps(preset))
     with pytest.raises(ValueError, match="NoSuchModel"):
         presets.build_pipeline("toy", "bad")
+
+
+@pytest.mark.parametrize("size", ["../../sat2city/presets/tiny", "/etc/passwd", "..", "tiny/../tiny", "", 3, None])
+def test_preset_names_cannot_reach_outside_the_bundled_presets(size):
+    """``build_pipeline("gaussiancity", "../../sat2city/presets/tiny")`` returned a Sat2City pipeline."""
+    with pytest.raises(ValueError, match="plain name"):
+        presets.build_pipeline("gaussiancity", size)
+    with pytest.raises(ValueError, match="plain name"):
+        presets.load_preset(size, "tiny")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusers_city.data import FACADE, GROUND, ROAD, ROOF, VEGETATION, WATER
+from diffusers_city.data import FACADE, GROUND, ROAD, ROOF, VEGETATION, WATER, CityScene
 from diffusers_city.data.readers import (
     UNKNOWN,
     asprs_to_city,
     read_aerial_image,
+    read_height_input,
     read_height_map,
     read_point_cloud,
     read_semantic_map,
@@ -199,3 +200,147 @@ def test_scene_from_png_dsm(tmp_path):
     assert (scene.semantic[20:30, 20:35] == ROOF).all() and (scene.semantic[:10] == GROUND).all()
     with pytest.raises(FileNotFoundError):
         scene_from_file(tmp_path / "missing.laz")
+
+
+# ---------------------------------------------------------------------------- hardening (#25)
+
+
+def _small_las(path: Path, n: int = 60) -> Path:
+    """A LAS 1.2 / point format 3 file (or LAZ, by suffix) of ``n`` points in a projected CRS."""
+    header = laspy.LasHeader(point_format=3, version="1.2")
+    header.scales, header.offsets = [0.01] * 3, [350000.0, 5600000.0, 0.0]
+    las = laspy.LasData(header)
+    rng = np.random.default_rng(0)
+    las.x, las.y, las.z = 350000 + rng.random(n) * 40, 5600000 + rng.random(n) * 40, rng.random(n) * 10
+    las.classification = np.full(n, 2, np.uint8)
+    las.write(str(path))
+    return path
+
+
+def _patch(path: Path, offset: int, fmt: str, *values) -> Path:
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(fmt, raw, offset, *values)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".las", ".laz"])
+def test_las_header_claiming_more_points_than_the_file_holds_is_refused_before_decoding(tmp_path, suffix):
+    """laspy allocates point count x record length up front (170 M points claimed by a 507 KB
+    file took 6.6 GB); lazrs aborts the process on a failed allocation."""
+    path = _small_las(tmp_path / f"p{suffix}")
+    assert len(read_point_cloud(path)) == 60
+    _patch(path, 107, "<I", 170_000_000)  # legacy point count
+    with pytest.raises(ValueError, match=rf"p\{suffix}.*(170000000 points|chunk table holds)"):
+        read_point_cloud(path)
+
+
+def test_las_header_offsets_outside_the_file_are_refused(tmp_path):
+    path = _small_las(tmp_path / "p.las")
+    size = path.stat().st_size
+    _patch(path, 96, "<I", size + 10)  # offset to point data
+    with pytest.raises(ValueError, match="point data offset .* outside"):
+        read_point_cloud(path)
+    _patch(_small_las(path), 100, "<I", 1000)  # number of VLRs
+    with pytest.raises(ValueError, match="1000 VLRs"):
+        read_point_cloud(path)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), 0.0, float("inf")])
+def test_las_with_a_nan_or_zero_scale_is_refused(tmp_path, scale):
+    path = _patch(_small_las(tmp_path / "p.las"), 131 + 8, "<d", scale)  # y scale factor
+    with pytest.raises(ValueError, match=r"p\.las: corrupt header: coordinate scales"):
+        read_point_cloud(path)
+    path = _patch(_small_las(tmp_path / "q.laz"), 155, "<d", float("nan"))  # x offset
+    with pytest.raises(ValueError, match=r"q\.laz: corrupt header"):
+        read_point_cloud(path)
+
+
+@pytest.mark.filterwarnings("error")  # refused, not converted with a ComplexWarning
+def test_complex_and_bool_height_rasters_are_refused(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((4, 4), np.complex64))
+    np.save(tmp_path / "b.npy", np.eye(4, dtype=bool))
+    Image.fromarray(np.eye(8, dtype=bool)).save(tmp_path / "bits.png")  # mode '1'
+    for name in ("c.npy", "b.npy", "bits.png"):
+        with pytest.raises(ValueError, match=rf"{name}: height values must be real numbers"):
+            read_height_map(tmp_path / name, meters_per_pixel=1)
+
+
+def test_complex_geotiff_is_refused(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=4, height=4, count=1, dtype="complex64") as dst:
+        dst.write(np.ones((4, 4), np.complex64), 1)
+    with pytest.raises(ValueError, match=r"c\.tif: height values must be real numbers, got complex64"):
+        read_height_map(tmp_path / "c.tif", meters_per_pixel=1)
+
+
+def test_geotiff_in_degrees_is_refused_not_read_as_metres(tmp_path):
+    """EPSG:4326 pixels are degrees: read as metres, a 30 m DSM became a city millimetres wide."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="float32", crs="EPSG:4326")
+    with rasterio.open(tmp_path / "deg.tif", "w", transform=from_origin(13.4, 52.5, 0.0003, 0.0003), **profile) as dst:
+        dst.write(np.arange(16, dtype=np.float32).reshape(4, 4), 1)
+    with pytest.raises(ValueError, match=r"deg\.tif is in a geographic CRS .*degrees.*gdalwarp -t_srs EPSG:32633"):
+        read_height_map(tmp_path / "deg.tif")
+    with pytest.raises(ValueError, match="geographic CRS"):
+        scene_from_file(tmp_path / "deg.tif")
+
+
+def test_a_metric_raster_is_never_read_as_gray(tmp_path):
+    """`read_height_input` decides metric vs Sat2City gray by the file's type, never by its
+    values: a float GeoTIFF DSM whose heights lie in 0..255 stays metric and georeferenced."""
+    data = np.arange(20, dtype=np.float32).reshape(4, 5) * 10  # 0..190 m
+    _geotiff(tmp_path / "dsm.tif", data)
+    scene = read_height_input(tmp_path / "dsm.tif")
+    assert isinstance(scene, CityScene) and scene.crs == "EPSG:32633" and scene.meters_per_pixel == 2.0
+    np.testing.assert_allclose(scene.world_height(), data[::-1])
+    Image.fromarray(data.astype(np.uint16)).save(tmp_path / "dsm16.png")
+    assert isinstance(read_height_input(tmp_path / "dsm16.png", 1.0), CityScene)
+    with pytest.raises(ValueError, match="pass meters_per_pixel"):
+        read_height_input(tmp_path / "dsm16.png")
+    Image.fromarray(data.astype(np.uint8)).save(tmp_path / "gray.png")
+    gray = read_height_input(tmp_path / "gray.png")
+    assert gray.dtype == np.uint8 and (gray == data).all()
+
+
+def test_implausible_heights_are_refused(tmp_path):
+    """Heights of 1e7 m (millimetres read as metres, a corrupt file) are no surface on Earth."""
+    Image.fromarray(np.array([[0.0, 1.0], [2.0, 3e7]], np.float32)).save(tmp_path / "far.tif")
+    with pytest.raises(ValueError, match=r"far\.tif: heights reach 3e\+07 m, beyond"):
+        read_height_map(tmp_path / "far.tif", meters_per_pixel=1)
+    Image.fromarray(np.array([[0, 250]], np.uint8)).save(tmp_path / "mm.png")
+    with pytest.raises(ValueError, match="check vertical_scale"):
+        read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=1000.0)
+    assert read_height_map(tmp_path / "mm.png", meters_per_pixel=1, vertical_scale=100.0).height.max() == 25000
+
+
+def _georeferenced(path: Path, transform, crs="EPSG:32633") -> Path:
+    rasterio = pytest.importorskip("rasterio")
+    profile = dict(driver="GTiff", width=8, height=8, count=1, dtype="float32", crs=crs)
+    with rasterio.open(path, "w", transform=transform, **profile) as dst:
+        dst.write(np.random.default_rng(0).random((8, 8)).astype(np.float32) * 20, 1)
+    return path
+
+
+def test_corrupt_or_non_projected_georeferences_are_refused(tmp_path):
+    """Found by the fuzzer: an infinite pixel size overflowed the ground filter's window
+    (OverflowError) or made it as wide as memory; a geocentric CRS was read as metres."""
+    import struct
+
+    from affine import Affine
+
+    for name, scale in (("inf.tif", float("inf")), ("nan.tif", float("nan"))):
+        path = _georeferenced(tmp_path / name, Affine(2.0, 0, 350000.0, 0, -2.0, 5600000.0))
+        raw = path.read_bytes()  # the GeoTIFF's ModelPixelScale tag holds (2, 2, 0)
+        path.write_bytes(raw.replace(struct.pack("<3d", 2, 2, 0), struct.pack("<3d", scale, 2, 0)))
+        with pytest.raises(ValueError, match=rf"{name} has a corrupt georeference"):
+            read_height_input(path)
+    tiny = _georeferenced(tmp_path / "tiny.tif", Affine(1e-300, 0, 350000.0, 0, -1e-300, 5600000.0))
+    assert read_height_input(tiny).meters_per_pixel == 1e-300  # the terrain window stops at the raster
+    geocentric = _georeferenced(tmp_path / "ecef.tif", Affine(2.0, 0, 4e6, 0, -2.0, 1e6), crs="EPSG:4978")
+    with pytest.raises(ValueError, match=r"ecef\.tif: its CRS .* is not a projected CRS"):
+        read_height_map(geocentric)

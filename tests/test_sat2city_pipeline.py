@@ -393,3 +393,30 @@ def test_stored_sampling_defaults_are_used_and_saved(pipe, tmp_path):
     assert np.array_equal(implicit.points, explicit.points) and np.array_equal(implicit.colors, explicit.colors)
     with pytest.raises(ValueError, match="default_temperature"):
         Sat2CityPipeline(**pipe.components, default_temperature=-1.0)
+
+
+def test_a_metric_dsm_path_is_read_in_metres_never_as_gray(tmp_path):
+    """A float GeoTIFF DSM whose heights happen to lie in 0..255 was read as 8-bit gray (rescaled
+    to height_range, georeference dropped); an 8-bit PNG path still is gray."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    from diffusers_city.pipelines.sat2city.pipeline_sat2city import load_height_map
+
+    dsm = height_map().astype(np.float32)  # 0, 90 and 200 m
+    profile = dict(driver="GTiff", width=32, height=32, count=1, dtype="float32", crs="EPSG:32633")
+    with rasterio.open(tmp_path / "dsm.tif", "w", transform=from_origin(350000.0, 5600064.0, 2.0, 2.0), **profile) as dst:
+        dst.write(dsm, 1)
+    hmap = load_height_map(tmp_path / "dsm.tif", None, (0.0, 32.0), 64.0)
+    assert hmap.crs == "EPSG:32633" and hmap.meters_per_pixel == 2.0 and hmap.origin[:2] == (350000.0, 5600000.0)
+    np.testing.assert_allclose(hmap.height + hmap.origin[2], dsm[::-1])
+    Image.fromarray(height_map()).save(tmp_path / "gray.png")
+    gray = load_height_map(tmp_path / "gray.png", None, (0.0, 32.0), 64.0)
+    assert gray.crs is None and gray.height.max() == pytest.approx(200 / 255 * 32)
+
+
+@pytest.mark.filterwarnings("error")  # refused, not cast with a ComplexWarning
+@pytest.mark.parametrize("dtype", [np.complex64, bool])
+def test_complex_or_bool_height_maps_are_refused(pipe, dtype):
+    with pytest.raises(ValueError, match=f"must hold real numbers .* got dtype {np.dtype(dtype)}"):
+        run(pipe, height_map().astype(dtype))

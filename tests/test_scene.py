@@ -130,3 +130,59 @@ def test_downsample(scene):
     assert d.shape == (12, 12) and d.meters_per_pixel == 4.0
     assert d.height[0, 0] == scene.height[:4, :4].max()
     assert d.image.shape == (12, 12, 3) and d.num_points == scene.num_points
+
+
+def _garble_npy_header(path):
+    """An unterminated literal in the header dict: numpy's parser raised tokenize's TokenError."""
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"'descr'", b"('descr'", 1))
+
+
+def _corrupt_meta(path, **changes):
+    meta = json.loads((path / "scene.json").read_text())
+    meta.update(changes)
+    (path / "scene.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda p: _corrupt_meta(p, files={"height": 5, "semantic": "semantic.npy"}), r"scene\.json: 'files' must map"),
+        (lambda p: _corrupt_meta(p, files=["height.npy", "semantic.npy"]), r"scene\.json: 'files' must map"),
+        (lambda p: _corrupt_meta(p, origin={"x": 0, "y": 0, "z": 0}), r"/s: origin must be 3 finite numbers"),
+        (lambda p: _corrupt_meta(p, metadata=[1, 2]), r"/s: metadata must be a dict"),
+        (lambda p: (p / "scene.json").write_bytes(b"\xff\xfe\x00\x81binary"), r"scene\.json is not valid JSON"),
+        (lambda p: (p / "scene.json").write_text("[" * 100_000), r"scene\.json is not valid JSON"),
+        (lambda p: (p / "height.npy").write_bytes((p / "height.npy").read_bytes()[:100]), r"height\.npy is not a readable"),
+        (lambda p: (p / "height.npy").write_bytes(b""), r"height\.npy is not a readable"),
+        (lambda p: _garble_npy_header(p / "height.npy"), r"height\.npy is not a readable"),
+        (lambda p: (p / "image.png").write_bytes((p / "image.png").read_bytes()[:60]), r"image\.png is not a readable PNG"),
+    ],
+    ids=[
+        "files-entry-int",
+        "files-list",
+        "origin-dict",
+        "metadata-list",
+        "binary-json",
+        "deep-json",
+        "cut-npy",
+        "empty-npy",
+        "garbled-npy-header",
+        "cut-png",
+    ],
+)
+def test_load_refuses_a_malformed_folder_naming_the_file(tmp_path, scene, corrupt, match):
+    """Was TypeError / AttributeError / UnicodeDecodeError / EOFError without the file's name."""
+    path = scene.save(tmp_path / "s")
+    corrupt(path)
+    with pytest.raises(ValueError, match=match):
+        CityScene.load(path)
+
+
+def test_load_refuses_an_npy_header_claiming_more_than_the_file_before_allocating(tmp_path):
+    path = _simple().save(tmp_path / "s")
+    with (path / "height.npy").open("wb") as f:  # 800 GB claimed, 16 bytes held
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (400_000, 500_000)})
+        f.write(bytes(16))
+    with pytest.raises(ValueError, match=r"height\.npy is not a readable \.npy array"):
+        CityScene.load(path)

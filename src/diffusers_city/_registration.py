@@ -33,6 +33,7 @@ import diffusers
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.pipelines import pipeline_loading_utils, pipeline_utils
 
+from .utils.loading import check_weights_on_load
 from .utils.storage import load_into_own_storage
 
 LIBRARY = "diffusers_city"
@@ -85,7 +86,8 @@ def register(cls: T) -> T:
     ``DiffusionPipeline.from_pretrained`` looks pipeline classes up. Registering the same class
     again is a no-op; another class with the same name is a ``ValueError``. Usable as a decorator.
     A model class's ``from_pretrained`` copies the loaded CPU weights out of the checkpoint's
-    memory map (``utils.storage.load_into_own_storage``).
+    memory map (``utils.storage.load_into_own_storage``); a model's or pipeline's refuses
+    non-finite weights and weights missing from the checkpoint (``utils.loading.check_weights_on_load``).
     """
     if not isinstance(cls, type) or not issubclass(cls, (DiffusionPipeline, ModelMixin, SchedulerMixin)):
         raise ValueError(f"register expects a DiffusionPipeline, ModelMixin or SchedulerMixin subclass, got {cls!r}")
@@ -99,6 +101,8 @@ def register(cls: T) -> T:
         _set_unique(diffusers, name, cls, "diffusers")
     if issubclass(cls, ModelMixin):
         load_into_own_storage(cls)  # loaded CPU weights in aligned memory of their own: same kernels, same bits
+    if issubclass(cls, (ModelMixin, DiffusionPipeline)):
+        check_weights_on_load(cls)  # NaN / inf or missing (meta) weights refused, naming the component and tensor
     _registry[name] = cls
     return cls
 

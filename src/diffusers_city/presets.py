@@ -10,6 +10,7 @@ the wheel build resolves into real files (see ``pipelines/README.md``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,13 @@ def available_sizes(system: str) -> list[str]:
 def load_preset(system: str, size: str) -> dict[str, Any]:
     """Parsed ``pipelines/<system>/presets/<size>.json``.
 
-    Raises ``FileNotFoundError`` naming the available systems or sizes when the file is missing.
+    Raises ``ValueError`` when ``system`` or ``size`` is not a plain name (no path: they must not
+    reach outside the bundled presets) and ``FileNotFoundError`` naming the available systems
+    or sizes when the file is missing.
     """
+    for what, name in (("system", system), ("size", size)):
+        if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
+            raise ValueError(f"preset {what} must be a plain name like 'sat2city' / 'tiny', got {name!r}")
     path = bundled_path(system, "presets", f"{size}.json")
     if not path.is_file():
         sizes = available_sizes(system)

@@ -11,8 +11,10 @@ linear unit is not the metre (US feet, ...) are scaled to metres on read; the fa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from .classes import CLASS_IDS, CLASSES, CONSTRUCTION, FACADE, GROUND, ROAD, ROOF, VEGETATION, VEHICLE, WATER, check_class_ids
-from .scene import CityScene
+from .scene import CityScene, read_npy
 
 __all__ = [
     "ASPRS_TO_CITY",
@@ -33,6 +35,7 @@ __all__ = [
     "asprs_to_city",
     "city_to_asprs",
     "read_aerial_image",
+    "read_height_input",
     "read_height_map",
     "read_las",
     "read_ply",
@@ -80,6 +83,15 @@ are written as unclassified; LAS export keeps the exact id in an extra ``city_cl
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _POINT_SUFFIXES = (".ply", ".las", ".laz")
+_HEIGHT_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+# No surface on Earth lies 100 km from sea level: a height beyond is a unit or scale error (or a corrupt file).
+_MAX_ABS_HEIGHT_M = 1e5
+_MAX_LAZ_CHUNK = 2**24
+"""Largest fixed LAZ chunk (points) accepted above a file's point count: lazrs zero-fills a whole
+chunk for the last one, so a corrupt chunk size (u32) could ask for up to 4 G points."""
+_LAZ_LAYERS = {10: 9, 11: 1, 12: 2}
+"""Layers of a layered LAZ item: point14 9, RGB14 1, RGBNIR14 2 (byte14: one per byte)."""
+_GEOTIFF_TAGS = {33550, 33922, 34264, 34735}  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
 
 
 @dataclass
@@ -167,6 +179,8 @@ def city_to_asprs(classes: np.ndarray) -> np.ndarray:
 
 _UNIT_RE = re.compile(r'(?:LENGTHUNIT|UNIT)\["([^"]+)",\s*([0-9.eE+-]+)')
 _ANGULAR = ("degree", "radian", "grad", "arc-second", "arc-minute")
+_GEOGRAPHIC_WKT = re.compile(r'(?:(?:COMPD_CS|COMPOUNDCRS)\["[^"]*",\s*)?(?:GEOGCS|GEOCCS|GEOGCRS|GEODCRS)\[')
+"""A WKT (WKT1 / WKT2, plain or compound) whose horizontal CRS is geographic or geocentric."""
 
 
 def wkt_unit_factor(wkt: str | None) -> float:
@@ -180,19 +194,30 @@ def wkt_unit_factor(wkt: str | None) -> float:
     return linear[-1] if linear else 1.0
 
 
-def _las_crs(header) -> str | None:
-    """The CRS of a LAS header as WKT (WKT VLR) or ``"EPSG:<code>"`` (GeoTIFF keys)."""
+def _las_crs(header) -> tuple[str | None, bool]:
+    """The CRS of a LAS header as WKT (WKT VLR) or ``"EPSG:<code>"`` (GeoTIFF keys), and whether
+    it is geographic / geocentric (x, y not metres east / north)."""
     from laspy.vlrs.known import GeoKeyDirectoryVlr, WktCoordinateSystemVlr
 
     for vlr in list(header.vlrs) + list(getattr(header, "evlrs", None) or []):
         if isinstance(vlr, WktCoordinateSystemVlr) and vlr.string.strip("\x00 "):
-            return " ".join(vlr.string.strip("\x00 ").split())
+            wkt = " ".join(vlr.string.strip("\x00 ").split())
+            return wkt, bool(_GEOGRAPHIC_WKT.match(wkt))
     for vlr in header.vlrs:
         if isinstance(vlr, GeoKeyDirectoryVlr):
-            for key in vlr.geo_keys:
-                if key.id in (3072, 2048) and key.tiff_tag_location == 0 and 0 < key.value_offset < 32767:
-                    return f"EPSG:{key.value_offset}"
-    return None
+            keys = {key.id: key.value_offset for key in vlr.geo_keys if key.tiff_tag_location == 0}
+            for key_id in (3072, 2048):  # ProjectedCSTypeGeoKey before GeographicTypeGeoKey (the projection's datum)
+                if 0 < keys.get(key_id, 0) < 32767:
+                    return f"EPSG:{keys[key_id]}", key_id == 2048 or keys.get(1024) in (2, 3)
+            return None, keys.get(1024) in (2, 3)  # GTModelTypeGeoKey: 2 geographic, 3 geocentric
+    return None, False
+
+
+def _utm_epsg(lon: float, lat: float) -> str:
+    """The WGS 84 / UTM zone holding (lon, lat), as a reprojection target to suggest."""
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        return "EPSG:<its UTM zone>"
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + min(int((lon + 180) // 6) + 1, 60)}"
 
 
 # ---------------------------------------------------------------------------- point clouds
@@ -205,7 +230,7 @@ def load_ply(path: str | os.PathLike):
     path = _existing(path, (".ply",), "PLY")
     try:
         ply = PlyData.read(str(path))
-    except (PlyParseError, ValueError, EOFError, IndexError, UnicodeDecodeError) as err:
+    except (PlyParseError, ValueError, EOFError, IndexError, OverflowError) as err:
         raise ValueError(f"{path} is not a readable PLY file (corrupt or truncated): {err}") from None
     if "vertex" not in [e.name for e in ply.elements]:
         raise ValueError(f"{path} has no 'vertex' element")
@@ -253,24 +278,166 @@ def read_ply(path: str | os.PathLike) -> PointCloud:
     return PointCloud(points, colors, normals, classes, None, crs, wkt_unit_factor(crs))
 
 
+def _las_header(path: Path):
+    """The header (and VLRs) of a LAS / LAZ file, checked against the file size before any point
+    is decoded: laspy allocates and zero-fills ``point_count x record length`` up front (a LAS
+    header claiming 170 M points in a 507 KB file took 6.6 GB), and lazrs aborts the whole
+    process, uncatchably, when a corrupt LAZ chunk table asks for more memory than there is."""
+    from laspy import LasHeader
+    from laspy.errors import LaspyException
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        _check_las_records(path, f, size)
+        try:
+            header = LasHeader.read_from(f)
+        except (LaspyException, ValueError, EOFError, OSError, IndexError, KeyError, struct.error) as err:
+            raise ValueError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated header): {err}") from None
+        scales, offsets = np.asarray(header.scales, np.float64), np.asarray(header.offsets, np.float64)
+        if not (np.isfinite(scales).all() and (scales != 0).all() and np.isfinite(offsets).all()):
+            raise ValueError(
+                f"{path}: corrupt header: coordinate scales {scales.tolist()} and offsets {offsets.tolist()} "
+                "must be finite, the scales non-zero"
+            )
+        start, count, record = header.offset_to_point_data, header.point_count, header.point_format.size
+        if header.are_points_compressed:
+            _check_laz_chunks(path, header, f, size)
+        elif count * record > size - start:
+            raise ValueError(
+                f"{path} is corrupt or truncated: its header claims {count} points of {record} bytes ({count * record} bytes), "
+                f"but only {max(size - start, 0)} bytes follow the header"
+            )
+    return header
+
+
+def _check_las_records(path: Path, f, size: int) -> None:
+    """Refuse a LAS / LAZ whose header places its VLRs, points or EVLRs outside the file (read
+    from the raw header: laspy reads ``offset_to_point_data`` bytes, every VLR it is told of, and
+    each EVLR's 64-bit record length, without checking them against the file)."""
+    head = f.read(375)
+    if len(head) < 227 or head[:4] != b"LASF":
+        raise ValueError(f"{path} is not a LAS/LAZ file (no LASF signature / truncated header)")
+    header_size, start, vlrs = struct.unpack_from("<HII", head, 94)
+    if not header_size <= start <= size:
+        raise ValueError(
+            f"{path} is corrupt: its point data offset {start} lies outside the {size}-byte file (header {header_size} bytes)"
+        )
+    if vlrs * 54 > start - header_size:  # a VLR header is 54 bytes
+        raise ValueError(f"{path} is corrupt: its header lists {vlrs} VLRs in {start - header_size} bytes")
+    if head[25] >= 4 and len(head) >= 247:  # LAS 1.4: EVLRs after the points
+        pos, evlrs = struct.unpack_from("<QI", head, 235)
+        for i in range(evlrs):  # an EVLR header is 60 bytes, its record length a u64 at byte 20
+            if pos + 60 > size:
+                raise ValueError(
+                    f"{path} is corrupt or truncated: EVLR {i + 1} of {evlrs} starts past the end of the {size}-byte file"
+                )
+            f.seek(pos + 20)
+            pos += 60 + struct.unpack("<Q", f.read(8))[0]
+        if pos > size:
+            raise ValueError(f"{path} is corrupt or truncated: its last EVLR ends past the end of the {size}-byte file")
+    f.seek(0)
+
+
+def _check_laz_chunks(path: Path, header, f, size: int) -> None:
+    """Refuse a LAZ whose LASzip layout disagrees with itself, the header or the file size,
+    before lazrs (which aborts the process on a failed allocation and panics on a zero item
+    size) reads it: the VLR's items must add up to the point record length; the chunk table
+    (an int64 offset at the start of the point data, at the end of the file when a streaming
+    writer could not patch it; u32 version, u32 chunk count, arithmetic-coded entries) must
+    lie in the file, cover the point data exactly and hold the header's point count; a
+    layered chunk (point formats 6-10) must hold the layer sizes it declares."""
+    import lazrs
+    from laspy.vlrs.known import LasZipVlr
+
+    vlr = next((v for v in header.vlrs if isinstance(v, LasZipVlr)), None)
+    if vlr is None:
+        raise ValueError(f"{path}: compressed point format but no LASzip VLR (corrupt LAZ)")
+    start, count, record = header.offset_to_point_data, header.point_count, header.point_format.size
+    try:
+        laz_vlr = lazrs.LazVlr(vlr.record_data)
+        compressor, items = struct.unpack_from("<H", vlr.record_data)[0], _laz_items(vlr.record_data)
+        if laz_vlr.item_size() != record:
+            raise ValueError(f"its LASzip items describe {laz_vlr.item_size()}-byte points, its header {record}-byte points")
+        f.seek(start)
+        (table,) = struct.unpack("<q", f.read(8))
+        if table <= start:
+            f.seek(size - 8)
+            (table,) = struct.unpack("<q", f.read(8))
+        if not start + 8 <= table <= size - 8:
+            raise ValueError(f"its chunk table offset {table} lies outside the point data (bytes {start + 8}..{size - 8})")
+        f.seek(table + 4)
+        (chunks,) = struct.unpack("<I", f.read(4))
+        data_bytes = table - start - 8
+        if chunks > data_bytes:
+            raise ValueError(f"its chunk table lists {chunks} chunks in {data_bytes} bytes of compressed points")
+        f.seek(start)
+        entries = lazrs.read_chunk_table(f, laz_vlr)
+    except (struct.error, lazrs.LazrsError, ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable LAZ file (corrupt or truncated): {err}") from None
+    if sum(b for _, b in entries) != data_bytes:
+        raise ValueError(
+            f"{path} is corrupt: its chunk table sums to {sum(b for _, b in entries)} bytes, the point data holds {data_bytes}"
+        )
+    if laz_vlr.uses_variable_size_chunks():
+        ok, held = sum(n for n, _ in entries) == count, f"{sum(n for n, _ in entries)} points"
+    else:
+        per = laz_vlr.chunk_size()
+        if per > max(count, _MAX_LAZ_CHUNK):  # lazrs zero-fills a whole chunk for the last one
+            raise ValueError(f"{path} is corrupt: its LASzip chunk size {per} exceeds its {count} points (LASzip writes 50000)")
+        ok, held = (len(entries) - 1) * per < count <= len(entries) * per, f"{len(entries)} chunks of up to {per} points"
+    if count and not ok:
+        raise ValueError(f"{path} is corrupt: its header claims {count} points, its chunk table holds {held}")
+    if compressor == 3:  # layered: raw first point, u32 point count, u32 size of every layer, the layers
+        layers = sum(_LAZ_LAYERS.get(kind, 1) if kind != 14 else item_size for kind, item_size in items)
+        pos = start + 8
+        for i, (_, nbytes) in enumerate(entries):
+            need = record + 4 + 4 * layers
+            if need <= nbytes:
+                f.seek(pos + record + 4)
+                need += sum(struct.unpack(f"<{layers}I", f.read(4 * layers)))
+            if need > nbytes:
+                raise ValueError(
+                    f"{path} is corrupt: LAZ chunk {i + 1} of {len(entries)} declares {need} bytes, it holds {nbytes}"
+                )
+            pos += nbytes
+
+
+def _laz_items(record_data: bytes) -> list[tuple[int, int]]:
+    """(type, size) of the items of a LASzip VLR (34 bytes of fields, u16 count, 6 bytes an item)."""
+    (n,) = struct.unpack_from("<H", record_data, 32)
+    return [struct.unpack_from("<HH", record_data, 34 + 6 * i) for i in range(n)]
+
+
 def read_las(path: str | os.PathLike) -> PointCloud:
     """Read LAS / LAZ (laspy; LAZ through the lazrs backend): coordinates scaled to metres by
     the CRS unit, RGB (16-bit, or 8-bit values stored in 16-bit fields), ASPRS classes mapped
     with `asprs_to_city` (an extra ``city_class`` byte written by our exporter wins), noise
-    points (ASPRS 7, 18) dropped."""
+    points (ASPRS 7, 18) dropped. The header is checked against the file size first
+    (`_las_header`); a geographic CRS (degrees) is refused."""
     import laspy
     from laspy.errors import LaspyException
 
     path = _existing(path, (".las", ".laz"), "LAS/LAZ")
+    _las_header(path)
     try:
         las = laspy.read(str(path))
-    except (LaspyException, ValueError, EOFError, OSError, IndexError, RuntimeError) as err:
+    except (LaspyException, ValueError, EOFError, OSError, IndexError, RuntimeError, struct.error) as err:
         raise ValueError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated): {err}") from None
     if len(las.points) == 0:
         raise ValueError(f"{path}: the point cloud has no points")
-    crs = _las_crs(las.header)
+    crs, geographic = _las_crs(las.header)
+    raw = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1).astype(np.float64)
+    if not np.isfinite(raw).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(raw)).any(1).sum())} points have NaN/inf coordinates")
+    if geographic:
+        epsg = _utm_epsg(float(np.median(raw[:, 0])), float(np.median(raw[:, 1])))
+        raise ValueError(
+            f"{path} is in a geographic CRS ({crs or 'per its GeoKeys'}): its x, y are degrees, not metres; reproject it to a "
+            f"projected CRS in metres first (e.g. pdal translate {path.name} {path.stem}_utm{path.suffix} reprojection "
+            f"--filters.reprojection.out_srs={epsg})"
+        )
     factor = wkt_unit_factor(crs)
-    points = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1).astype(np.float64) * factor
+    points = raw * factor
     dims = set(las.point_format.dimension_names)
     asprs = np.asarray(las.classification).astype(np.uint8)
     keep = ~np.isin(asprs, ASPRS_NOISE)
@@ -298,21 +465,42 @@ def read_point_cloud(path: str | os.PathLike) -> PointCloud:
 # ---------------------------------------------------------------------------- rasters
 
 
-def _read_pil(path: Path, what: str) -> np.ndarray:
+def _has_rasterio() -> bool:
+    return importlib.util.find_spec("rasterio") is not None
+
+
+def _read_pil(path: Path, what: str, *, geotiff_ok: bool = True) -> np.ndarray:
+    """Pixels of an image through PIL (palette images as RGB). ``geotiff_ok=False`` refuses a
+    GeoTIFF, whose georeference PIL cannot read."""
     try:
         with Image.open(path) as im:
             im.load()
+            geotiff = bool(_GEOTIFF_TAGS & set(getattr(im, "tag_v2", None) or {}))
             if im.mode == "P":
                 im = im.convert("RGB")
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} is not a readable {what} image (corrupt or truncated): {err}") from None
+    if geotiff and not geotiff_ok:
+        raise ValueError(f"{path} is a GeoTIFF: reading its georeference needs rasterio (the optional 'geo' extra); install it")
     return arr
 
 
+def _single_band(data: np.ndarray, path: Path) -> np.ndarray:
+    """The band of a greyscale image: alpha dropped, grey stored as RGB reduced; colour refused."""
+    if data.ndim == 3:
+        if data.shape[2] in (2, 4):  # grey + alpha / RGBA: drop alpha
+            data = data[..., :-1]
+        if data.shape[2] == 3 and not (np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])):
+            raise ValueError(f"{path} is a colour image; a height map must be single-channel (greyscale)")
+        data = data[..., 0]
+    return data
+
+
 def _read_geotiff(path: Path, band: int):
-    """Band, metres per pixel, origin, CRS and unit factor of a GeoTIFF via rasterio (flipped to
-    rows growing northwards when north-up); ``None`` georeference for a plain TIFF."""
+    """Band (stored dtype, NaN for no-data), metres per pixel, origin, CRS and unit factor of a
+    GeoTIFF via rasterio (flipped to rows growing northwards when north-up); ``None``
+    georeference for a plain TIFF. A geographic CRS (degrees) is refused, not read as metres."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -322,23 +510,41 @@ def _read_geotiff(path: Path, band: int):
             with rasterio.open(path) as src:
                 if not 1 <= band <= src.count:
                     raise ValueError(f"{path} has {src.count} band(s); band {band} does not exist")
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and src.width * src.height > 2 * limit:
+                    raise ValueError(
+                        f"{path}: {src.width}x{src.height} px exceeds the {2 * limit} px read limit "
+                        "(2 x PIL.Image.MAX_IMAGE_PIXELS, the decompression-bomb guard); crop it first or raise that limit"
+                    )
+                if "complex" in src.dtypes[band - 1]:
+                    raise ValueError(f"{path}: height values must be real numbers, got {src.dtypes[band - 1]}")
                 arr = src.read(band, masked=True)
                 transform, crs = src.transform, src.crs
     except RasterioIOError as err:
         raise ValueError(f"{path} is not a readable TIFF (corrupt or truncated): {err}") from None
-    data = np.ma.filled(arr.astype(np.float64), np.nan)
+    data = np.ma.filled(arr.astype(np.float64), np.nan) if np.ma.is_masked(arr) else np.ma.getdata(arr)
     if transform.is_identity or crs is None:
         return data, None
+    if not (np.isfinite(tuple(transform)[:6]).all() and transform.a != 0 and transform.e != 0):
+        raise ValueError(f"{path} has a corrupt georeference (transform {tuple(transform)[:6]})")
+    h, w = data.shape
+    if crs.is_geographic:
+        lon, lat = transform.c + transform.a * w / 2, transform.f + transform.e * h / 2
+        raise ValueError(
+            f"{path} is in a geographic CRS ({crs}): its pixels are degrees, not metres; reproject it to a projected "
+            f"CRS in metres first (e.g. gdalwarp -t_srs {_utm_epsg(lon, lat)} -r bilinear {path.name} {path.stem}_utm.tif)"
+        )
     if transform.b != 0 or transform.d != 0:
         raise ValueError(
             f"{path} is rotated or sheared (transform {tuple(transform)[:6]}); only axis-aligned rasters are supported"
         )
     if not np.isclose(abs(transform.a), abs(transform.e), rtol=1e-6):
         raise ValueError(f"{path} has non-square pixels ({transform.a} x {abs(transform.e)}); resample it first")
+    if not crs.is_projected:
+        raise ValueError(f"{path}: its CRS ({crs}) is not a projected CRS in linear units; reproject it to one in metres first")
     wkt = crs.to_wkt()
-    factor = float(crs.linear_units_factor[1]) if crs.is_projected else 1.0
-    mpp = abs(transform.a) * factor
-    h, w = data.shape
+    factor = float(crs.linear_units_factor[1])
+    mpp = _positive(abs(transform.a) * factor, f"{path}: the pixel size in metres")
     x0 = transform.c if transform.a > 0 else transform.c + w * transform.a
     if transform.a < 0:
         data = data[:, ::-1]
@@ -351,51 +557,36 @@ def _read_geotiff(path: Path, band: int):
     return np.ascontiguousarray(data), (mpp, (x0 * factor, y0 * factor), f"EPSG:{epsg}" if epsg else wkt, factor)
 
 
-def read_height_map(
-    path: str | os.PathLike,
-    *,
-    meters_per_pixel: float | None = None,
-    vertical_scale: float = 1.0,
-    vertical_offset: float = 0.0,
-    band: int = 1,
-    fill_nodata: bool = False,
+def _read_raster(path: Path, band: int):
+    """Values of a height raster in their stored dtype and its georeference (`_read_geotiff`;
+    ``None`` for PNG / NPY / a plain TIFF); ``ValueError`` unless one band of real numbers."""
+    suffix = path.suffix.lower()
+    georef = None
+    if suffix == ".npy":
+        data = read_npy(path)
+    elif suffix in (".tif", ".tiff") and _has_rasterio():
+        data, georef = _read_geotiff(path, band)
+    else:
+        data = _single_band(_read_pil(path, "height map", geotiff_ok=False), path)
+    if data.dtype.kind not in "uif":
+        raise ValueError(f"{path}: height values must be real numbers (integer or float), got {data.dtype} values")
+    if data.ndim != 2:
+        raise ValueError(f"{path}: expected a single-band raster, got shape {data.shape}")
+    if data.size == 0:
+        raise ValueError(f"{path}: the height map is empty")
+    return data, georef
+
+
+def _height_map(
+    path: Path, data: np.ndarray, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata
 ) -> HeightMap:
-    """Read a height map: 8/16-bit or float PNG / TIFF (``height = value * vertical_scale +
-    vertical_offset``; ``meters_per_pixel`` required, origin (0, 0), row 0 at y = 0) or a
-    GeoTIFF DSM through rasterio (the optional ``geo`` extra; its georeference gives
-    ``meters_per_pixel`` (an explicit value must agree), the origin and the CRS; a north-up
-    file is flipped so rows grow northwards). No-data / NaN pixels raise unless
-    ``fill_nodata`` copies the nearest valid height into them.
-    """
-    path = _existing(path, (".png", ".tif", ".tiff"), "height map")
+    """`read_height_map` of raster values read by `_read_raster`."""
     for name, v in (("vertical_scale", vertical_scale), ("vertical_offset", vertical_offset)):
         if not np.isfinite(v):
             raise ValueError(f"{name} must be finite, got {v}")
     if vertical_scale == 0:
         raise ValueError("vertical_scale must be non-zero")
-    georef = None
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import rasterio  # noqa: F401
-        except ImportError:
-            data = _read_pil(path, "height map").astype(np.float64)
-        else:
-            data, georef = _read_geotiff(path, band)
-    else:
-        data = _read_pil(path, "height map")
-        if data.ndim == 3:
-            if data.shape[2] in (2, 4):  # grey + alpha / RGBA: drop alpha
-                data = data[..., :-1]
-            if data.shape[2] == 3 and not (
-                np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])
-            ):
-                raise ValueError(f"{path} is a colour image; a height map must be single-channel (greyscale)")
-            data = data[..., 0]
-        data = data.astype(np.float64)
-    if data.ndim != 2:
-        raise ValueError(f"{path}: expected a single-band raster, got shape {data.shape}")
-    if data.size == 0:
-        raise ValueError(f"{path}: the height map is empty")
+    data = data.astype(np.float64)
     bad = ~np.isfinite(data)
     if bad.all():
         raise ValueError(f"{path}: every pixel is no-data / NaN")
@@ -409,7 +600,14 @@ def read_height_map(
         data = data[ri, ci]
     if np.ptp(data) == 0:
         raise ValueError(f"{path}: the height map is constant (every pixel is {data.flat[0]:g}); nothing to reconstruct")
-    height = (data * vertical_scale + vertical_offset).astype(np.float32)
+    height = data * vertical_scale + vertical_offset
+    peak = float(np.abs(height).max())
+    if not peak <= _MAX_ABS_HEIGHT_M:
+        raise ValueError(
+            f"{path}: heights reach {peak:g} m, beyond the {_MAX_ABS_HEIGHT_M:g} m of any surface on Earth; "
+            "check vertical_scale / vertical_offset and the file's units"
+        )
+    height = height.astype(np.float32)
     if georef is None:
         if meters_per_pixel is None:
             raise ValueError(f"{path} carries no georeference: pass meters_per_pixel")
@@ -418,6 +616,61 @@ def read_height_map(
     if meters_per_pixel is not None and not np.isclose(meters_per_pixel, mpp, rtol=1e-6):
         raise ValueError(f"{path} has {mpp:g} m/px in its georeference, but meters_per_pixel={meters_per_pixel} was given")
     return HeightMap(height, mpp, origin, crs, factor)
+
+
+def read_height_map(
+    path: str | os.PathLike,
+    *,
+    meters_per_pixel: float | None = None,
+    vertical_scale: float = 1.0,
+    vertical_offset: float = 0.0,
+    band: int = 1,
+    fill_nodata: bool = False,
+) -> HeightMap:
+    """Read a height map: 8/16-bit or float PNG / TIFF / ``.npy`` (``height = value *
+    vertical_scale + vertical_offset``; ``meters_per_pixel`` required, origin (0, 0), row 0 at
+    y = 0) or a GeoTIFF DSM through rasterio (the optional ``geo`` extra; its georeference gives
+    ``meters_per_pixel`` (an explicit value must agree), the origin and the CRS; a north-up
+    file is flipped so rows grow northwards; a geographic CRS is refused). No-data / NaN pixels
+    raise unless ``fill_nodata`` copies the nearest valid height into them. Corrupt files,
+    colour, 1-bit (bool) or complex rasters raise ``ValueError`` naming the file.
+    """
+    path = _existing(path, _HEIGHT_SUFFIXES, "height map")
+    data, georef = _read_raster(path, band)
+    return _height_map(path, data, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata)
+
+
+def read_height_input(
+    path: str | os.PathLike,
+    meters_per_pixel: float | None = None,
+    *,
+    vertical_scale: float = 1.0,
+    vertical_offset: float = 0.0,
+    fill_nodata: bool = False,
+) -> CityScene | np.ndarray:
+    """A height-map input file as metric heights or as Sat2City gray levels, decided by the
+    file's type and never by its values (a metric DSM whose heights happen to lie in 0..255
+    stays metric):
+
+    - a scene folder: `CityScene.load`;
+    - an 8-bit single-channel image without a georeference (PNG / JPEG / BMP / plain TIFF, a
+      uint8 ``.npy``): its gray levels, ``uint8 [H, W]`` (Sat2City: 0..255 span the height range);
+    - any other height raster (a GeoTIFF with a georeference, whatever its dtype; a 16-bit or
+      float PNG / TIFF / ``.npy``) or a point cloud: the metric `CityScene` of `scene_from_file`
+      (``meters_per_pixel`` and ``vertical_*`` as there; required where there is no georeference).
+
+    Colour, 1-bit, complex, corrupt or geographic (degrees) inputs raise ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return CityScene.load(path)
+    if path.suffix.lower() in _POINT_SUFFIXES:
+        return scene_from_file(path, meters_per_pixel)
+    path = _existing(path, _HEIGHT_SUFFIXES + (".jpg", ".jpeg", ".bmp"), "height map")
+    data, georef = _read_raster(path, 1)
+    if georef is None and data.dtype == np.uint8:
+        return data
+    return _dsm_scene(path, _height_map(path, data, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata))
 
 
 def _positive(value, name: str) -> float:
@@ -472,9 +725,9 @@ def read_aerial_image(path: str | os.PathLike) -> np.ndarray:
         data = np.repeat(data[..., None], 3, axis=2)
     if data.ndim != 3 or data.shape[2] not in (3, 4):
         raise ValueError(f"{path}: expected an RGB image, got shape {data.shape}")
+    if data.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: aerial images must be 8 or 16-bit, got {data.dtype} pixels")
     peak = 65535.0 if data.dtype == np.uint16 else 255.0
-    if np.issubdtype(data.dtype, np.floating):
-        raise ValueError(f"{path}: float images are not supported as aerial images")
     return (data[..., :3].astype(np.float64) / peak).astype(np.float32)
 
 
@@ -484,7 +737,8 @@ def read_aerial_image(path: str | os.PathLike) -> np.ndarray:
 def _ground_estimate(height: np.ndarray, mpp: float, window_m: float = 40.0) -> np.ndarray:
     """Terrain under a DSM: a grey opening wider than buildings, smoothed (rows of a
     morphological DTM filter)."""
-    size = max(3, int(round(window_m / mpp)) | 1)
+    cells = min(window_m / mpp, 2 * max(height.shape) + 1)  # a window wider than the raster changes nothing
+    size = max(3, int(round(cells)) | 1)
     ground = ndimage.grey_opening(height, size=(size, size), mode="nearest")
     ground = ndimage.uniform_filter(ground, size=size, mode="nearest")
     return np.minimum(ground, height)
@@ -508,13 +762,17 @@ def _ground_raster(points: np.ndarray, classes: np.ndarray, mpp: float, origin, 
     return np.minimum(ndimage.uniform_filter(low[ri, ci], size=3, mode="nearest"), top)
 
 
-def _cloud_scene(cloud: PointCloud, mpp: float, crs: str | None) -> CityScene:
+def _cloud_scene(cloud: PointCloud, mpp: float, crs: str | None, name: str) -> CityScene:
     """A scene from a point cloud through `points_to_scene` (top point per cell gives height,
     class and image colour). Points still ``UNKNOWN`` are labelled first by their height above
-    the terrain: < 2 m ground, above it vegetation when green-dominant, else roof."""
+    the terrain: < 2 m ground, above it vegetation when green-dominant, else roof. A cloud
+    without a 2D footprint (every point on one x or one y) is refused."""
     from .convert import points_to_height_map, points_to_scene
 
     pts = cloud.points
+    flat = [axis for axis, span in zip("xy", np.ptp(pts[:, :2], axis=0)) if span == 0]
+    if flat:
+        raise ValueError(f"{name}: every point has the same {' and '.join(flat)}; a point cloud of a city spans an area")
     origin = (*(np.floor(pts[:, :2].min(0) / mpp) * mpp).tolist(), float(np.floor(pts[:, 2].min())))
     top, _, _ = points_to_height_map(pts, mpp, origin)
     classes = cloud.classes.copy() if cloud.classes is not None else np.full(len(pts), UNKNOWN, np.uint8)
@@ -546,7 +804,7 @@ def scene_from_file(
     crs: str | None = None,
     fill_nodata: bool = False,
 ) -> CityScene:
-    """A `CityScene` from a DSM (PNG / TIFF / GeoTIFF) or a point cloud (PLY / LAS / LAZ).
+    """A `CityScene` from a DSM (PNG / TIFF / GeoTIFF / ``.npy``) or a point cloud (PLY / LAS / LAZ).
 
     DSM: heights as read by `read_height_map`; the terrain is a morphological estimate and the
     semantic map, unless given (``semantic`` + ``class_mapping``), labels pixels more than
@@ -561,16 +819,16 @@ def scene_from_file(
     if not path.exists():
         raise FileNotFoundError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix not in _POINT_SUFFIXES + (".png", ".tif", ".tiff"):
+    if suffix not in _POINT_SUFFIXES + _HEIGHT_SUFFIXES:
         raise ValueError(
-            f"{path}: unsupported input format {path.suffix!r}; expected a DSM (.png/.tif) or a point cloud (.ply/.las/.laz)"
+            f"{path}: unsupported input format {path.suffix!r}; expected a DSM (.png/.tif/.npy) or a point cloud (.ply/.las/.laz)"
         )
     if (semantic is None) != (class_mapping is None):
         raise ValueError("semantic and class_mapping must be given together")
     if suffix in _POINT_SUFFIXES:
         mpp = 1.0 if meters_per_pixel is None else _positive(meters_per_pixel, "meters_per_pixel")
         cloud = read_point_cloud(path)
-        scene = _cloud_scene(cloud, mpp, crs or cloud.crs)
+        scene = _cloud_scene(cloud, mpp, crs or cloud.crs, str(path))
         changes: dict = {"metadata": {"source": path.name, "crs_unit_factor": cloud.unit_factor}}
         if semantic is not None:
             changes["semantic"] = read_semantic_map(semantic, class_mapping)
@@ -588,21 +846,30 @@ def scene_from_file(
         vertical_offset=vertical_offset,
         fill_nodata=fill_nodata,
     )
+    img = None if image is None else read_aerial_image(image)
+    sem = None if semantic is None else read_semantic_map(semantic, class_mapping)
+    return _dsm_scene(path, hm, sem, img, crs)
+
+
+def _dsm_scene(
+    path: Path, hm: HeightMap, semantic: np.ndarray | None = None, image: np.ndarray | None = None, crs: str | None = None
+) -> CityScene:
+    """The scene of a DSM (see `scene_from_file`): heights relative to their floor, the
+    morphological terrain, ``semantic`` or roof / vegetation / ground labels."""
     oz = float(np.floor(hm.height.min()))
     height = hm.height - np.float32(oz)
     ground = _ground_estimate(height, hm.meters_per_pixel)
-    img = None if image is None else read_aerial_image(image)
     if semantic is not None:
-        sem = read_semantic_map(semantic, class_mapping)
-        if sem.shape != height.shape:
-            raise ValueError(f"semantic map shape {sem.shape} does not match the height map {height.shape}")
+        if semantic.shape != height.shape:
+            raise ValueError(f"semantic map shape {semantic.shape} does not match the height map {height.shape}")
+        sem = semantic
     else:
         sem = np.where(height - ground > 2.5, ROOF, GROUND).astype(np.uint8)
-        if img is not None:
-            k = img.shape[0] // height.shape[0]
-            if k < 1 or img.shape[:2] != (k * height.shape[0], k * height.shape[1]):
-                raise ValueError(f"image shape {img.shape[:2]} is not an integer multiple of the height map {height.shape}")
-            c = img.reshape(height.shape[0], k, height.shape[1], k, 3).mean(axis=(1, 3))
+        if image is not None:
+            k = image.shape[0] // height.shape[0]
+            if k < 1 or image.shape[:2] != (k * height.shape[0], k * height.shape[1]):
+                raise ValueError(f"image shape {image.shape[:2]} is not an integer multiple of the height map {height.shape}")
+            c = image.reshape(height.shape[0], k, height.shape[1], k, 3).mean(axis=(1, 3))
             green = (c[..., 1] > c[..., 0] + 0.02) & (c[..., 1] > c[..., 2] + 0.02)
             sem = np.where(green & (height - ground > 1.0), VEGETATION, sem).astype(np.uint8)
     return CityScene(
@@ -612,6 +879,6 @@ def scene_from_file(
         origin=(hm.origin[0], hm.origin[1], oz),
         ground=ground,
         crs=crs or hm.crs,
-        image=img,
+        image=image,
         metadata={"source": path.name, "crs_unit_factor": hm.unit_factor},
     )

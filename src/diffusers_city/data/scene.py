@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,16 @@ def _as_array(value: Any, name: str, ndim: int, kind: str) -> np.ndarray:
     return arr
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` file; ``ValueError`` naming the file when it is corrupt, truncated
+    or pickled. Memory-mapped first, so a header claiming more data than the file holds is
+    refused before anything of that size is allocated."""
+    try:
+        return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    except (ValueError, EOFError, OSError, SyntaxError, TokenError, RecursionError) as err:  # the last three: a garbled header
+        raise ValueError(f"{path} is not a readable .npy array (corrupt or truncated): {err}") from None
+
+
 def _finite(arr: np.ndarray, name: str) -> None:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} holds {int((~np.isfinite(arr)).sum())} NaN/inf values")
@@ -118,12 +129,17 @@ class CityScene:
             raise ValueError(f"meters_per_pixel must be a number, got {meters_per_pixel!r}") from None
         if not math.isfinite(mpp) or mpp <= 0:
             raise ValueError(f"meters_per_pixel must be a finite number > 0, got {meters_per_pixel!r}")
-        origin_arr = np.asarray(origin, dtype=np.float64).reshape(-1)
-        if origin_arr.shape != (3,) or not np.isfinite(origin_arr).all():
+        try:
+            origin_arr = np.asarray(origin, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            origin_arr = None
+        if origin_arr is None or origin_arr.shape != (3,) or not np.isfinite(origin_arr).all():
             raise ValueError(f"origin must be 3 finite numbers (x, y, z), got {origin!r}")
         if crs is not None and not isinstance(crs, str):
             raise ValueError(f"crs must be a string or None, got {type(crs).__name__}")
         if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
             try:
                 json.dumps(metadata)
             except TypeError as err:
@@ -475,7 +491,8 @@ class CityScene:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CityScene:
-        """Read and validate a scene folder written by `save`."""
+        """Read and validate a scene folder written by `save`; ``ValueError`` naming the folder
+        or file for anything malformed (bad JSON, wrong types, corrupt or truncated arrays)."""
         path = Path(path)
         meta_path = path / "scene.json"
         if not path.is_dir():
@@ -483,8 +500,8 @@ class CityScene:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} does not exist (not a scene folder)")
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
+            meta = json.loads(meta_path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise ValueError(f"{meta_path} is not a {FORMAT_NAME} file")
@@ -493,6 +510,8 @@ class CityScene:
         if meta.get("classes") != list(CLASSES):
             raise ValueError(f"{meta_path} uses class table {meta.get('classes')}, expected {list(CLASSES)}")
         files = meta.get("files", {})
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError(f"{meta_path}: 'files' must map array names to file names, got {files!r}")
         if "height" not in files or "semantic" not in files:
             raise ValueError(f"{meta_path} lists no height or semantic file")
         unknown = set(files) - set(_DTYPES)
@@ -504,21 +523,29 @@ class CityScene:
             if Path(fname).name != fname or not fpath.is_file():
                 raise FileNotFoundError(f"{fpath} listed in scene.json does not exist")
             if fname.endswith(".png"):
-                from PIL import Image
+                from PIL import Image, UnidentifiedImageError
 
-                with Image.open(fpath) as im:
-                    arrays[name] = np.asarray(im.convert("RGB"))
+                try:
+                    with Image.open(fpath) as im:
+                        arrays[name] = np.asarray(im.convert("RGB"))
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                    raise ValueError(f"{fpath} is not a readable PNG (corrupt or truncated): {err}") from None
             else:
-                arr = np.load(fpath, allow_pickle=False)
+                arr = read_npy(fpath)
                 if arr.dtype != _DTYPES[name]:
                     raise ValueError(f"{fpath} has dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
                 arrays[name] = arr
         if list(arrays["height"].shape) != meta.get("shape"):
-            raise ValueError(f"{path}/height.npy shape {arrays['height'].shape} does not match scene.json {meta.get('shape')}")
-        return cls(
-            meters_per_pixel=meta.get("meters_per_pixel"),
-            origin=meta.get("origin"),
-            crs=meta.get("crs"),
-            metadata=meta.get("metadata") or {},
-            **arrays,
-        )
+            raise ValueError(
+                f"{path}/{files['height']} shape {arrays['height'].shape} does not match scene.json {meta.get('shape')}"
+            )
+        try:
+            return cls(
+                meters_per_pixel=meta.get("meters_per_pixel"),
+                origin=meta.get("origin"),
+                crs=meta.get("crs"),
+                metadata=meta.get("metadata") or {},
+                **arrays,
+            )
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None

@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--height-map",
         type=Path,
         required=True,
-        help="grayscale height map (PNG/TIFF/.npy, 0..255 = height_range metres) or a CityScene folder",
+        help="8-bit grayscale height map (PNG/TIFF/.npy, 0..255 = height_range metres), a metric DSM "
+        "(GeoTIFF, 16-bit or float raster; needs --meters-per-pixel without a georeference) or a CityScene folder",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder for city.ply, city.glb, city_preview.png")
     parser.add_argument(

@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ...data.noise import height_from_gray
+from ...data.readers import read_height_input
 from ...data.scene import CityScene
 from ...export.mesh import mesh_from_voxels
 from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
@@ -48,7 +49,6 @@ from .pipeline_output import Sat2CityPipelineOutput
 OUTPUT_TYPES = ("points", "mesh", "voxels")
 PREDICTION_TYPES = ("v_prediction",)  # what the training script trains every stage's U-Net for
 STAGES = ("dense", "sparse", "appearance")  # the cascade, in order; per-stage arguments follow it
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Rough peak bytes per finest surface voxel and decoder channel (activations, kernel maps,
 # candidates); surface voxels of a 2.5D city ~ 4 per column. Used only to refuse absurd inputs.
 _BYTES_PER_VOXEL_CHANNEL = 64
@@ -95,8 +95,8 @@ def _gray_array(value: Any, source: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{source}: height map must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "uif":
+        raise ValueError(f"{source}: height map must hold real numbers (integer or float), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{source}: height map must be a 2D [H, W] array, got rank {arr.ndim} (shape {arr.shape})")
     return arr.astype(np.float32)
@@ -111,30 +111,25 @@ def load_height_map(
     """Validate any supported input into a :class:`HeightMap` (``ValueError`` naming the problem).
 
     ``CityScene``: its metric ``height``, ``meters_per_pixel``, ``origin`` and ``crs``. Arrays,
-    tensors, images and image / ``.npy`` paths: Sat2City grayscale 0..255, mapped linearly to
-    ``height_range`` metres; ``meters_per_pixel`` defaults to covering ``default_extent_m``.
+    tensors and images: Sat2City grayscale 0..255, mapped linearly to ``height_range`` metres;
+    ``meters_per_pixel`` defaults to covering ``default_extent_m``. Paths: `read_height_input`
+    decides by the file's type (an 8-bit image without georeference is gray; a GeoTIFF, a 16-bit
+    or float raster, a point cloud or a scene folder is metric), never by its values.
     """
     origin, crs = (0.0, 0.0, 0.0), None
+    source = "height map"
+    if isinstance(height_map, (str, Path)):
+        source = str(height_map)
+        if not Path(height_map).exists():
+            raise FileNotFoundError(f"height map file not found: {height_map}")
+        height_map = read_height_input(height_map, meters_per_pixel)  # metric or 8-bit gray by file type, not by values
     if isinstance(height_map, CityScene):
         height = np.asarray(height_map.height, dtype=np.float32)
         mpp = float(height_map.meters_per_pixel) if meters_per_pixel is None else float(meters_per_pixel)
         origin, crs = tuple(float(o) for o in height_map.origin), height_map.crs
-        source = "CityScene"
+        source = "CityScene" if source == "height map" else source
     else:
-        source = "height map"
-        if isinstance(height_map, (str, Path)):
-            path = Path(height_map)
-            source = str(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"height map file not found: {path}")
-            if path.suffix.lower() == ".npy":
-                height_map = np.load(path, allow_pickle=False)
-            elif path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as img:
-                    height_map = img.copy()
-            else:
-                raise ValueError(f"{path}: unsupported height map file type {path.suffix!r} (use {IMAGE_SUFFIXES} or .npy)")
-        elif not isinstance(height_map, (np.ndarray, torch.Tensor, Image.Image)):
+        if not isinstance(height_map, (np.ndarray, torch.Tensor, Image.Image)):
             raise ValueError(
                 f"height_map must be an array, tensor, PIL image, file path or CityScene, got {type(height_map).__name__}"
             )
@@ -415,8 +410,9 @@ class Sat2CityPipeline(DiffusionPipeline):
         """Generate a coloured 3D city from one height map.
 
         Args:
-            height_map: ``CityScene`` (metric heights, georeferenced), or a grayscale height map
-                (0..255, Sat2City convention) as array / tensor / PIL image / PNG or ``.npy`` path.
+            height_map: ``CityScene`` (metric heights, georeferenced), a grayscale height map
+                (0..255, Sat2City convention) as array / tensor / PIL image, or a file path: an 8-bit
+                image is gray, a DSM (GeoTIFF, 16-bit / float raster) or point cloud metric.
             num_inference_steps: denoising steps of each of the three stages.
             generator: torch generator for the initial noise of every stage.
             latents: the dense stage's initial noise ``[1, C, X, Y, Z]`` (unit variance; the later
