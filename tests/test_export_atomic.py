@@ -52,6 +52,16 @@ def test_atomic_folders_failed_rename_restores_the_old_folders(tmp_path, monkeyp
     assert _names(tmp_path) == ["a", "b"]
 
 
+def test_atomic_folders_removes_an_old_copy_a_killed_write_left_aside(tmp_path):
+    """Killed between moving the old folder aside and moving the new one in: the old copy stays
+    until a later write to the same path succeeds."""
+    (tmp_path / ".pipe.ab12_x9z.old").mkdir()
+    (tmp_path / ".other.ab12_x9z.old").mkdir()
+    with atomic_folders(tmp_path / "pipe") as (folder,):
+        (folder / "model.safetensors").write_text("new")
+    assert _names(tmp_path) == [".other.ab12_x9z.old", "pipe"]
+
+
 def test_atomic_folders_refuses_a_file_and_a_repeated_path(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"), atomic_folders(tmp_path / "f"):

@@ -9,6 +9,7 @@ and what an interrupted write of ours left behind is recognised by its name (``r
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -196,7 +197,8 @@ def atomic_folders(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     Nothing is renamed before every folder is complete (and flushed to disk), so a failed or
     interrupted write leaves the old folders as they were; the old folders all move aside before
     the new ones move in, so the paths never hold a mix of old and new folders. Leftovers of an
-    earlier interrupted write to the same paths are removed first.
+    earlier interrupted write to the same paths are removed first (``.partial``) or once the new
+    folders are in place (``.old``: a kill between the two renames leaves the only complete copy there).
     """
     finals = [Path(p) for p in paths]
     if len({f.resolve() for f in finals}) != len(finals):
@@ -232,8 +234,9 @@ def atomic_folders(*paths: str | os.PathLike) -> Iterator[list[Path]]:
                 os.replace(old, final)
             raise
         temps = []
-        for old, _ in aside:
-            shutil.rmtree(old, ignore_errors=True)
+        for final in finals:  # the old copies, and any an interrupted earlier write left aside
+            for old in final.parent.glob(f".{glob.escape(final.name)}.*.old"):
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         for tmp in temps:
             shutil.rmtree(tmp, ignore_errors=True)
