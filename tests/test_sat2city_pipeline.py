@@ -252,7 +252,7 @@ def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert trimesh.load(out / "city.glb", force="mesh").vertices.shape[0] > 0
     bad = cli_main(["generate", "sat2city", "--height-map", str(tmp_path / "nope.png"), "--out", str(out), "--model", str(saved)])
-    assert bad == 2 and "no such file" in capsys.readouterr().err
+    assert bad == 3 and "no such file" in capsys.readouterr().err  # ExitCode.MISSING_FILE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload moves components to a CUDA device")

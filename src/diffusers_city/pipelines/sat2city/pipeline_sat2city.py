@@ -34,7 +34,7 @@ from ...export.mesh import mesh_from_voxels
 from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
 from ...models.sat2city.conditions import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
-from ...utils.memory import check_memory, memory_limit_gb
+from ...utils.memory import MemoryLimitError, check_memory, memory_limit_gb
 from ..pipeline_utils import (
     check_callback_inputs,
     check_output_type,
@@ -123,7 +123,7 @@ def height_map_shape(height_map: Any) -> tuple[int, ...] | None:
                 with Image.open(path) as img:
                     return img.size[::-1]
         except Image.DecompressionBombError as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise MemoryLimitError(f"{path}: {err}") from None
         except (OSError, ValueError, EOFError) as err:
             raise ValueError(f"{path}: not a readable height map ({type(err).__name__}: {err})") from None
     return None
