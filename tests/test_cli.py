@@ -320,3 +320,27 @@ def test_an_output_folder_holding_other_files_is_refused_untouched(capsys, scene
     rc, _, err = run_main(capsys, "scene", "--size", "16", "--out", str(out))
     assert rc == ExitCode.BAD_INPUT and "notes.txt" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` 8-bit gray pixels, with no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_by_its_size(capsys, tmp_path):
+    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    argv = ["generate", "sat2city", "--height-map", str(bomb), "--out", str(tmp_path / "o"), "--preset", "tiny"]
+    rc, _, err = run_main(capsys, *argv)
+    assert rc == ExitCode.OUT_OF_MEMORY and "bomb.png" in err and "Traceback" not in err
+    huge = _png_header_only(tmp_path / "huge.png", 12_000, 12_000)  # below PIL's bomb limit, above 8 GB
+    rc, _, err = run_main(capsys, *argv[:3], str(huge), *argv[4:], "--max-memory-gb", "8")
+    assert rc == ExitCode.OUT_OF_MEMORY and "height map of 12000x12000 px" in err
+    assert not (tmp_path / "o").exists()

@@ -27,7 +27,7 @@ class ExitCode(enum.IntEnum):
     """Exit statuses of ``diffusers-city``."""
 
     OK = 0
-    FAILED = 1  # a run failed otherwise (``demo``: a system failed; an unexpected internal error)
+    FAILED = 1  # a run failed otherwise (``demo``: no system ran; an unexpected internal error)
     BAD_INPUT = 2  # a bad argument or input value (argparse's usage errors too)
     MISSING_FILE = 3  # an input file or folder is missing or cannot be read
     CORRUPT_FILE = 4  # an input file or weights file is truncated, corrupt or not what it claims
@@ -39,7 +39,7 @@ class ExitCode(enum.IntEnum):
 
 _MEANINGS = {
     ExitCode.OK: "success",
-    ExitCode.FAILED: "the run failed otherwise (demo: a system failed)",
+    ExitCode.FAILED: "the run failed otherwise (demo: no system ran; an internal error)",
     ExitCode.BAD_INPUT: "bad argument or input value",
     ExitCode.MISSING_FILE: "input file missing or unreadable",
     ExitCode.CORRUPT_FILE: "input or weights file corrupt or truncated",
