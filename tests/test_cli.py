@@ -286,8 +286,11 @@ def test_memory_estimates_refuse_with_status_5(capsys, scene_dir, tmp_path):
     assert rc == ExitCode.OUT_OF_MEMORY and "procedural_city of 20000x20000 px" in err and "estimated peak memory" in err
     rc, _, err = _generate(capsys, scene_dir, tmp_path / "out", "--max-memory-gb", "0.0001")
     assert rc == ExitCode.OUT_OF_MEMORY and "exceeds max_memory_gb (0.0001 GB)" in err
-    rc, _, err = run_main(capsys, "scene", "--size", "16", "--max-memory-gb", "nan", "--out", str(tmp_path / "s"))
-    assert rc == ExitCode.BAD_INPUT and "--max-memory-gb must be a finite number > 0" in err
+    for bad in ("nan", "inf", "-1", "0", "lots"):
+        rc, _, err = run_main(capsys, "scene", "--size", "16", "--max-memory-gb", bad, "--out", str(tmp_path / "s"))
+        assert rc == ExitCode.BAD_INPUT and "argument --max-memory-gb:" in err
+    rc, _, err = _generate(capsys, scene_dir, tmp_path / "out", "--max-memory-gb", "nan")
+    assert rc == ExitCode.BAD_INPUT and "argument --max-memory-gb: must be a finite number of GB > 0" in err
     assert sorted(tmp_path.iterdir()) == []
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import add_max_memory_gb
+
 FORMATS = ("ply", "glb", "obj", "splat", "las", "laz", "png")
 # What this command writes in --out: scene/, points.*, mesh.*, splat.ply, preview_*.png and side files.
 OUTPUT_STEMS = ("scene", "points", "mesh", "splat", "preview_top", "preview_oblique")
@@ -45,9 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder (created; scene/ and the exports go inside; replaced as a whole: new or holding only those)",
     )
-    parser.add_argument(
-        "--max-memory-gb", type=float, default=None, help="refuse a scene estimated to need more (default: the available memory)"
-    )
+    add_max_memory_gb(parser, "a scene")
 
 
 def _formats(text: str) -> list[str]:
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     formats = _formats(args.formats)
     if args.source is not None and not args.source.exists():
         raise FileNotFoundError(f"--from file {args.source} does not exist")
-    for name in ("size", "points_per_m2", "meters_per_pixel", "voxel_size", "max_memory_gb"):
+    for name in ("size", "points_per_m2", "meters_per_pixel", "voxel_size"):
         value = getattr(args, name)
         if value is not None and (not np.isfinite(value) or value <= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...cli.options import add_max_memory_gb
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", type=Path, required=True, help="CityScene folder (semantic + height maps)")
@@ -33,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument(
-        "--max-memory-gb", type=float, default=None, help="refuse a run estimated to need more (default: the available memory)"
-    )
+    add_max_memory_gb(parser, "a run")
 
 
 # What this command writes in --out: frames/, <trajectory>.<video>, city.ply.

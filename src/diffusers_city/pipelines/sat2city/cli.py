@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...cli.options import add_max_memory_gb
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -39,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_sampling_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
-        "--max-memory-gb", type=float, default=None, help="refuse a map estimated to need more (default: the available memory)"
-    )
+    add_max_memory_gb(parser, "a height map")
 
 
 # What this command writes in --out: city.ply, city.glb, city_preview.png and their side files.
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from .demo import write_city
     from .pipeline_sat2city import Sat2CityPipeline
 
+    if args.steps <= 0:
+        raise ValueError(f"--steps must be positive, got {args.steps}")
     check_output_folder(args.out, OUTPUT_STEMS)
     device = resolve_device(args.device)
     height_map = _load_input(args.height_map)
