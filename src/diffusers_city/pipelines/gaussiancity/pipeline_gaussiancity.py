@@ -179,29 +179,41 @@ class GaussianCityPipeline(DiffusionPipeline):
             need += view * channels * _BYTES_PER_VIEW_PIXEL_CHANNEL + num_frames * width * height * _BYTES_PER_FRAME_PIXEL
         return int(need)
 
-    def _check_memory(self, semantic_map, cameras, trajectory, num_frames, width, height, output_type, options) -> None:
-        """``MemoryLimitError`` (a ``ValueError``) with the estimate when a call on these inputs
-        would need more than ``max_memory_gb``, before the maps are converted."""
-        shape = np.shape(semantic_map)
+    def _check_memory(
+        self, shape: tuple[int, ...], frames: int, size: tuple[int, int], chunk: int, layout_gaussians: bool, max_memory_gb
+    ) -> None:
+        """``MemoryLimitError`` (a ``ValueError``) with the estimate when a call on a layout of
+        ``shape`` rendering ``frames`` frames of ``size`` would need more than ``max_memory_gb``;
+        from the shapes alone, before the maps are converted."""
         if len(shape) != 2:
-            memory_limit_gb(options["max_memory_gb"])  # a bad limit is named first; prepare_layout names the bad rank
+            memory_limit_gb(max_memory_gb)  # a bad limit is named first; prepare_layout names the bad rank
             return
-        if isinstance(cameras, Cameras):
-            num_frames, width, height = len(cameras), cameras.width, cameras.height
-        elif trajectory is None:
-            num_frames = width = height = 0  # no frames (or an error about the missing cameras)
-        frames = 0 if output_type == "gaussians" else num_frames
-        need = self.estimate_memory_bytes(
-            shape, frames, width, height, options["decode_chunk_size"], layout_gaussians=options["layout_gaussians"]
-        )
-        what = f"a {shape[0]}x{shape[1]} px layout" + (f" rendered as {frames} frames of {width}x{height}" if frames else "")
+        need = self.estimate_memory_bytes(shape, frames, *size, chunk, layout_gaussians=layout_gaussians)
+        what = f"a {shape[0]}x{shape[1]} px layout" + (f" rendered as {frames} frames of {size[0]}x{size[1]}" if frames else "")
         check_memory(
             need,
-            options["max_memory_gb"],
+            max_memory_gb,
             f"GaussianCityPipeline: {what}",
             self._execution_device,
             hint="crop the layout, render fewer or smaller frames",
         )
+
+    @staticmethod
+    def _frames_to_render(cameras, trajectory, num_frames, width, height, output_type) -> tuple[int, tuple[int, int]]:
+        """How many frames of which size (width, height) a call renders; ``ValueError`` for a bad
+        trajectory or frame size."""
+        if cameras is None and trajectory is not None:
+            if trajectory not in TRAJECTORIES:
+                raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
+            for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if output_type == "gaussians" or (cameras is None and trajectory is None):
+            return 0, (0, 0)
+        if cameras is not None:
+            # a bad type is named by _cameras
+            return (len(cameras), (cameras.width, cameras.height)) if isinstance(cameras, Cameras) else (0, (0, 0))
+        return num_frames, (width, height)
 
     def sample_styles(self, layout: BEVLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         """A style table ``[I + 1, style_dim]`` drawn from the decoders' distribution (standard normal)."""
@@ -507,18 +519,9 @@ class GaussianCityPipeline(DiffusionPipeline):
             meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)
         if semantic_map is None or height_map is None:
             raise ValueError("semantic_map and height_map (or scene) are required")
-        options = {
-            "decode_chunk_size": decode_chunk_size,
-            "layout_gaussians": output_type == "gaussians" or return_gaussians == "layout",
-            "max_memory_gb": max_memory_gb,
-        }
-        if cameras is None and trajectory is not None:
-            if trajectory not in TRAJECTORIES:
-                raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
-            for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self._check_memory(semantic_map, cameras, trajectory, num_frames, width, height, output_type, options)
+        frames, size = self._frames_to_render(cameras, trajectory, num_frames, width, height, output_type)
+        layout_gaussians = output_type == "gaussians" or return_gaussians == "layout"
+        self._check_memory(np.shape(semantic_map), frames, size, decode_chunk_size, layout_gaussians, max_memory_gb)
         layout = self.prepare_layout(semantic_map, height_map, ground_map, instance_map, meters_per_pixel, origin)
         cams = self._cameras(cameras, trajectory, layout, num_frames, width, height, scene)
         if cams is None and output_type != "gaussians":
@@ -527,7 +530,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
 
         device = self._execution_device
-        layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
+        layout_g = self.layout_gaussians(layout, styles) if layout_gaussians else None
         frames, visible = [], []
         if output_type != "gaussians":
             # Visibility reads the host cameras (no device sync), the rasterizer the device ones.
