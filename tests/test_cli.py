@@ -248,8 +248,8 @@ def test_unwritable_output_fails_before_any_work(capsys, scene_dir, monkeypatch)
     assert rc == ExitCode.OUTPUT_NOT_WRITABLE and "--out /sys/x is not writable" in err and "Traceback" not in err
     rc, _, err = run_main(capsys, "scene", "--size", "16", "--out", "/sys/x/y")
     assert rc == ExitCode.OUTPUT_NOT_WRITABLE and "not writable" in err
-    rc, _, err = run_main(capsys, "demo", "--out", "/sys/x", "--device", "cpu")
-    assert rc == ExitCode.OUTPUT_NOT_WRITABLE and "--out /sys/x is not writable" in err and "running" not in err
+    rc, out, err = run_main(capsys, "demo", "--out", "/sys/x", "--device", "cpu")
+    assert rc == ExitCode.OUTPUT_NOT_WRITABLE and "--out /sys/x is not writable" in err and "running" not in out
 
 
 def test_bad_device_is_refused_cleanly(capsys, scene_dir, tmp_path):
