@@ -148,6 +148,19 @@ def test_mesh_from_points_fills_columns(cloud):
     assert mesh.bounds[0][2] <= points[:, 2].min() + 1e-6 and mesh.bounds[1][2] >= points[:, 2].max() - 1e-6
 
 
+def test_meshing_a_grid_too_large_for_memory_is_refused_with_its_estimate(cloud, monkeypatch):
+    points, colors, _, _ = cloud
+    monkeypatch.setattr(np, "unique", lambda *a, **k: pytest.fail("voxelized before the refusal"))
+    with pytest.raises(ValueError, match=r"voxel grid at voxel_size 0.0001: estimated peak memory [0-9.e+]+ GB exceeds"):
+        mesh_from_points(points, colors, voxel_size=1e-4)
+    with pytest.raises(ValueError, match="exceeds max_memory_gb"):
+        mesh_from_points(points, colors, voxel_size=2.0, max_memory_gb=1e-9)
+    with pytest.raises(ValueError, match="max_memory_gb must be a finite number > 0"):
+        mesh_from_points(points, colors, voxel_size=2.0, max_memory_gb=float("nan"))
+    with pytest.raises(ValueError, match=r"meshing a 200003x3x103 voxel grid .* exceeds max_memory_gb \(0.5 GB\)"):
+        mesh_from_voxels(np.array([[0, 0, 0], [200000, 0, 100]]), 1.0, max_memory_gb=0.5)
+
+
 def test_video_gif_and_mp4(tmp_path):
     frames = [np.full((20, 30, 3), v, dtype=np.uint8) for v in (0, 128, 255)]
     gif = write_video(tmp_path / "a.gif", frames, fps=5)

@@ -51,7 +51,7 @@ def test_generate_writes_frames_video_and_ply(scene_dir, tmp_path):
 
 def test_generate_bad_input_fails_before_writing(scene_dir, tmp_path, capsys):
     out = tmp_path / "never"
-    assert main(["generate", "gaussiancity", "--scene", str(tmp_path / "nope"), "--out", str(out), "--preset", "tiny"]) == 2
+    assert main(["generate", "gaussiancity", "--scene", str(tmp_path / "nope"), "--out", str(out), "--preset", "tiny"]) == 3
     assert "not a scene folder" in capsys.readouterr().err
     assert (
         main(["generate", "gaussiancity", "--scene", str(scene_dir), "--out", str(out), "--preset", "tiny", "--width", "0"]) == 2

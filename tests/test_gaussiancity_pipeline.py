@@ -96,11 +96,34 @@ def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
     assert vertex.count == len(g) and np.allclose(vertex["x"], g.means[:, 0].numpy())
 
 
-def test_cameras_looking_away_give_empty_frames(pipe):
+def test_cameras_looking_away_give_empty_frames_and_a_warning(pipe, caplog):
     sem, hgt = _maps()
-    cam = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)
-    out = pipe(sem, hgt, cameras=cam, output_type="np", background=(0.2, 0.4, 0.6))
-    assert np.allclose(out.images[0], np.array([0.2, 0.4, 0.6]), atol=1e-6)
+    away = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)
+    down = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 25.0, 0.0]), width=16, height=12)
+    with caplog.at_level("WARNING", logger="diffusers_city"):
+        out = pipe(sem, hgt, cameras=Cameras.cat([down, away]), output_type="np", background=(0.2, 0.4, 0.6))
+    assert np.allclose(out.images[1], np.array([0.2, 0.4, 0.6]), atol=1e-6)
+    assert not np.allclose(out.images[0], np.array([0.2, 0.4, 0.6]), atol=1e-2)
+    assert [r.getMessage()[:51] for r in caplog.records] == ["1 of 2 cameras see no part of the layout (frames 1)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffusers_city"):
+        pipe(sem, hgt, cameras=down, output_type="np")
+    assert not caplog.records
+
+
+def test_a_huge_layout_is_refused_with_its_estimate_before_any_allocation(pipe, monkeypatch):
+    """A 20000^2 layout (broadcast views: no memory behind them) is refused by its estimate, before
+    the maps are converted (the conversion would allocate 3.2 GB for the semantic map alone)."""
+    huge = np.broadcast_to(np.int64(0), (20000, 20000))
+    monkeypatch.setattr(
+        "diffusers_city.pipelines.gaussiancity.pipeline_gaussiancity.BEVLayout.from_maps",
+        lambda *a, **k: pytest.fail("the layout was built"),
+    )
+    with pytest.raises(ValueError, match="a 20000x20000 px layout: estimated peak memory [0-9.]+ GB exceeds max_memory_gb"):
+        pipe(huge, huge, output_type="gaussians", max_memory_gb=16)
+    assert pipe.estimate_memory_bytes((20000, 20000)) > 16e9
+    small = pipe.estimate_memory_bytes((48, 48), 2, 32, 24)
+    assert pipe.estimate_memory_bytes((48, 48), 20, 32, 24) > small and pipe.estimate_memory_bytes((96, 96), 2, 32, 24) > small
 
 
 def _fit_views(width=32, height=24):
@@ -179,6 +202,13 @@ class TestGaussianCityPipelineContract(PipelineContract):
         ({"decode_chunk_size": True}, "decode_chunk_size must be an integer >= 1"),
         ({"background": (0.0, float("nan"), 0.0)}, "background must be 3 finite values"),
         ({"scene": {"semantic": 1}, "semantic_map": None, "height_map": None}, "scene must be a CityScene"),
+        (dict(height_map=np.full((48, 48), 1e7)), "heights beyond \\+-20000 m .* must be metres"),
+        ({"max_memory_gb": float("nan")}, "max_memory_gb must be a finite number > 0"),
+        ({"max_memory_gb": -1.0}, "max_memory_gb must be a finite number > 0"),
+        ({"max_memory_gb": float("inf")}, "max_memory_gb must be a finite number > 0"),
+        ({"max_memory_gb": True}, "max_memory_gb must be a number"),
+        ({"max_memory_gb": 1e-6}, "2 frames of 32x24: estimated peak memory .* exceeds max_memory_gb"),
+        ({"width": 20000, "height": 20000}, "frames of 20000x20000: estimated peak memory .* exceeds the available memory"),
         (
             dict(cameras=Cameras.look_at(torch.tensor([0.0, 0, 9]), torch.tensor([1.0, 1, 0]), width=8, height=8)),
             "either cameras or trajectory",

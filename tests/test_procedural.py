@@ -85,6 +85,11 @@ def test_crop_of_scene_keeps_points_inside(scenes):
         (dict(tree_density=-1), "tree_density"),
         (dict(image_scale=0), "image_scale"),
         ({"max_building_height_m": 1.0}, "max_building_height_m"),
+        ({"size_m": 20000}, "procedural_city of 20000x20000 px at 1 m/px: estimated peak memory"),
+        ({"size_m": 20000, "max_memory_gb": 1e4, "max_building_height_m": 1.0}, "max_building_height_m"),
+        ({"points_per_m2": 1e6}, "16x16 px at 1 m/px: estimated peak memory [0-9.]+ GB exceeds"),
+        ({"max_memory_gb": 1e-6}, "exceeds max_memory_gb"),
+        ({"max_memory_gb": float("nan")}, "max_memory_gb must be a finite number"),
     ],
 )
 def test_bad_input(kw, match):

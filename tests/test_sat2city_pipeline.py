@@ -77,6 +77,10 @@ class TestSat2CityPipelineContract(PipelineContract):
             (height_map(), {"guidance_scale": 0.5}, "guidance_scale"),
             (height_map(), {"temperature": (1.0, -1.0, 1.0)}, "temperature"),
             (height_map(), {"max_memory_gb": float("nan")}, "max_memory_gb"),
+            (height_map(), {"max_memory_gb": float("inf")}, "max_memory_gb must be a finite number > 0"),
+            (height_map(), {"max_memory_gb": -2.0}, "max_memory_gb must be a finite number > 0"),
+            (height_map(), {"max_memory_gb": True}, "max_memory_gb must be a number"),
+            (height_map(), {"max_memory_gb": 1e-6}, "32x32 px at .* estimated peak memory .* exceeds max_memory_gb"),
             (height_map(), {"latents": torch.zeros(1, 2, 3)}, "latents must be a tensor"),
             ({"height": 1}, {}, "height_map must be"),
         ]
@@ -100,6 +104,36 @@ class TestSat2CityPipelineContract(PipelineContract):
         assert len(output.points) > 0
         if output_type == "mesh":
             assert isinstance(output.mesh, trimesh.Trimesh) and len(output.mesh.faces) > 0
+
+
+@pytest.mark.parametrize("form", ["array", "npy", "scene"])
+def test_a_huge_map_is_refused_by_its_size_before_its_pixels_are_read(pipe, tmp_path, monkeypatch, form):
+    """A 20000^2 px map with the default resolution (which covers the training crop at any size)
+    still needs 20000^2 points of P_h: refused from its shape, before validation converts it.
+    A scene is refused by its size in metres (its own resolution)."""
+    size, huge = 20000, np.broadcast_to(np.uint8(0), (20000, 20000))  # no memory behind it
+    if form == "npy":
+        huge = tmp_path / "huge.npy"
+        np.lib.format.open_memmap(huge, mode="w+", dtype=np.uint8, shape=(size, size))  # a sparse file
+    elif form == "scene":
+        size = 1000
+        huge = CityScene(np.zeros((size, size), np.float32), np.zeros((size, size), np.uint8), meters_per_pixel=20.0)
+    monkeypatch.setattr(
+        "diffusers_city.pipelines.sat2city.pipeline_sat2city.load_height_map", lambda *a, **k: pytest.fail("the map was read")
+    )
+    with pytest.raises(ValueError, match=rf"height map of {size}x{size} px at [0-9.e-]+ m/px .* estimated peak memory"):
+        pipe(huge, num_inference_steps=1, max_memory_gb=8.0)
+    grid = pipe.grid_for((64, 64), 0.5)
+    assert pipe.estimate_memory_bytes(grid, 20000**2) > pipe.estimate_memory_bytes(grid, 64**2) + 8e9
+
+
+def test_default_memory_limit_is_the_available_memory(pipe, monkeypatch):
+    import inspect
+
+    assert inspect.signature(Sat2CityPipeline.__call__).parameters["max_memory_gb"].default is None
+    monkeypatch.setattr("diffusers_city.utils.memory.available_memory_gb", lambda device=None: 1e-6)
+    with pytest.raises(ValueError, match=r"exceeds the available memory \(1e-06 GB\)"):
+        run(pipe)
 
 
 def test_cityscene_output_is_georeferenced(pipe):
@@ -218,7 +252,7 @@ def test_cli_writes_ply_glb_and_preview(saved, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert trimesh.load(out / "city.glb", force="mesh").vertices.shape[0] > 0
     bad = cli_main(["generate", "sat2city", "--height-map", str(tmp_path / "nope.png"), "--out", str(out), "--model", str(saved)])
-    assert bad == 2 and "no such file" in capsys.readouterr().err
+    assert bad == 3 and "no such file" in capsys.readouterr().err  # ExitCode.MISSING_FILE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload moves components to a CUDA device")

@@ -5,17 +5,23 @@ the general ones in this package, ``generate <system>`` in its family
 (``diffusers_city.pipelines.<system>.cli``, found through the registry of systems). Only the
 invoked subcommand's module is imported, so one that is missing or broken cannot break
 ``--help`` or the others.
+
+A failure prints one line, ``diffusers-city <command>: error: ...``, and exits with the status
+of its kind (``cli.errors.ExitCode``, listed by ``--help``); ``DIFFUSERS_CITY_TRACEBACK=1``
+re-raises instead, for a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from .._registration import systems as registered_systems
+from .errors import ExitCode, classify, exit_codes_help
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,17 +54,22 @@ def _attach(parser: argparse.ArgumentParser, module_name: str, command: str) -> 
     parser.set_defaults(_cli_run=module.run)
 
 
+_EPILOG = {"epilog": exit_codes_help(), "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The CLI parser; the subcommand named in ``argv`` gets its full arguments."""
     requested = _requested(argv)
     parser = argparse.ArgumentParser(
         prog="diffusers-city",
         description="Generative 3D cities (Sat2City, EarthCrafter, GaussianCity) as diffusers pipelines.",
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"diffusers-city {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, **_EPILOG)
         if requested == (name,):
             _attach(sub, module, name)
     generate = commands.add_parser(
@@ -66,7 +77,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
     for name, system in registered_systems().items():
-        sub = systems.add_parser(name, help=system.description, description=system.description)
+        sub = systems.add_parser(name, help=system.description, description=system.description, **_EPILOG)
         if requested == ("generate", name):
             _attach(sub, system.cli_module, f"generate {name}")
     return parser
@@ -78,10 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     if hasattr(args, "_cli_unavailable"):
         print(args._cli_unavailable, file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     command = " ".join(filter(None, (args.command, getattr(args, "system", None))))
     try:
         return int(args._cli_run(args))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"diffusers-city {command}: error: {error}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:
+        if os.environ.get("DIFFUSERS_CITY_TRACEBACK"):
+            raise
+        code, message = classify(error)
+        print(f"diffusers-city {command}: error: {message}", file=sys.stderr)
+        return int(code)

@@ -1,8 +1,10 @@
 """``diffusers-city demo``: run the shipped default pipeline of each system.
 
 Every system of the registry runs when ``pipelines/<system>/default/model_index.json`` is
-bundled; its ``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs
-under ``--out/<system>/``. Exit status 1 when no system ran or one of them failed.
+bundled; its ``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the
+outputs into an empty folder that replaces ``--out/<system>/`` as a whole when it succeeds
+(``cli.outputs``). Exit status: that of the first system that failed (``cli.errors``), 1 when
+no system ran.
 """
 
 from __future__ import annotations
@@ -10,34 +12,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from pathlib import Path
+
+from .errors import ExitCode, classify, resolve_device
+from .outputs import check_output_folder, published, writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_out"), help="output folder, one subfolder per system (default: demo_out)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-
-
-def _resolve_device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
     from .._registration import systems
     from ..presets import bundled_path
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
+    check_output_folder(args.out, tuple(systems()))
     ran, failed = [], []
     for system, entry in systems().items():
         index = bundled_path(system, "default", "model_index.json")
@@ -47,15 +40,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{system}: running the shipped default pipeline on {device} ...")
         try:
             demo = importlib.import_module(entry.demo_module)
-            paths = demo.run_demo(args.out / system, device)
-        except Exception:
-            traceback.print_exc()
-            print(f"{system}: FAILED (traceback above)", file=sys.stderr)
-            failed.append(system)
+            with writing(args.out / system) as tmp:
+                paths = published(demo.run_demo(tmp, device), tmp, args.out / system)
+        except Exception as error:
+            code, message = classify(error)
+            print(f"{system}: FAILED: {message}", file=sys.stderr)
+            failed.append(code)
             continue
         ran.append(system)
         for path in paths:
             print(f"  wrote {path}")
     if not ran and not failed:
         print("demo: nothing to run, no system has shipped weights", file=sys.stderr)
-    return 0 if ran and not failed else 1
+    return int(failed[0]) if failed else ExitCode.OK if ran else ExitCode.FAILED

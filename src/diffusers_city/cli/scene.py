@@ -1,7 +1,10 @@
 """``diffusers-city scene``: make a procedural scene (``--seed``, ``--size``) or build one from a
 DSM / point cloud (``--from FILE``), save it (``CityScene.save``) and write every export format:
 coloured point PLY, GLB and OBJ meshes, a 3D Gaussian splat PLY of the points as small
-Gaussians, LAS and LAZ, and top / oblique preview PNGs."""
+Gaussians, LAS and LAZ, and top / oblique preview PNGs.
+
+``--out`` is replaced as a whole when the run succeeds (``cli.outputs``): it must be new or hold
+only this command's outputs. Sizes are checked against ``--max-memory-gb`` before any work."""
 
 from __future__ import annotations
 
@@ -10,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import add_max_memory_gb
+
 FORMATS = ("ply", "glb", "obj", "splat", "las", "laz", "png")
+# What this command writes in --out: scene/, points.*, mesh.*, splat.ply, preview_*.png and side files.
+OUTPUT_STEMS = ("scene", "points", "mesh", "splat", "preview_top", "preview_oblique")
+# Rough peak bytes per exported point (float64 copies, colours, per-format buffers).
+_EXPORT_BYTES_PER_POINT = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--splat-sh-degree", type=int, choices=(0, 3), default=3, help="3DGS PLY SH degree: 3 (every viewer) or 0 (smaller)"
     )
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created; scene/ and the exports go inside)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (created; scene/ and the exports go inside; replaced as a whole: new or holding only those)",
+    )
+    add_max_memory_gb(parser, "a scene")
 
 
 def _formats(text: str) -> list[str]:
@@ -59,6 +74,7 @@ def _build_scene(args: argparse.Namespace):
         size_m=args.size,
         meters_per_pixel=1.0 if args.meters_per_pixel is None else args.meters_per_pixel,
         points_per_m2=args.points_per_m2,
+        max_memory_gb=args.max_memory_gb,
     )
 
 
@@ -86,10 +102,17 @@ def scene_surface(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pts, np.clip(colors, 0, 1), scene.semantic.reshape(-1)
 
 
-def export_scene(scene, out: Path, formats: list[str], voxel_size: float, sh_degree: int = 3) -> list[Path]:
-    """Write the chosen export formats of ``scene`` into ``out``; returns the written paths."""
+def export_scene(
+    scene, out: Path, formats: list[str], voxel_size: float, sh_degree: int = 3, max_memory_gb: float | None = None
+) -> list[Path]:
+    """Write the chosen export formats of ``scene`` into ``out``; returns the written paths.
+    ``MemoryLimitError`` (a ``ValueError``) first when the export is estimated to need more than
+    ``max_memory_gb`` (default: the available memory)."""
     from .. import export
+    from ..utils.memory import check_memory
 
+    count = scene.num_points if scene.points is not None else scene.shape[0] * scene.shape[1]
+    check_memory(count * _EXPORT_BYTES_PER_POINT, max_memory_gb, f"exporting {count} points", hint="export fewer points")
     points, colors, classes = scene_surface(scene)
     offset = np.asarray(scene.origin, dtype=np.float64)
     factor = float(scene.metadata.get("crs_unit_factor", 1.0))
@@ -98,7 +121,7 @@ def export_scene(scene, out: Path, formats: list[str], voxel_size: float, sh_deg
     if "ply" in formats:
         written.append(export.write_point_ply(out / "points.ply", points, colors, scene.normals, classes, crs=crs, offset=offset))
     if "glb" in formats or "obj" in formats:
-        mesh = export.mesh_from_points(points, colors, voxel_size)
+        mesh = export.mesh_from_points(points, colors, voxel_size, max_memory_gb=max_memory_gb)
         for fmt in ("glb", "obj"):
             if fmt in formats:
                 written.append(export.write_mesh(out / f"mesh.{fmt}", mesh, crs=crs, offset=offset))
@@ -130,6 +153,8 @@ def export_scene(scene, out: Path, formats: list[str], voxel_size: float, sh_deg
 
 
 def run(args: argparse.Namespace) -> int:
+    from .outputs import check_output_folder, published, writing
+
     formats = _formats(args.formats)
     if args.source is not None and not args.source.exists():
         raise FileNotFoundError(f"--from file {args.source} does not exist")
@@ -137,13 +162,12 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and (not np.isfinite(value) or value <= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out, OUTPUT_STEMS)
     scene = _build_scene(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    scene.save(args.out / "scene")
     voxel = args.voxel_size if args.voxel_size is not None else 2.0 * scene.meters_per_pixel
-    written = export_scene(scene, args.out, formats, voxel, args.splat_sh_degree)
+    with writing(args.out) as tmp:
+        scene.save(tmp / "scene")
+        written = published(export_scene(scene, tmp, formats, voxel, args.splat_sh_degree, args.max_memory_gb), tmp, args.out)
     print(f"{scene}")
     print(f"scene folder: {args.out / 'scene'}")
     for path in written:

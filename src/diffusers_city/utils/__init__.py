@@ -1,6 +1,7 @@
-"""Generic helpers that know no paper: CUDA-graph capture, host-to-device upload and checked weight loading."""
+"""Generic helpers that know no paper: CUDA-graph capture, host-to-device upload, checked weight loading, memory checks."""
 
 from .cuda_graph import CapturedCall
 from .device import upload
+from .memory import MemoryLimitError, available_memory_gb, check_memory, memory_limit_gb
 
-__all__ = ["CapturedCall", "upload"]
+__all__ = ["CapturedCall", "MemoryLimitError", "available_memory_gb", "check_memory", "memory_limit_gb", "upload"]

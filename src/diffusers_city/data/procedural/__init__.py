@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ...utils.memory import check_memory
 from ..classes import NUM_CLASSES
 from ..scene import CityScene
 from .layout import MATERIAL_CLASS, Layout, build_layout
@@ -20,7 +21,14 @@ from .style import KIND_NAMES, CityStyle
 from .surface import sample_top, sample_walls, wall_classes
 from .texture import shade, sun_direction, top_colors, wall_colors
 
-__all__ = ["procedural_city", "CityStyle", "KIND_NAMES"]
+__all__ = ["procedural_city", "estimate_memory_bytes", "CityStyle", "KIND_NAMES"]
+
+# Rough peak bytes (measured): per raster pixel (the layout's maps and their temporaries), per
+# aerial image pixel, per surface point; walls give about twice the points of the top surface.
+_BYTES_PER_PIXEL = 640
+_BYTES_PER_IMAGE_PIXEL = 64
+_BYTES_PER_POINT = 200
+_POINTS_PER_TOP_POINT = 3
 
 
 def _check_size(size_m, meters_per_pixel: float) -> tuple[int, int]:
@@ -42,6 +50,19 @@ def _check_size(size_m, meters_per_pixel: float) -> tuple[int, int]:
     return out[1], out[0]  # (H, W)
 
 
+def estimate_memory_bytes(
+    shape: tuple[int, int], meters_per_pixel: float, points_per_m2: float, with_points: bool, image_scale: int | None
+) -> int:
+    """Rough peak memory of a procedural city of ``shape`` pixels (``image_scale``: ``None`` for no image)."""
+    pixels = shape[0] * shape[1]
+    need = pixels * _BYTES_PER_PIXEL
+    if image_scale is not None:
+        need += pixels * image_scale**2 * _BYTES_PER_IMAGE_PIXEL
+    if with_points:
+        need += pixels * meters_per_pixel**2 * points_per_m2 * _POINTS_PER_TOP_POINT * _BYTES_PER_POINT
+    return int(need)
+
+
 def procedural_city(
     seed: int,
     size_m: float | tuple[float, float] = 256.0,
@@ -50,6 +71,7 @@ def procedural_city(
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
     with_points: bool = True,
     with_image: bool = True,
+    max_memory_gb: float | None = None,
     **style,
 ) -> CityScene:
     """Generate a deterministic procedural city.
@@ -61,6 +83,8 @@ def procedural_city(
         points_per_m2: surface point density (top surfaces per m^2 of surface, walls per m^2 of wall).
         origin: world position of the scene corner (x, y) and of height 0 (z).
         with_points / with_image: skip the point cloud or the aerial image when not needed.
+        max_memory_gb: refuse (``MemoryLimitError``, a ``ValueError``, with the estimate) a city
+            whose estimated peak memory exceeds this many GB (default: the memory available now).
         **style: any `CityStyle` field (district size, height scale, densities, terrain...).
 
     Returns:
@@ -84,6 +108,13 @@ def procedural_city(
         raise ValueError(f"origin must be 3 finite numbers, got {origin!r}")
     city_style = CityStyle.from_kwargs(**style)
     seed = int(seed)
+    need = estimate_memory_bytes(shape, mpp, float(points_per_m2), with_points, city_style.image_scale if with_image else None)
+    check_memory(
+        need,
+        max_memory_gb,
+        f"procedural_city of {shape[1]}x{shape[0]} px at {mpp:g} m/px",
+        hint="make it smaller, coarser or sparser",
+    )
 
     layout = build_layout(seed, shape, mpp, city_style)
     sun = sun_direction(seed, city_style.sun_azimuth_deg, city_style.sun_elevation_deg)

@@ -57,6 +57,10 @@ FLAT_CLASSES: tuple[int, ...] = (GROUND, ROAD, WATER)
 """Classes whose Gaussians are thin in z (flat surfaces)."""
 
 _FAR_BELOW = -(1 << 40)
+MAX_ABS_HEIGHT_M = 20_000.0
+"""Largest height magnitude accepted, in metres: every surface on Earth lies within +-11 km of sea
+level, so beyond +-20 km a map is not in metres (or is broken), and its columns of points would
+not fit in memory."""
 
 
 def _as_map(name: str, value: Any) -> torch.Tensor:
@@ -93,6 +97,13 @@ def _as_height_map(name: str, value: Any) -> torch.Tensor:
     if bool(bad.any()):
         i, j = torch.nonzero(bad)[0].tolist()
         raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values (first at row {i}, column {j})")
+    far = t.abs() > MAX_ABS_HEIGHT_M
+    if bool(far.any()):
+        i, j = torch.nonzero(far)[0].tolist()
+        raise ValueError(
+            f"{name} holds {int(far.sum())} heights beyond +-{MAX_ABS_HEIGHT_M:g} m (first {t[i, j].item():g} at row {i}, "
+            f"column {j}): heights must be metres"
+        )
     return t
 
 

@@ -1,15 +1,22 @@
 """``diffusers-city generate gaussiancity``: render a city scene folder along a camera path with the
-GaussianCity pipeline; writes the frames, a GIF or MP4 and the layout's Gaussians as a 3DGS PLY."""
+GaussianCity pipeline; writes the frames, a GIF or MP4 and the layout's Gaussians as a 3DGS PLY.
+
+``--out`` is replaced as a whole when the run succeeds (``cli.outputs``): it must be new or hold
+only this command's outputs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ...cli.options import add_max_memory_gb
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", type=Path, required=True, help="CityScene folder (semantic + height maps)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (created; replaced as a whole, so new or holding only our outputs)"
+    )
     parser.add_argument("--trajectory", choices=("orbit", "drone", "street"), default="orbit")
     parser.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
     parser.add_argument("--width", type=int, default=320)
@@ -28,11 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_max_memory_gb(parser, "a run")
+
+
+# What this command writes in --out: frames/, <trajectory>.<video>, city.ply.
+OUTPUT_STEMS = ("frames", "city", "orbit", "drone", "street")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ...cli.errors import resolve_device
+    from ...cli.outputs import check_output_folder, published, writing
     from ...data.scene import CityScene
     from ...export.splat import write_gaussian_ply
     from ...export.video import write_video
@@ -44,11 +58,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     if not (args.scene / "scene.json").is_file():
         raise FileNotFoundError(f"--scene {args.scene} is not a scene folder (no scene.json)")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
     if args.pipeline is not None and args.preset is not None:
         raise ValueError("pass --pipeline or --preset, not both")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_output_folder(args.out, OUTPUT_STEMS)
+    device = resolve_device(args.device)
     scene = CityScene.load(args.scene)
     if args.preset is not None:
         pipe = GaussianCityPipeline.from_preset(args.preset)
@@ -68,19 +81,17 @@ def run(args: argparse.Namespace) -> int:
         output_type="pil",
         return_gaussians="layout",
         decode_chunk_size=args.decode_chunk_size,
+        max_memory_gb=args.max_memory_gb,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    frames_dir = args.out / "frames"
-    frames_dir.mkdir(exist_ok=True)
-    for i, image in enumerate(out.images):
-        path = frames_dir / f"frame_{i:04d}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        image.save(tmp)
-        tmp.replace(path)
-    video = write_video(args.out / f"{args.trajectory}.{args.video}", out.images, fps=args.fps)
     g = out.gaussians.to("cpu")
-    ply = write_gaussian_ply(
-        args.out / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(), g.opacities.numpy(), g.quats.numpy()
-    )
-    print(f"wrote {len(out.images)} frames to {frames_dir}, {video} and {ply} ({len(g)} Gaussians)")
+    with writing(args.out) as tmp:
+        (tmp / "frames").mkdir()
+        for i, image in enumerate(out.images):
+            image.save(tmp / "frames" / f"frame_{i:04d}.png")
+        video = write_video(tmp / f"{args.trajectory}.{args.video}", out.images, fps=args.fps)
+        ply = write_gaussian_ply(
+            tmp / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(), g.opacities.numpy(), g.quats.numpy()
+        )
+        video, ply = published([video, ply], tmp, args.out)
+    print(f"wrote {len(out.images)} frames to {args.out / 'frames'}, {video} and {ply} ({len(g)} Gaussians)")
     return 0

@@ -31,6 +31,7 @@ def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None =
 
     ``pipeline`` defaults to the shipped ``pipelines/gaussiancity/default/``.
     """
+    from ...export.atomic import atomic_write
     from ...export.splat import write_gaussian_ply
     from ...export.video import write_video
 
@@ -58,9 +59,8 @@ def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None =
     g = out.gaussians.to("cpu")
     paths = [write_video(out_dir / "orbit.gif", out.images, fps=8)]
     first = out_dir / "frame_000.png"
-    tmp = first.with_name(f".{first.name}.tmp.png")
-    out.images[0].save(tmp)
-    tmp.replace(first)
+    with atomic_write(first) as tmp:
+        out.images[0].save(tmp)
     paths.append(first)
     paths.append(
         write_gaussian_ply(

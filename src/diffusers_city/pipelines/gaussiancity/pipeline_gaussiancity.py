@@ -12,10 +12,12 @@ building instance ``i`` (``layout.instance``). Codes are standard normal (the de
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -29,6 +31,7 @@ from ...models.gaussiancity.bev import (
 )
 from ...render import Cameras, Gaussians, render_gaussians
 from ...utils.device import upload
+from ...utils.memory import check_memory, memory_limit_gb
 from ..pipeline_utils import IMAGE_OUTPUT_TYPES, check_callback_inputs, check_output_type, check_positive_int, frames_to_output
 from .cuda_graph import GraphedPointDecoder
 from .pipeline_output import GaussianCityPipelineOutput
@@ -38,6 +41,15 @@ __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
 
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "gaussians")
 TRAJECTORIES = ("orbit", "drone", "street")
+# Rough peak bytes, measured on the CPU with the tiny preset and scaled by the decoders' width:
+# per layout pixel (the maps as tensors, instance labels, visibility tables), per layout pixel
+# again when the whole layout's Gaussians are decoded, per rendered pixel of a decoded chunk
+# (visible points' activations, rasterizer tiles) per decoder channel, and per kept frame pixel.
+_BYTES_PER_LAYOUT_PIXEL = 160
+_BYTES_PER_LAYOUT_GAUSSIAN_PIXEL = 256
+_BYTES_PER_VIEW_PIXEL_CHANNEL = 96
+_BYTES_PER_FRAME_PIXEL = 28
+logger = logging.getLogger(__name__)
 
 
 def _concat_gaussians(parts: Sequence[Gaussians], device: torch.device, rows: torch.Tensor | None = None) -> Gaussians:
@@ -142,6 +154,66 @@ class GaussianCityPipeline(DiffusionPipeline):
     @property
     def style_dim(self) -> int:
         return int(self.building_decoder.config.style_dim)
+
+    def estimate_memory_bytes(
+        self,
+        layout_shape: tuple[int, int],
+        num_frames: int = 0,
+        width: int = 0,
+        height: int = 0,
+        decode_chunk_size: int = 1,
+        layout_gaussians: bool = False,
+    ) -> int:
+        """Rough peak memory of a call on a layout of ``layout_shape`` pixels rendering
+        ``num_frames`` frames of ``width`` x ``height`` (``decode_chunk_size`` decoded together),
+        with the whole layout's Gaussians when ``layout_gaussians``."""
+        pixels = int(layout_shape[0]) * int(layout_shape[1])
+        channels = max(
+            self.building_decoder.config.mlp_hidden,
+            self.background_decoder.config.mlp_hidden,
+            *self.building_decoder.config.enc_channels,
+        )
+        view = width * height * min(decode_chunk_size, max(num_frames, 1))
+        need = pixels * (_BYTES_PER_LAYOUT_PIXEL + (_BYTES_PER_LAYOUT_GAUSSIAN_PIXEL if layout_gaussians else 0))
+        if num_frames:
+            need += view * channels * _BYTES_PER_VIEW_PIXEL_CHANNEL + num_frames * width * height * _BYTES_PER_FRAME_PIXEL
+        return int(need)
+
+    def _check_memory(
+        self, shape: tuple[int, ...], frames: int, size: tuple[int, int], chunk: int, layout_gaussians: bool, max_memory_gb
+    ) -> None:
+        """``MemoryLimitError`` (a ``ValueError``) with the estimate when a call on a layout of
+        ``shape`` rendering ``frames`` frames of ``size`` would need more than ``max_memory_gb``;
+        from the shapes alone, before the maps are converted."""
+        if len(shape) != 2:
+            memory_limit_gb(max_memory_gb)  # a bad limit is named first; prepare_layout names the bad rank
+            return
+        need = self.estimate_memory_bytes(shape, frames, *size, chunk, layout_gaussians=layout_gaussians)
+        what = f"a {shape[0]}x{shape[1]} px layout" + (f" rendered as {frames} frames of {size[0]}x{size[1]}" if frames else "")
+        check_memory(
+            need,
+            max_memory_gb,
+            f"GaussianCityPipeline: {what}",
+            self._execution_device,
+            hint="crop the layout, render fewer or smaller frames",
+        )
+
+    @staticmethod
+    def _frames_to_render(cameras, trajectory, num_frames, width, height, output_type) -> tuple[int, tuple[int, int]]:
+        """How many frames of which size (width, height) a call renders; ``ValueError`` for a bad
+        trajectory or frame size."""
+        if cameras is None and trajectory is not None:
+            if trajectory not in TRAJECTORIES:
+                raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
+            for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if output_type == "gaussians" or (cameras is None and trajectory is None):
+            return 0, (0, 0)
+        if cameras is not None:
+            # a bad type is named by _cameras
+            return (len(cameras), (cameras.width, cameras.height)) if isinstance(cameras, Cameras) else (0, (0, 0))
+        return num_frames, (width, height)
 
     def sample_styles(self, layout: BEVLayout, generator: torch.Generator | None = None) -> torch.Tensor:
         """A style table ``[I + 1, style_dim]`` drawn from the decoders' distribution (standard normal)."""
@@ -333,11 +405,6 @@ class GaussianCityPipeline(DiffusionPipeline):
             return cameras
         if trajectory is None:
             return None
-        if trajectory not in TRAJECTORIES:
-            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
-        for name, value in (("width", width), ("height", height), ("num_frames", num_frames)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
         from ... import render
 
         if scene is None:
@@ -399,6 +466,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         background: Sequence[float] | None = None,
         ray_step: int = 1,
         decode_chunk_size: int = 1,
+        max_memory_gb: float | None = None,
         callback_on_step_end: Callable[[Any, int, None, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
         return_dict: bool = True,
@@ -421,6 +489,9 @@ class GaussianCityPipeline(DiffusionPipeline):
                 (:meth:`decode_visible`): 1 decodes every frame on its own as in the paper; more
                 give colours that agree across a chunk's frames and run the decoders once per
                 chunk (faster on a GPU), for memory that grows with the chunk's union of views.
+            max_memory_gb: refuse (``MemoryLimitError``, a ``ValueError``, with the estimate) a call
+                whose estimated peak memory exceeds this many GB (default: the memory available
+                now, on the execution device).
             callback_on_step_end: called after each frame as ``fn(pipe, frame, None, kwargs)`` with
                 ``kwargs["image"]`` the frame ``[H, W, 3]``; may return a dict replacing it. (One
                 pass, no denoising steps: a frame is this pipeline's step.)
@@ -428,7 +499,10 @@ class GaussianCityPipeline(DiffusionPipeline):
 
         Raises:
             ValueError: naming the problem, before any work, for inconsistent maps, unknown
-                classes, NaN heights, zero-size images, wrong style sizes or bad options.
+                classes, NaN or off-Earth heights, zero-size images, wrong style sizes, bad options
+                or an estimated peak memory above ``max_memory_gb``.
+
+        A warning names the frames whose cameras see no part of the layout (background only).
         """
         tensor_inputs = self.check_inputs(
             output_type, return_gaussians, decode_chunk_size, background, callback_on_step_end_tensor_inputs
@@ -445,6 +519,9 @@ class GaussianCityPipeline(DiffusionPipeline):
             meters_per_pixel, origin = scene.meters_per_pixel, tuple(scene.origin)
         if semantic_map is None or height_map is None:
             raise ValueError("semantic_map and height_map (or scene) are required")
+        frames, size = self._frames_to_render(cameras, trajectory, num_frames, width, height, output_type)
+        layout_gaussians = output_type == "gaussians" or return_gaussians == "layout"
+        self._check_memory(np.shape(semantic_map), frames, size, decode_chunk_size, layout_gaussians, max_memory_gb)
         layout = self.prepare_layout(semantic_map, height_map, ground_map, instance_map, meters_per_pixel, origin)
         cams = self._cameras(cameras, trajectory, layout, num_frames, width, height, scene)
         if cams is None and output_type != "gaussians":
@@ -453,7 +530,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
 
         device = self._execution_device
-        layout_g = self.layout_gaussians(layout, styles) if (output_type == "gaussians" or return_gaussians == "layout") else None
+        layout_g = self.layout_gaussians(layout, styles) if layout_gaussians else None
         frames, visible = [], []
         if output_type != "gaussians":
             # Visibility reads the host cameras (no device sync), the rasterizer the device ones.
@@ -461,11 +538,14 @@ class GaussianCityPipeline(DiffusionPipeline):
             device_styles = styles.to(device)
             fill = None if bg is None else bg.to(device)
             views = ViewCache(layout, device)
+            blind = []
             with self.progress_bar(total=len(cams)) as progress:
                 for start in range(0, len(cams), decode_chunk_size):
                     chunk = range(start, min(start + decode_chunk_size, len(cams)))
                     decoded = self.decode_visible(layout, host_cams[start : chunk.stop], device_styles, device, views, ray_step)
                     for i, g in zip(chunk, decoded):
+                        if len(g) == 0:
+                            blind.append(i)
                         image = render_gaussians(g, cams[i], background=fill).rgb[0].clamp(0, 1)
                         if callback_on_step_end is not None:
                             local = {"image": image}
@@ -475,11 +555,22 @@ class GaussianCityPipeline(DiffusionPipeline):
                         if return_gaussians == "visible":
                             visible.append(g)
                         progress.update()
+            _warn_blind_cameras(blind, len(cams))
         images = frames_to_output(torch.stack(frames), output_type) if frames else None
         gaussians = visible if return_gaussians == "visible" else layout_g
         if not return_dict:
             return images, gaussians, styles, layout
         return GaussianCityPipelineOutput(images=images, gaussians=gaussians, styles=styles, layout=layout)
+
+
+def _warn_blind_cameras(blind: list[int], num_frames: int) -> None:
+    """Warn about frames that show no part of the layout: a camera behind, below or beyond it."""
+    if blind:
+        shown = ", ".join(map(str, blind[:8])) + (", ..." if len(blind) > 8 else "")
+        logger.warning(
+            f"{len(blind)} of {num_frames} cameras see no part of the layout (frames {shown}): "
+            "those frames show only the background; check the cameras' positions and directions"
+        )
 
 
 def _append_instance(layout: BEVLayout, pts: BEVPoints, inst: int, window: tuple[int, int, int, int]) -> BEVPoints:

@@ -1,9 +1,14 @@
-"""``diffusers-city generate sat2city``: height map -> PLY + GLB + preview PNG with a Sat2City pipeline."""
+"""``diffusers-city generate sat2city``: height map -> PLY + GLB + preview PNG with a Sat2City pipeline.
+
+``--out`` is replaced as a whole when the run succeeds (``cli.outputs``): it must be new or hold
+only this command's outputs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ...cli.options import add_max_memory_gb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="8-bit grayscale height map (PNG/TIFF/.npy, 0..255 = height_range metres), a metric DSM "
         "(GeoTIFF, 16-bit or float raster; needs --meters-per-pixel without a georeference) or a CityScene folder",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder for city.ply, city.glb, city_preview.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder for city.ply, city.glb, city_preview.png (replaced as a whole: new or holding only those)",
+    )
     parser.add_argument(
         "--model", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)"
     )
@@ -32,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_sampling_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--max-memory-gb", type=float, default=32.0)
+    add_max_memory_gb(parser, "a height map")
+
+
+# What this command writes in --out: city.ply, city.glb, city_preview.png and their side files.
+OUTPUT_STEMS = ("city", "city_preview")
 
 
 class _PerStage(argparse.Action):
@@ -83,12 +97,16 @@ def _load_input(path: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ...cli.errors import resolve_device
+    from ...cli.outputs import check_output_folder, published, writing
     from ...presets import bundled_path
     from .demo import write_city
     from .pipeline_sat2city import Sat2CityPipeline
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
+    if args.steps <= 0:
+        raise ValueError(f"--steps must be positive, got {args.steps}")
+    check_output_folder(args.out, OUTPUT_STEMS)
+    device = resolve_device(args.device)
     height_map = _load_input(args.height_map)
     if args.preset is not None:
         pipe = Sat2CityPipeline.from_preset(args.preset, seed=args.seed)
@@ -97,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None and not (model / "model_index.json").is_file():
             raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --model or --preset")
         pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32)
-    pipe = pipe.to(args.device)
+    pipe = pipe.to(device)
     output = pipe(
         height_map,
         num_inference_steps=args.steps,
@@ -109,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         max_memory_gb=args.max_memory_gb,
     )
-    for path in write_city(output, args.out):
+    with writing(args.out) as tmp:
+        paths = published(write_city(output, tmp), tmp, args.out)
+    for path in paths:
         print(f"wrote {path}")
     return 0

@@ -35,9 +35,9 @@ from ...export.mesh import mesh_from_voxels
 from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
 from ...models.sat2city.conditions import sparse_condition, sparse_condition_uses_height, struct_condition
 from ...sparse import SparseTensor
+from ...utils.memory import MemoryLimitError, check_memory, memory_limit_gb
 from ..pipeline_utils import (
     check_callback_inputs,
-    check_number,
     check_output_type,
     check_positive_int,
     check_prediction_type,
@@ -50,9 +50,12 @@ OUTPUT_TYPES = ("points", "mesh", "voxels")
 PREDICTION_TYPES = ("v_prediction",)  # what the training script trains every stage's U-Net for
 STAGES = ("dense", "sparse", "appearance")  # the cascade, in order; per-stage arguments follow it
 # Rough peak bytes per finest surface voxel and decoder channel (activations, kernel maps,
-# candidates); surface voxels of a 2.5D city ~ 4 per column. Used only to refuse absurd inputs.
+# candidates); surface voxels of a 2.5D city ~ 4 per column; per height map pixel (the map as
+# float32 and its checks, P_h and the condition encoder's per-point work). Used only to refuse
+# inputs that cannot fit.
 _BYTES_PER_VOXEL_CHANNEL = 64
 _SURFACE_VOXELS_PER_COLUMN = 4
+_BYTES_PER_PIXEL = 256
 MIN_PIXELS = 8
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,30 @@ def _gray_array(value: Any, source: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{source}: height map must be a 2D [H, W] array, got rank {arr.ndim} (shape {arr.shape})")
     return arr.astype(np.float32)
+
+
+def height_map_shape(height_map: Any) -> tuple[int, ...] | None:
+    """The shape of a height map input without reading its pixels (``None`` for inputs that
+    :func:`load_height_map` refuses anyway): what a memory estimate needs before any allocation."""
+    if isinstance(height_map, CityScene):
+        return tuple(height_map.height.shape)
+    if isinstance(height_map, Image.Image):
+        return height_map.size[::-1]
+    if isinstance(height_map, (np.ndarray, torch.Tensor)):
+        return tuple(height_map.shape)
+    if isinstance(height_map, (str, Path)) and Path(height_map).is_file():
+        path = Path(height_map)
+        try:
+            if path.suffix.lower() == ".npy":
+                return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as img:
+                    return img.size[::-1]
+        except Image.DecompressionBombError as err:
+            raise MemoryLimitError(f"{path}: {err}") from None
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable height map ({type(err).__name__}: {err})") from None
+    return None
 
 
 def load_height_map(
@@ -278,21 +305,54 @@ class Sat2CityPipeline(DiffusionPipeline):
         return sparse_condition_uses_height(self.sparse_unet.config.condition_channels, self.sparse_vae.downsample_factor)
 
     # -- sizes ------------------------------------------------------------------------------
-    def grid_for(self, hmap: HeightMap) -> tuple[int, int, int]:
-        """Fine grid (x, y, z) covering the height map, padded to the dense latent factor."""
+    def grid_for(self, shape: tuple[int, int], meters_per_pixel: float) -> tuple[int, int, int]:
+        """Fine grid (x, y, z) covering a height map of ``shape`` pixels, padded to the dense latent factor."""
         v, f = self.dense_vae.config.voxel_size, self.dense_vae.downsample_factor
-        h, w = hmap.height.shape
-        nx = math.ceil(w * hmap.meters_per_pixel / v / f) * f
-        ny = math.ceil(h * hmap.meters_per_pixel / v / f) * f
+        h, w = shape
+        nx = math.ceil(w * meters_per_pixel / v / f) * f
+        ny = math.ceil(h * meters_per_pixel / v / f) * f
         return nx, ny, int(self.dense_vae.config.grid_size[2])
 
-    def estimate_memory_bytes(self, grid: tuple[int, int, int]) -> int:
-        """Rough peak memory of one generation on a ``grid`` (fine voxels x, y, z)."""
+    def default_meters_per_pixel(self, shape: tuple[int, int]) -> float:
+        """The resolution of a plain grayscale map without one: the training crop over its larger side."""
+        vae = self.dense_vae.config
+        return vae.grid_size[0] * vae.voxel_size / max(shape)
+
+    def estimate_memory_bytes(self, grid: tuple[int, int, int], num_pixels: int = 0) -> int:
+        """Rough peak memory of one generation on a ``grid`` (fine voxels x, y, z) from a height
+        map of ``num_pixels`` pixels (one point of P_h each)."""
         surface = grid[0] * grid[1] * _SURFACE_VOXELS_PER_COLUMN
         channels = max(max(self.dense_vae.config.decoder_channels), max(self.sparse_vae.config.decoder_channels))
         candidates = 8 * surface / 4  # subdivided candidates of the finest level
         dense = np.prod(self.dense_vae.latent_shape(grid)) * max(self.dense_unet.config.block_channels) * 4 * 16
-        return int((surface + candidates) * channels * _BYTES_PER_VOXEL_CHANNEL + dense)
+        return int((surface + candidates) * channels * _BYTES_PER_VOXEL_CHANNEL + dense + num_pixels * _BYTES_PER_PIXEL)
+
+    def _check_memory(self, height_map: Any, meters_per_pixel: float | None, max_memory_gb: float | None) -> None:
+        """``MemoryLimitError`` (a ``ValueError``) with the estimate when the height map's size, at
+        its resolution (given, the scene's or the default), needs more than ``max_memory_gb``;
+        from the input's shape alone, before its pixels are read."""
+        shape = height_map_shape(height_map)
+        if shape is None or len(shape) != 2 or min(shape) < 1:
+            return  # load_height_map names the problem
+        mpp = meters_per_pixel
+        if mpp is None:
+            mpp = height_map.meters_per_pixel if isinstance(height_map, CityScene) else self.default_meters_per_pixel(shape)
+        try:
+            mpp = float(mpp)
+        except (TypeError, ValueError):
+            return  # load_height_map names the bad resolution
+        if not (math.isfinite(mpp) and mpp > 0):
+            return
+        grid = self.grid_for(shape, mpp)
+        vae = self.dense_vae.config
+        check_memory(
+            self.estimate_memory_bytes(grid, shape[0] * shape[1]),
+            max_memory_gb,
+            f"Sat2CityPipeline: height map of {shape[0]}x{shape[1]} px at {mpp:g} m/px "
+            f"(a {grid[0]}x{grid[1]}x{grid[2]} voxel grid at {vae.voxel_size:g} m)",
+            self._execution_device,
+            hint="crop the map or lower its resolution",
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def prepare_latents(
@@ -376,7 +436,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         guidance and temperature (the pipeline's defaults where None) and the callback's tensor names."""
         check_output_type(output_type, OUTPUT_TYPES, "Sat2CityPipeline")
         check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
-        check_number("max_memory_gb", max_memory_gb, low=0.0)
+        memory_limit_gb(max_memory_gb)
         check_prediction_type(self.scheduler, PREDICTION_TYPES, "Sat2CityPipeline")
         tensor_inputs = check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, ["latents"])
         unets = (self.dense_unet, self.sparse_unet, self.appearance_unet)
@@ -402,7 +462,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         height_range: tuple[float, float] | None = None,
         guidance_scale: float | tuple[float, float, float] | None = None,
         temperature: float | tuple[float, float, float] | None = None,
-        max_memory_gb: float = 32.0,
+        max_memory_gb: float | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -429,7 +489,9 @@ class Sat2CityPipeline(DiffusionPipeline):
                 from the prior's mean), one for all stages or a ``(dense, sparse, appearance)`` triple.
                 Below 1 trades sample diversity for fidelity to the condition, as in Grad-TTS and
                 Glow; see the model card for the measured effect (default: ``default_temperature``).
-            max_memory_gb: refuse inputs whose estimated peak memory exceeds this.
+            max_memory_gb: refuse (``MemoryLimitError``, a ``ValueError``, with the estimate) a
+                height map whose estimated peak memory exceeds this many GB, before its pixels are
+                read (default: the memory available now, on the execution device).
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
                 denoising step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
@@ -442,21 +504,14 @@ class Sat2CityPipeline(DiffusionPipeline):
         hrange = (0.0, float(enc.max_height_m)) if height_range is None else tuple(float(h) for h in height_range)
         if len(hrange) != 2 or not hrange[1] > hrange[0]:
             raise ValueError(f"height_range must be (z_min, z_max) with z_max > z_min, got {height_range}")
+        self._check_memory(height_map, meters_per_pixel, max_memory_gb)
         hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
-        grid = self.grid_for(hmap)
+        grid = self.grid_for(hmap.height.shape, hmap.meters_per_pixel)
         rise, top = float(hmap.height.max()) - hmap.z_base, grid[2] * vae.voxel_size
         if rise > top:
             logger.warning(
                 f"height map rises {rise:.1f} m above its lowest pixel, this model's grid is {top:g} m tall: "
                 "geometry above that is cut"
-            )
-        need = self.estimate_memory_bytes(grid)
-        if need > max_memory_gb * 1e9:
-            h, w = hmap.height.shape
-            raise ValueError(
-                f"height map of {h}x{w} px at {hmap.meters_per_pixel:g} m/px needs a {grid[0]}x{grid[1]}x{grid[2]} voxel grid "
-                f"at {vae.voxel_size:g} m: estimated peak memory {need / 1e9:.1f} GB exceeds max_memory_gb={max_memory_gb:g}; "
-                "crop the map, lower its resolution or raise max_memory_gb"
             )
 
         latent_shape = self.dense_vae.latent_shape(grid)
