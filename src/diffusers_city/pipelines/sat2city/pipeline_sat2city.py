@@ -46,6 +46,9 @@ from ..pipeline_utils import (
 from .cuda_graph import GraphedStep
 from .pipeline_output import Sat2CityPipelineOutput
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+"""Raster files whose shape `height_map_shape` reads from the header alone."""
+
 OUTPUT_TYPES = ("points", "mesh", "voxels")
 PREDICTION_TYPES = ("v_prediction",)  # what the training script trains every stage's U-Net for
 STAGES = ("dense", "sparse", "appearance")  # the cascade, in order; per-stage arguments follow it
