@@ -281,6 +281,10 @@ def test_corrupt_weights_and_inputs_get_one_line_and_their_status(capsys, scene_
     rc, _, err = run_main(capsys, *argv)
     assert rc == ExitCode.CORRUPT_FILE and "truncated" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+    laz = tmp_path / "bad.laz"
+    laz.write_bytes(b"LASF" + bytes(range(256)) * 16)  # a signature, then a header past the file's end
+    rc, _, err = run_main(capsys, "scene", "--from", str(laz), "--out", str(tmp_path / "s"))
+    assert rc == ExitCode.CORRUPT_FILE and "bad.laz" in err and "Traceback" not in err
 
 
 def test_memory_estimates_refuse_with_status_5(capsys, scene_dir, tmp_path):

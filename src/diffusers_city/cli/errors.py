@@ -11,6 +11,7 @@ import enum
 import errno
 import json
 
+from ..utils.errors import CorruptFileError
 from ..utils.memory import MemoryLimitError
 
 __all__ = [
@@ -82,7 +83,7 @@ def _is_corrupt(error: BaseException) -> bool:
     """Errors of decoders reading damaged data (PIL, safetensors, zip/npy, JSON, text), also when
     a loader re-raised them as its own error."""
     for link in _chain(error):
-        if isinstance(link, (EOFError, json.JSONDecodeError, UnicodeDecodeError)):
+        if isinstance(link, (CorruptFileError, EOFError, json.JSONDecodeError, UnicodeDecodeError)):
             return True
         if {cls.__name__ for cls in type(link).__mro__} & _CORRUPT_TYPES:
             return True

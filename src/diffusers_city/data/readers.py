@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from ..utils.errors import CorruptFileError
 from .classes import CLASS_IDS, CLASSES, CONSTRUCTION, FACADE, GROUND, ROAD, ROOF, VEGETATION, VEHICLE, WATER, check_class_ids
 from .scene import CityScene, read_npy
 
@@ -231,7 +232,7 @@ def load_ply(path: str | os.PathLike):
     try:
         ply = PlyData.read(str(path))
     except (PlyParseError, ValueError, EOFError, IndexError, OverflowError) as err:
-        raise ValueError(f"{path} is not a readable PLY file (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable PLY file (corrupt or truncated): {err}") from None
     if "vertex" not in [e.name for e in ply.elements]:
         raise ValueError(f"{path} has no 'vertex' element")
     return ply
@@ -292,10 +293,10 @@ def _las_header(path: Path):
         try:
             header = LasHeader.read_from(f)
         except (LaspyException, ValueError, EOFError, OSError, IndexError, KeyError, struct.error) as err:
-            raise ValueError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated header): {err}") from None
+            raise CorruptFileError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated header): {err}") from None
         scales, offsets = np.asarray(header.scales, np.float64), np.asarray(header.offsets, np.float64)
         if not (np.isfinite(scales).all() and (scales != 0).all() and np.isfinite(offsets).all()):
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path}: corrupt header: coordinate scales {scales.tolist()} and offsets {offsets.tolist()} "
                 "must be finite, the scales non-zero"
             )
@@ -303,7 +304,7 @@ def _las_header(path: Path):
         if header.are_points_compressed:
             _check_laz_chunks(path, header, f, size)
         elif count * record > size - start:
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path} is corrupt or truncated: its header claims {count} points of {record} bytes ({count * record} bytes), "
                 f"but only {max(size - start, 0)} bytes follow the header"
             )
@@ -316,25 +317,25 @@ def _check_las_records(path: Path, f, size: int) -> None:
     each EVLR's 64-bit record length, without checking them against the file)."""
     head = f.read(375)
     if len(head) < 227 or head[:4] != b"LASF":
-        raise ValueError(f"{path} is not a LAS/LAZ file (no LASF signature / truncated header)")
+        raise CorruptFileError(f"{path} is not a LAS/LAZ file (no LASF signature / truncated header)")
     header_size, start, vlrs = struct.unpack_from("<HII", head, 94)
     if not header_size <= start <= size:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is corrupt: its point data offset {start} lies outside the {size}-byte file (header {header_size} bytes)"
         )
     if vlrs * 54 > start - header_size:  # a VLR header is 54 bytes
-        raise ValueError(f"{path} is corrupt: its header lists {vlrs} VLRs in {start - header_size} bytes")
+        raise CorruptFileError(f"{path} is corrupt: its header lists {vlrs} VLRs in {start - header_size} bytes")
     if head[25] >= 4 and len(head) >= 247:  # LAS 1.4: EVLRs after the points
         pos, evlrs = struct.unpack_from("<QI", head, 235)
         for i in range(evlrs):  # an EVLR header is 60 bytes, its record length a u64 at byte 20
             if pos + 60 > size:
-                raise ValueError(
+                raise CorruptFileError(
                     f"{path} is corrupt or truncated: EVLR {i + 1} of {evlrs} starts past the end of the {size}-byte file"
                 )
             f.seek(pos + 20)
             pos += 60 + struct.unpack("<Q", f.read(8))[0]
         if pos > size:
-            raise ValueError(f"{path} is corrupt or truncated: its last EVLR ends past the end of the {size}-byte file")
+            raise CorruptFileError(f"{path} is corrupt or truncated: its last EVLR ends past the end of the {size}-byte file")
     f.seek(0)
 
 
@@ -351,7 +352,7 @@ def _check_laz_chunks(path: Path, header, f, size: int) -> None:
 
     vlr = next((v for v in header.vlrs if isinstance(v, LasZipVlr)), None)
     if vlr is None:
-        raise ValueError(f"{path}: compressed point format but no LASzip VLR (corrupt LAZ)")
+        raise CorruptFileError(f"{path}: compressed point format but no LASzip VLR (corrupt LAZ)")
     start, count, record = header.offset_to_point_data, header.point_count, header.point_format.size
     try:
         laz_vlr = lazrs.LazVlr(vlr.record_data)
@@ -373,9 +374,9 @@ def _check_laz_chunks(path: Path, header, f, size: int) -> None:
         f.seek(start)
         entries = lazrs.read_chunk_table(f, laz_vlr)
     except (struct.error, lazrs.LazrsError, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable LAZ file (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable LAZ file (corrupt or truncated): {err}") from None
     if sum(b for _, b in entries) != data_bytes:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is corrupt: its chunk table sums to {sum(b for _, b in entries)} bytes, the point data holds {data_bytes}"
         )
     if laz_vlr.uses_variable_size_chunks():
@@ -383,10 +384,12 @@ def _check_laz_chunks(path: Path, header, f, size: int) -> None:
     else:
         per = laz_vlr.chunk_size()
         if per > max(count, _MAX_LAZ_CHUNK):  # lazrs zero-fills a whole chunk for the last one
-            raise ValueError(f"{path} is corrupt: its LASzip chunk size {per} exceeds its {count} points (LASzip writes 50000)")
+            raise CorruptFileError(
+                f"{path} is corrupt: its LASzip chunk size {per} exceeds its {count} points (LASzip writes 50000)"
+            )
         ok, held = (len(entries) - 1) * per < count <= len(entries) * per, f"{len(entries)} chunks of up to {per} points"
     if count and not ok:
-        raise ValueError(f"{path} is corrupt: its header claims {count} points, its chunk table holds {held}")
+        raise CorruptFileError(f"{path} is corrupt: its header claims {count} points, its chunk table holds {held}")
     if compressor == 3:  # layered: raw first point, u32 point count, u32 size of every layer, the layers
         layers = sum(_LAZ_LAYERS.get(kind, 1) if kind != 14 else item_size for kind, item_size in items)
         pos = start + 8
@@ -396,7 +399,7 @@ def _check_laz_chunks(path: Path, header, f, size: int) -> None:
                 f.seek(pos + record + 4)
                 need += sum(struct.unpack(f"<{layers}I", f.read(4 * layers)))
             if need > nbytes:
-                raise ValueError(
+                raise CorruptFileError(
                     f"{path} is corrupt: LAZ chunk {i + 1} of {len(entries)} declares {need} bytes, it holds {nbytes}"
                 )
             pos += nbytes
@@ -422,7 +425,7 @@ def read_las(path: str | os.PathLike) -> PointCloud:
     try:
         las = laspy.read(str(path))
     except (LaspyException, ValueError, EOFError, OSError, IndexError, RuntimeError, struct.error) as err:
-        raise ValueError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable LAS/LAZ file (corrupt or truncated): {err}") from None
     if len(las.points) == 0:
         raise ValueError(f"{path}: the point cloud has no points")
     crs, geographic = _las_crs(las.header)
@@ -480,7 +483,7 @@ def _read_pil(path: Path, what: str, *, geotiff_ok: bool = True) -> np.ndarray:
                 im = im.convert("RGB")
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path} is not a readable {what} image (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable {what} image (corrupt or truncated): {err}") from None
     if geotiff and not geotiff_ok:
         raise ValueError(f"{path} is a GeoTIFF: reading its georeference needs rasterio (the optional 'geo' extra); install it")
     return arr
@@ -521,12 +524,12 @@ def _read_geotiff(path: Path, band: int):
                 arr = src.read(band, masked=True)
                 transform, crs = src.transform, src.crs
     except RasterioIOError as err:
-        raise ValueError(f"{path} is not a readable TIFF (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable TIFF (corrupt or truncated): {err}") from None
     data = np.ma.filled(arr.astype(np.float64), np.nan) if np.ma.is_masked(arr) else np.ma.getdata(arr)
     if transform.is_identity or crs is None:
         return data, None
     if not (np.isfinite(tuple(transform)[:6]).all() and transform.a != 0 and transform.e != 0):
-        raise ValueError(f"{path} has a corrupt georeference (transform {tuple(transform)[:6]})")
+        raise CorruptFileError(f"{path} has a corrupt georeference (transform {tuple(transform)[:6]})")
     h, w = data.shape
     if crs.is_geographic:
         lon, lat = transform.c + transform.a * w / 2, transform.f + transform.e * h / 2

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..utils.errors import CorruptFileError
 from .classes import CLASSES, INSTANCE_CLASSES, NUM_CLASSES, check_class_ids
 
 FORMAT_NAME = "diffusers-city-scene"
@@ -81,7 +82,7 @@ def read_npy(path: Path) -> np.ndarray:
     try:
         return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
     except (ValueError, EOFError, OSError, SyntaxError, TokenError, RecursionError) as err:  # the last three: a garbled header
-        raise ValueError(f"{path} is not a readable .npy array (corrupt or truncated): {err}") from None
+        raise CorruptFileError(f"{path} is not a readable .npy array (corrupt or truncated): {err}") from None
 
 
 def _finite(arr: np.ndarray, name: str) -> None:
@@ -529,7 +530,7 @@ class CityScene:
                     with Image.open(fpath) as im:
                         arrays[name] = np.asarray(im.convert("RGB"))
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                    raise ValueError(f"{fpath} is not a readable PNG (corrupt or truncated): {err}") from None
+                    raise CorruptFileError(f"{fpath} is not a readable PNG (corrupt or truncated): {err}") from None
             else:
                 arr = read_npy(fpath)
                 if arr.dtype != _DTYPES[name]:

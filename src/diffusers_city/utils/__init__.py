@@ -2,6 +2,15 @@
 
 from .cuda_graph import CapturedCall
 from .device import upload
+from .errors import CorruptFileError
 from .memory import MemoryLimitError, available_memory_gb, check_memory, memory_limit_gb
 
-__all__ = ["CapturedCall", "MemoryLimitError", "available_memory_gb", "check_memory", "memory_limit_gb", "upload"]
+__all__ = [
+    "CapturedCall",
+    "CorruptFileError",
+    "MemoryLimitError",
+    "available_memory_gb",
+    "check_memory",
+    "memory_limit_gb",
+    "upload",
+]
