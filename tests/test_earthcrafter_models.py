@@ -104,14 +104,22 @@ def test_struct_vae_teacher_forcing_keeps_the_target_structure():
 def test_struct_vae_inference_prunes_by_threshold():
     vae, x = struct_vae(), tile()
     z = vae.encode(x).latent_dist.mode()
+    heads = vae.decoder.occupancy_heads
+    with torch.no_grad():  # an untrained decoder keeps nothing: keep the cells, threshold the children by chance
+        heads[0][1].bias.fill_(1e4)
+        for head in heads[1:]:
+            head[1].weight.mul_(20.0)
+            head[1].bias.zero_()
     decoding = vae.decode(z)
     for level, (logits, keep) in enumerate(zip(decoding.logits, decoding.struct)):
         assert torch.equal(keep, logits > 0)
+        if level:
+            assert 0 < int(keep.sum()) < len(keep)  # some children kept, some dropped
         if level + 1 < len(decoding.struct):
             assert len(decoding.candidates[level + 1]) == 8 * int(keep.sum())
     assert decoding.sample.num_voxels == int(decoding.struct[-1].sum())
     with torch.no_grad():
-        vae.decoder.occupancy_heads[1][1].bias.fill_(-1e4)  # every child at L/4 predicted empty
+        heads[1][1].bias.fill_(-1e4)  # every child at L/4 predicted empty
     pruned = vae.decode(z)
     assert pruned.sample.num_voxels == 0 and len(pruned.candidates[2]) == 0
 
