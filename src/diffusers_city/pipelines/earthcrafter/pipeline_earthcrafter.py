@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelM
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ...data.scene import CityScene
 from ...export.mesh import mesh_from_voxels
 from ...models.earthcrafter import (
     EarthCrafterConditionEncoder,
@@ -247,6 +248,18 @@ class EarthCrafterPipeline(DiffusionPipeline):
             raise ValueError(f"image values must lie in 0..1, got {arr.min():g}..{arr.max():g}")
         return torch.from_numpy(arr)[None]
 
+    def _scene_frame(self, scene: CityScene) -> tuple[Any, tuple[float, float, float], str | None]:
+        """A ``CityScene`` tile's semantic raster, the world centre of voxel (0, 0, 0) and its CRS:
+        pixel ``(i, j)`` is voxel column ``x = j``, ``y = i``, voxel layer 0 sits on ``origin[2]``."""
+        vs = self.voxel_size
+        if abs(float(scene.meters_per_pixel) - vs) > 1e-6 * vs:
+            raise ValueError(
+                f"the CityScene has {scene.meters_per_pixel:g} m per pixel, this model {vs:g} m per voxel column: "
+                "rasterize the scene at the model's voxel size"
+            )
+        ox, oy, oz = (float(o) for o in scene.origin)
+        return scene.semantic, (ox + vs / 2, oy + vs / 2, oz + vs / 2), scene.crs
+
     def estimate_memory_bytes(self, num_frames: int, width: int, height: int) -> int:
         """Rough peak memory of rendering ``num_frames`` frames (the tile itself is fixed by the model)."""
         L = self.resolution
@@ -428,7 +441,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "gaussians",
-        origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        origin: tuple[float, float, float] | None = None,
         num_frames: int = 24,
         width: int = 256,
         height: int = 256,
@@ -442,7 +455,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
         Args:
             semantic_map: ``[L, L]`` (or ``[1, L, L]``) class ids of ``diffusers_city.data.classes``,
                 pixel ``[i, j]`` = voxel column ``x = j``, ``y = i``; a tensor, array, PIL image or
-                PNG / ``.npy`` path.
+                PNG / ``.npy`` path; or a ``CityScene`` of L x L pixels at the model's voxel size,
+                whose georeference (origin, CRS) the outputs take.
             image: the aerial orthophoto of the tile, ``[3, S, S]`` tensor in 0..1 or ``[S, S, 3]``
                 array / PIL image / path (S = the condition encoder's ``image_size``).
                 Neither: an unconditional tile.
@@ -454,13 +468,19 @@ class EarthCrafterPipeline(DiffusionPipeline):
             output_type: ``"gaussians"`` (Gaussians + voxels), ``"pil"`` / ``"np"`` / ``"pt"``
                 (frames of an orbit too), ``"points"`` (coloured point cloud), ``"mesh"`` (points and
                 a mesh) or ``"voxels"`` (the coloured structure voxels only).
-            origin: world position of voxel (0, 0, 0)'s centre (metres).
+            origin: world position of voxel (0, 0, 0)'s centre in metres (default: the scene's
+                frame for a ``CityScene``, else ``(0, 0, 0)``).
             num_frames, width, height: the orbit's frames (image output types).
             max_memory_gb: refuse frame requests whose estimated memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every step of
                 every stage (``pipe.stage`` names it); may replace ``latents``.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
         """
+        crs = None
+        if isinstance(semantic_map, CityScene):
+            if origin is not None:
+                raise ValueError("pass origin or a CityScene (which carries its own origin), not both")
+            semantic_map, origin, crs = self._scene_frame(semantic_map)
         semantic, aerial, tensor_inputs = self.check_inputs(
             semantic_map,
             image,
@@ -474,7 +494,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
             latents,
             callback_on_step_end_tensor_inputs,
         )
-        origin = tuple(float(o) for o in origin)
+        origin = tuple(float(o) for o in ((0.0, 0.0, 0.0) if origin is None else origin))
         if len(origin) != 3 or not np.isfinite(origin).all():
             raise ValueError(f"origin must be 3 finite numbers, got {origin}")
         device = self._execution_device
@@ -496,7 +516,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 gaussians = tvae.to_gaussians(params)
                 voxels = structure.replace(_voxel_colors(gaussians, structure.num_voxels))
         self.stage = None
-        output = self._build_output(voxels, gaussians, output_type, num_frames, width, height, origin)
+        output = self._build_output(voxels, gaussians, output_type, num_frames, width, height, origin, crs)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
@@ -544,10 +564,16 @@ class EarthCrafterPipeline(DiffusionPipeline):
         width: int,
         height: int,
         origin: tuple[float, float, float],
+        crs: str | None,
     ) -> EarthCrafterPipelineOutput:
         """The output of ``output_type``; every field is set at construction (``BaseOutput`` only
         tuples the fields it was built with)."""
-        fields = {"voxel_size": self.voxel_size, "origin": np.asarray(origin, dtype=np.float64), "voxels": voxels.to("cpu")}
+        fields = {
+            "voxel_size": self.voxel_size,
+            "origin": np.asarray(origin, dtype=np.float64),
+            "crs": crs,
+            "voxels": voxels.to("cpu"),
+        }
         if output_type != "voxels":
             fields["gaussians"] = gaussians.to("cpu")
         if output_type in IMAGE_OUTPUT_TYPES:

@@ -27,6 +27,7 @@ class EarthCrafterPipelineOutput(BaseOutput):
             per-voxel RGB features (the mean colour of the voxel's Gaussians), for every output type.
         voxel_size: metres per voxel.
         origin: world position of voxel (0, 0, 0)'s centre.
+        crs: the input ``CityScene``'s coordinate reference system, if any.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
@@ -37,3 +38,4 @@ class EarthCrafterPipelineOutput(BaseOutput):
     voxels: Any = None
     voxel_size: float | None = None
     origin: np.ndarray | None = None
+    crs: str | None = None
