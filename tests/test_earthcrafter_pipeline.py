@@ -10,6 +10,7 @@ import trimesh
 from diffusers import ConfigMixin, DDIMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from PIL import Image
 from pipeline_contract import PipelineContract
 from plyfile import PlyData
@@ -42,6 +43,7 @@ class EarthCrafterTestStructVAE(ModelMixin, ConfigMixin):
         super().__init__()
         self.occupancy = torch.nn.Linear(latent_channels, 1)
 
+    @apply_forward_hook
     def decode(self, z: SparseTensor) -> _Decoded:
         x = z
         for _ in range(3):
@@ -59,9 +61,11 @@ class EarthCrafterTestTexVAE(ModelMixin, ConfigMixin):
         super().__init__()
         self.head = torch.nn.Linear(latent_channels, 13)
 
+    @apply_forward_hook
     def decode(self, z: SparseTensor) -> _Decoded:
         return _Decoded(sample=z.replace(self.head(z.feats)))
 
+    @apply_forward_hook
     def to_gaussians(self, params: SparseTensor) -> Gaussians:
         f, vs = params.feats, params.voxel_size
         flat = torch.full((len(f), 1), 1e-4 * vs)
