@@ -22,7 +22,6 @@ from diffusers_city.export.splat import read_gaussian_ply
 from diffusers_city.presets import build_from_preset, load_preset
 from diffusers_city.render import Gaussians
 from diffusers_city.sparse import SparseTensor
-from diffusers_city.sparse.nn import prune, subdivide
 
 STEPS = 2
 L = 16  # the tiny preset's tile
@@ -31,25 +30,6 @@ FLOWS = ("occupancy_transformer", "struct_flow", "tex_flow")
 
 class _Decoded(BaseOutput):
     sample: SparseTensor
-
-
-@register
-class EarthCrafterTestStructVAE(ModelMixin, ConfigMixin):
-    """The StructVAE's decoding interface (docs: EARTHCRAFTER_INTERFACE): latent cells on (L/8)^3 ->
-    the kept voxels at L, each level's children kept by a learned occupancy logit."""
-
-    @register_to_config
-    def __init__(self, resolution: int = 16, latent_channels: int = 8, scaling_factor: float = 1.0):
-        super().__init__()
-        self.occupancy = torch.nn.Linear(latent_channels, 1)
-
-    @apply_forward_hook
-    def decode(self, z: SparseTensor) -> _Decoded:
-        x = z
-        for _ in range(3):
-            x = subdivide(x)
-            x = prune(x, self.occupancy(x.feats)[:, 0] > -0.5)
-        return _Decoded(sample=x.replace(x.feats[:, :1]))
 
 
 @register
@@ -79,11 +59,9 @@ class EarthCrafterTestTexVAE(ModelMixin, ConfigMixin):
 
 
 def tiny_preset() -> dict:
-    """The tiny preset with the VAE test doubles."""
+    """The tiny preset with the TexVAE test double."""
     preset = load_preset("earthcrafter", "tiny")
-    components = preset["components"]
-    components["struct_vae"] = {"_class_name": "EarthCrafterTestStructVAE", "resolution": L, "latent_channels": 8}
-    components["tex_vae"] = {"_class_name": "EarthCrafterTestTexVAE", "latent_channels": 8}
+    preset["components"]["tex_vae"] = {"_class_name": "EarthCrafterTestTexVAE", "latent_channels": 8}
     return preset
 
 
@@ -108,7 +86,10 @@ def randomize_flows(pipe: EarthCrafterPipeline, seed: int = 1) -> EarthCrafterPi
 
 
 def make_tiny(seed: int = 0) -> EarthCrafterPipeline:
+    """The tiny pipeline, its untrained StructVAE keeping every child voxel (else it prunes at random)."""
     pipe = build_from_preset(tiny_preset(), seed=seed)
+    for head in pipe.struct_vae.decoder.occupancy_heads:
+        torch.nn.init.constant_(head[1].bias, 3.0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
