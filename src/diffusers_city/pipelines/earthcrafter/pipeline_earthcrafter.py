@@ -473,7 +473,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
             num_frames, width, height: the orbit's frames (image output types).
             max_memory_gb: refuse frame requests whose estimated memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every step of
-                every stage (``pipe.stage`` names it); may replace ``latents``.
+                every stage (``pipe.stage`` names it); may replace ``latents``: the occupancy field
+                ``[1, 1, G, G, G]``, then the structure and texture latents ``[N, C]`` on their voxels.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
         """
         crs = None
