@@ -1,10 +1,10 @@
 """``diffusers-city demo``: run the shipped default pipeline of each system.
 
-Every system of the registry runs when ``pipelines/<system>/default/model_index.json`` is
-bundled; its ``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the
-outputs into an empty folder that replaces ``--out/<system>/`` as a whole when it succeeds
-(``cli.outputs``). Exit status: that of the first system that failed (``cli.errors``), 1 when
-no system ran.
+Every system of the registry that declares a demo (``System.has_demo``) runs when
+``pipelines/<system>/default/model_index.json`` is bundled; its
+``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs into an
+empty folder that replaces ``--out/<system>/`` as a whole when it succeeds (``cli.outputs``).
+Exit status: that of the first system that failed (``cli.errors``), 1 when no system ran.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, tuple(systems()))
     ran, failed = [], []
     for system, entry in systems().items():
+        if not entry.has_demo:
+            continue
         index = bundled_path(system, "default", "model_index.json")
         if not index.is_file():
             print(f"{system}: skipped, no shipped weights ({index} is missing)")
