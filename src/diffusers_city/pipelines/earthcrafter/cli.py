@@ -3,12 +3,18 @@ a 3DGS PLY of its 2D Gaussians, a GLB mesh, a coloured point cloud PLY and an or
 
 ``tile.ply`` is the standard 3DGS layout (``export/splat.py``) with each 2D Gaussian as a flat 3D one
 (its third scale near zero), so any viewer of that layout draws it as flat splats; viewers that
-need the degree-3 ``f_rest`` fields get them (``sh_degree=3``, see ``export/splat.py``)."""
+need the degree-3 ``f_rest`` fields get them (``sh_degree=3``, see ``export/splat.py``). ``--out`` is
+replaced as a whole when the run succeeds (``cli.outputs``): it must be new or hold only these outputs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ...cli.options import add_max_memory_gb
+
+OUTPUT_STEMS = ("tile", "tile_points", "orbit")
+"""What this command writes in --out (with their side files)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--max-memory-gb", type=float, default=16.0)
+    add_max_memory_gb(parser, "a frame request")
 
 
 def _load_pipeline(source: str):
@@ -52,6 +58,8 @@ def _load_pipeline(source: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ...cli.errors import resolve_device
+    from ...cli.outputs import check_output_folder, published, writing
     from ...data.scene import CityScene
     from ...export.mesh import write_mesh
     from ...export.ply import write_point_ply
@@ -59,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ...export.video import write_video
     from ..pipeline_utils import frames_to_output
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
+    check_output_folder(args.out, OUTPUT_STEMS)
+    device = resolve_device(args.device)
     for name in ("semantic_map", "image"):
         path = getattr(args, name)
         if path is not None and not path.is_file() and not (name == "semantic_map" and (path / "scene.json").is_file()):
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     semantic_map = args.semantic_map
     if semantic_map is not None and semantic_map.is_dir():
         semantic_map = CityScene.load(semantic_map)
-    pipe = _load_pipeline(args.pretrained).to(args.device)
+    pipe = _load_pipeline(args.pretrained).to(device)
     output = pipe(
         semantic_map,
         args.image,
@@ -85,23 +93,24 @@ def run(args: argparse.Namespace) -> int:
     if len(g) == 0:
         raise ValueError("the pipeline generated an empty tile: nothing to write")
     frames = pipe.render_orbit(g.to(pipe.device), output.voxels.to(pipe.device), args.frames, args.width, args.height)
-    args.out.mkdir(parents=True, exist_ok=True)
-    crs = output.crs
-    paths = [
-        write_gaussian_ply(
-            args.out / "tile.ply",
-            g.means.numpy(),
-            g.colors.clamp(0, 1).numpy(),
-            g.scales.clamp_min(1e-8).numpy(),
-            g.opacities.numpy(),
-            g.quats.numpy(),
-            crs=crs,
-        ),
-        write_point_ply(args.out / "tile_points.ply", output.points, output.colors, crs=crs),
-    ]
-    if output.mesh is not None:
-        paths.append(write_mesh(args.out / "tile.glb", output.mesh, crs=crs))
-    paths.append(write_video(args.out / f"orbit.{args.video}", frames_to_output(frames, "np"), fps=args.fps))
+    with writing(args.out) as tmp:
+        crs = output.crs
+        paths = [
+            write_gaussian_ply(
+                tmp / "tile.ply",
+                g.means.numpy(),
+                g.colors.clamp(0, 1).numpy(),
+                g.scales.clamp_min(1e-8).numpy(),
+                g.opacities.numpy(),
+                g.quats.numpy(),
+                crs=crs,
+            ),
+            write_point_ply(tmp / "tile_points.ply", output.points, output.colors, crs=crs),
+        ]
+        if output.mesh is not None:
+            paths.append(write_mesh(tmp / "tile.glb", output.mesh, crs=crs))
+        paths.append(write_video(tmp / f"orbit.{args.video}", frames_to_output(frames, "np"), fps=args.fps))
+        paths = published(paths, tmp, args.out)
     for path in paths:
         print(f"wrote {path}")
     return 0

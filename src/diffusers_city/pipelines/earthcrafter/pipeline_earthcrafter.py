@@ -40,6 +40,7 @@ from ...models.earthcrafter import (
 )
 from ...render import Gaussians, orbit_trajectory, render_gaussians
 from ...sparse import SparseTensor
+from ...utils.memory import check_memory, memory_limit_gb
 from ..pipeline_utils import (
     IMAGE_OUTPUT_TYPES,
     check_callback_inputs,
@@ -288,7 +289,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         check_output_type(output_type, OUTPUT_TYPES, "EarthCrafterPipeline")
         check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
         check_number("guidance_scale", guidance_scale, low=1.0)
-        check_number("max_memory_gb", max_memory_gb, low=0.0)
+        memory_limit_gb(max_memory_gb)  # a bad limit is named before anything else
         if not hasattr(self.scheduler, "scale_noise"):
             raise ValueError(
                 f"EarthCrafterPipeline's flows predict the flow-matching velocity (noise - x0); {type(self.scheduler).__name__} "
@@ -303,12 +304,13 @@ class EarthCrafterPipeline(DiffusionPipeline):
             num_frames = check_positive_int("num_frames", num_frames, MAX_FRAMES)
             width = check_positive_int("width", width, MAX_FRAME_SIZE)
             height = check_positive_int("height", height, MAX_FRAME_SIZE)
-            need = self.estimate_memory_bytes(num_frames, width, height)
-            if need > max_memory_gb * 1e9:
-                raise ValueError(
-                    f"{num_frames} frames of {width}x{height} need an estimated {need / 1e9:.1f} GB, more than "
-                    f"max_memory_gb={max_memory_gb:g}; render fewer or smaller frames or raise max_memory_gb"
-                )
+            check_memory(
+                self.estimate_memory_bytes(num_frames, width, height),
+                max_memory_gb,
+                f"{num_frames} frames of {width}x{height}",
+                self.device,
+                hint="render fewer or smaller frames",
+            )
         shape = self.occupancy_shape()
         if latents is not None:
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape or not latents.is_floating_point():
@@ -448,7 +450,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         num_frames: int = 24,
         width: int = 256,
         height: int = 256,
-        max_memory_gb: float = 16.0,
+        max_memory_gb: float | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -474,7 +476,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
             origin: world position of voxel (0, 0, 0)'s centre in metres (default: the scene's
                 frame for a ``CityScene``, else ``(0, 0, 0)``).
             num_frames, width, height: the orbit's frames (image output types).
-            max_memory_gb: refuse frame requests whose estimated memory exceeds this.
+            max_memory_gb: refuse frame requests whose estimated memory exceeds this (GB; default:
+                the memory available now, ``utils.memory``).
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every step of
                 every stage (``pipe.stage`` names it); may replace ``latents``: the occupancy field
                 ``[1, 1, G, G, G]``, then the structure and texture latents ``[N, C]`` on their voxels.
