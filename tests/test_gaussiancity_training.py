@@ -136,3 +136,33 @@ def test_bad_arguments(train, tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match="cameras.json"):
         train.load_googleearth_city(tmp_path / "c", 8, 8)
+
+
+def test_failed_save_keeps_the_previous_pipeline(train, tmp_path, monkeypatch):
+    """A pipeline save failing at its building decoder leaves the previous pipeline folder whole
+    (never new encoder weights beside an old decoder) and no temporary folder beside it."""
+    out, folder = tmp_path / "run", tmp_path / "pipe"
+    args = [*COMMON, "--output_dir", str(out), "--pipeline_out", str(folder)]
+    assert train.main([*args, "--max_train_steps", "1"]) == 0
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    decoder = type(GaussianCityPipeline.from_pretrained(folder).building_decoder)
+    save = decoder.save_pretrained
+
+    def save_then_fail(self, target, **kwargs):
+        save(self, target, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(decoder, "save_pretrained", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        train.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "run"]
+
+
+def test_shipped_folders_need_update_shipped(train):
+    from diffusers_city.presets import bundled_path
+
+    for flag, target in (("--pipeline_out", "default"), ("--example_layout_out", "example_layout")):
+        with pytest.raises(ValueError, match=f"{flag} .*inside the shipped files.*--update_shipped"):
+            train.parse_args([flag, str(bundled_path("gaussiancity", target))])
+        assert train.parse_args([flag, str(bundled_path("gaussiancity", target)), "--update_shipped"]).update_shipped

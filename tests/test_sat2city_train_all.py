@@ -16,13 +16,22 @@ from diffusers_city.pipelines.sat2city import demo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SCRIPT = ROOT / "training" / "train_sat2city_all.sh"
+SHIPPED = ROOT / "pipelines" / "sat2city"
+
+
+def shipped_files() -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in SHIPPED.rglob("*") if p.is_file() and "presets" not in p.parts}
+
+
 def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypatch):
+    """The documented command (no --examples-dir) writes the example beside --dest, not into the repo."""
     out = tmp_path / "runs"
     dest = tmp_path / "bundled" / "sat2city" / "default"
     examples = tmp_path / "bundled" / "sat2city" / "examples"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        str(ROOT / "training" / "train_sat2city_all.sh"),
+        str(SCRIPT),
         "--preset",
         "tiny",
         "--cpu",
@@ -32,8 +41,6 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
         str(out),
         "--dest",
         str(dest),
-        "--examples-dir",
-        str(examples),
         "--dtype",
         "fp16",
         "--checkpointing-steps",
@@ -41,8 +48,10 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
         "--validation-steps",
         "1000",
     ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    before = shipped_files()
+    result = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert shipped_files() == before
     for stage in ("VAE", "dense", "sparse", "appearance"):
         assert f"{stage} stage:" in result.stdout
     pipe = DiffusionPipeline.from_pretrained(dest, torch_dtype=torch.float32)
@@ -68,3 +77,16 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
     paths = demo.run_demo(tmp_path / "demo", "cpu")
     assert sorted(p.name for p in paths) == ["city.glb", "city.ply", "city_preview.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_train_all_refuses_the_shipped_folders_without_update_shipped(tmp_path):
+    """Before any training: a --dest or --examples-dir inside pipelines/ needs --update-shipped."""
+    before = shipped_files()
+    base = [str(SCRIPT), "--preset", "tiny", "--cpu", "--steps", "1", "--output-dir", str(tmp_path / "runs")]
+    for target in (
+        ["--dest", str(SHIPPED / "default")],
+        ["--dest", str(tmp_path / "pipe"), "--examples-dir", str(SHIPPED / "examples")],
+    ):
+        result = subprocess.run([*base, *target], check=False, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "pass --update-shipped" in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists() and shipped_files() == before

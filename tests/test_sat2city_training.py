@@ -350,3 +350,61 @@ def test_latent_target_defaults_to_the_presets(vae_dir, tmp_path):
     assert load_preset(argparse.Namespace(preset="small"))["training"]["diffusion"]["latent_target"] == "mean"
     assert target("--preset", "small") == "mean"
     assert target("--preset", "small", "--latent_target", "sample") == "sample"
+
+
+def test_failed_final_save_keeps_the_previous_outputs(tmp_path, monkeypatch):
+    """A final save failing at the second VAE leaves both previous VAEs (never a new dense_vae
+    beside an old sparse_vae) and no temporary folder."""
+    out = tmp_path / "vae"
+    args = [*FAST, "--output_dir", str(out), "--checkpointing_steps", "1", "--validation_steps", "100"]
+    assert train_sat2city_vae.main([*args, "--max_train_steps", "1"]) == 0
+    names = ("dense_vae", "sparse_vae")
+    before = {name: (out / name / "diffusion_pytorch_model.safetensors").read_bytes() for name in names}
+    save = Sat2CitySparseVAE.save_pretrained
+
+    def save_then_fail(self, folder, **kwargs):
+        save(self, folder, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Sat2CitySparseVAE, "save_pretrained", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        train_sat2city_vae.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    assert {name: (out / name / "diffusion_pytorch_model.safetensors").read_bytes() for name in names} == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_output_dir_of_another_stage_is_refused(vae_dir, tmp_path):
+    """A dense stage's output_dir (checkpoints, latent_scale.json) is not taken for the sparse stage's."""
+    out = tmp_path / "stage"
+    args = [
+        *FAST,
+        "--vae_dir",
+        str(vae_dir),
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "1",
+        "--scale_batches",
+        "1",
+        "--validation_steps",
+        "100",
+    ]
+    assert train_sat2city_diffusion.main([*args, "--stage", "dense"]) == 0
+    with pytest.raises(ValueError, match="holds another run .*'stage': 'dense'"):
+        train_sat2city_diffusion.main([*args, "--stage", "sparse", "--resume_from_checkpoint", "latest"])
+    with pytest.raises(ValueError, match="holds an earlier run's files"):
+        train_sat2city_diffusion.main([*args, "--stage", "dense"])
+
+
+def test_assemble_refuses_the_shipped_folders_without_update_shipped(tmp_path):
+    from diffusers_city.presets import bundled_path
+
+    stages = [f"--{s}_dir={tmp_path}" for s in ("vae", "dense", "sparse", "appearance")]
+    for target in (
+        ["--output_dir", str(bundled_path("sat2city", "default"))],
+        ["--output_dir", str(tmp_path / "pipe"), "--examples_dir", str(bundled_path("sat2city", "examples"))],
+    ):
+        with pytest.raises(ValueError, match="inside the shipped files.*--update_shipped"):
+            assemble_sat2city.parse_args([*stages, *target])
+    with pytest.raises(FileNotFoundError, match="train that stage first"):  # past the check with the flag
+        assemble_sat2city.parse_args([*stages, "--output_dir", str(bundled_path("sat2city", "default")), "--update_shipped"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -113,7 +114,8 @@ def test_resume_by_name_and_bad_values(tmp_path):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = tu.setup_accelerator(args)
-    accelerator.prepare(TrainingUtilsToyModel())
+    model = TrainingUtilsToyModel()
+    accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     args.resume_from_checkpoint = "checkpoint-1"
     assert tu.maybe_resume(accelerator, args) == 1
     args.resume_from_checkpoint = "checkpoint-99"
@@ -218,3 +220,201 @@ def test_echo_batches_repeats_and_resumes_mid_batch():
     assert list(tu.echo_batches(range(3), 1)) == [0, 1, 2]
     with pytest.raises(ValueError, match="data echo must be >= 1"):
         next(tu.echo_batches(range(3), 0))
+
+
+def _restart():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_checkpoints_hold_no_pickle(tmp_path):
+    """Every file a checkpoint holds (EMA and RNG states included) is safetensors or JSON."""
+    args = parse(tmp_path, "--checkpointing_steps", "2", "--use_ema")
+    train(args, steps=2)
+    files = [p for p in (tmp_path / "run" / "checkpoint-2").rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} == {".safetensors", ".json"}
+    assert {"ema_0.safetensors", "ema_0.json", "rng_state_0.safetensors", tu.CHECKPOINT_MANIFEST} <= {p.name for p in files}
+
+
+class _Payload:
+    """Unpickling it creates the file ``path``: stands for any code a crafted pickle runs."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# the last: a pickle under a name no pickle loader would pick, found by its first bytes
+@pytest.mark.parametrize(
+    "name", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl", "nested/model.pt", "state.dat"]
+)
+def test_checkpoint_with_a_pickle_is_refused_before_loading(tmp_path, name):
+    import pickle
+
+    args = parse(tmp_path, "--checkpointing_steps", "2", "--use_ema")
+    train(args, steps=2)
+    crafted = tmp_path / "run" / "checkpoint-2" / name
+    crafted.parent.mkdir(exist_ok=True)
+    marker = tmp_path / "payload-ran"
+    crafted.write_bytes(pickle.dumps(_Payload(marker)))
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    with pytest.raises(tu.CheckpointError, match=f"refusing to load {name}"):
+        train(args, steps=0, start_step=2)
+    assert not marker.exists()
+    crafted.unlink()
+    _restart()
+    train(args, steps=1, start_step=2)  # the same checkpoint without the pickle resumes
+
+
+def _same_size(path, data: bytes) -> None:
+    """Overwrite ``path`` with ``data`` padded or cut to its size, so the manifest's sizes still match."""
+    size = path.stat().st_size
+    path.write_bytes((data + b" " * size)[:size])
+
+
+@pytest.mark.parametrize(
+    "target, problem",
+    [
+        ("model_0.safetensors", "model_0.safetensors unreadable: SafetensorError"),  # a pickle in disguise
+        ("optimizer_0.json", "optimizer_0.json unreadable: UnicodeDecodeError"),
+        (tu.CHECKPOINT_MANIFEST, "lists ../outside.json, outside the checkpoint"),
+    ],
+)
+def test_checkpoint_with_a_file_that_does_not_parse_is_named(tmp_path, target, problem):
+    """Files of the recorded sizes that are not what their names say are refused before anything
+    is loaded (the crafted pickle never runs), naming the file."""
+    import pickle
+
+    args = parse(tmp_path, "--checkpointing_steps", "2")
+    train(args, steps=2)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    marker = tmp_path / "payload-ran"
+    if target == tu.CHECKPOINT_MANIFEST:
+        (tmp_path / "run" / "outside.json").write_text("{}")
+        manifest = json.loads((checkpoint / target).read_text())
+        manifest["files"]["../outside.json"] = 2
+        (checkpoint / target).write_text(json.dumps(manifest))
+    else:
+        _same_size(checkpoint / target, pickle.dumps(_Payload(marker)))
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    with pytest.raises(tu.CheckpointError, match=f"checkpoint-2 is incomplete .*{problem}"):
+        train(args, steps=0, start_step=2)
+    assert not marker.exists()
+
+
+def test_truncated_or_unfinished_checkpoint_is_named_and_the_previous_one_offered(tmp_path):
+    args = parse(tmp_path, "--checkpointing_steps", "2")
+    train(args, steps=4)
+    run = tmp_path / "run"
+    weights = run / "checkpoint-4" / "model_0.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    expected = (
+        f"checkpoint-4 is incomplete (model_0.safetensors truncated: {size // 2} of {size} bytes); "
+        f"resume from checkpoint-2 with --resume_from_checkpoint {run / 'checkpoint-2'}"
+    )
+    with pytest.raises(tu.CheckpointError) as error:
+        train(args, steps=0, start_step=4)
+    assert str(error.value) == expected
+    (run / "checkpoint-2" / tu.CHECKPOINT_MANIFEST).unlink()  # a save that never finished
+    _restart()
+    args.resume_from_checkpoint = str(run / "checkpoint-2")
+    with pytest.raises(tu.CheckpointError, match="checkpoint-2 is incomplete .no checkpoint.json.*start afresh"):
+        train(args, steps=0, start_step=2)
+
+
+def test_resume_drops_the_log_records_after_the_checkpoint(tmp_path):
+    """A run killed after step 3 and resumed from step 2 logs steps 1, 2, 3 once, not 1, 2, 3, 3."""
+    args = parse(tmp_path, "--checkpointing_steps", "2")
+    accelerator = tu.setup_accelerator(args)
+    for step in (1, 2, 3):
+        tu.log_step(accelerator, args, {"loss": float(step)}, step, 0.0)
+    with open(tmp_path / "run" / tu.LOG_FILE, "a") as log:
+        log.write('{"step": 4, "lo')  # the half line of a killed process
+    _restart()
+    train(args, steps=2)
+    _restart()
+    args.resume_from_checkpoint = "checkpoint-2"
+    accelerator, *_ = train(args, steps=0, start_step=2)
+    lines = (tmp_path / "run" / tu.LOG_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path):
+    vae = {"script": "train_vae", "preset": "tiny"}
+    args = parse(tmp_path, "--checkpointing_steps", "1")
+    tu.setup_accelerator(args, run=vae)
+    assert json.loads((tmp_path / "run" / tu.RUN_FILE).read_text()) == vae
+    _restart()
+    train(args, steps=1)
+    _restart()
+    with pytest.raises(ValueError, match="holds an earlier run's files .*--resume_from_checkpoint latest"):
+        tu.setup_accelerator(args, run=vae)
+    args.resume_from_checkpoint = "latest"
+    with pytest.raises(ValueError, match=r"holds another run .*'preset': 'tiny'.*'preset': 'small'"):
+        tu.setup_accelerator(args, run={**vae, "preset": "small"})
+    tu.setup_accelerator(args, run=vae)  # resuming the same run
+
+
+def test_setup_removes_what_interrupted_saves_left(tmp_path):
+    """Temporary folders and files of our naming go; other files and moved-aside old folders
+    (``atomic_folders``' ``.old``, kept for recovery) stay."""
+    run = tmp_path / "run"
+    for folder in (".checkpoint-7.partial", ".dense_vae.ab12_x9z.partial", ".pipeline.ab12_x9z.old"):
+        (run / folder / "sub").mkdir(parents=True)
+    for name in (".train_log.jsonl.ab12_x9z.tmp.jsonl", ".keep", "notes.partial"):
+        (run / name).write_text("x")
+    tu.setup_accelerator(parse(tmp_path))
+    assert sorted(p.name for p in run.iterdir()) == [".keep", ".pipeline.ab12_x9z.old", "notes.partial"]
+
+
+def test_shipped_files_need_update_shipped(tmp_path):
+    shipped = tu.BUNDLED_ROOT / "sat2city" / "default"
+    with pytest.raises(ValueError, match="--dest .*inside the shipped files.*--update_shipped"):
+        tu.refuse_shipped_paths({"--dest": shipped, "--other": tmp_path}, update_shipped=False)
+    tu.refuse_shipped_paths({"--dest": shipped}, update_shipped=True)
+    tu.refuse_shipped_paths({"--dest": tmp_path / "pipe", "--unset": None}, update_shipped=False)
+
+
+def test_model_card_templates_ship_in_the_wheel():
+    """The templates are package data a wheel carries (as setuptools' build_py lists them), and
+    render_model_card reads them from the package, not from the source checkout."""
+    import importlib.resources
+    import os
+    import warnings
+    from pathlib import Path
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    root = Path(__file__).resolve().parents[1]
+    dist = Distribution({"script_name": "setup.py"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            apply_configuration(dist, root / "pyproject.toml")
+            build_py = dist.get_command_obj("build_py")
+            build_py.ensure_finalized()
+            wheel = {
+                Path(os.path.relpath(f, build_py.build_lib)).as_posix() for f in build_py.get_outputs(include_bytecode=False)
+            }
+        finally:
+            os.chdir(cwd)
+    package = Path(str(importlib.resources.files("diffusers_city"))).resolve()
+    assert tu.MODEL_CARDS_DIR.resolve().is_relative_to(package)
+    for card in tu.MODEL_CARDS_DIR.glob("*.md"):
+        assert f"diffusers_city/{card.resolve().relative_to(package).as_posix()}" in wheel
+    assert {"template.md", "sat2city.md", "gaussiancity.md"} <= {p.name for p in tu.MODEL_CARDS_DIR.glob("*.md")}
+    card = tu.render_model_card(
+        parse(Path("/nonexistent")), "org/s2c", "sat2city", {"title": "T", "description": "D", "stage": "VAEs", "preset": "tiny"}
+    )
+    assert card.startswith("# T") and "Sat2City" in card

@@ -27,7 +27,7 @@ from diffusers_city.pipelines.sat2city.pipeline_sat2city import HeightMap  # noq
 from diffusers_city.render import render_points_preview  # noqa: E402
 from diffusers_city.sparse import SparseTensor  # noqa: E402
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
-from diffusers_city.training_utils import load_training_preset  # noqa: E402
+from diffusers_city.training_utils import load_training_preset, step_seed  # noqa: E402
 
 SYSTEM = "sat2city"
 NUM_SCENES = 1_000_000  # per split; every sample index is its own deterministic crop
@@ -187,9 +187,9 @@ def normal_colors(normals: torch.Tensor) -> torch.Tensor:
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """Generator of one optimizer step: the run's randomness depends only on (seed, step), so a
-    resumed run repeats exactly what an uninterrupted one does."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    """Generator of one optimizer step (``step_seed``): the run's randomness depends only on
+    (seed, step), so a resumed run repeats exactly what an uninterrupted one does."""
+    return torch.Generator(device=device).manual_seed(step_seed(seed, step))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -214,7 +214,8 @@ def read_latent_scale(path: Path) -> float:
 
 
 def save_model(model: torch.nn.Module, ema, folder: Path) -> None:
-    """``save_pretrained`` of the EMA weights when there is an EMA, else of the trained weights."""
+    """``save_pretrained`` (safetensors) of the EMA weights when there is an EMA, else of the trained
+    weights. Save into a folder of ``export.atomic.atomic_folders``, so a failed save replaces nothing."""
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())

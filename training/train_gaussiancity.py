@@ -27,6 +27,13 @@ Data (``--data``):
 Segmentations of every frame are rendered from the layout's own BEV points (class per pixel), so
 both data sources need only layouts, cameras and frames.
 
+Views and style codes of each optimizer step are drawn from generators seeded with (seed, step)
+(``step_seed``), so a run resumed from any checkpoint repeats an uninterrupted one exactly.
+
+The final pipeline is saved as a whole (written beside ``--pipeline_out``, then renamed into place:
+never a mix of old and new components). Writing into the shipped ``pipelines/`` folder (the
+default pipeline and the demo layout) needs ``--update_shipped``.
+
 Data parallel (``accelerate launch --num_processes N``): every process draws the same global batch
 of ``train_batch_size x N x gradient_accumulation_steps`` views per optimizer step (same seed) and
 renders its own slice of it through the distributed generator and discriminator, so N processes
@@ -53,6 +60,7 @@ from PIL import Image
 from torch import nn
 
 from diffusers_city.data import NUM_CLASSES, CityScene, procedural_city
+from diffusers_city.export.atomic import atomic_folders
 from diffusers_city.models.gaussiancity import SemanticDiscriminator
 from diffusers_city.models.gaussiancity.bev import BEVLayout, visible_bev_points
 from diffusers_city.models.shared import VGG19PerceptualLoss
@@ -66,8 +74,10 @@ from diffusers_city.training_utils import (
     maybe_resume,
     out_of_time,
     push_folder_to_hub,
+    refuse_shipped_paths,
     save_checkpoint,
     setup_accelerator,
+    step_seed,
     training_parser,
 )
 
@@ -92,7 +102,15 @@ def parse_args(argv: list[str] | None = None):
     add("--vgg_weights", default=None, help="VGG19 safetensors file or Hub repo id (without: perceptual term off)")
     add("--pipeline_out", type=Path, default=None, help="where to save the final pipeline (default OUTPUT_DIR/pipeline)")
     add("--example_layout_out", type=Path, default=None, help="also save the held-out layout there (demo layout)")
+    add(
+        "--update_shipped",
+        action="store_true",
+        help="allow --pipeline_out / --example_layout_out inside the shipped pipelines/ folder (the default, the demo's layout)",
+    )
     args = parser.parse_args(argv)
+    refuse_shipped_paths(
+        {"--pipeline_out": args.pipeline_out, "--example_layout_out": args.example_layout_out}, args.update_shipped
+    )
     try:
         w, h = (int(v) for v in args.resolution.lower().split("x"))
     except ValueError:
@@ -303,10 +321,10 @@ def _side_by_side(pred: torch.Tensor, gt: torch.Tensor) -> Image.Image:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = load_training_preset(args, "gaussiancity")
-    accelerator = setup_accelerator(args)
+    accelerator = setup_accelerator(args, run={"script": "train_gaussiancity", "preset": str(args.preset), "data": args.data})
     device = accelerator.device
     if args.init_from is not None:
-        pipe = GaussianCityPipeline.from_pretrained(args.init_from, torch_dtype=torch.float32)
+        pipe = GaussianCityPipeline.from_pretrained(args.init_from, torch_dtype=torch.float32, use_safetensors=True)
     else:
         pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
     generator = GaussianCityGenerator(pipe)
@@ -330,9 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
     plain_discriminator = accelerator.unwrap_model(discriminator)
     global_step = maybe_resume(accelerator, args)
-    # Same seeds on every process: all draw the same global batch (views and styles), each uses its slice.
-    rng = np.random.default_rng(args.seed + global_step)
-    style_gen = torch.Generator().manual_seed(args.seed + global_step)
     per_process, accumulation = args.train_batch_size, args.gradient_accumulation_steps
     global_batch = per_process * accelerator.num_processes * accumulation
     accelerator.print(
@@ -342,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     generator.train()
     while global_step < args.max_train_steps:
-        picks = rng.integers(0, len(train_views), global_batch)
+        # Seeded with (seed, step) on every process: all draw the same global batch (views and styles),
+        # each uses its slice, and a resumed run draws what an uninterrupted one does.
+        seed = step_seed(args.seed, global_step)
+        picks = np.random.default_rng(seed).integers(0, len(train_views), global_batch)
+        style_gen = torch.Generator().manual_seed(seed)
         styles = [pipe.sample_styles(layouts[train_views[i].city], style_gen) for i in picks]
         sums = torch.zeros(3, device=device)  # l1, loss_g, loss_d summed over this process's views
         for micro in range(accumulation):
@@ -408,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         if ema is not None:
             ema.copy_to(generator.parameters())
         folder = args.pipeline_out or Path(args.output_dir) / "pipeline"
-        pipe.save_pretrained(folder)
+        with atomic_folders(folder) as (tmp,):
+            pipe.save_pretrained(tmp)
         accelerator.print(f"saved the pipeline to {folder}")
         if args.example_layout_out is not None and scenes:
             scene = scenes[held_out]

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Train Sat2City end to end: both VAEs, then the dense, sparse and appearance diffusion stages,
 # each bounded by --minutes-per-stage, then assemble the pipeline (fp16 safetensors by default)
-# and an example height map for the demo.
+# and an example height map for the demo. The pipeline goes to --dest (default OUTPUT_DIR/pipeline),
+# the example to --examples-dir (default: an examples/ folder beside --dest). Only --update-shipped
+# writes into the repo's shipped files: it makes the defaults pipelines/sat2city/default and
+# pipelines/sat2city/examples (the demo's), and without it a --dest or --examples-dir there is refused.
 #
-#   training/train_sat2city_all.sh --preset small --minutes-per-stage 8            # one GPU
+#   training/train_sat2city_all.sh --preset small --minutes-per-stage 8 --update-shipped   # one GPU
 #   (also --data-echo K and --latent-target sample|mean for the diffusion stages; default: the preset's)
 #   training/train_sat2city_all.sh --preset tiny --cpu --steps 2 --output-dir /tmp/s2c --dest /tmp/s2c/pipe
 set -euo pipefail
@@ -12,8 +15,9 @@ PRESET=small
 MINUTES=8
 STEPS=1000000
 OUT=runs/sat2city
-DEST=pipelines/sat2city/default
-EXAMPLES=pipelines/sat2city/examples
+DEST=
+EXAMPLES=
+UPDATE_SHIPPED=()
 DTYPE=fp16
 CKPT=500
 VAL=500
@@ -31,6 +35,7 @@ while [[ $# -gt 0 ]]; do
     --output-dir) OUT="$2"; shift 2 ;;
     --dest) DEST="$2"; shift 2 ;;
     --examples-dir) EXAMPLES="$2"; shift 2 ;;
+    --update-shipped) UPDATE_SHIPPED=(--update_shipped); shift ;;
     --dtype) DTYPE="$2"; shift 2 ;;
     --checkpointing-steps) CKPT="$2"; shift 2 ;;
     --validation-steps) VAL="$2"; shift 2 ;;
@@ -38,12 +43,27 @@ while [[ $# -gt 0 ]]; do
     --data-echo) ECHO="$2"; shift 2 ;;
     --latent-target) LATENT=(--latent_target "$2"); shift 2 ;;
     --cpu) LAUNCH=(python); EXTRA+=(--cpu); WORKERS=0; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "train_sat2city_all.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "$DEST" ]]; then
+  if [[ ${#UPDATE_SHIPPED[@]} -gt 0 ]]; then DEST="$ROOT/pipelines/sat2city/default"; else DEST="$OUT/pipeline"; fi
+fi
+EXAMPLES="${EXAMPLES:-$(dirname "$DEST")/examples}"
+# refused here, before hours of training, and again by assemble_sat2city.py
+SHIPPED="$(cd "$ROOT/pipelines" && pwd -P)"
+for path in "$DEST" "$EXAMPLES"; do
+  case "$(realpath -m "$path")/" in
+    "$SHIPPED"/*)
+      if [[ ${#UPDATE_SHIPPED[@]} -eq 0 ]]; then
+        echo "train_sat2city_all.sh: $path is inside the shipped files ($SHIPPED); pass --update-shipped to replace them" >&2
+        exit 2
+      fi ;;
+  esac
+done
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_train_minutes "$MINUTES" --checkpointing_steps "$CKPT"
         --validation_steps "$VAL" --dataloader_num_workers "$WORKERS" --resume_from_checkpoint latest "${EXTRA[@]}")
@@ -59,4 +79,4 @@ for stage in dense sparse appearance; do
 done
 python "$ROOT/training/assemble_sat2city.py" --preset "$PRESET" --vae_dir "$OUT/vae" --dense_dir "$OUT/dense" \
   --sparse_dir "$OUT/sparse" --appearance_dir "$OUT/appearance" --output_dir "$DEST" --dtype "$DTYPE" \
-  --examples_dir "$EXAMPLES"
+  --examples_dir "$EXAMPLES" "${UPDATE_SHIPPED[@]}"

@@ -9,7 +9,8 @@ condition dropout (the unet config's ``condition_dropout``) for guidance.
 Latents are divided by their std, measured here on a few training batches before training (or,
 with ``--init_from PIPELINE``, the std that pipeline uses, whose stage weights the run then
 fine-tunes) and saved to ``<output_dir>/latent_scale.json`` (``assemble_sat2city.py`` writes it
-into the VAE config, which the pipeline reads). Writes ``<output_dir>/<unet>`` (and ``condition_encoder``).
+into the VAE config, which the pipeline reads). Writes ``<output_dir>/<unet>`` (and ``condition_encoder``;
+both or neither).
 
     accelerate launch training/train_sat2city_diffusion.py --stage dense --vae_dir runs/vae --output_dir runs/dense
 """
@@ -46,6 +47,7 @@ from sat2city_common import (  # noqa: E402
     write_json_atomic,
 )
 
+from diffusers_city.export.atomic import atomic_folders  # noqa: E402
 from diffusers_city.models.sat2city import (  # noqa: E402
     HeightFieldEncoder,
     Sat2CityDenseUNet3D,
@@ -280,18 +282,20 @@ def validation_images(data: StageData, unet, encoder, scheduler: DDIMScheduler, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = args.preset_data
-    accelerator = setup_accelerator(args)
+    accelerator = setup_accelerator(
+        args, run={"script": "train_sat2city_diffusion", "preset": str(args.preset), "stage": args.stage}
+    )
     device = accelerator.device
-    fp32 = {"torch_dtype": torch.float32}  # also when --vae_dir is a pipeline saved in fp16
-    dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32).to(device).eval().requires_grad_(False)
-    sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32).to(device).eval().requires_grad_(False)
+    saved = {"torch_dtype": torch.float32, "use_safetensors": True}  # fp32 also when --vae_dir is fp16; never a pickle
+    dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **saved).to(device).eval().requires_grad_(False)
+    sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **saved).to(device).eval().requires_grad_(False)
     grid = tuple(dense_vae.config.grid_size)
     unet_name = UNETS[args.stage]
     unet_cls = Sat2CityDenseUNet3D if args.stage == "dense" else Sat2CitySparseUNet3D
     if args.init_from is not None:
-        unet = unet_cls.from_pretrained(args.init_from / unet_name, **fp32)
+        unet = unet_cls.from_pretrained(args.init_from / unet_name, **saved)
         encoder = (
-            HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **fp32) if args.stage == "dense" else None
+            HeightFieldEncoder.from_pretrained(args.init_from / "condition_encoder", **saved) if args.stage == "dense" else None
         )
         wanted = preset["components"][unet_name]["condition_channels"]
         if args.stage == "sparse" and unet.config.condition_channels < wanted:
@@ -391,9 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(unet), emas[0], out_dir / unet_name)
-        if encoder is not None:
-            save_model(accelerator.unwrap_model(encoder), emas[1], out_dir / "condition_encoder")
+        names = [unet_name] + (["condition_encoder"] if encoder is not None else [])
+        with atomic_folders(*(out_dir / name for name in names)) as folders:
+            for module, ema, folder in zip([unet] + ([encoder] if encoder is not None else []), emas, folders):
+                save_model(accelerator.unwrap_model(module), ema, folder)
         if args.push_to_hub:
             stage = f"{args.stage} diffusion stage"
             push_folder_to_hub(

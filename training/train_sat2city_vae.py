@@ -9,7 +9,8 @@ Both VAEs train in one loop on the same batches:
   (no epochs), so E is counted in optimizer steps: ``training.vae.geometry_only_steps`` of the
   preset (or ``--geometry_only_steps``). At that step X_C0's head is copied from X_S's.
 
-Writes ``<output_dir>/dense_vae`` and ``<output_dir>/sparse_vae`` (EMA weights with ``--use_ema``).
+Writes ``<output_dir>/dense_vae`` and ``<output_dir>/sparse_vae`` (EMA weights with ``--use_ema``),
+both or neither (``atomic_folders``).
 
     accelerate launch training/train_sat2city_vae.py --preset small --output_dir runs/vae
 """
@@ -40,6 +41,7 @@ from sat2city_common import (  # noqa: E402
     subsample_points,
 )
 
+from diffusers_city.export.atomic import atomic_folders  # noqa: E402
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset_data
     weights = preset["training"]["vae"]["loss_weights"]
     color_points = int(preset["training"]["vae"]["color_points_per_scene"])
-    accelerator = setup_accelerator(args)
+    accelerator = setup_accelerator(args, run={"script": "train_sat2city_vae", "preset": str(args.preset)})
     dense = Sat2CityDenseVAE.from_config(preset["components"]["dense_vae"])
     sparse = Sat2CitySparseVAE.from_config(preset["components"]["sparse_vae"])
     grid = tuple(dense.config.grid_size)
@@ -205,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out = Path(args.output_dir)
-        save_model(unwrap(dense), ema_dense, out / "dense_vae")
-        save_model(unwrap(sparse), ema_sparse, out / "sparse_vae")
+        with atomic_folders(out / "dense_vae", out / "sparse_vae") as (dense_dir, sparse_dir):
+            save_model(unwrap(dense), ema_dense, dense_dir)
+            save_model(unwrap(sparse), ema_sparse, sparse_dir)
         if args.push_to_hub:
             push_folder_to_hub(args, out, "sat2city", card_fields(args, "VAEs (dense + sparse / Re-Hash)"))
     accelerator.end_training()

@@ -9,8 +9,13 @@ Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
     model, optimizer, ... = accelerator.prepare(...)
     global_step = maybe_resume(accelerator, args)
     ...  save_checkpoint(accelerator, args, step) / log_validation_images(...)
+    with export.atomic.atomic_folders(out / "unet") as (tmp,): model.save_pretrained(tmp)
     if accelerator.is_main_process and args.push_to_hub:
         push_folder_to_hub(args, folder, "sat2city", {...})
+
+Checkpoints hold safetensors and JSON only (no pickle, so loading one cannot run code) and a
+``checkpoint.json`` manifest written last; ``maybe_resume`` refuses a checkpoint holding a pickle
+file and names a truncated or unfinished one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import string
@@ -37,14 +43,23 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import SchedulerType
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .export.atomic import atomic_write
+from .export.atomic import atomic_write, fsync_tree, remove_stale_partials, write_text_atomic
 from .presets import BUNDLED_ROOT, load_preset, read_preset
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-MODEL_CARDS_DIR = BUNDLED_ROOT.resolve().parent / "model_cards"
+CHECKPOINT_FORMAT = "diffusers-city-checkpoint/1"
+CHECKPOINT_MANIFEST = "checkpoint.json"  # written last: only a complete checkpoint has one
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+_MANIFEST_COUNTS = ("step", "accelerator_step", "processes", "models", "optimizers", "schedulers", "emas")
+RUN_FILE = "run.json"
+LOG_FILE = "train_log.jsonl"
+MODEL_CARDS_DIR = Path(__file__).resolve().parent / "assets" / "model_cards"
 _TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 _RESERVED_CARD_FIELDS = ("repo_id", "system_card", "training_details")
 _CARD_HPARAMS = (
@@ -64,6 +79,12 @@ _CARD_HPARAMS = (
 # The accelerator made by the last `setup_accelerator` call, so `create_ema(model, args)` can
 # register the EMA weights for checkpointing without the accelerator being passed around.
 _current_accelerator: weakref.ReferenceType[Accelerator] | None = None
+# The EMAs `save_checkpoint` / `maybe_resume` carry, per accelerator, in `create_ema` order.
+_emas: weakref.WeakKeyDictionary[Accelerator, list[EMAModel]] = weakref.WeakKeyDictionary()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not loaded: it holds a pickle file, or it is incomplete."""
 
 
 def _positive_int(value: str) -> int:
@@ -147,8 +168,14 @@ def _tracker_config(args: argparse.Namespace) -> dict[str, int | float | str | b
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
 
 
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    """``Accelerator`` writing under ``args.output_dir`` (``logs/`` for trackers), seeded with ``args.seed``."""
+def setup_accelerator(args: argparse.Namespace, run: dict[str, str] | None = None) -> Accelerator:
+    """``Accelerator`` writing under ``args.output_dir`` (``logs/`` for trackers), seeded with ``args.seed``.
+
+    What an interrupted save left in ``output_dir`` (``remove_stale_partials``) is removed. With
+    ``run`` (what identifies the run, e.g. ``{"script": ..., "preset": ..., "stage": ...}``) the
+    output folder is claimed for it: recorded in ``output_dir/run.json``, and refused when it holds
+    another run's files (``claim_output_dir``).
+    """
     global _current_accelerator
     output_dir = Path(args.output_dir)
     project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs"))
@@ -160,16 +187,67 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=project_config,
         cpu=args.cpu,
     )
+    if run is not None:
+        check_output_dir(output_dir, run, resuming=bool(args.resume_from_checkpoint))
+        accelerator.wait_for_everyone()  # every process checked before the main one records the run
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(output_dir)
+        if run is not None:
+            write_text_atomic(output_dir / RUN_FILE, json.dumps(run, indent=2, sort_keys=True))
+    accelerator.wait_for_everyone()
     if log_with is not None:
         accelerator.init_trackers(output_dir.resolve().name, config=_tracker_config(args))
     _current_accelerator = weakref.ref(accelerator)
     return accelerator
+
+
+def check_output_dir(output_dir: str | Path, run: dict[str, str], resuming: bool) -> None:
+    """Refuse an ``output_dir`` that holds another run's files, before anything is written.
+
+    A folder whose ``run.json`` records a different run (another script, preset or stage: its
+    checkpoints and ``latent_scale.json`` would be taken for this run's) is always refused; one
+    holding an earlier run's checkpoints, ``run.json`` or ``train_log.jsonl`` only when not resuming
+    (``--resume_from_checkpoint``), since a fresh run would overwrite and interleave them.
+    """
+    output_dir = Path(output_dir)
+    record = output_dir / RUN_FILE
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text())
+        except ValueError:
+            recorded = None
+        if recorded != run:
+            raise ValueError(
+                f"--output_dir {output_dir} holds another run ({record}: {recorded}); this run is {run}: "
+                "choose another --output_dir"
+            )
+    found = [p.name for p in (record, output_dir / LOG_FILE) if p.exists()] + [p.name for p in list_checkpoints(output_dir)]
+    if found and not resuming:
+        raise ValueError(
+            f"--output_dir {output_dir} holds an earlier run's files ({', '.join(found)}): continue it with "
+            "--resume_from_checkpoint latest, or choose another --output_dir"
+        )
+
+
+def refuse_shipped_paths(paths: dict[str, str | Path | None], update_shipped: bool) -> None:
+    """Refuse output ``paths`` (flag name: path) inside the package's shipped files (the
+    top-level ``pipelines/`` folder, which the package bundles) unless ``update_shipped``
+    (``--update_shipped``): the demos and tests read those files, so only an explicit flag may
+    change them."""
+    shipped = BUNDLED_ROOT.resolve()
+    inside = [
+        f"{flag} {path}" for flag, path in paths.items() if path is not None and Path(path).resolve().is_relative_to(shipped)
+    ]
+    if inside and not update_shipped:
+        raise ValueError(
+            f"{', '.join(inside)}: inside the shipped files ({shipped}); "
+            "pass --update_shipped to replace them, or write elsewhere"
+        )
 
 
 def out_of_time(accelerator: Accelerator, args: argparse.Namespace, start: float) -> bool:
@@ -195,7 +273,7 @@ def log_step(accelerator: Accelerator, args: argparse.Namespace, logs: dict[str,
     accelerator.print(f"step {step} ({elapsed:.0f} s): " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
     if accelerator.is_main_process:
         record = {"step": step, "elapsed_s": round(elapsed, 3), **logs}
-        with open(Path(args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as log:
+        with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
 
 
@@ -226,11 +304,20 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
 
 
+def step_seed(seed: int, step: int) -> int:
+    """Seed of one optimizer step's random draws: a run's randomness that depends only on
+    (seed, step) is repeated exactly by a run resumed at any step."""
+    return seed * 1_000_003 + step
+
+
 def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
-    """Restore model/optimizer/EMA/RNG state from ``--resume_from_checkpoint``; returns the global step.
+    """Restore model/optimizer/scheduler/EMA/RNG state from ``--resume_from_checkpoint``; returns the global step.
 
     ``latest`` picks the ``checkpoint-N`` with the largest N in ``output_dir`` (0 and a warning
     when there is none); any other value is a checkpoint folder, as a path or a name in ``output_dir``.
+    A checkpoint holding a pickle file, or an incomplete one, is refused before anything is loaded
+    (``CheckpointError``, naming the file and an earlier complete checkpoint). Records of
+    ``train_log.jsonl`` after the resumed step are dropped, so the log stays one loss curve.
     """
     if not args.resume_from_checkpoint:
         return 0
@@ -249,17 +336,243 @@ def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
     match = CHECKPOINT_RE.match(path.name)
     if match is None:
         raise ValueError(f"--resume_from_checkpoint {path}: expected a folder named checkpoint-<step>")
+    manifest = verify_checkpoint(path)
+    if manifest["step"] != int(match.group(1)):
+        raise CheckpointError(f"{path} holds the state of step {manifest['step']}, not {match.group(1)}")
+    counts = {
+        "models": len(accelerator._models),
+        "optimizers": len(accelerator._optimizers),
+        "schedulers": len(accelerator._schedulers),
+        "emas": len(_emas.get(accelerator, [])),
+    }
+    saved = {k: manifest[k] for k in counts}
+    if saved != counts:
+        raise CheckpointError(
+            f"{path} holds {saved}, this run prepared {counts} (a checkpoint of another script, or --use_ema changed)"
+        )
     accelerator.print(f"Resuming from {path}")
-    accelerator.load_state(str(path))
-    return int(match.group(1))
+    _load_state(accelerator, path, manifest)
+    if accelerator.is_main_process:
+        _truncate_log(Path(args.output_dir) / LOG_FILE, manifest["step"])
+    accelerator.wait_for_everyone()
+    return manifest["step"]
+
+
+def _is_pickle(file: Path) -> bool:
+    """A pickle by its suffix, or by its first bytes (pickle protocols 2-5, torch.save's zip) for
+    files that are neither safetensors nor JSON (those are validated by their own parsers)."""
+    suffix = file.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return True
+    if suffix in (".safetensors", ".json"):
+        return False
+    with open(file, "rb") as f:
+        return f.read(4).startswith(_PICKLE_MAGIC)
+
+
+def _pickles(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and _is_pickle(p))
+
+
+def _unreadable(file: Path) -> str | None:
+    """Why ``file`` (a checkpoint's JSON or safetensors file) does not parse; only headers are read."""
+    try:
+        if file.suffix == ".json":
+            json.loads(file.read_text(encoding="utf-8"))
+        elif file.suffix == ".safetensors":
+            with safe_open(file, "pt") as f:
+                f.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError, which is no ValueError
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _incomplete(path: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """Why the checkpoint folder ``path`` is incomplete (``None`` when it is not) and its manifest."""
+    try:
+        manifest = json.loads((path / CHECKPOINT_MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {CHECKPOINT_MANIFEST}: its save did not finish", None
+    except (OSError, ValueError) as err:
+        return f"{CHECKPOINT_MANIFEST} unreadable: {err}", None
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        return f"{CHECKPOINT_MANIFEST} is not a {CHECKPOINT_FORMAT} manifest", None
+    files = manifest.get("files")
+    counts_ok = all(isinstance(manifest.get(k), int) and manifest[k] >= 0 for k in _MANIFEST_COUNTS)
+    if not (counts_ok and isinstance(files, dict) and all(isinstance(v, int) for v in files.values())):
+        return f"{CHECKPOINT_MANIFEST} lacks {list(_MANIFEST_COUNTS)} counts or its files list", None
+    root = path.resolve()
+    for name, size in files.items():
+        file = path / name
+        if not file.resolve().is_relative_to(root):
+            return f"{CHECKPOINT_MANIFEST} lists {name}, outside the checkpoint", None
+        if not file.is_file():
+            return f"{name} missing", None
+        if file.stat().st_size != size:
+            return f"{name} truncated: {file.stat().st_size} of {size} bytes", None
+        problem = _unreadable(file)
+        if problem is not None:
+            return f"{name} unreadable: {problem}", None
+    return None, manifest
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The manifest of the checkpoint folder ``path``, read without loading anything else.
+
+    Raises ``CheckpointError`` when the folder holds a pickle file (``*.pkl``, ``*.bin``, ``*.pt``,
+    ``*.pth``, ... or any other file starting like a pickle: loading one can run code) or is
+    incomplete (no manifest, a file missing, of another size than recorded, or whose JSON or
+    safetensors header does not parse); the message names the file and the newest earlier complete
+    checkpoint of the same folder to resume from instead.
+    """
+    path = Path(path)
+    pickles = _pickles(path)
+    if pickles:
+        raise CheckpointError(
+            f"{path}: refusing to load {pickles[0].relative_to(path)}: pickle files can run code when loaded, and "
+            "diffusers-city checkpoints hold only safetensors and JSON (checkpoints written by accelerate's save_state, "
+            "as older versions did, cannot be resumed)"
+        )
+    problem, manifest = _incomplete(path)
+    if problem is None:
+        return manifest
+    match = CHECKPOINT_RE.match(path.name)
+    earlier = [
+        p
+        for p in list_checkpoints(path.parent)
+        if match is None or int(CHECKPOINT_RE.match(p.name).group(1)) < int(match.group(1))
+    ]
+    usable = next((p for p in reversed(earlier) if not _pickles(p) and _incomplete(p)[0] is None), None)
+    offer = (
+        f"resume from {usable.name} with --resume_from_checkpoint {usable}"
+        if usable is not None
+        else "no earlier complete checkpoint: start afresh without --resume_from_checkpoint"
+    )
+    raise CheckpointError(f"{path.name} is incomplete ({problem}); {offer}")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (and no half-written line of a killed run)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str) -> None:
+    """Tensors of the per-parameter state as safetensors, the rest (hyper-parameters) as JSON."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    save_file(tensors, folder / f"{name}.safetensors")
+    _write_json(folder / f"{name}.json", {"state": scalars, "param_groups": state["param_groups"]})
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str) -> None:
+    saved = _read_json(folder / f"{name}.json")
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in load_file(folder / f"{name}.safetensors").items():
+        index, field = key.split(".", 1)
+        state.setdefault(int(index), {})[field] = tensor
+    for index, values in saved["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    live = optimizer.state_dict()["param_groups"]
+    # JSON turns tuples (Adam's betas) into lists: give them back the live groups' types
+    groups = [
+        {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in group.items()}
+        for group, now in zip(saved["param_groups"], live)
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's global generators: torch (CPU, CUDA) as tensors, Python and NumPy as JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return tensors, {"python": random.getstate(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_states(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"cuda_{i}"] for i in range(torch.cuda.device_count()) if f"cuda_{i}" in tensors])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _save_state(accelerator: Accelerator, folder: Path) -> None:
+    """The main process's share of a checkpoint: models, optimizers, schedulers, EMAs, grad scaler."""
+    for i, model in enumerate(accelerator._models):
+        save_model(accelerator.unwrap_model(model), str(folder / f"model_{i}.safetensors"))
+    for i, optimizer in enumerate(accelerator._optimizers):
+        _save_optimizer(optimizer, folder, f"optimizer_{i}")
+    for i, scheduler in enumerate(accelerator._schedulers):
+        _write_json(folder / f"scheduler_{i}.json", scheduler.state_dict())
+    for i, ema in enumerate(_emas.get(accelerator, [])):
+        state = ema.state_dict()
+        save_file(
+            {str(k): p.detach().cpu().contiguous() for k, p in enumerate(state.pop("shadow_params"))},
+            folder / f"ema_{i}.safetensors",
+        )
+        _write_json(folder / f"ema_{i}.json", state)
+    if accelerator.scaler is not None:
+        _write_json(folder / "scaler.json", accelerator.scaler.state_dict())
+
+
+def _load_state(accelerator: Accelerator, folder: Path, manifest: dict[str, Any]) -> None:
+    emas = _emas.get(accelerator, [])
+    for i, model in enumerate(accelerator._models):
+        load_model(accelerator.unwrap_model(model), folder / f"model_{i}.safetensors")
+    for i, optimizer in enumerate(accelerator._optimizers):
+        _load_optimizer(optimizer, folder, f"optimizer_{i}")
+    for i, scheduler in enumerate(accelerator._schedulers):
+        scheduler.load_state_dict(_read_json(folder / f"scheduler_{i}.json"))
+    for i, ema in enumerate(emas):
+        shadow = load_file(folder / f"ema_{i}.safetensors")
+        params = [shadow[str(k)].to(old.device) for k, old in enumerate(ema.shadow_params)]
+        ema.load_state_dict({**_read_json(folder / f"ema_{i}.json"), "shadow_params": params})
+    if accelerator.scaler is not None and (folder / "scaler.json").is_file():
+        accelerator.scaler.load_state_dict(_read_json(folder / "scaler.json"))
+    rank = accelerator.process_index
+    if (folder / f"rng_state_{rank}.json").is_file():
+        _set_rng_states(load_file(folder / f"rng_state_{rank}.safetensors"), _read_json(folder / f"rng_state_{rank}.json"))
+    else:
+        logger.warning("%s has no RNG state of process %d (saved by %d processes)", folder, rank, manifest["processes"])
+    accelerator.step = manifest["accelerator_step"]
 
 
 def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_step: int) -> Path:
-    """Save the accelerator state (models, optimizers, EMA, RNG) to ``output_dir/checkpoint-<step>``.
+    """Save the training state (models, optimizers, schedulers, EMA, RNG) to ``output_dir/checkpoint-<step>``.
 
-    The oldest checkpoints are deleted first (main process only) so that at most
-    ``checkpoints_total_limit`` remain. The state is written to a hidden folder and renamed
-    into place, so an interrupted save never looks like a checkpoint to ``maybe_resume``.
+    Safetensors for tensors, JSON for the rest; the ``checkpoint.json`` manifest (step, counts,
+    every file's size) is written last. The oldest checkpoints are deleted first (main process
+    only) so that at most ``checkpoints_total_limit`` remain. The state is written to a hidden
+    folder, flushed to disk and renamed into place, so an interrupted save never looks like a
+    checkpoint to ``maybe_resume``.
     """
     output_dir = Path(args.output_dir)
     final = output_dir / f"checkpoint-{global_step}"
@@ -270,12 +583,31 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
             logger.info("removing old checkpoint %s", path)
             shutil.rmtree(path)
     partial = output_dir / f".checkpoint-{global_step}.partial"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
+    if accelerator.is_main_process:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        _save_state(accelerator, partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    tensors, states = _rng_states()
+    save_file(tensors, partial / f"rng_state_{accelerator.process_index}.safetensors")
+    _write_json(partial / f"rng_state_{accelerator.process_index}.json", states)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+        manifest = {
+            "format": CHECKPOINT_FORMAT,
+            "step": global_step,
+            "accelerator_step": accelerator.step,
+            "processes": accelerator.num_processes,
+            "models": len(accelerator._models),
+            "optimizers": len(accelerator._optimizers),
+            "schedulers": len(accelerator._schedulers),
+            "emas": len(_emas.get(accelerator, [])),
+            "files": files,
+        }
+        _write_json(partial / CHECKPOINT_MANIFEST, manifest)
+        fsync_tree(partial)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -286,9 +618,10 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
 def create_ema(model: torch.nn.Module, args: argparse.Namespace, accelerator: Accelerator | None = None) -> EMAModel | None:
     """diffusers ``EMAModel`` of ``model``'s parameters when ``--use_ema``, else ``None``.
 
-    The EMA is moved to the accelerator's device and registered for checkpointing, so
-    ``save_checkpoint``/``maybe_resume`` carry it. ``accelerator`` defaults to the one made by
-    the last ``setup_accelerator`` call. Call before ``accelerator.prepare``.
+    The EMA is moved to the accelerator's device and registered with it, so
+    ``save_checkpoint``/``maybe_resume`` carry it (shadow weights as safetensors, counters as
+    JSON). ``accelerator`` defaults to the one made by the last ``setup_accelerator`` call. Call
+    before ``accelerator.prepare``, in the same order on every run.
     """
     if not args.use_ema:
         return None
@@ -306,7 +639,7 @@ def create_ema(model: torch.nn.Module, args: argparse.Namespace, accelerator: Ac
         model_config=config,
     )
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+    _emas.setdefault(accelerator, []).append(ema)
     return ema
 
 
@@ -374,9 +707,10 @@ def _substitute(template_path: Path, fields: dict[str, Any]) -> str:
 
 
 def render_model_card(args: argparse.Namespace, repo_id: str, card_template: str, card_fields: dict[str, Any]) -> str:
-    """Markdown of the model card: ``model_cards/template.md`` around the system's template.
+    """Markdown of the model card: ``template.md`` around the system's template, both from
+    ``MODEL_CARDS_DIR`` (``diffusers_city/assets/model_cards``, package data).
 
-    The system template (``model_cards/<card_template>.md`` or a path) is filled with
+    The system template (``<card_template>.md`` there, or a path) is filled with
     ``card_fields`` (``string.Template`` ``$name`` fields) and becomes ``$system_card`` of the
     generic template, which also gets ``$repo_id`` and ``$training_details`` (the run's
     hyper-parameters) plus ``card_fields``.
@@ -424,6 +758,6 @@ def push_folder_to_hub(args: argparse.Namespace, folder: str | Path, card_templa
         folder_path=str(folder),
         token=args.hub_token,
         commit_message="Upload diffusers-city pipeline",
-        ignore_patterns=["checkpoint-*", ".checkpoint-*", ".*.tmp"],
+        ignore_patterns=["checkpoint-*", ".*.partial", ".*.old", ".*.tmp*"],
     )
     return repo_id

@@ -2,13 +2,19 @@
 
 Every writer renders into a temporary file in the destination folder and renames it into place
 with ``os.replace``, so a failure (bad input found late, a full disk, an interrupt) never leaves
-a half-written file, and an existing file is replaced only by a complete one.
+a half-written file, and an existing file is replaced only by a complete one. Multi-file outputs
+(a pipeline folder, a set of frames) are written the same way as whole folders (``atomic_folders``),
+and what an interrupted write of ours left behind is recognised by its name (``remove_stale_partials``).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "crs_to_wkt", "resolve_offset", "write_georef_sidecar", "write_text_atomic"]
+__all__ = [
+    "atomic_folders",
+    "atomic_write",
+    "crs_to_wkt",
+    "remove_stale_partials",
+    "resolve_offset",
+    "write_georef_sidecar",
+    "write_text_atomic",
+]
+
+logger = logging.getLogger(__name__)
 
 # Coordinates beyond this magnitude (metres) lose precision as float32 (ulp >= 1 mm at 16 km).
 _FLOAT32_SAFE = 1.0e4
@@ -132,3 +148,95 @@ def write_georef_sidecar(
             tmp.write_text(wkt)
         written.append(prj)
     return written
+
+
+def _stale_pattern(name: str | None) -> re.Pattern[str]:
+    stem = ".+" if name is None else re.escape(name)
+    return re.compile(rf"^\.{stem}(\.[a-z0-9_]{{8}})?\.partial$|^\.{stem}\.[a-z0-9_]{{8}}\.tmp(\.[^.]+)?$")
+
+
+def remove_stale_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove what interrupted writes of ours left in ``folder``: ``.<name>[.<random>].partial``
+    folders (``atomic_folders``) and ``.<name>.<random>.tmp[.ext]`` files (``atomic_write``), of
+    any name or of ``name`` only. Returns the removed paths.
+
+    Folders moved aside by an interrupted ``atomic_folders`` (``.<name>.<random>.old``) stay: they
+    may hold the only complete copy."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = _stale_pattern(name)
+    removed = sorted(p for p in folder.iterdir() if pattern.match(p.name))
+    for path in removed:
+        logger.info("removing %s, left by an interrupted write", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk, so that a rename that
+    publishes it never points at files a crash could still truncate."""
+    for path in [*folder.rglob("*"), folder]:
+        if path.is_dir() and os.name != "posix":
+            continue  # folders cannot be opened for fsync on Windows
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def atomic_folders(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Empty temporary folders beside ``paths`` (``.<name>.<random>.partial``) to write into; when
+    the block succeeds, each path is replaced as a whole by its temporary folder, else they are removed.
+
+    Nothing is renamed before every folder is complete (and flushed to disk), so a failed or
+    interrupted write leaves the old folders as they were; the old folders all move aside before
+    the new ones move in, so the paths never hold a mix of old and new folders. Leftovers of an
+    earlier interrupted write to the same paths are removed first (``.partial``) or once the new
+    folders are in place (``.old``: a kill between the two renames leaves the only complete copy there).
+    """
+    finals = [Path(p) for p in paths]
+    if len({f.resolve() for f in finals}) != len(finals):
+        raise ValueError(f"atomic_folders: a path given twice in {[str(f) for f in finals]}")
+    for final in finals:
+        if final.exists() and not final.is_dir():
+            raise ValueError(f"{final} exists and is not a folder")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final.parent, final.name)
+    temps: list[Path] = []
+    try:
+        for final in finals:
+            temps.append(Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)))
+        yield list(temps)
+        for tmp in temps:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual mode
+            fsync_tree(tmp)
+        aside: list[tuple[Path, Path]] = []
+        moved_in: list[Path] = []
+        try:
+            for final in finals:
+                if final.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+                    os.replace(final, old)
+                    aside.append((old, final))
+            for tmp, final in zip(temps, finals):
+                os.replace(tmp, final)
+                moved_in.append(final)
+        except BaseException:
+            for final in moved_in:
+                shutil.rmtree(final, ignore_errors=True)
+            for old, final in aside:
+                os.replace(old, final)
+            raise
+        temps = []
+        for final in finals:  # the old copies, and any an interrupted earlier write left aside
+            for old in final.parent.glob(f".{glob.escape(final.name)}.*.old"):
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        for tmp in temps:
+            shutil.rmtree(tmp, ignore_errors=True)
