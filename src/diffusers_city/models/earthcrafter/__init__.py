@@ -1,0 +1,14 @@
+"""EarthCrafter components (Liu et al., AAAI-26, dual-sparse latent diffusion): the condition
+network and the flow models StructFM (occupancy transformer, structure flow) and TexFM."""
+
+from .condition_encoder import EarthCrafterConditionEncoder
+from .occupancy_transformer import EarthCrafterOccupancyTransformer
+from .struct_flow import EarthCrafterStructFlow
+from .tex_flow import EarthCrafterTexFlow
+
+__all__ = [
+    "EarthCrafterConditionEncoder",
+    "EarthCrafterOccupancyTransformer",
+    "EarthCrafterStructFlow",
+    "EarthCrafterTexFlow",
+]
