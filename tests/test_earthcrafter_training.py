@@ -14,10 +14,14 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
 
+import assemble_earthcrafter  # noqa: E402
 import earthcrafter_common  # noqa: E402
 import train_earthcrafter_flow  # noqa: E402
+import train_earthcrafter_vae  # noqa: E402
 
+from diffusers_city.models import earthcrafter  # noqa: E402
 from diffusers_city.models.earthcrafter import EarthCrafterConditionEncoder, EarthCrafterOccupancyTransformer  # noqa: E402
+from diffusers_city.presets import available_sizes  # noqa: E402
 
 TINY = {
     "components": {
@@ -54,11 +58,37 @@ TINY = {
 FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_inference_steps", "2"]
 
 
+HAS_VAES = hasattr(earthcrafter, "EarthCrafterStructVAE") and hasattr(earthcrafter, "EarthCrafterTexVAE")
+needs_vaes = pytest.mark.skipif(
+    not HAS_VAES, reason="EarthCrafterStructVAE / EarthCrafterTexVAE not in this tree (branch ec-vae)"
+)
+
+
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> str:
+    """The shipped tiny preset, or (before pipelines/earthcrafter/presets exists) its flow part above."""
+    if "tiny" in available_sizes("earthcrafter"):
+        return "tiny"
     path = tmp_path_factory.mktemp("preset") / "tiny.json"
     path.write_text(json.dumps(TINY))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(preset, tmp_path_factory) -> dict[str, Path]:
+    """Every stage trained for 2 steps on the tiny preset (each script's output folder)."""
+    root = tmp_path_factory.mktemp("earthcrafter")
+    runs = {name: root / name for name in ("struct_vae", "tex_vae", "occupancy", "struct", "tex")}
+    args = [*FAST, "--preset", preset, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
+    assert train_earthcrafter_vae.main([*args, "--model", "struct", "--output_dir", str(runs["struct_vae"])]) == 0
+    assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
+    flow = [*args, "--cache_tiles", "2"]
+    assert train_earthcrafter_flow.main([*flow, "--model", "occupancy", "--output_dir", str(runs["occupancy"])]) == 0
+    struct_vae = ["--struct_vae", str(runs["struct_vae"] / "struct_vae")]
+    assert train_earthcrafter_flow.main([*flow, "--model", "struct", *struct_vae, "--output_dir", str(runs["struct"])]) == 0
+    tex_vae = ["--tex_vae", str(runs["tex_vae"] / "tex_vae")]
+    assert train_earthcrafter_flow.main([*flow, "--model", "tex", *tex_vae, "--output_dir", str(runs["tex"])]) == 0
+    return runs
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -125,3 +155,49 @@ def test_flow_refuses_a_missing_vae(preset, tmp_path):
         train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "struct", "--output_dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
         train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "tex", "--tex_vae", str(tmp_path)])
+
+
+@needs_vaes
+def test_vaes_train_and_write_loadable_models(trained):
+    for name, cls in (("struct_vae", earthcrafter.EarthCrafterStructVAE), ("tex_vae", earthcrafter.EarthCrafterTexVAE)):
+        model = cls.from_pretrained(trained[name] / name)
+        assert isinstance(model, cls)
+        assert (trained[name] / "validation" / "step-2" / "ground_truth.png").is_file()
+        log = [json.loads(line) for line in (trained[name] / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2] and all(r["loss"] == r["loss"] for r in log)
+    assert (trained["tex_vae"] / "validation" / "step-2" / "rendered.png").is_file()
+
+
+@needs_vaes
+def test_struct_and_tex_flows_measure_their_latent_scale(trained):
+    for stage, folder, cls in (
+        ("struct", "struct_flow", earthcrafter.EarthCrafterStructFlow),
+        ("tex", "tex_flow", earthcrafter.EarthCrafterTexFlow),
+    ):
+        scale = json.loads((trained[stage] / "latent_scale.json").read_text())
+        assert scale["scaling_factor"] > 0 and abs(scale["scaling_factor"] * scale["latent_std"] - 1) < 1e-9
+        assert isinstance(cls.from_pretrained(trained[stage] / folder), cls)
+        assert EarthCrafterConditionEncoder.from_pretrained(trained[stage] / "condition_encoder") is not None
+
+
+@needs_vaes
+def test_assemble_writes_a_loadable_pipeline(trained, preset, tmp_path):
+    from diffusers_city.pipelines.earthcrafter import EarthCrafterPipeline
+
+    out = tmp_path / "pipeline"
+    flags = {
+        "--struct_vae_dir": trained["struct_vae"],
+        "--tex_vae_dir": trained["tex_vae"],
+        "--occupancy_dir": trained["occupancy"],
+        "--struct_dir": trained["struct"],
+        "--tex_dir": trained["tex"],
+    }
+    argv = ["--preset", preset, "--output_dir", str(out)] + [str(v) for kv in flags.items() for v in kv]
+    assert assemble_earthcrafter.main(argv) == 0
+    pipe = EarthCrafterPipeline.from_pretrained(out)
+    scale = json.loads((trained["struct"] / "latent_scale.json").read_text())["scaling_factor"]
+    assert pipe.struct_vae.config.scaling_factor == pytest.approx(scale)
+    missing = ["--preset", preset, "--output_dir", str(tmp_path / "p2")] + [str(v) for kv in flags.items() for v in kv]
+    missing[missing.index("--tex_dir") + 1] = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="tex_flow"):
+        assemble_earthcrafter.main(missing)

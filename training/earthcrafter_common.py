@@ -36,10 +36,8 @@ NUM_SCENES = 1_000_000  # per split; every sample index is its own deterministic
 CONDITION_MODES = ("semantic", "image", "none")
 VOXEL_SIZES = {16: 4.0, 64: 2.0, 256: 0.56}  # the presets' tiles when training.data.voxel_size is absent
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "data": {
-        "n_views": 4,
+    "data": {  # also resolution, voxel_size, n_views, view_size: derived from L when absent (load_preset)
         "nadir_views": 1,
-        "view_size": 32,
         "tiles_per_scene": 4,
         "train_base_seed": 0,
         "validation_base_seed": 100_003,
@@ -87,6 +85,8 @@ def load_preset(args: argparse.Namespace) -> dict[str, Any]:
         if L not in VOXEL_SIZES:
             raise ValueError(f"preset {args.preset}: training.data.voxel_size is needed for resolution {L}")
         data["voxel_size"] = VOXEL_SIZES[L]
+    data.setdefault("view_size", min(2 * L, 256))  # about one view pixel per orthophoto pixel
+    data.setdefault("n_views", 4 if L <= 16 else 8)
     return preset
 
 
