@@ -201,3 +201,13 @@ def test_assemble_writes_a_loadable_pipeline(trained, preset, tmp_path):
     missing[missing.index("--tex_dir") + 1] = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="tex_flow"):
         assemble_earthcrafter.main(missing)
+
+
+def test_model_card_renders(preset):
+    from diffusers_city.training_utils import render_model_card
+
+    args = train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "occupancy"])
+    card = render_model_card(
+        args, "org/earthcrafter-tiny", "earthcrafter", earthcrafter_common.card_fields(args, "occupancy flow")
+    )
+    assert card.startswith("# EarthCrafter occupancy flow") and "EarthCrafterTexVAE" in card and "org/earthcrafter-tiny" in card

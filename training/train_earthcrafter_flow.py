@@ -205,6 +205,12 @@ def build_cache(args: argparse.Namespace, vae, device: torch.device, path: Path)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
+def grid_geometry(grid: torch.Tensor) -> dict:
+    """``SparseTensor`` keywords of a latent grid stored as ``[voxel_size, origin x, y, z, stride]``."""
+    g = grid.tolist()
+    return {"voxel_size": g[0], "origin": tuple(g[1:4]), "stride": int(g[4])}
+
+
 class LatentCache:
     """The cached tiles on ``device``; ``batch(idx, ...)`` assembles one training batch."""
 
@@ -212,8 +218,7 @@ class LatentCache:
         self.t = {k: v.to(device) for k, v in load_file(str(path)).items()}
         self.num_tiles = self.t["semantic"].shape[0]
         self.device = device
-        grid = self.t["grid"].tolist()
-        self.geometry = {"voxel_size": grid[0], "origin": tuple(grid[1:4]), "stride": int(grid[4])}
+        self.geometry = grid_geometry(self.t["grid"])
 
     def rows(self, i: int) -> slice:
         return slice(int(self.t["offsets"][i]), int(self.t["offsets"][i + 1]))
