@@ -306,6 +306,48 @@ def test_checkpoint_with_a_file_that_does_not_parse_is_named(tmp_path, target, p
     assert not marker.exists()
 
 
+def test_checkpoint_of_another_model_is_refused_before_loading(tmp_path):
+    """A checkpoint of a wider model (another preset) is refused naming the file and the tensor;
+    the model keeps its weights."""
+    args = parse(tmp_path, "--checkpointing_steps", "2", "--use_ema")
+    accelerator = tu.setup_accelerator(args)
+    wide = TrainingUtilsToyModel(width=5)
+    tu.create_ema(wide, args)
+    wide, optimizer = accelerator.prepare(wide, torch.optim.SGD(wide.parameters(), lr=0.1))
+    tu.save_checkpoint(accelerator, args, 2)
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    accelerator = tu.setup_accelerator(args)
+    model = TrainingUtilsToyModel()
+    tu.create_ema(model, args)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(tu.CheckpointError, match=r"model_0.safetensors does not fit this run \(tensor .*: saved \[5"):
+        tu.maybe_resume(accelerator, args)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_under_the_limit(tmp_path, monkeypatch):
+    """With --checkpoints_total_limit 1 the old checkpoint goes only once the new one is complete."""
+    args = parse(tmp_path, "--checkpointing_steps", "2", "--checkpoints_total_limit", "1")
+    train(args, steps=2)
+
+    def disk_full(folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tu, "fsync_tree", disk_full)
+    _restart()
+    args.resume_from_checkpoint = "latest"
+    with pytest.raises(OSError, match="No space left"):
+        train(args, steps=2, start_step=2)
+    monkeypatch.undo()
+    assert [p.name for p in tu.list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+    tu.verify_checkpoint(tmp_path / "run" / "checkpoint-2")
+    _restart()
+    train(args, steps=2, start_step=2)  # resumes from it; the partial save is cleaned at start-up
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "checkpoint" in p.name) == ["checkpoint-4"]
+
+
 def test_truncated_or_unfinished_checkpoint_is_named_and_the_previous_one_offered(tmp_path):
     args = parse(tmp_path, "--checkpointing_steps", "2")
     train(args, steps=4)
@@ -371,14 +413,20 @@ def test_setup_removes_what_interrupted_saves_left(tmp_path):
         (run / folder / "sub").mkdir(parents=True)
     for name in (".train_log.jsonl.ab12_x9z.tmp.jsonl", ".keep", "notes.partial"):
         (run / name).write_text("x")
+    validation = run / "validation" / "step-4"
+    validation.mkdir(parents=True)
+    (validation / ".sample.png.ab12_x9z.tmp.png").write_text("x")
     tu.setup_accelerator(parse(tmp_path))
-    assert sorted(p.name for p in run.iterdir()) == [".keep", ".pipeline.ab12_x9z.old", "notes.partial"]
+    assert sorted(p.name for p in run.iterdir()) == [".keep", ".pipeline.ab12_x9z.old", "notes.partial", "validation"]
+    assert not any(validation.iterdir())
 
 
 def test_shipped_files_need_update_shipped(tmp_path):
     shipped = tu.BUNDLED_ROOT / "sat2city" / "default"
     with pytest.raises(ValueError, match="--dest .*inside the shipped files.*--update_shipped"):
         tu.refuse_shipped_paths({"--dest": shipped, "--other": tmp_path}, update_shipped=False)
+    with pytest.raises(ValueError, match="--out .*inside the shipped files"):
+        tu.refuse_shipped_paths({"--out": tu.MODEL_CARDS_DIR / ".." / "x"}, update_shipped=False)
     tu.refuse_shipped_paths({"--dest": shipped}, update_shipped=True)
     tu.refuse_shipped_paths({"--dest": tmp_path / "pipe", "--unset": None}, update_shipped=False)
 

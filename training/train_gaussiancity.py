@@ -427,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         if ema is not None:
             ema.copy_to(generator.parameters())
         folder = args.pipeline_out or Path(args.output_dir) / "pipeline"
-        with atomic_folders(folder) as (tmp,):
+        layout = args.example_layout_out if scenes else None
+        # the pipeline and the demo layout it was trained for replace their old versions together
+        with atomic_folders(folder, *([layout] if layout is not None else [])) as (tmp, *tmp_layout):
             pipe.save_pretrained(tmp)
+            if layout is not None:
+                scenes[held_out].replace(points=None, colors=None, normals=None, point_classes=None).save(tmp_layout[0])
         accelerator.print(f"saved the pipeline to {folder}")
-        if args.example_layout_out is not None and scenes:
-            scene = scenes[held_out]
-            scene.replace(points=None, colors=None, normals=None, point_classes=None).save(args.example_layout_out)
-            accelerator.print(f"saved the held-out layout to {args.example_layout_out}")
+        if layout is not None:
+            accelerator.print(f"saved the held-out layout to {layout}")
         if args.push_to_hub:
             push_folder_to_hub(
                 args,

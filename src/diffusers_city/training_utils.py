@@ -171,7 +171,8 @@ def _tracker_config(args: argparse.Namespace) -> dict[str, int | float | str | b
 def setup_accelerator(args: argparse.Namespace, run: dict[str, str] | None = None) -> Accelerator:
     """``Accelerator`` writing under ``args.output_dir`` (``logs/`` for trackers), seeded with ``args.seed``.
 
-    What an interrupted save left in ``output_dir`` (``remove_stale_partials``) is removed. With
+    What interrupted saves left in ``output_dir`` and its ``validation/step-*`` folders
+    (``remove_stale_partials``) is removed. With
     ``run`` (what identifies the run, e.g. ``{"script": ..., "preset": ..., "stage": ...}``) the
     output folder is claimed for it: recorded in ``output_dir/run.json``, and refused when it holds
     another run's files (``claim_output_dir``).
@@ -196,7 +197,8 @@ def setup_accelerator(args: argparse.Namespace, run: dict[str, str] | None = Non
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(output_dir)
+        for folder in (output_dir, *output_dir.glob("validation/step-*")):
+            remove_stale_partials(folder)
         if run is not None:
             write_text_atomic(output_dir / RUN_FILE, json.dumps(run, indent=2, sort_keys=True))
     accelerator.wait_for_everyone()
@@ -236,16 +238,18 @@ def check_output_dir(output_dir: str | Path, run: dict[str, str], resuming: bool
 
 def refuse_shipped_paths(paths: dict[str, str | Path | None], update_shipped: bool) -> None:
     """Refuse output ``paths`` (flag name: path) inside the package's shipped files (the
-    top-level ``pipelines/`` folder, which the package bundles) unless ``update_shipped``
+    top-level ``pipelines/`` folder, which the package bundles, and the package itself) unless ``update_shipped``
     (``--update_shipped``): the demos and tests read those files, so only an explicit flag may
     change them."""
-    shipped = BUNDLED_ROOT.resolve()
+    shipped = (BUNDLED_ROOT.resolve(), Path(__file__).resolve().parent)
     inside = [
-        f"{flag} {path}" for flag, path in paths.items() if path is not None and Path(path).resolve().is_relative_to(shipped)
+        f"{flag} {path}"
+        for flag, path in paths.items()
+        if path is not None and any(Path(path).resolve().is_relative_to(root) for root in shipped)
     ]
     if inside and not update_shipped:
         raise ValueError(
-            f"{', '.join(inside)}: inside the shipped files ({shipped}); "
+            f"{', '.join(inside)}: inside the shipped files ({' or '.join(map(str, shipped))}); "
             "pass --update_shipped to replace them, or write elsewhere"
         )
 
@@ -350,6 +354,7 @@ def maybe_resume(accelerator: Accelerator, args: argparse.Namespace) -> int:
         raise CheckpointError(
             f"{path} holds {saved}, this run prepared {counts} (a checkpoint of another script, or --use_ema changed)"
         )
+    _check_fits(accelerator, path)
     accelerator.print(f"Resuming from {path}")
     _load_state(accelerator, path, manifest)
     if accelerator.is_main_process:
@@ -543,6 +548,32 @@ def _save_state(accelerator: Accelerator, folder: Path) -> None:
         _write_json(folder / "scaler.json", accelerator.scaler.state_dict())
 
 
+def _shapes(file: Path) -> dict[str, list[int]]:
+    with safe_open(file, "pt") as f:
+        return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _check_fits(accelerator: Accelerator, folder: Path) -> None:
+    """Refuse, before anything is loaded, weights of other names or shapes than this run's models
+    and EMAs (a checkpoint of another preset), naming the file and the first tensor that differs."""
+    expected = {
+        f"model_{i}.safetensors": {k: list(v.shape) for k, v in accelerator.unwrap_model(m).state_dict().items()}
+        for i, m in enumerate(accelerator._models)
+    }
+    for i, ema in enumerate(_emas.get(accelerator, [])):
+        expected[f"ema_{i}.safetensors"] = {str(k): list(p.shape) for k, p in enumerate(ema.shadow_params)}
+    for name, wanted in expected.items():
+        saved = _shapes(folder / name)
+        differs = next((k for k in saved if saved[k] != wanted.get(k)), None)
+        if differs is None and name.startswith("ema_") and len(saved) != len(wanted):
+            differs = f"{len(saved)} of {len(wanted)} tensors"
+        if differs is not None:
+            raise CheckpointError(
+                f"{folder / name} does not fit this run (tensor {differs}: saved {saved.get(differs)}, "
+                f"this run {wanted.get(differs)}): a checkpoint of another preset or model"
+            )
+
+
 def _load_state(accelerator: Accelerator, folder: Path, manifest: dict[str, Any]) -> None:
     emas = _emas.get(accelerator, [])
     for i, model in enumerate(accelerator._models):
@@ -569,19 +600,13 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
     """Save the training state (models, optimizers, schedulers, EMA, RNG) to ``output_dir/checkpoint-<step>``.
 
     Safetensors for tensors, JSON for the rest; the ``checkpoint.json`` manifest (step, counts,
-    every file's size) is written last. The oldest checkpoints are deleted first (main process
-    only) so that at most ``checkpoints_total_limit`` remain. The state is written to a hidden
-    folder, flushed to disk and renamed into place, so an interrupted save never looks like a
-    checkpoint to ``maybe_resume``.
+    every file's size) is written last. The state is written to a hidden folder, flushed to disk
+    and renamed into place, so an interrupted save never looks like a checkpoint to
+    ``maybe_resume``; only then are the oldest checkpoints deleted (main process only) so that at
+    most ``checkpoints_total_limit`` remain, so a killed save always leaves the previous one.
     """
     output_dir = Path(args.output_dir)
     final = output_dir / f"checkpoint-{global_step}"
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        older = [p for p in list_checkpoints(output_dir) if p != final]
-        excess = len(older) + 1 - args.checkpoints_total_limit
-        for path in older[: max(excess, 0)]:
-            logger.info("removing old checkpoint %s", path)
-            shutil.rmtree(path)
     partial = output_dir / f".checkpoint-{global_step}.partial"
     if accelerator.is_main_process:
         if partial.exists():
@@ -611,6 +636,11 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
+        if args.checkpoints_total_limit is not None:
+            older = [p for p in list_checkpoints(output_dir) if p != final]
+            for path in older[: max(len(older) + 1 - args.checkpoints_total_limit, 0)]:
+                logger.info("removing old checkpoint %s", path)
+                shutil.rmtree(path)
     accelerator.wait_for_everyone()
     return final
 
