@@ -4,6 +4,7 @@ result, resume repeats an uninterrupted run, the latent cache is reused, conditi
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -211,3 +212,18 @@ def test_model_card_renders(preset):
         args, "org/earthcrafter-tiny", "earthcrafter", earthcrafter_common.card_fields(args, "occupancy flow")
     )
     assert card.startswith("# EarthCrafter occupancy flow") and "EarthCrafterTexVAE" in card and "org/earthcrafter-tiny" in card
+
+
+def test_train_all_refuses_the_shipped_folder_before_training(tmp_path):
+    script = ROOT / "training" / "train_earthcrafter_all.sh"
+    dest = ROOT / "pipelines" / "earthcrafter" / "default"
+    result = subprocess.run(
+        [str(script), "--preset", "tiny", "--cpu", "--output-dir", str(tmp_path), "--dest", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--update-shipped" in result.stderr
+    assert not any(tmp_path.iterdir())
+    bad = subprocess.run([str(script), "--no-such-flag"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
