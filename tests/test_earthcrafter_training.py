@@ -56,7 +56,8 @@ TINY = {
     "scheduler": {"shift": 1.0},
     "training": {"data": {"n_views": 2, "view_size": 24}, "flow": {"train_batch_size": 2, "cache_tiles": 3}},
 }
-FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1", "--validation_inference_steps", "2"]
+FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1"]
+FLOW_FAST = [*FAST, "--validation_inference_steps", "2"]
 
 
 HAS_VAES = hasattr(earthcrafter, "EarthCrafterStructVAE") and hasattr(earthcrafter, "EarthCrafterTexVAE")
@@ -83,7 +84,7 @@ def trained(preset, tmp_path_factory) -> dict[str, Path]:
     args = [*FAST, "--preset", preset, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
     assert train_earthcrafter_vae.main([*args, "--model", "struct", "--output_dir", str(runs["struct_vae"])]) == 0
     assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
-    flow = [*args, "--cache_tiles", "2"]
+    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
     assert train_earthcrafter_flow.main([*flow, "--model", "occupancy", "--output_dir", str(runs["occupancy"])]) == 0
     struct_vae = ["--struct_vae", str(runs["struct_vae"] / "struct_vae")]
     assert train_earthcrafter_flow.main([*flow, "--model", "struct", *struct_vae, "--output_dir", str(runs["struct"])]) == 0
@@ -98,7 +99,17 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(preset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    args = [*FAST, "--preset", preset, "--model", "occupancy", "--latent_cache_dir", str(cache), "--checkpointing_steps", "2"]
+    args = [
+        *FLOW_FAST,
+        "--preset",
+        preset,
+        "--model",
+        "occupancy",
+        "--latent_cache_dir",
+        str(cache),
+        "--checkpointing_steps",
+        "2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert (
         train_earthcrafter_flow.main([*args, "--output_dir", str(straight), "--max_train_steps", "3", "--validation_steps", "2"])
