@@ -197,7 +197,7 @@ def build_cache(args: argparse.Namespace, vae, device: torch.device, path: Path)
         "mean": torch.cat([t["mean"] for t in tiles]),
         "logvar": torch.cat([t["logvar"] for t in tiles]),
         "semantic": torch.stack([t["semantic"] for t in tiles]).to(torch.uint8),
-        "image": torch.stack([t["image"] for t in tiles]).float(),
+        "image": (torch.stack([t["image"] for t in tiles]) * 255).round().to(torch.uint8),  # 8-bit orthophotos: exact
         "grid": grid,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +243,7 @@ class LatentCache:
             "coords": torch.cat(coords),
             "feats": torch.cat(feats),
             "semantic": self.t["semantic"][index].long(),
-            "image": self.t["image"][index],
+            "image": self.t["image"][index].float() / 255,
         }
 
 
