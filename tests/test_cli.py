@@ -86,6 +86,7 @@ def test_demo_without_weights_says_what_is_missing(capsys, bundled, tmp_path):
     assert rc == 1
     for system in ("sat2city", "gaussiancity"):
         assert f"{system}: skipped" in out
+    assert "earthcrafter" not in out, "a system without a demo (System.has_demo=False) is not listed"
     assert "model_index.json" in out and "nothing to run" in err
     assert not (tmp_path / "demo").exists()
 

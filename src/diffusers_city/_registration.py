@@ -142,11 +142,14 @@ class System:
             weights of top-level ``pipelines/<name>/``) and its ``diffusers-city generate`` name.
         pipeline: the name of its ``DiffusionPipeline`` class.
         description: one line for the CLI's help.
+        has_demo: whether ``diffusers-city demo`` runs it (False for a family that has no trained
+            default yet: the demo neither runs nor lists it).
     """
 
     name: str
     pipeline: str
     description: str
+    has_demo: bool = True
 
     @property
     def module(self) -> str:

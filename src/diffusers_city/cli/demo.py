@@ -1,8 +1,9 @@
 """``diffusers-city demo``: run the shipped default pipeline of each system.
 
-Every system of the registry runs when ``pipelines/<system>/default/model_index.json`` is
-bundled; its ``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs
-under ``--out/<system>/``. Exit status 1 when no system ran or one of them failed.
+Every system of the registry that declares a demo (``System.has_demo``) runs when
+``pipelines/<system>/default/model_index.json`` is bundled; its
+``diffusers_city.pipelines.<system>.demo.run_demo(out_dir, device)`` writes the outputs under
+``--out/<system>/``. Exit status 1 when no system ran or one of them failed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     ran, failed = [], []
     for system, entry in systems().items():
+        if not entry.has_demo:
+            continue
         index = bundled_path(system, "default", "model_index.json")
         if not index.is_file():
             print(f"{system}: skipped, no shipped weights ({index} is missing)")

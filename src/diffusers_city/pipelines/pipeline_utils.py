@@ -111,17 +111,19 @@ def denoising_loop(
     description: str,
 ) -> torch.Tensor:
     """The denoising loop over ``pipe.scheduler.timesteps`` (``set_timesteps`` already called and
-    ``latents`` already scaled by ``init_noise_sigma``): ``scale_model_input`` ->
-    ``predict(model_input, t)`` -> ``scheduler.step``, then ``callback_on_step_end(pipe, i, t,
-    {name: tensor})``, which may replace ``latents``. Works with any diffusers scheduler whose
-    ``prediction_type`` is what ``predict`` returns."""
+    ``latents`` already scaled by ``init_noise_sigma``): ``scale_model_input`` (for the schedulers
+    that have one; flow-matching schedulers do not) -> ``predict(model_input, t)`` ->
+    ``scheduler.step``, then ``callback_on_step_end(pipe, i, t, {name: tensor})``, which may
+    replace ``latents``. Works with any diffusers scheduler whose ``prediction_type`` (or, for
+    flow matching, velocity ``noise - x0``) is what ``predict`` returns."""
     scheduler = pipe.scheduler
     step_kwargs = _step_kwargs(scheduler, generator)
     timesteps = scheduler.timesteps
+    scale = getattr(scheduler, "scale_model_input", None)
     with pipe.progress_bar(total=len(timesteps)) as bar:
         bar.set_description(description)
         for i, t in enumerate(timesteps):
-            model_output = predict(scheduler.scale_model_input(latents, t), t)
+            model_output = predict(latents if scale is None else scale(latents, t), t)
             latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
             if callback_on_step_end is not None:
                 local = {"latents": latents}

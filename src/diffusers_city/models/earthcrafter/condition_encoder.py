@@ -38,6 +38,8 @@ class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
 
     Args:
         resolution: tile edge L in voxels (the semantic map is ``[B, L, L]``).
+        voxel_size: metres per voxel (and per semantic map pixel): the tile's scale, which every
+            other component of a pipeline follows.
         num_classes: semantic classes (``diffusers_city.data.classes.NUM_CLASSES``).
         image_size: aerial image edge S in pixels (default ``2 * resolution``); must be a multiple of
             ``resolution // patch_size``.
@@ -55,6 +57,7 @@ class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
     def __init__(
         self,
         resolution: int = 64,
+        voxel_size: float = 2.0,
         num_classes: int = 8,
         image_size: int | None = None,
         patch_size: int = 4,

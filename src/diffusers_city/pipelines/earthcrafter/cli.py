@@ -1,0 +1,107 @@
+"""``diffusers-city generate earthcrafter``: semantic map / aerial image / nothing -> a 3D tile, written as
+a 3DGS PLY of its 2D Gaussians, a GLB mesh, a coloured point cloud PLY and an orbit GIF / MP4.
+
+``tile.ply`` is the standard 3DGS layout (``export/splat.py``) with each 2D Gaussian as a flat 3D one
+(its third scale near zero), so any viewer of that layout draws it as flat splats; viewers that
+need the degree-3 ``f_rest`` fields get them (``sh_degree=3``, see ``export/splat.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    condition = parser.add_mutually_exclusive_group()
+    condition.add_argument(
+        "--semantic-map",
+        type=Path,
+        default=None,
+        help="[L, L] class-id map (PNG of ids or .npy), or a CityScene folder (georeferenced outputs)",
+    )
+    condition.add_argument("--image", type=Path, default=None, help="aerial orthophoto of the tile (RGB PNG/JPEG, S x S)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (tile.ply, tile.glb, tile_points.ply, orbit.gif)")
+    parser.add_argument(
+        "--pretrained",
+        required=True,
+        help="pipeline folder, Hub repo id or preset size (tiny/small/paper: untrained); no trained default ships yet",
+    )
+    parser.add_argument("--steps", type=int, default=25, help="flow steps per stage (default 25)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1 = off, default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=24, help="orbit frames (default 24)")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
+    parser.add_argument("--fps", type=float, default=12.0)
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--max-memory-gb", type=float, default=16.0)
+
+
+def _load_pipeline(source: str):
+    import torch
+
+    from ...presets import available_sizes
+    from .pipeline_earthcrafter import EarthCrafterPipeline
+
+    if source in available_sizes("earthcrafter") and not Path(source).exists():
+        return EarthCrafterPipeline.from_preset(source)
+    return EarthCrafterPipeline.from_pretrained(source, torch_dtype=torch.float32)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ...data.scene import CityScene
+    from ...export.mesh import write_mesh
+    from ...export.ply import write_point_ply
+    from ...export.splat import write_gaussian_ply
+    from ...export.video import write_video
+    from ..pipeline_utils import frames_to_output
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    for name in ("semantic_map", "image"):
+        path = getattr(args, name)
+        if path is not None and not path.is_file() and not (name == "semantic_map" and (path / "scene.json").is_file()):
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file (or CityScene folder)")
+    semantic_map = args.semantic_map
+    if semantic_map is not None and semantic_map.is_dir():
+        semantic_map = CityScene.load(semantic_map)
+    pipe = _load_pipeline(args.pretrained).to(args.device)
+    output = pipe(
+        semantic_map,
+        args.image,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(args.seed),
+        output_type="mesh",
+        num_frames=args.frames,
+        width=args.width,
+        height=args.height,
+        max_memory_gb=args.max_memory_gb,
+    )
+    g = output.gaussians
+    if len(g) == 0:
+        raise ValueError("the pipeline generated an empty tile: nothing to write")
+    frames = pipe.render_orbit(g.to(pipe.device), output.voxels.to(pipe.device), args.frames, args.width, args.height)
+    args.out.mkdir(parents=True, exist_ok=True)
+    crs = output.crs
+    paths = [
+        write_gaussian_ply(
+            args.out / "tile.ply",
+            g.means.numpy(),
+            g.colors.clamp(0, 1).numpy(),
+            g.scales.clamp_min(1e-8).numpy(),
+            g.opacities.numpy(),
+            g.quats.numpy(),
+            crs=crs,
+        ),
+        write_point_ply(args.out / "tile_points.ply", output.points, output.colors, crs=crs),
+    ]
+    if output.mesh is not None:
+        paths.append(write_mesh(args.out / "tile.glb", output.mesh, crs=crs))
+    paths.append(write_video(args.out / f"orbit.{args.video}", frames_to_output(frames, "np"), fps=args.fps))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
