@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,32 +114,43 @@ class StructureDecoder(nn.Module):
     ``subdivide``): a kernel-2, stride-2 generative transposed convolution, so the 8 children of a
     parent differ from the start rather than only by a learned offset. A pointwise head predicts
     each child's occupancy (nothing heavy runs on candidates that get pruned), and residual
-    sparse-conv blocks refine the kept voxels. Pruning follows, in order of priority: the given
+    sparse-conv blocks refine the kept voxels (``make_blocks(level, channels)`` builds other
+    refinement layers, e.g. EarthCrafter's transformer layers). Pruning follows, in order of priority: the given
     ``struct`` (the appearance decoder follows the geometry decoder's decisions), the ground
-    truth ``target`` (teacher forcing in training), or the predicted logits (> 0).
+    truth ``target`` (teacher forcing in training), or the predicted logits (> 0). With
+    ``out_channels=None`` there is no head: ``sample`` holds the decoder features.
     """
 
     def __init__(
         self,
         in_channels: int,
         block_channels: tuple[int, ...],
-        out_channels: int,
+        out_channels: int | None,
         layers_per_block: int = 1,
         predict_structure: bool = True,
+        make_blocks: Callable[[int, int], list[nn.Module]] | None = None,
     ) -> None:
         super().__init__()
+        if make_blocks is None:
+
+            def make_blocks(level: int, ch: int) -> list[nn.Module]:
+                return [SparseResBlock(ch, ch) for _ in range(layers_per_block)]
+
         self.predict_structure = predict_structure
         self.conv_in = SubMConv3d(in_channels, block_channels[0])
-        self.level0_blocks = nn.ModuleList(SparseResBlock(block_channels[0], block_channels[0]) for _ in range(layers_per_block))
+        self.level0_blocks = nn.ModuleList(make_blocks(0, block_channels[0]))
         self.child_proj = nn.ModuleList()
         self.blocks = nn.ModuleList()
-        for prev, ch in zip(block_channels[:-1], block_channels[1:]):
+        for level, (prev, ch) in enumerate(zip(block_channels[:-1], block_channels[1:]), 1):
             self.child_proj.append(nn.Linear(prev, 8 * ch))  # 8 octant maps, as one matmul
-            self.blocks.append(nn.ModuleList(SparseResBlock(ch, ch) for _ in range(layers_per_block)))
+            self.blocks.append(nn.ModuleList(make_blocks(level, ch)))
         if predict_structure:
             self.occupancy_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(ch, 1)) for ch in block_channels)
-        self.norm_out = nn.LayerNorm(block_channels[-1])
-        self.head = nn.Linear(block_channels[-1], out_channels)
+        if out_channels is None:
+            self.norm_out = self.head = None
+        else:
+            self.norm_out = nn.LayerNorm(block_channels[-1])
+            self.head = nn.Linear(block_channels[-1], out_channels)
 
     @property
     def num_levels(self) -> int:
@@ -200,7 +212,7 @@ class StructureDecoder(nn.Module):
                 for block in self.level0_blocks if level == 0 else self.blocks[level - 1]:
                     h = block(h)
             kept.append(h)
-        out = h.replace(self.head(F.silu(self.norm_out(h.feats))))
+        out = h if self.head is None else h.replace(self.head(F.silu(self.norm_out(h.feats))))
         return StructureDecoding(
             sample=out,
             structures=kept,
