@@ -3,14 +3,16 @@ result, resume repeats an uninterrupted run, the latent cache is reused, conditi
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -22,74 +24,48 @@ import train_earthcrafter_vae  # noqa: E402
 
 from diffusers_city.models import earthcrafter  # noqa: E402
 from diffusers_city.models.earthcrafter import EarthCrafterConditionEncoder, EarthCrafterOccupancyTransformer  # noqa: E402
-from diffusers_city.presets import available_sizes  # noqa: E402
 
-TINY = {
-    "components": {
-        "condition_encoder": {
-            "resolution": 16,
-            "image_size": 32,
-            "patch_size": 4,
-            "hidden_dim": 32,
-            "num_layers": 1,
-            "num_heads": 2,
-            "num_null_tokens": 4,
-        },
-        "occupancy_transformer": {"grid_size": 2, "hidden_dim": 32, "num_layers": 2, "num_heads": 2, "context_dim": 32},
-        "struct_flow": {
-            "in_channels": 8,
-            "grid_size": 2,
-            "block_channels": [16, 32],
-            "window_size": 2,
-            "num_heads": 2,
-            "context_dim": 32,
-        },
-        "tex_flow": {
-            "in_channels": 8,
-            "resolution": 16,
-            "block_channels": [16, 16, 32, 32],
-            "window_size": 4,
-            "num_heads": 2,
-            "context_dim": 32,
-        },
-    },
-    "scheduler": {"shift": 1.0},
-    "training": {"data": {"n_views": 2, "view_size": 24}, "flow": {"train_batch_size": 2, "cache_tiles": 3}},
-}
 FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1"]
 FLOW_FAST = [*FAST, "--validation_inference_steps", "2"]
 
 
-HAS_VAES = hasattr(earthcrafter, "EarthCrafterStructVAE") and hasattr(earthcrafter, "EarthCrafterTexVAE")
-needs_vaes = pytest.mark.skipif(
-    not HAS_VAES, reason="EarthCrafterStructVAE / EarthCrafterTexVAE not in this tree (branch ec-vae)"
-)
+HAS_TEX_VAE = hasattr(earthcrafter, "EarthCrafterTexVAE")
+needs_tex_vae = pytest.mark.skipif(not HAS_TEX_VAE, reason="EarthCrafterTexVAE not in this tree yet (branch ec-vae)")
+PRESET = "tiny"
 
 
 @pytest.fixture(scope="module")
-def preset(tmp_path_factory) -> str:
-    """The shipped tiny preset, or (before pipelines/earthcrafter/presets exists) its flow part above."""
-    if "tiny" in available_sizes("earthcrafter"):
-        return "tiny"
-    path = tmp_path_factory.mktemp("preset") / "tiny.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
+def components() -> dict:
+    return earthcrafter_common.load_preset(argparse.Namespace(preset=PRESET))["components"]
 
 
 @pytest.fixture(scope="module")
-def trained(preset, tmp_path_factory) -> dict[str, Path]:
-    """Every stage trained for 2 steps on the tiny preset (each script's output folder)."""
+def struct_runs(tmp_path_factory) -> dict[str, Path]:
+    """The structure stages trained for 2 steps: StructVAE, occupancy flow (+ the condition
+    encoder), structure flow on the frozen encoder."""
     root = tmp_path_factory.mktemp("earthcrafter")
-    runs = {name: root / name for name in ("struct_vae", "tex_vae", "occupancy", "struct", "tex")}
-    args = [*FAST, "--preset", preset, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
+    runs = {name: root / name for name in ("struct_vae", "occupancy", "struct")}
+    args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
     assert train_earthcrafter_vae.main([*args, "--model", "struct", "--output_dir", str(runs["struct_vae"])]) == 0
-    assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
     flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
     assert train_earthcrafter_flow.main([*flow, "--model", "occupancy", "--output_dir", str(runs["occupancy"])]) == 0
-    struct_vae = ["--struct_vae", str(runs["struct_vae"] / "struct_vae")]
-    assert train_earthcrafter_flow.main([*flow, "--model", "struct", *struct_vae, "--output_dir", str(runs["struct"])]) == 0
-    tex_vae = ["--tex_vae", str(runs["tex_vae"] / "tex_vae")]
-    assert train_earthcrafter_flow.main([*flow, "--model", "tex", *tex_vae, "--output_dir", str(runs["tex"])]) == 0
+    shared = ["--condition_encoder", str(runs["occupancy"] / "condition_encoder")]
+    vae = ["--struct_vae", str(runs["struct_vae"] / "struct_vae")]
+    assert train_earthcrafter_flow.main([*flow, "--model", "struct", *vae, *shared, "--output_dir", str(runs["struct"])]) == 0
+    return runs
+
+
+@pytest.fixture(scope="module")
+def tex_runs(struct_runs) -> dict[str, Path]:
+    """The texture stages trained for 2 steps: TexVAE, texture flow on the frozen encoder."""
+    root = struct_runs["struct"].parent
+    runs = {**struct_runs, "tex_vae": root / "tex_vae", "tex": root / "tex"}
+    args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
+    assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
+    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
+    shared = ["--condition_encoder", str(runs["occupancy"] / "condition_encoder")]
+    vae = ["--tex_vae", str(runs["tex_vae"] / "tex_vae")]
+    assert train_earthcrafter_flow.main([*flow, "--model", "tex", *vae, *shared, "--output_dir", str(runs["tex"])]) == 0
     return runs
 
 
@@ -97,12 +73,12 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "diffusion_pytorch_model.safetensors")
 
 
-def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(preset, tmp_path, monkeypatch):
+def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(components, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     args = [
         *FLOW_FAST,
         "--preset",
-        preset,
+        PRESET,
         "--model",
         "occupancy",
         "--latent_cache_dir",
@@ -132,15 +108,15 @@ def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(preset, tmp_
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), f"{name}.{key} differs after resume"
     trained = EarthCrafterOccupancyTransformer.from_pretrained(straight / "occupancy_transformer")
-    untrained = EarthCrafterOccupancyTransformer.from_config(TINY["components"]["occupancy_transformer"])
+    untrained = EarthCrafterOccupancyTransformer.from_config(components["occupancy_transformer"])
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, untrained.state_dict()[k])]
     assert changed, "training changed no weight"
     log = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
 
 
-def test_condition_dropout_mixes_modes_per_item():
-    encoder = EarthCrafterConditionEncoder(**TINY["components"]["condition_encoder"]).eval()
+def test_condition_dropout_mixes_modes_per_item(components):
+    encoder = EarthCrafterConditionEncoder.from_config(components["condition_encoder"]).eval()
     gen = torch.Generator().manual_seed(0)
     semantic = torch.randint(0, 8, (3, 16, 16), generator=gen)
     image = torch.rand(3, 3, 32, 32, generator=gen)
@@ -162,63 +138,84 @@ def test_condition_dropout_mixes_modes_per_item():
         earthcrafter_common.draw_condition_modes(2, {"semantic": -1.0}, gen, "cpu")
 
 
-def test_flow_refuses_a_missing_vae(preset, tmp_path):
+def test_flow_refuses_a_missing_vae(tmp_path):
     with pytest.raises(SystemExit):
-        train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "struct", "--output_dir", str(tmp_path / "x")])
+        train_earthcrafter_flow.parse_args(["--preset", PRESET, "--model", "struct", "--output_dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
-        train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "tex", "--tex_vae", str(tmp_path)])
+        train_earthcrafter_flow.parse_args(["--preset", PRESET, "--model", "tex", "--tex_vae", str(tmp_path)])
 
 
-@needs_vaes
-def test_vaes_train_and_write_loadable_models(trained):
-    for name, cls in (("struct_vae", earthcrafter.EarthCrafterStructVAE), ("tex_vae", earthcrafter.EarthCrafterTexVAE)):
-        model = cls.from_pretrained(trained[name] / name)
-        assert isinstance(model, cls)
-        assert (trained[name] / "validation" / "step-2" / "ground_truth.png").is_file()
-        log = [json.loads(line) for line in (trained[name] / "train_log.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in log] == [1, 2] and all(r["loss"] == r["loss"] for r in log)
-    assert (trained["tex_vae"] / "validation" / "step-2" / "rendered.png").is_file()
+def _log_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
-@needs_vaes
-def test_struct_and_tex_flows_measure_their_latent_scale(trained):
-    for stage, folder, cls in (
-        ("struct", "struct_flow", earthcrafter.EarthCrafterStructFlow),
-        ("tex", "tex_flow", earthcrafter.EarthCrafterTexFlow),
-    ):
-        scale = json.loads((trained[stage] / "latent_scale.json").read_text())
-        assert scale["scaling_factor"] > 0 and abs(scale["scaling_factor"] * scale["latent_std"] - 1) < 1e-9
-        assert isinstance(cls.from_pretrained(trained[stage] / folder), cls)
-        assert EarthCrafterConditionEncoder.from_pretrained(trained[stage] / "condition_encoder") is not None
+def test_struct_stages_train_and_write_loadable_models(struct_runs):
+    vae = earthcrafter.EarthCrafterStructVAE.from_pretrained(struct_runs["struct_vae"] / "struct_vae")
+    assert isinstance(vae, earthcrafter.EarthCrafterStructVAE) and _log_steps(struct_runs["struct_vae"]) == [1, 2]
+    assert (struct_runs["struct_vae"] / "validation" / "step-2" / "reconstruction.png").is_file()
+    scale = json.loads((struct_runs["struct"] / "latent_scale.json").read_text())
+    assert scale["scaling_factor"] > 0 and abs(scale["scaling_factor"] * scale["latent_std"] - 1) < 1e-9
+    assert isinstance(
+        earthcrafter.EarthCrafterStructFlow.from_pretrained(struct_runs["struct"] / "struct_flow"),
+        earthcrafter.EarthCrafterStructFlow,
+    )
+    assert (struct_runs["struct"] / "validation" / "step-2" / "structure_sample.png").is_file()
+    # the structure flow read the occupancy run's condition encoder frozen
+    shared, kept = (weights(struct_runs[r] / "condition_encoder") for r in ("occupancy", "struct"))
+    assert shared.keys() == kept.keys() and all(torch.equal(shared[k], kept[k]) for k in shared)
+    with pytest.raises(SystemExit):
+        train_earthcrafter_flow.parse_args(
+            ["--preset", PRESET, "--model", "occupancy", "--condition_encoder", str(struct_runs["struct"])]
+        )
 
 
-@needs_vaes
-def test_assemble_writes_a_loadable_pipeline(trained, preset, tmp_path):
+@needs_tex_vae
+def test_tex_stages_train_and_write_loadable_models(tex_runs):
+    vae = earthcrafter.EarthCrafterTexVAE.from_pretrained(tex_runs["tex_vae"] / "tex_vae")
+    assert isinstance(vae, earthcrafter.EarthCrafterTexVAE) and _log_steps(tex_runs["tex_vae"]) == [1, 2]
+    assert (tex_runs["tex_vae"] / "validation" / "step-2" / "rendered.png").is_file()
+    assert json.loads((tex_runs["tex"] / "latent_scale.json").read_text())["scaling_factor"] > 0
+    assert isinstance(
+        earthcrafter.EarthCrafterTexFlow.from_pretrained(tex_runs["tex"] / "tex_flow"), earthcrafter.EarthCrafterTexFlow
+    )
+
+
+@needs_tex_vae
+def test_assemble_writes_a_loadable_pipeline(tex_runs, tmp_path):
     from diffusers_city.pipelines.earthcrafter import EarthCrafterPipeline
 
-    out = tmp_path / "pipeline"
     flags = {
-        "--struct_vae_dir": trained["struct_vae"],
-        "--tex_vae_dir": trained["tex_vae"],
-        "--occupancy_dir": trained["occupancy"],
-        "--struct_dir": trained["struct"],
-        "--tex_dir": trained["tex"],
+        "--struct_vae_dir": tex_runs["struct_vae"],
+        "--tex_vae_dir": tex_runs["tex_vae"],
+        "--occupancy_dir": tex_runs["occupancy"],
+        "--struct_dir": tex_runs["struct"],
+        "--tex_dir": tex_runs["tex"],
     }
-    argv = ["--preset", preset, "--output_dir", str(out)] + [str(v) for kv in flags.items() for v in kv]
-    assert assemble_earthcrafter.main(argv) == 0
-    pipe = EarthCrafterPipeline.from_pretrained(out)
-    scale = json.loads((trained["struct"] / "latent_scale.json").read_text())["scaling_factor"]
+
+    def argv(out: Path, **changes: Path) -> list[str]:
+        chosen = {**flags, **{f"--{k}": v for k, v in changes.items()}}
+        return ["--preset", PRESET, "--output_dir", str(out)] + [str(v) for kv in chosen.items() for v in kv]
+
+    assert assemble_earthcrafter.main(argv(tmp_path / "pipeline")) == 0
+    pipe = EarthCrafterPipeline.from_pretrained(tmp_path / "pipeline")
+    scale = json.loads((tex_runs["struct"] / "latent_scale.json").read_text())["scaling_factor"]
     assert pipe.struct_vae.config.scaling_factor == pytest.approx(scale)
-    missing = ["--preset", preset, "--output_dir", str(tmp_path / "p2")] + [str(v) for kv in flags.items() for v in kv]
-    missing[missing.index("--tex_dir") + 1] = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="tex_flow"):
-        assemble_earthcrafter.main(missing)
+        assemble_earthcrafter.main(argv(tmp_path / "p2", tex_dir=tmp_path / "nothing"))
+    # a flow trained with a condition encoder of its own does not fit the pipeline's shared one
+    own = tmp_path / "struct_own"
+    shutil.copytree(tex_runs["struct"], own)
+    encoder = own / "condition_encoder" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(encoder).items()}, encoder)
+    with pytest.raises(ValueError, match="another condition encoder"):
+        assemble_earthcrafter.main(argv(tmp_path / "p3", struct_dir=own))
+    assert not (tmp_path / "p3").exists()
 
 
-def test_model_card_renders(preset):
+def test_model_card_renders():
     from diffusers_city.training_utils import render_model_card
 
-    args = train_earthcrafter_flow.parse_args(["--preset", preset, "--model", "occupancy"])
+    args = train_earthcrafter_flow.parse_args(["--preset", PRESET, "--model", "occupancy"])
     card = render_model_card(
         args, "org/earthcrafter-tiny", "earthcrafter", earthcrafter_common.card_fields(args, "occupancy flow")
     )

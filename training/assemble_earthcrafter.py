@@ -4,9 +4,9 @@ Reads the outputs of ``train_earthcrafter_vae.py`` (``--struct_vae_dir``, ``--te
 of the three ``train_earthcrafter_flow.py`` runs (``--occupancy_dir``, ``--struct_dir``,
 ``--tex_dir``), writes the latent scales the flow runs measured (``latent_scale.json``) into the
 VAE configs' ``scaling_factor``, and saves the pipeline (safetensors, fp32 or fp16), written
-beside its destination and renamed into place once complete. Condition encoders: a pipeline
-with one ``condition_encoder`` takes the structure flow's; one with a condition encoder per flow
-(``<stage>_condition_encoder``) takes each run's own.
+beside its destination and renamed into place once complete. The pipeline's one
+``condition_encoder`` is the occupancy run's; the structure and texture runs must have read it
+frozen (``train_earthcrafter_flow.py --condition_encoder``), which is checked weight by weight.
 
 The shipped folder (``pipelines/earthcrafter/default``) is written only with ``--update_shipped``:
 
@@ -18,12 +18,12 @@ The shipped folder (``pipelines/earthcrafter/default``) is written only with ``-
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,6 +42,7 @@ RUNS = {  # flag -> (component folder in that run, class name)
     "tex_dir": ("tex_flow", "EarthCrafterTexFlow"),
 }
 FLOW_RUNS = {"occupancy": "occupancy_dir", "struct": "struct_dir", "tex": "tex_dir"}
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,26 +70,32 @@ def latent_scale(run: Path) -> float:
     return float(json.loads((run / "latent_scale.json").read_text())["scaling_factor"])
 
 
-def components(args: argparse.Namespace, names: list[str]) -> dict:
-    """The pipeline's components by its ``__init__`` parameter names, loaded fp32 from safetensors."""
+def shared_encoder(args: argparse.Namespace) -> Path:
+    """The occupancy run's condition encoder, after checking the later flows were trained on it."""
+    reference = load_file(args.occupancy_dir / "condition_encoder" / WEIGHTS)
+    for flag in ("struct_dir", "tex_dir"):
+        other = load_file(getattr(args, flag) / "condition_encoder" / WEIGHTS)
+        if other.keys() != reference.keys() or any(not torch.equal(other[k], reference[k]) for k in reference):
+            raise ValueError(
+                f"--{flag} {getattr(args, flag)} was trained with another condition encoder than --occupancy_dir's: "
+                "train it with --condition_encoder OCCUPANCY_DIR/condition_encoder"
+            )
+    return args.occupancy_dir / "condition_encoder"
+
+
+def components(args: argparse.Namespace) -> dict:
+    """The pipeline's components, loaded fp32 from safetensors, the VAEs with their latent scales."""
     from diffusers_city.models import earthcrafter
 
     fp32 = {"torch_dtype": torch.float32, "use_safetensors": True}
-    out = {}
-    for flag, (folder, cls) in RUNS.items():
-        out[folder] = getattr(earthcrafter, cls).from_pretrained(getattr(args, flag) / folder, **fp32)
+    out = {
+        folder: getattr(earthcrafter, cls).from_pretrained(getattr(args, flag) / folder, **fp32)
+        for flag, (folder, cls) in RUNS.items()
+    }
     out["struct_vae"].register_to_config(scaling_factor=latent_scale(args.struct_dir))
     out["tex_vae"].register_to_config(scaling_factor=latent_scale(args.tex_dir))
-    encoder = earthcrafter.EarthCrafterConditionEncoder
-    for stage, flag in FLOW_RUNS.items():
-        if f"{stage}_condition_encoder" in names:
-            out[f"{stage}_condition_encoder"] = encoder.from_pretrained(getattr(args, flag) / "condition_encoder", **fp32)
-    if "condition_encoder" in names:
-        out["condition_encoder"] = encoder.from_pretrained(args.struct_dir / "condition_encoder", **fp32)
-    unknown = sorted(set(names) - set(out) - {"scheduler"})
-    if unknown:
-        raise ValueError(f"EarthCrafterPipeline takes components {unknown} that no training run provides")
-    return {name: out[name] for name in names if name != "scheduler"}
+    out["condition_encoder"] = earthcrafter.EarthCrafterConditionEncoder.from_pretrained(shared_encoder(args), **fp32)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers_city.pipelines.earthcrafter import EarthCrafterPipeline
 
     preset = load_preset(argparse.Namespace(preset=args.preset))
-    names = [p for p in inspect.signature(EarthCrafterPipeline.__init__).parameters if p != "self"]
-    pipe = EarthCrafterPipeline(
-        **components(args, names), scheduler=FlowMatchEulerDiscreteScheduler.from_config(preset.get("scheduler", {}))
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(preset.get("scheduler", {}))
+    pipe = EarthCrafterPipeline(**components(args), scheduler=scheduler)
     if args.dtype != "fp32":
         pipe.to(DTYPES[args.dtype])
     with atomic_folders(args.output_dir.resolve()) as (tmp,):

@@ -34,9 +34,8 @@ from diffusers_city.training_utils import load_training_preset  # noqa: E402
 SYSTEM = "earthcrafter"
 NUM_SCENES = 1_000_000  # per split; every sample index is its own deterministic tile
 CONDITION_MODES = ("semantic", "image", "none")
-VOXEL_SIZES = {16: 4.0, 64: 2.0, 256: 0.56}  # the presets' tiles when training.data.voxel_size is absent
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "data": {  # also resolution, voxel_size, n_views, view_size: derived from L when absent (load_preset)
+    "data": {  # also resolution, voxel_size, n_views, view_size: from the condition encoder's config (load_preset)
         "nadir_views": 1,
         "tiles_per_scene": 4,
         "train_base_seed": 0,
@@ -82,9 +81,11 @@ def load_preset(args: argparse.Namespace) -> dict[str, Any]:
     L = int(preset["components"]["condition_encoder"]["resolution"])
     data.setdefault("resolution", L)
     if "voxel_size" not in data:
-        if L not in VOXEL_SIZES:
-            raise ValueError(f"preset {args.preset}: training.data.voxel_size is needed for resolution {L}")
-        data["voxel_size"] = VOXEL_SIZES[L]
+        if "voxel_size" not in preset["components"]["condition_encoder"]:
+            raise ValueError(
+                f"preset {args.preset}: no voxel size (training.data.voxel_size or components.condition_encoder.voxel_size)"
+            )
+        data["voxel_size"] = float(preset["components"]["condition_encoder"]["voxel_size"])
     data.setdefault("view_size", min(2 * L, 256))  # about one view pixel per orthophoto pixel
     data.setdefault("n_views", 4 if L <= 16 else 8)
     return preset

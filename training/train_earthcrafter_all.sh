@@ -71,10 +71,11 @@ stage() {  # name, script, args...
 stage "struct VAE" "$ROOT/training/train_earthcrafter_vae.py" --model struct --output_dir "$OUT/struct_vae"
 stage "tex VAE" "$ROOT/training/train_earthcrafter_vae.py" --model tex --output_dir "$OUT/tex_vae" "${VGG[@]}"
 stage "occupancy flow" "$ROOT/training/train_earthcrafter_flow.py" --model occupancy --output_dir "$OUT/occupancy" "${CACHE[@]}"
+ENCODER=(--condition_encoder "$OUT/occupancy/condition_encoder")  # the pipeline's one condition encoder, frozen
 stage "struct flow" "$ROOT/training/train_earthcrafter_flow.py" --model struct --struct_vae "$OUT/struct_vae/struct_vae" \
-  --output_dir "$OUT/struct" "${CACHE[@]}"
+  "${ENCODER[@]}" --output_dir "$OUT/struct" "${CACHE[@]}"
 stage "tex flow" "$ROOT/training/train_earthcrafter_flow.py" --model tex --tex_vae "$OUT/tex_vae/tex_vae" \
-  --output_dir "$OUT/tex" "${CACHE[@]}"
+  "${ENCODER[@]}" --output_dir "$OUT/tex" "${CACHE[@]}"
 python "$ROOT/training/assemble_earthcrafter.py" --preset "$PRESET" --struct_vae_dir "$OUT/struct_vae" \
   --tex_vae_dir "$OUT/tex_vae" --occupancy_dir "$OUT/occupancy" --struct_dir "$OUT/struct" --tex_dir "$OUT/tex" \
   --output_dir "$DEST" --dtype "$DTYPE" "${UPDATE_SHIPPED[@]}"

@@ -4,9 +4,10 @@
 (L/8)^3 occupancy of the tile's voxels, targets {-1, 1}. ``--model struct``:
 ``EarthCrafterStructFlow`` (StructFM stage 2) on the 32-ch ``EarthCrafterStructVAE`` latent of the
 occupied cells. ``--model tex``: ``EarthCrafterTexFlow`` (TexFM) on the 8-ch ``EarthCrafterTexVAE``
-latent of the ground-truth voxels. Each trains its own ``EarthCrafterConditionEncoder`` jointly,
-with condition dropout over semantic map / orthophoto / none (``training.flow.condition_probs``),
-so one checkpoint serves the three modes and classifier-free guidance.
+latent of the ground-truth voxels. The pipeline's one ``EarthCrafterConditionEncoder`` trains
+jointly with the first flow (occupancy); the later flows read it frozen (``--condition_encoder``).
+Condition dropout over semantic map / orthophoto / none (``training.flow.condition_probs``) lets
+one checkpoint serve the three modes and classifier-free guidance.
 
 Latent caching: ``--cache_tiles`` training tiles are encoded once by the frozen VAE (posterior
 mean and log-variance, plus the conditions) into ``<latent_cache_dir>/<model>-<key>.safetensors``,
@@ -91,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--latent_cache_dir", type=Path, default=None, help="where latent caches live (default: OUTPUT_DIR/latent_cache)"
     )
+    parser.add_argument(
+        "--condition_encoder",
+        type=Path,
+        default=None,
+        help="a trained EarthCrafterConditionEncoder folder to use frozen (default: train one jointly)",
+    )
     parser.add_argument("--validation_inference_steps", type=int, default=10)
     args = parser.parse_args(argv)
     preset = load_preset(args)
@@ -101,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.cache_tiles < 1:
         parser.error(f"--cache_tiles must be >= 1, got {args.cache_tiles}")
+    if args.condition_encoder is not None and not (args.condition_encoder / "config.json").is_file():
+        parser.error(f"--condition_encoder {args.condition_encoder}: not a saved EarthCrafterConditionEncoder folder")
     if args.model in VAES:
         folder = getattr(args, VAES[args.model])
         if folder is None or not (folder / "config.json").is_file():
@@ -128,7 +137,11 @@ def build_models(args: argparse.Namespace):
         "tex": earthcrafter.EarthCrafterTexFlow,
     }[args.model]
     model = cls.from_config(components[FOLDERS[args.model]])
-    encoder = earthcrafter.EarthCrafterConditionEncoder.from_config(components["condition_encoder"])
+    if args.condition_encoder is None:
+        encoder = earthcrafter.EarthCrafterConditionEncoder.from_config(components["condition_encoder"])
+    else:
+        encoder = earthcrafter.EarthCrafterConditionEncoder.from_pretrained(args.condition_encoder, **_SAVED)
+        encoder.eval().requires_grad_(False)
     return model, encoder
 
 
@@ -166,7 +179,7 @@ def cache_key(args: argparse.Namespace) -> str:
         "model": args.model,
         "tiles": args.cache_tiles,
         "data": data,
-        "encoder": args.preset_data["components"]["condition_encoder"],
+        "image_size": args.preset_data["components"]["condition_encoder"].get("image_size"),
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     if args.model in VAES:
@@ -370,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("train_earthcrafter_flow.py runs on one device (the condition encoder runs once per mode group)")
     device = accelerator.device
     model, encoder = build_models(args)  # first: their initialisation draws from the freshly seeded RNG
+    trained = [model] if args.condition_encoder is not None else [model, encoder]
     vae = load_vae(args, device)
     cache = prepare_cache(args, accelerator, vae)
     out_dir = Path(args.output_dir)
@@ -385,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                 scale_path, {"model": args.model, "scaling_factor": scale, "latent_std": std, "tiles": cache.num_tiles}
             )
         accelerator.print(f"{args.model} latent scaling_factor (1 / std): {scale:.5g}")
-    emas = [create_ema(model, args), create_ema(encoder, args)]
-    params = list(model.parameters()) + list(encoder.parameters())
+    emas = [create_ema(m, args) for m in trained] + [None] * (2 - len(trained))
+    params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -401,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     val = validation_tile(args, vae, device, scale) if accelerator.is_main_process else None
     unwrap = accelerator.unwrap_model
     t0 = time.time()
-    model.train()
-    encoder.train()
+    for m in trained:
+        m.train()
     logged = None
     micro_step = global_step * args.gradient_accumulation_steps
     while global_step < args.max_train_steps:

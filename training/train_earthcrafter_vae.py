@@ -60,9 +60,9 @@ MODELS = {"struct": "struct_vae", "tex": "tex_vae"}
 
 
 def model_class(model: str):
-    from diffusers_city.models.earthcrafter import EarthCrafterStructVAE, EarthCrafterTexVAE
+    from diffusers_city.models import earthcrafter
 
-    return EarthCrafterStructVAE if model == "struct" else EarthCrafterTexVAE
+    return earthcrafter.EarthCrafterStructVAE if model == "struct" else earthcrafter.EarthCrafterTexVAE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
