@@ -60,7 +60,7 @@ def tex_runs(struct_runs) -> dict[str, Path]:
     """The texture stages trained for 2 steps: TexVAE, texture flow on the frozen encoder."""
     root = struct_runs["struct"].parent
     runs = {**struct_runs, "tex_vae": root / "tex_vae", "tex": root / "tex"}
-    args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
+    args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "1"]
     assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
     flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
     shared = ["--condition_encoder", str(runs["occupancy"] / "condition_encoder")]

@@ -197,13 +197,16 @@ def preview_voxels(points: torch.Tensor, colors: torch.Tensor | None = None) -> 
     if pts.shape[0] == 0:
         return Image.new("RGB", (256, 256), (255, 255, 255))
     cols = None if colors is None else colors.detach().float().cpu().clamp(0, 1).numpy()
-    return render_points_preview(pts, cols, width=256, height=256)
+    size = max(2, int(256 / (2 * pts.shape[0] ** 0.5)))  # about closes the surface of a tile's voxels
+    return render_points_preview(pts, cols, width=256, height=256, point_size=size)
 
 
 def image_row(images: torch.Tensor) -> Image.Image:
-    """``[V, H, W, 3]`` views in 0..1 side by side."""
+    """``[V, H, W, 3]`` views in 0..1 side by side, enlarged (nearest) to at least 128 pixels high."""
     row = torch.cat(list(images.detach().float().cpu().clamp(0, 1)), dim=1)
-    return Image.fromarray((row.numpy() * 255).round().astype("uint8"))
+    image = Image.fromarray((row.numpy() * 255).round().astype("uint8"))
+    k = max(1, -(-128 // image.height))
+    return image.resize((image.width * k, image.height * k), Image.NEAREST)
 
 
 def card_fields(args: argparse.Namespace, stage: str) -> dict[str, str]:
