@@ -235,3 +235,5 @@ def test_train_all_refuses_the_shipped_folder_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
     bad = subprocess.run([str(script), "--no-such-flag"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
+    bad = subprocess.run([str(script), "--stages", "struct_vae,vae"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown stage vae" in bad.stderr
