@@ -7,80 +7,22 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from diffusers import ConfigMixin, DDIMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from diffusers.utils import BaseOutput
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from PIL import Image
 from pipeline_contract import PipelineContract
 from plyfile import PlyData
 
 import diffusers_city
-from diffusers_city import EarthCrafterPipeline, register
+from diffusers_city import EarthCrafterPipeline
 from diffusers_city.cli import main as cli_main
 from diffusers_city.export.splat import read_gaussian_ply
-from diffusers_city.presets import build_from_preset, load_preset
+from diffusers_city.presets import build_pipeline, load_preset
 from diffusers_city.render import Gaussians
 from diffusers_city.sparse import SparseTensor
-from diffusers_city.sparse.nn import prune, subdivide
 
 STEPS = 2
 L = 16  # the tiny preset's tile
 FLOWS = ("occupancy_transformer", "struct_flow", "tex_flow")
-
-
-class _Decoded(BaseOutput):
-    sample: SparseTensor
-
-
-@register
-class EarthCrafterTestStructVAE(ModelMixin, ConfigMixin):
-    """The StructVAE's decoding interface (docs: EARTHCRAFTER_INTERFACE): latent cells on (L/8)^3 ->
-    the kept voxels at L, each level's children kept by a learned occupancy logit."""
-
-    @register_to_config
-    def __init__(self, resolution: int = 16, latent_channels: int = 8, scaling_factor: float = 1.0):
-        super().__init__()
-        self.occupancy = torch.nn.Linear(latent_channels, 1)
-
-    def decode(self, z: SparseTensor) -> _Decoded:
-        x = z
-        for _ in range(3):
-            x = subdivide(x)
-            x = prune(x, self.occupancy(x.feats)[:, 0] > -0.5)
-        return _Decoded(sample=x.replace(x.feats[:, :1]))
-
-
-@register
-class EarthCrafterTestTexVAE(ModelMixin, ConfigMixin):
-    """The TexVAE's decoding interface: texture latent per voxel -> one 2DGS (flat third scale) per voxel."""
-
-    @register_to_config
-    def __init__(self, latent_channels: int = 8, scaling_factor: float = 1.0):
-        super().__init__()
-        self.head = torch.nn.Linear(latent_channels, 13)
-
-    def decode(self, z: SparseTensor) -> _Decoded:
-        return _Decoded(sample=z.replace(self.head(z.feats)))
-
-    def to_gaussians(self, params: SparseTensor) -> Gaussians:
-        f, vs = params.feats, params.voxel_size
-        flat = torch.full((len(f), 1), 1e-4 * vs)
-        return Gaussians(
-            means=params.world_positions() + torch.tanh(f[:, :3]) * vs / 2,
-            quats=torch.nn.functional.normalize(f[:, 3:7] + torch.tensor([2.0, 0, 0, 0]), dim=1),
-            scales=torch.cat([torch.sigmoid(f[:, 7:9]) * vs, flat], 1),
-            opacities=torch.sigmoid(f[:, 9]),
-            colors=torch.sigmoid(f[:, 10:13]),
-        )
-
-
-def tiny_preset() -> dict:
-    """The tiny preset with the VAE test doubles."""
-    preset = load_preset("earthcrafter", "tiny")
-    components = preset["components"]
-    components["struct_vae"] = {"_class_name": "EarthCrafterTestStructVAE", "resolution": L, "latent_channels": 8}
-    components["tex_vae"] = {"_class_name": "EarthCrafterTestTexVAE", "latent_channels": 8}
-    return preset
 
 
 def semantic_map(seed: int = 0) -> np.ndarray:
@@ -104,7 +46,10 @@ def randomize_flows(pipe: EarthCrafterPipeline, seed: int = 1) -> EarthCrafterPi
 
 
 def make_tiny(seed: int = 0) -> EarthCrafterPipeline:
-    pipe = build_from_preset(tiny_preset(), seed=seed)
+    """The tiny pipeline, its untrained StructVAE keeping every child voxel (else it prunes at random)."""
+    pipe = EarthCrafterPipeline.from_preset("tiny", seed=seed)
+    for head in pipe.struct_vae.decoder.occupancy_heads:
+        torch.nn.init.constant_(head[1].bias, 3.0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -313,13 +258,16 @@ def test_mismatched_components_are_refused():
     tiny = make_tiny()
     with pytest.raises(ValueError, match="components do not match: tex_flow resolution 64"):
         EarthCrafterPipeline(**{**tiny.components, "tex_flow": small_component("tex_flow")})
+    with pytest.raises(ValueError, match="components do not match: struct_vae resolution 64"):
+        EarthCrafterPipeline(**{**tiny.components, "struct_vae": small_component("struct_vae")})
 
 
-def test_small_preset_fits_a_cpu_demo():
-    config = load_preset("earthcrafter", "small")["components"]
-    assert config["condition_encoder"]["resolution"] == 64 and config["condition_encoder"]["voxel_size"] == 2.0
+def test_presets_build_and_small_fits_a_cpu_demo():
+    assert isinstance(build_pipeline("earthcrafter", "tiny"), EarthCrafterPipeline)
+    small = build_pipeline("earthcrafter", "small")
+    assert small.resolution == 64 and small.voxel_size == 2.0
     for name in FLOWS:
-        params = sum(p.numel() for p in small_component(name).parameters())
+        params = sum(p.numel() for p in getattr(small, name).parameters())
         assert 1e6 <= params <= 5e6, f"{name}: {params} parameters"
 
 

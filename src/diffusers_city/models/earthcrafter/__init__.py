@@ -1,6 +1,6 @@
-"""EarthCrafter components (Liu et al., AAAI-26, dual-sparse latent diffusion): the condition
-network, the structure and texture VAEs and the flow models StructFM (occupancy transformer,
-structure flow) and TexFM."""
+"""EarthCrafter components (Liu et al., AAAI-26, dual-sparse latent diffusion): the structure and
+texture VAEs, the condition network and the flow models StructFM (occupancy transformer, structure
+flow) and TexFM."""
 
 from .condition_encoder import EarthCrafterConditionEncoder
 from .occupancy_transformer import EarthCrafterOccupancyTransformer

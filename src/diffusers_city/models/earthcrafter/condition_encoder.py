@@ -117,8 +117,10 @@ class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
     def _patch_tokens(self, feats: torch.Tensor, mode: int) -> torch.Tensor:
         """``[B, D, g, g]`` patch features -> ``[B, g*g, D]`` tokens with position and mode."""
         tokens = feats.flatten(2).transpose(1, 2)
-        pos = self.pos_proj(positional_encoding_3d(self.token_positions().to(tokens.device), self.config.hidden_dim))
-        return tokens + pos.to(tokens.dtype) + self.mode_embed.weight[mode]
+        pos = self.pos_proj(
+            positional_encoding_3d(self.token_positions().to(tokens.device), self.config.hidden_dim).to(tokens.dtype)
+        )
+        return tokens + pos + self.mode_embed.weight[mode]
 
     def forward(
         self,

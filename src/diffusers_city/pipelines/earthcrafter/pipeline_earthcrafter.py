@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -34,7 +34,9 @@ from ...models.earthcrafter import (
     EarthCrafterConditionEncoder,
     EarthCrafterOccupancyTransformer,
     EarthCrafterStructFlow,
+    EarthCrafterStructVAE,
     EarthCrafterTexFlow,
+    EarthCrafterTexVAE,
 )
 from ...render import Gaussians, orbit_trajectory, render_gaussians
 from ...sparse import SparseTensor
@@ -108,9 +110,9 @@ class EarthCrafterPipeline(DiffusionPipeline):
         condition_encoder: EarthCrafterConditionEncoder,
         occupancy_transformer: EarthCrafterOccupancyTransformer,
         struct_flow: EarthCrafterStructFlow,
-        struct_vae: ModelMixin,
+        struct_vae: EarthCrafterStructVAE,
         tex_flow: EarthCrafterTexFlow,
-        tex_vae: ModelMixin,
+        tex_vae: EarthCrafterTexVAE,
         scheduler: FlowMatchEulerDiscreteScheduler,
     ) -> None:
         super().__init__()
@@ -169,6 +171,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 f"struct_flow in_channels {sf.in_channels} != struct_vae latent_channels {sv.latent_channels}",
             ),
             (tf.resolution == L, f"tex_flow resolution {tf.resolution} != condition_encoder resolution {L}"),
+            (tv.resolution == L, f"tex_vae resolution {tv.resolution} != condition_encoder resolution {L}"),
             (
                 tf.in_channels == tv.latent_channels,
                 f"tex_flow in_channels {tf.in_channels} != tex_vae latent_channels {tv.latent_channels}",
@@ -473,7 +476,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
             num_frames, width, height: the orbit's frames (image output types).
             max_memory_gb: refuse frame requests whose estimated memory exceeds this.
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every step of
-                every stage (``pipe.stage`` names it); may replace ``latents``.
+                every stage (``pipe.stage`` names it); may replace ``latents``: the occupancy field
+                ``[1, 1, G, G, G]``, then the structure and texture latents ``[N, C]`` on their voxels.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
         """
         crs = None
