@@ -114,11 +114,12 @@ class StructureDecoder(nn.Module):
     ``subdivide``): a kernel-2, stride-2 generative transposed convolution, so the 8 children of a
     parent differ from the start rather than only by a learned offset. A pointwise head predicts
     each child's occupancy (nothing heavy runs on candidates that get pruned), and residual
-    sparse-conv blocks refine the kept voxels (``make_blocks(level, channels)`` builds other
-    refinement layers, e.g. EarthCrafter's transformer layers). Pruning follows, in order of priority: the given
-    ``struct`` (the appearance decoder follows the geometry decoder's decisions), the ground
-    truth ``target`` (teacher forcing in training), or the predicted logits (> 0). With
-    ``out_channels=None`` there is no head: ``sample`` holds the decoder features.
+    sparse-conv blocks refine the kept voxels (``make_blocks(level, channels)``, level 0 the
+    input's, builds other refinement layers instead: EarthCrafter's transformer layers). Pruning
+    follows, in order of priority: the given ``struct`` (the appearance decoder follows the
+    geometry decoder's decisions), the ground truth ``target`` (teacher forcing in training), or
+    the predicted logits (> 0). With ``out_channels=None`` there is no head: ``sample`` holds the
+    decoder features.
     """
 
     def __init__(
