@@ -22,10 +22,11 @@ from .convert import (
     points_to_voxels,
     splat_normals,
 )
-from .datasets import CameraViewDataset, SceneSource, VoxelCropDataset
+from .datasets import CameraViewDataset, SceneSource, VoxelCropDataset, VoxelTileDataset
 from .noise import height_from_gray, height_to_gray, noisy_height_map
 from .procedural import CityStyle, procedural_city
 from .scene import CityScene, label_instances
+from .tiles import FEATURE_CHANNELS, RenderedViews, aggregate_view_features, render_views, voxelize_surface
 
 __all__ = [
     "CLASSES",
@@ -56,6 +57,12 @@ __all__ = [
     "SceneSource",
     "VoxelCropDataset",
     "CameraViewDataset",
+    "VoxelTileDataset",
+    "FEATURE_CHANNELS",
+    "RenderedViews",
+    "aggregate_view_features",
+    "render_views",
+    "voxelize_surface",
 ]
 
 # Readers of real geodata (height maps, DSMs, point clouds, semantic maps, aerial images).

@@ -22,6 +22,7 @@ from .convert import splat_normals
 from .noise import hash_u64, hash_uniform, noisy_height_map
 from .procedural import procedural_city
 from .scene import CityScene
+from .tiles import aggregate_view_features, render_views, voxelize_surface
 
 
 class SceneSource:
@@ -331,4 +332,121 @@ class CameraViewDataset(_CropDataset):
         return {key: [s[key] for s in batch] for key in batch[0]}
 
 
-__all__ = ["SceneSource", "VoxelCropDataset", "CameraViewDataset"]
+class VoxelTileDataset(_CropDataset):
+    """Voxel tiles with their conditions and ground-truth views (EarthCrafter-style training data).
+
+    Scenes are generated at ``meters_per_pixel = voxel_size`` (the aerial image ``image_size /
+    resolution`` times finer) and cut into ``resolution``-pixel tiles. Each sample is a dict in
+    the tile's frame (x, y from the tile corner, z from its lowest ground rounded down to a
+    voxel; ``origin`` is that frame's world position), layout in `diffusers_city.data.tiles`:
+
+    - ``voxels``: `SparseTensor` of the surface voxels at ``resolution^3`` (feats: normal 3 +
+      mean point colour 3; grid origin ``(v/2, v/2, v/2)``, so column (x, y) = ``semantic[y, x]``);
+    - ``features`` ``[M, 10]``: `aggregate_view_features` of ``voxels`` (rows as ``voxels``);
+    - ``semantic`` ``[L, L]`` int64 class ids, ``image`` ``[3, S, S]`` orthophoto in 0..1;
+    - ``views`` ``[V, h, w, 3]``, ``depth`` / ``alpha`` ``[V, h, w]`` and ``cameras`` (`Cameras`):
+      ``nadir_views`` straight-down then oblique aerial views (`render.aerial_trajectory`),
+      rendered from the coloured surface points (`render_views`);
+    - ``origin`` ``[3]``, ``voxel_size``, ``index``.
+
+    Buildings are capped at ``0.75 * L * voxel_size`` by default (``style`` may override) so
+    roofs stay inside the cube; points above the cube are dropped.
+    """
+
+    def __init__(
+        self,
+        num_scenes: int,
+        tiles_per_scene: int = 4,
+        resolution: int = 16,
+        voxel_size: float = 4.0,
+        image_size: int | None = None,
+        n_views: int = 4,
+        nadir_views: int = 1,
+        view_size: int = 32,
+        base_seed: int = 0,
+        scene_size_m: float | None = None,
+        points_per_m2: float | None = None,
+        style: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+            raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        image_size = 2 * resolution if image_size is None else image_size
+        if not isinstance(image_size, int) or image_size < resolution or image_size % resolution:
+            raise ValueError(f"image_size must be a multiple of resolution {resolution}, got {image_size!r}")
+        if not (isinstance(n_views, int) and n_views >= 1 and isinstance(view_size, int) and view_size >= 1):
+            raise ValueError(f"n_views and view_size must be integers >= 1, got {n_views!r}, {view_size!r}")
+        tile_m = resolution * float(voxel_size)
+        density = points_per_m2 if points_per_m2 is not None else 8.0 / float(voxel_size) ** 2
+        style = {"image_scale": image_size // resolution, "max_building_height_m": max(3.0, 0.75 * tile_m), **(style or {})}
+        scene_m = 2 * tile_m if scene_size_m is None else scene_size_m
+        source = SceneSource(base_seed, scene_m, float(voxel_size), density, style, cache_dir)
+        super().__init__(num_scenes, tiles_per_scene, resolution, source)
+        self.resolution, self.voxel_size, self.image_size = resolution, float(voxel_size), image_size
+        self.n_views, self.nadir_views, self.view_size = n_views, nadir_views, view_size
+        self.splat_radius = 1.0 / float(np.sqrt(density))
+        self._point_cells: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _cells(self, scene_index: int, scene: CityScene) -> tuple[np.ndarray, np.ndarray]:
+        if self._point_cells is None or self._point_cells[0] != scene_index:
+            self._point_cells = (scene_index, scene.point_cells())
+        return self._point_cells[1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from ..render import aerial_trajectory
+
+        scene_index, scene, r0, c0 = self.window(index)
+        L, v = self.resolution, self.voxel_size
+        tile = scene.crop(r0, c0, L, L, point_cells=self._cells(scene_index, scene))
+        if tile.num_points == 0:
+            raise ValueError(f"scene {scene_index} tile at {(r0, c0)} has no points (points_per_m2 too low?)")
+        z0 = float(np.floor(tile.ground.min() / v) * v)
+        world = np.array([tile.origin[0], tile.origin[1], tile.origin[2] + z0])
+        points = tile.points.astype(np.float64) - world
+        voxels = voxelize_surface(points, tile.normals, tile.colors, L, v, origin=(v / 2, v / 2, v / 2))
+        local = tile.replace(origin=(0.0, 0.0, -z0), points=None, colors=None, normals=None, point_classes=None, image=None)
+        seed = int(hash_u64(self.source.base_seed, index, 6) % np.uint64(2**31))
+        size = self.view_size
+        cameras = aerial_trajectory(local, self.n_views, seed=seed, nadir=self.nadir_views, width=size, height=size)
+        views = render_views(
+            torch.from_numpy(points.astype(np.float32)), torch.from_numpy(tile.colors), cameras, radius=self.splat_radius
+        )
+        return {
+            "index": index,
+            "voxels": voxels,
+            "features": aggregate_view_features(voxels, views).feats,
+            "semantic": torch.from_numpy(tile.semantic.astype(np.int64)),
+            "image": torch.from_numpy(np.ascontiguousarray(tile.image.transpose(2, 0, 1))),
+            "views": views.images,
+            "depth": views.depth,
+            "alpha": views.alpha,
+            "cameras": cameras,
+            "origin": torch.from_numpy(world),
+            "voxel_size": v,
+        }
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch tiles: ``voxels`` / ``features`` `SparseTensor` s with the batch index in coords
+        column 0, rasters and views stacked (``[B, ...]``), ``cameras`` a list of `Cameras`."""
+        from ..sparse import SparseTensor
+
+        if not batch:
+            raise ValueError("cannot collate an empty batch")
+        shapes = {(s["voxel_size"], tuple(s["semantic"].shape), tuple(s["views"].shape)) for s in batch}
+        if len(shapes) != 1:
+            raise ValueError(f"tiles differ in voxel size, resolution or views: {sorted(shapes)}")
+        voxels = SparseTensor.cat([s["voxels"] for s in batch])
+        return {
+            "voxels": voxels,
+            "features": voxels.replace(torch.cat([s["features"] for s in batch])),
+            "cameras": [s["cameras"] for s in batch],
+            "index": torch.tensor([s["index"] for s in batch]),
+            "voxel_size": batch[0]["voxel_size"],
+            **{k: torch.stack([s[k] for s in batch]) for k in ("semantic", "image", "views", "depth", "alpha", "origin")},
+        }
+
+
+__all__ = ["SceneSource", "VoxelCropDataset", "CameraViewDataset", "VoxelTileDataset"]

@@ -6,10 +6,11 @@ forward), ``K [C, 3, 3]`` in pixels, ``world_to_cam [C, 4, 4]``; colours 0..1.
 
 from .cameras import Cameras, intrinsics, look_at
 from .gaussians import Gaussians, RenderOutput, render_gaussians
-from .points import render_points_preview
-from .trajectories import drone_trajectory, orbit_trajectory, street_trajectory
+from .points import render_points, render_points_preview
+from .trajectories import aerial_trajectory, drone_trajectory, orbit_trajectory, street_trajectory
 
 __all__ = [
+    "aerial_trajectory",
     "Cameras",
     "Gaussians",
     "RenderOutput",
@@ -18,6 +19,7 @@ __all__ = [
     "look_at",
     "orbit_trajectory",
     "render_gaussians",
+    "render_points",
     "render_points_preview",
     "street_trajectory",
 ]

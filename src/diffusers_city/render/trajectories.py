@@ -1,4 +1,4 @@
-"""Camera paths over a city scene: orbit, drone fly-over and street-level drive.
+"""Camera paths over a city scene: orbit, drone fly-over, street-level drive and aerial views.
 
 Only the scene's raster geometry is used (``height [H, W]`` metres, ``semantic [H, W]``,
 ``meters_per_pixel``, ``origin``, optional ``ground``), so any object with those fields
@@ -166,6 +166,53 @@ def drone_trajectory(
     look = np.concatenate([tangent * math.cos(pitch), np.full((n_frames, 1), -math.sin(pitch))], axis=-1)
     return Cameras.look_at(
         torch.from_numpy(eye).float(), torch.from_numpy(eye + look).float(), width=width, height=height, fov_deg=fov_deg
+    )
+
+
+def aerial_trajectory(
+    scene,
+    n_frames: int = 8,
+    *,
+    seed: int = 0,
+    nadir: int = 1,
+    elevation_deg: tuple[float, float] = (35.0, 65.0),
+    fov_deg: float = 30.0,
+    margin: float = 1.05,
+    width: int = 256,
+    height: int = 256,
+) -> Cameras:
+    """Aerial views of the whole scene: ``nadir`` straight-down views, then oblique views.
+
+    Every camera looks at the scene centre from far enough that the larger side of the extent
+    (times ``margin``) fits its field of view at the mean surface height; oblique cameras sit
+    at a random azimuth (stratified over the circle) and an elevation drawn from
+    ``elevation_deg``, deterministic per ``seed``. The narrow default field of view keeps the
+    views close to aerial photographs (little perspective lean).
+    """
+    _check_frames(n_frames)
+    if int(nadir) != nadir or not 0 <= nadir <= n_frames:
+        raise ValueError(f"nadir must be an integer in [0, n_frames={n_frames}], got {nadir}")
+    lo, hi = (float(v) for v in elevation_deg)
+    if not 0.0 < lo <= hi < 90.0:
+        raise ValueError(f"elevation_deg must be (low, high) with 0 < low <= high < 90, got {elevation_deg}")
+    if not 0.0 < fov_deg < 180.0 or not margin > 0:
+        raise ValueError(f"need 0 < fov_deg < 180 and margin > 0, got {fov_deg}, {margin}")
+    r = _raster(scene)
+    x_min, x_max, y_min, y_max = r.extent
+    target = np.array([(x_min + x_max) / 2, (y_min + y_max) / 2, float(np.median(r.ground))])
+    half = 0.5 * max(x_max - x_min, y_max - y_min) * margin
+    tan_half = math.tan(math.radians(fov_deg) / 2.0) * min(width, height) / height  # the narrower image side
+    dist = half / tan_half + float(r.height.mean() - target[2])
+    rng = np.random.default_rng(seed)
+    n_oblique = n_frames - int(nadir)
+    azimuth = 2.0 * np.pi * (np.arange(n_oblique) + rng.uniform(0.0, 1.0, n_oblique)) / max(n_oblique, 1)
+    elevation = np.radians(rng.uniform(lo, hi, n_oblique))
+    elevation = np.concatenate([np.full(int(nadir), np.pi / 2), elevation])
+    azimuth = np.concatenate([np.zeros(int(nadir)), azimuth])
+    direction = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], -1)
+    eye = target + dist * direction
+    return Cameras.look_at(
+        torch.from_numpy(eye).float(), torch.from_numpy(target).float(), width=width, height=height, fov_deg=fov_deg
     )
 
 
