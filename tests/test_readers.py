@@ -344,3 +344,18 @@ def test_corrupt_or_non_projected_georeferences_are_refused(tmp_path):
     geocentric = _georeferenced(tmp_path / "ecef.tif", Affine(2.0, 0, 4e6, 0, -2.0, 1e6), crs="EPSG:4978")
     with pytest.raises(ValueError, match=r"ecef\.tif: its CRS .* is not a projected CRS"):
         read_height_map(geocentric)
+
+
+def test_scenes_too_large_for_memory_are_refused_before_their_rasters(tmp_path):
+    from diffusers_city.utils import MemoryLimitError
+
+    far = np.array([[0.0, 0.0, 0.0], [3.0e5, 2.0e5, 10.0], [10.0, 20.0, 5.0]])  # two points 300 km apart
+    ply = write_point_ply(tmp_path / "far.ply", far)
+    with pytest.raises(MemoryLimitError, match=r"far\.ply.*200001x300001 px at 1 m/px.*meters_per_pixel"):
+        scene_from_file(ply, max_memory_gb=8)
+    assert scene_from_file(ply, meters_per_pixel=2000.0, max_memory_gb=8).shape == (101, 151)
+    dsm = tmp_path / "dsm.npy"
+    np.save(dsm, np.random.default_rng(0).uniform(0, 20, (600, 500)).astype(np.float32))
+    with pytest.raises(MemoryLimitError, match=r"dsm\.npy.*600x500 px"):
+        scene_from_file(dsm, meters_per_pixel=1.0, max_memory_gb=0.01)
+    assert scene_from_file(dsm, meters_per_pixel=1.0, max_memory_gb=1).shape == (600, 500)

@@ -68,6 +68,7 @@ def _build_scene(args: argparse.Namespace):
             args.meters_per_pixel,
             vertical_scale=args.vertical_scale,
             vertical_offset=args.vertical_offset,
+            max_memory_gb=args.max_memory_gb,
         )
     return procedural_city(
         args.seed,
