@@ -25,6 +25,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -297,6 +298,82 @@ def echo_batches(loader: Iterable[Any], echo: int, start: int = 0) -> Iterator[A
         for _ in range(echo - done):
             yield batch
         done = 0
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    params: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    max_grad_norm: float = 1.0,
+) -> None:
+    """One micro-step inside ``accelerator.accumulate``: backward, then on the step's last
+    micro-step clip the gradients of ``params`` to ``max_grad_norm``; step the optimizer and the
+    learning rate and clear the gradients (accelerate skips them until the gradients sync)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad()
+
+
+class StepLosses:
+    """The loss terms of one optimizer step, averaged over its gradient-accumulation micro-steps.
+
+    ``add`` each micro-step's terms (``"loss"`` among them); on the step's last micro-step
+    ``finish`` returns the means and starts the next step, and ``logs`` turns means into the
+    global-batch means (over processes too) for ``log_step``, a collective call.
+    """
+
+    def __init__(self, accumulation_steps: int) -> None:
+        self.accumulation_steps = accumulation_steps
+        self._sum: torch.Tensor | None = None
+        self._last: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        micro = torch.stack([v.detach().float() for v in terms.values()]) / self.accumulation_steps
+        self._sum = micro if self._sum is None else self._sum + micro
+        self._last = terms
+
+    def finish(self, step: int) -> torch.Tensor:
+        """The step's mean terms; a ``RuntimeError`` naming the terms when the last micro-step's
+        loss is not finite, so a diverged run stops before its weights are stepped on."""
+        if not math.isfinite(float(self._last["loss"].detach())):
+            terms = {k: float(v) for k, v in self._last.items()}
+            raise RuntimeError(f"non-finite loss at step {step}: {terms}")
+        means, self._sum = self._sum, None
+        return means
+
+    def logs(self, accelerator: Accelerator, means: torch.Tensor) -> dict[str, float]:
+        return dict(zip(self._last, accelerator.reduce(means, "mean").tolist()))
+
+
+def step_emas(emas: Iterable[EMAModel | None], modules: Iterable[torch.nn.Module]) -> None:
+    """Step each EMA on its module's parameters (``None``: that module keeps no EMA)."""
+    for ema, module in zip(emas, modules):
+        if ema is not None:
+            ema.step(module.parameters())
+
+
+def stop_if_out_of_time(accelerator: Accelerator, args: argparse.Namespace, step: int, start: float) -> bool:
+    """When ``out_of_time``, say so and save a checkpoint at ``step``; whether to stop."""
+    if not out_of_time(accelerator, args, start):
+        return False
+    accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
+    save_checkpoint(accelerator, args, step)
+    return True
+
+
+def card_fields(args: argparse.Namespace, system: str, stage: str) -> dict[str, str]:
+    """Model-card fields of one trained ``stage`` of ``system`` (a display name)."""
+    return {
+        "title": f"{system} {stage} ({args.preset})",
+        "description": f"{system} {stage} trained on procedural cities with diffusers-city.",
+        "stage": stage,
+        "preset": str(args.preset),
+    }
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
