@@ -229,7 +229,8 @@ def test_step_losses_average_micro_steps_and_stop_on_a_non_finite_loss(tmp_path)
     losses.add({"loss": torch.tensor(1.0), "kl": torch.tensor(3.0)})
     losses.add({"loss": torch.tensor(3.0), "kl": torch.tensor(6.0)})
     means = losses.finish(0)
-    assert losses.logs(accelerator, means) == {"loss": 2.0, "kl": 4.5}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), lambda _: 1)
+    assert losses.logs(accelerator, means, scheduler) == {"loss": 2.0, "kl": 4.5, "lr": 0.1}
     losses.add({"loss": torch.tensor(4.0), "kl": torch.tensor(2.0)})
     assert losses.finish(1).tolist() == [2.0, 1.0]
     losses.add({"loss": torch.tensor(float("nan")), "kl": torch.tensor(1.0)})
@@ -265,14 +266,29 @@ def test_step_emas_skips_modules_without_one(tmp_path):
     assert ema.optimization_step == 1
 
 
-def test_stop_if_out_of_time_saves_a_checkpoint(tmp_path):
+def test_finish_step_logs_checkpoints_validates_and_stops_on_schedule(tmp_path):
+    """Each piece at its own interval; past the time limit a checkpoint is saved and the run stops."""
     import time
 
-    args = parse(tmp_path, "--max_train_minutes", "0.5")
+    every = ("--logging_steps", "2", "--validation_steps", "3", "--checkpointing_steps", "4")
+    args = parse(tmp_path, *every)
     accelerator = train(args, 1)[0]
-    assert not tu.stop_if_out_of_time(accelerator, args, 1, time.time())
-    assert tu.stop_if_out_of_time(accelerator, args, 1, time.time() - 60)
-    assert [p.name for p in tu.list_checkpoints(args.output_dir)] == ["checkpoint-1"]
+    calls = []
+
+    def logs():
+        calls.append("logs")
+        return {"loss": 1.0}
+
+    def images():
+        calls.append("images")
+        return {"view": Image.new("RGB", (2, 2))}
+
+    stops = [tu.finish_step(accelerator, args, step, time.time(), logs, images) for step in range(1, 7)]
+    assert stops == [False] * 6 and calls == ["logs", "images", "logs", "logs", "images"]
+    assert [p.name for p in tu.list_checkpoints(args.output_dir)] == ["checkpoint-4"]
+    late = parse(tmp_path, *every, "--max_train_minutes", "0.5")
+    assert tu.finish_step(accelerator, late, 7, time.time() - 60, logs, images)
+    assert [p.name for p in tu.list_checkpoints(args.output_dir)] == ["checkpoint-4", "checkpoint-7"]
 
 
 def test_card_fields_name_system_stage_and_preset(tmp_path):

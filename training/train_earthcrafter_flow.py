@@ -65,16 +65,13 @@ from diffusers_city.training_utils import (  # noqa: E402
     StepLosses,
     card_fields,
     create_ema,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
     optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
     step_emas,
     step_seed,
-    stop_if_out_of_time,
     training_parser,
 )
 
@@ -439,15 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         step_loss = losses.finish(global_step)
         global_step += 1
         step_emas(emas, (model, encoder))
-        if global_step % args.logging_steps == 0:
-            logs = losses.logs(accelerator, step_loss) | {"lr": lr_scheduler.get_last_lr()[0]}
-            log_step(accelerator, args, logs, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            images = validation_images(args, unwrap(model), unwrap(encoder), vae, scheduler, val, scale)
-            log_validation_images(accelerator, args, images, global_step)
-        if stop_if_out_of_time(accelerator, args, global_step, t0):
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_loss, lr_scheduler),
+            lambda: validation_images(args, unwrap(model), unwrap(encoder), vae, scheduler, val, scale),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -46,14 +46,11 @@ from diffusers_city.training_utils import (  # noqa: E402
     StepLosses,
     card_fields,
     create_ema,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
     optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
-    stop_if_out_of_time,
     training_parser,
 )
 
@@ -191,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         global_step += 1
         if ema is not None:
             ema.step(vae.parameters())
-        if global_step % args.logging_steps == 0:  # global-batch means: over micro-steps and processes
-            logs = losses.logs(accelerator, step_terms) | {"lr": lr_scheduler.get_last_lr()[0]}
-            log_step(accelerator, args, logs, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            log_validation_images(accelerator, args, validation_images(args.model, unwrap(vae), val_batch), global_step)
-        if stop_if_out_of_time(accelerator, args, global_step, t0):
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_terms, lr_scheduler),
+            lambda: validation_images(args.model, unwrap(vae), val_batch),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -67,15 +67,12 @@ from diffusers_city.training_utils import (  # noqa: E402
     card_fields,
     create_ema,
     echo_batches,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
     optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
     step_emas,
-    stop_if_out_of_time,
     training_parser,
 )
 
@@ -367,13 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         step_loss = losses.finish(global_step)
         global_step += 1
         step_emas(emas, [unet] + ([encoder] if encoder is not None else []))
-        if global_step % args.logging_steps == 0:  # global-batch mean: over micro-steps and processes
-            logs = losses.logs(accelerator, step_loss) | {"lr": lr_scheduler.get_last_lr()[0]}
-            log_step(accelerator, args, logs, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            images = validation_images(
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_loss, lr_scheduler),
+            lambda: validation_images(
                 data,
                 accelerator.unwrap_model(unet),
                 encoder and accelerator.unwrap_model(encoder),
@@ -381,9 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                 val_batch,
                 scale,
                 args.validation_inference_steps,
-            )
-            log_validation_images(accelerator, args, images, global_step)
-        if stop_if_out_of_time(accelerator, args, global_step, t0):
+            ),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -1,5 +1,5 @@
-"""Shared pieces of the ``training/`` scripts: flags, accelerate setup, checkpoints, EMA,
-validation images and pushing to the Hub.
+"""Shared pieces of the ``training/`` scripts: flags, accelerate setup, the optimizer step and its
+bookkeeping, checkpoints, EMA, validation images and pushing to the Hub.
 
 Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
 
@@ -8,7 +8,19 @@ Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
     ema = create_ema(model, args)                 # before accelerator.prepare
     model, optimizer, ... = accelerator.prepare(...)
     global_step = maybe_resume(accelerator, args)
-    ...  save_checkpoint(accelerator, args, step) / log_validation_images(...)
+    losses = StepLosses(args.gradient_accumulation_steps)
+    while global_step < args.max_train_steps:
+        with accelerator.accumulate(model):
+            terms = loss_terms(model, next(batches))  # {"loss": ..., other terms to log}
+            optimizer_step(accelerator, terms["loss"], model.parameters(), optimizer, lr_scheduler)
+        losses.add(terms)
+        if not accelerator.sync_gradients:
+            continue
+        means = losses.finish(global_step)
+        global_step += 1
+        step_emas([ema], [model])
+        if finish_step(accelerator, args, global_step, t0, logs, images):  # log, checkpoint, validate
+            break
     with export.atomic.atomic_folders(out / "unet") as (tmp,): model.save_pretrained(tmp)
     if accelerator.is_main_process and args.push_to_hub:
         push_folder_to_hub(args, folder, "sat2city", {...})
@@ -33,7 +45,7 @@ import shutil
 import string
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -346,8 +358,10 @@ class StepLosses:
         means, self._sum = self._sum, None
         return means
 
-    def logs(self, accelerator: Accelerator, means: torch.Tensor) -> dict[str, float]:
-        return dict(zip(self._last, accelerator.reduce(means, "mean").tolist()))
+    def logs(self, accelerator: Accelerator, means: torch.Tensor, lr_scheduler: Any) -> dict[str, float]:
+        """``means`` averaged over the processes too (global-batch means), with the learning rate."""
+        terms = dict(zip(self._last, accelerator.reduce(means, "mean").tolist()))
+        return terms | {"lr": lr_scheduler.get_last_lr()[0]}
 
 
 def step_emas(emas: Iterable[EMAModel | None], modules: Iterable[torch.nn.Module]) -> None:
@@ -357,8 +371,28 @@ def step_emas(emas: Iterable[EMAModel | None], modules: Iterable[torch.nn.Module
             ema.step(module.parameters())
 
 
-def stop_if_out_of_time(accelerator: Accelerator, args: argparse.Namespace, step: int, start: float) -> bool:
-    """When ``out_of_time``, say so and save a checkpoint at ``step``; whether to stop."""
+def finish_step(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    step: int,
+    start: float,
+    logs: Callable[[], dict[str, float]],
+    images: Callable[[], dict[str, Image.Image]],
+) -> bool:
+    """The bookkeeping after optimizer step ``step`` of a run begun at ``start`` (``time.time()``);
+    returns whether to stop.
+
+    At ``--logging_steps`` it logs ``logs()`` (which may be a collective call, so it is made on
+    every process), at ``--checkpointing_steps`` it saves a checkpoint, at ``--validation_steps``
+    the main process writes ``images()``, and past ``--max_train_minutes`` it saves a checkpoint
+    and says to stop, in this order on every run (an exact resume depends on it).
+    """
+    if step % args.logging_steps == 0:
+        log_step(accelerator, args, logs(), step, start)
+    if step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, args, step)
+    if step % args.validation_steps == 0 and accelerator.is_main_process:
+        log_validation_images(accelerator, args, images(), step)
     if not out_of_time(accelerator, args, start):
         return False
     accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
