@@ -8,19 +8,8 @@ Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
     ema = create_ema(model, args)                 # before accelerator.prepare
     model, optimizer, ... = accelerator.prepare(...)
     global_step = maybe_resume(accelerator, args)
-    losses = StepLosses(args.gradient_accumulation_steps)
-    while global_step < args.max_train_steps:
-        with accelerator.accumulate(model):
-            terms = loss_terms(model, next(batches))  # {"loss": ..., other terms to log}
-            optimizer_step(accelerator, terms["loss"], model.parameters(), optimizer, lr_scheduler)
-        losses.add(terms)
-        if not accelerator.sync_gradients:
-            continue
-        means = losses.finish(global_step)
-        global_step += 1
-        step_emas([ema], [model])
-        if finish_step(accelerator, args, global_step, t0, logs, images):  # log, checkpoint, validate
-            break
+    ...  each micro-step: optimizer_step(...) in accelerator.accumulate, StepLosses.add(terms);
+    ...  each optimizer step: StepLosses.finish, step_emas, finish_step (log, checkpoint, validate)
     with export.atomic.atomic_folders(out / "unet") as (tmp,): model.save_pretrained(tmp)
     if accelerator.is_main_process and args.push_to_hub:
         push_folder_to_hub(args, folder, "sat2city", {...})
