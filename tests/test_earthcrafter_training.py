@@ -213,12 +213,11 @@ def test_assemble_writes_a_loadable_pipeline(tex_runs, tmp_path):
 
 
 def test_model_card_renders():
-    from diffusers_city.training_utils import render_model_card
+    from diffusers_city.training_utils import card_fields, render_model_card
 
     args = train_earthcrafter_flow.parse_args(["--preset", PRESET, "--model", "occupancy"])
-    card = render_model_card(
-        args, "org/earthcrafter-tiny", "earthcrafter", earthcrafter_common.card_fields(args, "occupancy flow")
-    )
+    fields = card_fields(args, "EarthCrafter", "occupancy flow")
+    card = render_model_card(args, "org/earthcrafter-tiny", "earthcrafter", fields)
     assert card.startswith("# EarthCrafter occupancy flow") and "EarthCrafterTexVAE" in card and "org/earthcrafter-tiny" in card
 
 

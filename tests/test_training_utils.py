@@ -222,6 +222,81 @@ def test_echo_batches_repeats_and_resumes_mid_batch():
         next(tu.echo_batches(range(3), 0))
 
 
+def test_step_losses_average_micro_steps_and_stop_on_a_non_finite_loss(tmp_path):
+    """Means over a step's micro-steps, named for logging; the next step starts from zero."""
+    accelerator = tu.setup_accelerator(parse(tmp_path))
+    losses = tu.StepLosses(2)
+    losses.add({"loss": torch.tensor(1.0), "kl": torch.tensor(3.0)})
+    losses.add({"loss": torch.tensor(3.0), "kl": torch.tensor(6.0)})
+    means = losses.finish(0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), lambda _: 1)
+    assert losses.logs(accelerator, means, scheduler) == {"loss": 2.0, "kl": 4.5, "lr": 0.1}
+    losses.add({"loss": torch.tensor(4.0), "kl": torch.tensor(2.0)})
+    assert losses.finish(1).tolist() == [2.0, 1.0]
+    losses.add({"loss": torch.tensor(float("nan")), "kl": torch.tensor(1.0)})
+    with pytest.raises(RuntimeError, match=r"non-finite loss at step 7: \{'loss': nan, 'kl': 1.0\}"):
+        losses.finish(7)
+
+
+def test_optimizer_step_clips_and_steps_once_per_accumulated_step(tmp_path):
+    """Two micro-steps: the weights move once, by the clipped gradient (plain SGD, lr 1)."""
+    accelerator = tu.setup_accelerator(parse(tmp_path, "--gradient_accumulation_steps", "2"))
+    model = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    x = torch.full((1, 4), 10.0)
+    for micro in range(2):
+        with accelerator.accumulate(model):
+            tu.optimizer_step(accelerator, model(x).sum(), model.parameters(), optimizer, lr_scheduler, 0.5)
+        if micro == 0:
+            assert not model.weight.abs().any() and model.weight.grad is not None
+    assert torch.allclose(model.weight, torch.full((1, 4), -0.25))  # the gradient (10, 10, 10, 10) clipped to norm 0.5
+    assert model.weight.grad is None or not model.weight.grad.any()
+    assert lr_scheduler.get_last_lr() == [0.5]
+
+
+def test_step_emas_skips_modules_without_one(tmp_path):
+    args = parse(tmp_path, "--use_ema")
+    accelerator = tu.setup_accelerator(args)
+    a, b = TrainingUtilsToyModel(), TrainingUtilsToyModel()
+    ema = tu.create_ema(a, args, accelerator)
+    tu.step_emas([ema, None], [a, b])
+    assert ema.optimization_step == 1
+
+
+def test_finish_step_logs_checkpoints_validates_and_stops_on_schedule(tmp_path):
+    """Each piece at its own interval; past the time limit a checkpoint is saved and the run stops."""
+    import time
+
+    every = ("--logging_steps", "2", "--validation_steps", "3", "--checkpointing_steps", "4")
+    args = parse(tmp_path, *every)
+    accelerator = train(args, 1)[0]
+    calls = []
+
+    def logs():
+        calls.append("logs")
+        return {"loss": 1.0}
+
+    def images():
+        calls.append("images")
+        return {"view": Image.new("RGB", (2, 2))}
+
+    stops = [tu.finish_step(accelerator, args, step, time.time(), logs, images) for step in range(1, 7)]
+    assert stops == [False] * 6 and calls == ["logs", "images", "logs", "logs", "images"]
+    assert [p.name for p in tu.list_checkpoints(args.output_dir)] == ["checkpoint-4"]
+    late = parse(tmp_path, *every, "--max_train_minutes", "0.5")
+    assert tu.finish_step(accelerator, late, 7, time.time() - 60, logs, images)
+    assert [p.name for p in tu.list_checkpoints(args.output_dir)] == ["checkpoint-4", "checkpoint-7"]
+
+
+def test_card_fields_name_system_stage_and_preset(tmp_path):
+    fields = tu.card_fields(parse(tmp_path, "--preset", "tiny"), "Sat2City", "dense diffusion stage")
+    assert fields["title"] == "Sat2City dense diffusion stage (tiny)" and fields["preset"] == "tiny"
+    assert fields["description"].startswith("Sat2City dense diffusion stage trained")
+
+
 def _restart():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()

@@ -207,12 +207,3 @@ def image_row(images: torch.Tensor) -> Image.Image:
     image = Image.fromarray((row.numpy() * 255).round().astype("uint8"))
     k = max(1, -(-128 // image.height))
     return image.resize((image.width * k, image.height * k), Image.NEAREST)
-
-
-def card_fields(args: argparse.Namespace, stage: str) -> dict[str, str]:
-    return {
-        "title": f"EarthCrafter {stage} ({args.preset})",
-        "description": f"EarthCrafter {stage} trained on procedural cities with diffusers-city.",
-        "stage": stage,
-        "preset": str(args.preset),
-    }

@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from earthcrafter_common import (  # noqa: E402
-    card_fields,
     draw_condition_modes,
     encode_conditions,
     image_row,
@@ -63,14 +62,15 @@ from diffusers_city.export.atomic import atomic_folders, atomic_write  # noqa: E
 from diffusers_city.render import render_gaussians  # noqa: E402
 from diffusers_city.sparse import SparseTensor  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
+    StepLosses,
+    card_fields,
     create_ema,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
-    out_of_time,
+    optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
+    step_emas,
     step_seed,
     training_parser,
 )
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for m in trained:
         m.train()
-    logged = None
+    losses = StepLosses(args.gradient_accumulation_steps)
     micro_step = global_step * args.gradient_accumulation_steps
     while global_step < args.max_train_steps:
         with accelerator.accumulate(model, encoder):
@@ -428,34 +428,22 @@ def main(argv: list[str] | None = None) -> int:
             x0 = clean_sample(args.model, batch, grid, cache.geometry, scale)
             with accelerator.autocast():
                 loss = flow_loss(model, encoder, x0, batch, flow, generator)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, loss, params, optimizer, lr_scheduler)
         micro_step += 1
-        micro = loss.detach().float() / args.gradient_accumulation_steps
-        logged = micro if logged is None else logged + micro
+        losses.add({"loss": loss})
         if not accelerator.sync_gradients:
             continue
-        if not math.isfinite(float(loss.detach())):
-            raise RuntimeError(f"non-finite loss at step {global_step}")
+        step_loss = losses.finish(global_step)
         global_step += 1
-        step_loss, logged = logged, None
-        for ema, module in zip(emas, (model, encoder)):
-            if ema is not None:
-                ema.step(module.parameters())
-        if global_step % args.logging_steps == 0:
-            log_step(accelerator, args, {"loss": float(step_loss), "lr": lr_scheduler.get_last_lr()[0]}, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            images = validation_images(args, unwrap(model), unwrap(encoder), vae, scheduler, val, scale)
-            log_validation_images(accelerator, args, images, global_step)
-        if out_of_time(accelerator, args, t0):
-            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
-            save_checkpoint(accelerator, args, global_step)
+        step_emas(emas, (model, encoder))
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_loss, lr_scheduler),
+            lambda: validation_images(args, unwrap(model), unwrap(encoder), vae, scheduler, val, scale),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -463,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             save_model(unwrap(model), emas[0], model_dir)
             save_model(unwrap(encoder), emas[1], encoder_dir)
         if args.push_to_hub:
-            push_folder_to_hub(args, out_dir, "earthcrafter", card_fields(args, f"{args.model} flow"))
+            push_folder_to_hub(args, out_dir, "earthcrafter", card_fields(args, "EarthCrafter", f"{args.model} flow"))
     accelerator.end_training()
     return 0
 

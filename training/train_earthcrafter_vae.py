@@ -19,7 +19,6 @@ One device (CPU or one GPU). Weights and batch sizes: the preset's ``training.st
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffusers.optimization import get_scheduler  # noqa: E402
 from earthcrafter_common import (  # noqa: E402
-    card_fields,
     image_row,
     load_preset,
     make_dataloader,
@@ -45,13 +43,13 @@ from diffusers_city.export.atomic import atomic_folders  # noqa: E402
 from diffusers_city.metrics.image import ssim  # noqa: E402
 from diffusers_city.render import render_gaussians  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
+    StepLosses,
+    card_fields,
     create_ema,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
-    out_of_time,
+    optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
     training_parser,
 )
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     batches = iter(loader)
     vae.train()
-    logged = None  # loss terms of this optimizer step, averaged over its accumulation micro-steps
+    losses = StepLosses(args.gradient_accumulation_steps)
     while global_step < args.max_train_steps:
         with accelerator.accumulate(vae):
             batch = to_device(next(batches), accelerator.device)
@@ -182,32 +180,22 @@ def main(argv: list[str] | None = None) -> int:
                     terms = struct_losses(unwrap(vae), batch, weights, generator)
                 else:
                     terms = tex_losses(unwrap(vae), batch, weights, generator, perceptual)
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
-        micro = torch.stack([v.detach().float() for v in terms.values()]) / args.gradient_accumulation_steps
-        logged = micro if logged is None else logged + micro
+            optimizer_step(accelerator, terms["loss"], vae.parameters(), optimizer, lr_scheduler)
+        losses.add(terms)
         if not accelerator.sync_gradients:
             continue
-        if not math.isfinite(float(terms["loss"].detach())):
-            raise RuntimeError(f"non-finite loss at step {global_step}: { {k: float(v) for k, v in terms.items()} }")
+        step_terms = losses.finish(global_step)
         global_step += 1
-        step_terms, logged = logged, None
         if ema is not None:
             ema.step(vae.parameters())
-        if global_step % args.logging_steps == 0:  # global-batch means: over micro-steps and processes
-            means = accelerator.reduce(step_terms, "mean").tolist()
-            log_step(accelerator, args, dict(zip(terms, means)) | {"lr": lr_scheduler.get_last_lr()[0]}, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            log_validation_images(accelerator, args, validation_images(args.model, unwrap(vae), val_batch), global_step)
-        if out_of_time(accelerator, args, t0):
-            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
-            save_checkpoint(accelerator, args, global_step)
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_terms, lr_scheduler),
+            lambda: validation_images(args.model, unwrap(vae), val_batch),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -215,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_folders(out / name) as (folder,):
             save_model(unwrap(vae), ema, folder)
         if args.push_to_hub:
-            push_folder_to_hub(args, out, "earthcrafter", card_fields(args, f"{args.model} VAE"))
+            push_folder_to_hub(args, out, "earthcrafter", card_fields(args, "EarthCrafter", f"{args.model} VAE"))
     accelerator.end_training()
     return 0
 

@@ -63,15 +63,16 @@ from diffusers_city.models.sat2city.conditions import (  # noqa: E402
 from diffusers_city.models.shared.sparse_vae import match_coords  # noqa: E402
 from diffusers_city.sparse.tensor import take_rows  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
+    StepLosses,
+    card_fields,
     create_ema,
     echo_batches,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
-    out_of_time,
+    optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
+    step_emas,
     training_parser,
 )
 
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for m in modules:
         m.train()
-    logged = None
+    losses = StepLosses(args.gradient_accumulation_steps)
     last_batch = prepared = None
     while global_step < args.max_train_steps:
         with accelerator.accumulate(*[unet] + ([encoder] if encoder is not None else [])):
@@ -356,30 +357,20 @@ def main(argv: list[str] | None = None) -> int:
                 last_batch, prepared = batch, prepare_batch(batch, grid, device)
             generator = step_generator(args.seed, global_step, device)
             loss = diffusion_loss(data, unet, encoder, scheduler, prepared, scale, p_drop, generator, accelerator.autocast)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
-        micro = loss.detach().float() / args.gradient_accumulation_steps
-        logged = micro if logged is None else logged + micro
+            optimizer_step(accelerator, loss, params, optimizer, lr_scheduler)
+        losses.add({"loss": loss})
         if not accelerator.sync_gradients:
             continue
-        if not math.isfinite(float(loss.detach())):
-            raise RuntimeError(f"non-finite loss at step {global_step}")
+        step_loss = losses.finish(global_step)
         global_step += 1
-        step_loss, logged = logged, None
-        for ema, m in zip(emas, [unet] + ([encoder] if encoder is not None else [])):
-            if ema is not None:
-                ema.step(m.parameters())
-        if global_step % args.logging_steps == 0:  # global-batch mean: over micro-steps and processes
-            logs = {"loss": float(accelerator.reduce(step_loss, "mean")), "lr": lr_scheduler.get_last_lr()[0]}
-            log_step(accelerator, args, logs, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            images = validation_images(
+        step_emas(emas, [unet] + ([encoder] if encoder is not None else []))
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_loss, lr_scheduler),
+            lambda: validation_images(
                 data,
                 accelerator.unwrap_model(unet),
                 encoder and accelerator.unwrap_model(encoder),
@@ -387,11 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                 val_batch,
                 scale,
                 args.validation_inference_steps,
-            )
-            log_validation_images(accelerator, args, images, global_step)
-        if out_of_time(accelerator, args, t0):
-            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
-            save_checkpoint(accelerator, args, global_step)
+            ),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -400,18 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             for module, ema, folder in zip([unet] + ([encoder] if encoder is not None else []), emas, folders):
                 save_model(accelerator.unwrap_model(module), ema, folder)
         if args.push_to_hub:
-            stage = f"{args.stage} diffusion stage"
-            push_folder_to_hub(
-                args,
-                out_dir,
-                "sat2city",
-                {
-                    "title": f"Sat2City {stage} ({args.preset})",
-                    "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
-                    "stage": stage,
-                    "preset": str(args.preset),
-                },
-            )
+            fields = card_fields(args, "Sat2City", f"{args.stage} diffusion stage")
+            push_folder_to_hub(args, out_dir, "sat2city", fields)
     accelerator.end_training()
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,13 @@ from sat2city_common import (  # noqa: E402
 from diffusers_city.export.atomic import atomic_folders  # noqa: E402
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE  # noqa: E402
 from diffusers_city.training_utils import (  # noqa: E402
+    StepLosses,
+    card_fields,
     create_ema,
-    log_step,
-    log_validation_images,
+    finish_step,
     maybe_resume,
-    out_of_time,
+    optimizer_step,
     push_folder_to_hub,
-    save_checkpoint,
     setup_accelerator,
     training_parser,
 )
@@ -165,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         batches = itertools.islice(iter(loader), global_step * args.gradient_accumulation_steps, None)
     dense.train()
     sparse.train()
-    logged = None  # loss terms of this optimizer step, averaged over its accumulation micro-steps
+    params = list(itertools.chain(dense.parameters(), sparse.parameters()))
+    losses = StepLosses(args.gradient_accumulation_steps)
     while global_step < args.max_train_steps:
         if global_step == args.geometry_only_steps:
             unwrap(sparse).init_appearance_from_geometry()
@@ -175,34 +175,23 @@ def main(argv: list[str] | None = None) -> int:
             with accelerator.autocast():
                 generator = step_generator(args.seed, global_step, accelerator.device)
                 terms = vae_losses(dense, sparse, prepared, {**weights, "color": color_weight}, color_points, generator)
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(itertools.chain(dense.parameters(), sparse.parameters()), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
-        micro = torch.stack([v.detach().float() for v in terms.values()]) / args.gradient_accumulation_steps
-        logged = micro if logged is None else logged + micro
+            optimizer_step(accelerator, terms["loss"], params, optimizer, lr_scheduler)
+        losses.add(terms)
         if not accelerator.sync_gradients:
             continue
-        if not math.isfinite(float(terms["loss"].detach())):
-            raise RuntimeError(f"non-finite loss at step {global_step}: { {k: float(v) for k, v in terms.items()} }")
+        step_terms = losses.finish(global_step)
         global_step += 1
-        step_terms, logged = logged, None
         if ema_dense is not None:
             ema_dense.step(dense.parameters())
             ema_sparse.step(sparse.parameters())
-        if global_step % args.logging_steps == 0:  # global-batch means: over micro-steps and processes
-            means = accelerator.reduce(step_terms, "mean").tolist()
-            logs = dict(zip(terms, means)) | {"lr": lr_scheduler.get_last_lr()[0]}
-            log_step(accelerator, args, logs, global_step, t0)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
-        if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            log_validation_images(accelerator, args, validation_images(unwrap(dense), unwrap(sparse), val_batch), global_step)
-        if out_of_time(accelerator, args, t0):
-            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
-            save_checkpoint(accelerator, args, global_step)
+        if finish_step(
+            accelerator,
+            args,
+            global_step,
+            t0,
+            lambda: losses.logs(accelerator, step_terms, lr_scheduler),
+            lambda: validation_images(unwrap(dense), unwrap(sparse), val_batch),
+        ):
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -211,18 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             save_model(unwrap(dense), ema_dense, dense_dir)
             save_model(unwrap(sparse), ema_sparse, sparse_dir)
         if args.push_to_hub:
-            push_folder_to_hub(args, out, "sat2city", card_fields(args, "VAEs (dense + sparse / Re-Hash)"))
+            push_folder_to_hub(args, out, "sat2city", card_fields(args, "Sat2City", "VAEs (dense + sparse / Re-Hash)"))
     accelerator.end_training()
     return 0
-
-
-def card_fields(args: argparse.Namespace, stage: str) -> dict[str, str]:
-    return {
-        "title": f"Sat2City {stage} ({args.preset})",
-        "description": f"Sat2City {stage} trained on procedural cities with diffusers-city.",
-        "stage": stage,
-        "preset": str(args.preset),
-    }
 
 
 if __name__ == "__main__":

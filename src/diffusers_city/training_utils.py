@@ -1,5 +1,5 @@
-"""Shared pieces of the ``training/`` scripts: flags, accelerate setup, checkpoints, EMA,
-validation images and pushing to the Hub.
+"""Shared pieces of the ``training/`` scripts: flags, accelerate setup, the optimizer step and its
+bookkeeping, checkpoints, EMA, validation images and pushing to the Hub.
 
 Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
 
@@ -8,7 +8,8 @@ Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
     ema = create_ema(model, args)                 # before accelerator.prepare
     model, optimizer, ... = accelerator.prepare(...)
     global_step = maybe_resume(accelerator, args)
-    ...  save_checkpoint(accelerator, args, step) / log_validation_images(...)
+    ...  each micro-step: optimizer_step(...) in accelerator.accumulate, StepLosses.add(terms);
+    ...  each optimizer step: StepLosses.finish, step_emas, finish_step (log, checkpoint, validate)
     with export.atomic.atomic_folders(out / "unet") as (tmp,): model.save_pretrained(tmp)
     if accelerator.is_main_process and args.push_to_hub:
         push_folder_to_hub(args, folder, "sat2city", {...})
@@ -25,6 +26,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -32,7 +34,7 @@ import shutil
 import string
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +299,104 @@ def echo_batches(loader: Iterable[Any], echo: int, start: int = 0) -> Iterator[A
         for _ in range(echo - done):
             yield batch
         done = 0
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    params: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    max_grad_norm: float = 1.0,
+) -> None:
+    """One micro-step inside ``accelerator.accumulate``: backward, then on the step's last
+    micro-step clip the gradients of ``params`` to ``max_grad_norm``; step the optimizer and the
+    learning rate and clear the gradients (accelerate skips them until the gradients sync)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad()
+
+
+class StepLosses:
+    """The loss terms of one optimizer step, averaged over its gradient-accumulation micro-steps.
+
+    ``add`` each micro-step's terms (``"loss"`` among them); on the step's last micro-step
+    ``finish`` returns the means and starts the next step, and ``logs`` turns means into the
+    global-batch means (over processes too) for ``log_step``, a collective call.
+    """
+
+    def __init__(self, accumulation_steps: int) -> None:
+        self.accumulation_steps = accumulation_steps
+        self._sum: torch.Tensor | None = None
+        self._last: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        micro = torch.stack([v.detach().float() for v in terms.values()]) / self.accumulation_steps
+        self._sum = micro if self._sum is None else self._sum + micro
+        self._last = terms
+
+    def finish(self, step: int) -> torch.Tensor:
+        """The step's mean terms; a ``RuntimeError`` naming the terms when the last micro-step's
+        loss is not finite, so a diverged run stops before its weights are stepped on."""
+        if not math.isfinite(float(self._last["loss"].detach())):
+            terms = {k: float(v) for k, v in self._last.items()}
+            raise RuntimeError(f"non-finite loss at step {step}: {terms}")
+        means, self._sum = self._sum, None
+        return means
+
+    def logs(self, accelerator: Accelerator, means: torch.Tensor, lr_scheduler: Any) -> dict[str, float]:
+        """``means`` averaged over the processes too (global-batch means), with the learning rate."""
+        terms = dict(zip(self._last, accelerator.reduce(means, "mean").tolist()))
+        return terms | {"lr": lr_scheduler.get_last_lr()[0]}
+
+
+def step_emas(emas: Iterable[EMAModel | None], modules: Iterable[torch.nn.Module]) -> None:
+    """Step each EMA on its module's parameters (``None``: that module keeps no EMA)."""
+    for ema, module in zip(emas, modules):
+        if ema is not None:
+            ema.step(module.parameters())
+
+
+def finish_step(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    step: int,
+    start: float,
+    logs: Callable[[], dict[str, float]],
+    images: Callable[[], dict[str, Image.Image]],
+) -> bool:
+    """The bookkeeping after optimizer step ``step`` of a run begun at ``start`` (``time.time()``);
+    returns whether to stop.
+
+    At ``--logging_steps`` it logs ``logs()`` (which may be a collective call, so it is made on
+    every process), at ``--checkpointing_steps`` it saves a checkpoint, at ``--validation_steps``
+    the main process writes ``images()``, and past ``--max_train_minutes`` it saves a checkpoint
+    and says to stop, in this order on every run (an exact resume depends on it).
+    """
+    if step % args.logging_steps == 0:
+        log_step(accelerator, args, logs(), step, start)
+    if step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, args, step)
+    if step % args.validation_steps == 0 and accelerator.is_main_process:
+        log_validation_images(accelerator, args, images(), step)
+    if not out_of_time(accelerator, args, start):
+        return False
+    accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
+    save_checkpoint(accelerator, args, step)
+    return True
+
+
+def card_fields(args: argparse.Namespace, system: str, stage: str) -> dict[str, str]:
+    """Model-card fields of one trained ``stage`` of ``system`` (a display name)."""
+    return {
+        "title": f"{system} {stage} ({args.preset})",
+        "description": f"{system} {stage} trained on procedural cities with diffusers-city.",
+        "stage": stage,
+        "preset": str(args.preset),
+    }
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
