@@ -354,3 +354,14 @@ def test_a_decompression_bomb_is_refused_by_its_size(capsys, tmp_path):
     rc, _, err = run_main(capsys, *argv[:3], str(huge), *argv[4:], "--max-memory-gb", "8")
     assert rc == ExitCode.OUT_OF_MEMORY and "height map of 12000x12000 px" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_permission_error_while_writing_outputs_is_status_6(tmp_path):
+    from diffusers_city.cli.errors import OutputNotWritableError, classify
+    from diffusers_city.cli.outputs import writing
+
+    out = tmp_path / "out"
+    with pytest.raises(OutputNotWritableError, match="could not be written") as caught:
+        with writing(out):
+            raise PermissionError(13, "Permission denied")
+    assert classify(caught.value)[0] == ExitCode.OUTPUT_NOT_WRITABLE and not out.exists()

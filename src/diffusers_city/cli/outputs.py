@@ -67,9 +67,13 @@ def check_output_folder(path: Path, stems: Collection[str], option: str = "--out
 @contextmanager
 def writing(path: Path) -> Iterator[Path]:
     """An empty temporary folder to write the outputs into; it replaces ``path`` as a whole when
-    the block succeeds and is removed when it fails."""
-    with atomic_folders(path) as (tmp,):
-        yield tmp
+    the block succeeds and is removed when it fails. A permission error while writing is an
+    ``OutputNotWritableError`` (the block only writes, so it is the output that cannot be written)."""
+    try:
+        with atomic_folders(path) as (tmp,):
+            yield tmp
+    except PermissionError as error:
+        raise OutputNotWritableError(f"{path} could not be written: {error.strerror or error}") from error
 
 
 def published(paths: list[Path], tmp: Path, final: Path) -> list[Path]:
