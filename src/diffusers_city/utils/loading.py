@@ -13,6 +13,7 @@ outputs or ``RuntimeError: Tensor on device meta``.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from typing import Any
@@ -26,6 +27,11 @@ _SHOWN = 5
 # count, a string for a list, a width whose weights cannot be allocated: torch's RuntimeError or
 # MemoryError); diffusers' own refusals are ``OSError`` / ``ValueError``.
 _CONFIG_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError, RuntimeError, MemoryError)
+
+
+# Models checked by their own ``from_pretrained`` during the pipeline load in progress (by id,
+# kept alive for the call): the pipeline's check skips them instead of scanning their weights again.
+_checked_in_load: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar("checked_in_load", default=None)
 
 
 def _listed(names: list[str]) -> str:
@@ -53,12 +59,13 @@ def check_loaded_model(model: torch.nn.Module, name: str) -> None:
         raise ValueError(f"{name}: non-finite (NaN/inf) weights in {_listed(bad)}; the weights file is corrupt")
 
 
-def check_loaded_pipeline(pipeline: Any, where: str = "pipeline") -> None:
+def check_loaded_pipeline(pipeline: Any, where: str = "pipeline", skip: dict[int, Any] | None = None) -> None:
     """`check_loaded_model` on every ``torch.nn.Module`` component of a diffusers pipeline
     (``pipeline.components``), named ``<where>: component '<name>' (<class>)``: also those
-    passed in or of classes that do not check themselves on load."""
+    passed in or of classes that do not check themselves on load. Components in ``skip`` (by
+    id: those a wrapped ``from_pretrained`` checked during this load) are not scanned again."""
     for name, component in pipeline.components.items():
-        if isinstance(component, torch.nn.Module):
+        if isinstance(component, torch.nn.Module) and (skip is None or skip.get(id(component)) is not component):
             check_loaded_model(component, f"{where}: component {name!r} ({type(component).__name__})")
 
 
@@ -80,8 +87,10 @@ def check_weights_on_load(cls: type) -> type:
         where = str(pretrained_model_name_or_path)
         if kwargs.get("subfolder"):
             where = f"{where}/{kwargs['subfolder']}"
+        token = _checked_in_load.set({}) if issubclass(klass, DiffusionPipeline) else None
         try:
             loaded = func(klass, pretrained_model_name_or_path, *args, **kwargs)
+            checked = _checked_in_load.get()
         except _CONFIG_ERRORS as err:
             raise ValueError(
                 f"{klass.__name__} from {where}: its config cannot build it ({type(err).__name__}: {err}); "
@@ -91,11 +100,16 @@ def check_weights_on_load(cls: type) -> type:
             if where in str(err):
                 raise
             raise ValueError(f"{klass.__name__} from {where}: {err}") from err
+        finally:
+            if token is not None:
+                _checked_in_load.reset(token)
         obj = loaded[0] if isinstance(loaded, tuple) else loaded
         if isinstance(obj, DiffusionPipeline):
-            check_loaded_pipeline(obj, f"{type(obj).__name__} from {where}")
+            check_loaded_pipeline(obj, f"{type(obj).__name__} from {where}", skip=checked)
         else:
             check_loaded_model(obj, f"{type(obj).__name__} from {where}")
+            if checked is not None:
+                checked[id(obj)] = obj
         return loaded
 
     from_pretrained._checks_loaded_weights = True
