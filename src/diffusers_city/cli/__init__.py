@@ -63,8 +63,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffusers-city",
         description="Generative 3D cities (Sat2City, EarthCrafter, GaussianCity) as diffusers pipelines.",
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"diffusers-city {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
