@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -108,6 +109,15 @@ class _CropDataset(Dataset):
         self.crops_per_scene = crops_per_scene
         self.crop_size_px = crop_size_px
         self.source = source
+        self._latest: tuple[int, Any] | None = None
+
+    def _per_scene(self, scene_index: int, build: Callable[[], Any]) -> Any:
+        """``build()``, the per-scene work shared by all crops of scene ``scene_index``, kept for
+        the latest scene only (samples are read in order, so a loader worker reads consecutive
+        crops of one scene)."""
+        if self._latest is None or self._latest[0] != scene_index:
+            self._latest = (scene_index, build())
+        return self._latest[1]
 
     def __len__(self) -> int:
         return self.num_scenes * self.crops_per_scene
@@ -171,23 +181,21 @@ class VoxelCropDataset(_CropDataset):
         self.voxel_size = float(voxel_size)
         self.max_points = max_points
         self.noise_kwargs = dict(noise_kwargs or {})
-        self._scene_state: tuple[int, _SceneState] | None = None
 
     def _state(self, scene_index: int, scene: CityScene) -> _SceneState:
-        """Per-scene work shared by all crops of the scene, kept for the latest scene only
-        (samples are read in order, so a loader worker reads consecutive crops of one scene)."""
-        if self._scene_state is None or self._scene_state[0] != scene_index:
-            v = self.voxel_size
+        """The noisy height map, height range, local z and point cells of the scene (`_per_scene`)."""
+
+        def build() -> _SceneState:
             ground = scene.ground if scene.ground is not None else scene.height
-            state = _SceneState(
+            return _SceneState(
                 gray=noisy_height_map(scene, self.source.seed(scene_index), **self.noise_kwargs),
                 z_min=float(scene.height.min()),
                 z_max=float(scene.height.max()),
-                z0=float(np.floor(ground.min() / v) * v),
+                z0=float(np.floor(ground.min() / self.voxel_size) * self.voxel_size),
                 point_cells=None if scene.points is None else scene.point_cells(),
             )
-            self._scene_state = (scene_index, state)
-        return self._scene_state[1]
+
+        return self._per_scene(scene_index, build)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene_index, scene, r0, c0 = self.window(index)
@@ -387,19 +395,13 @@ class VoxelTileDataset(_CropDataset):
         self.resolution, self.voxel_size, self.image_size = resolution, float(voxel_size), image_size
         self.n_views, self.nadir_views, self.view_size = n_views, nadir_views, view_size
         self.splat_radius = 1.0 / float(np.sqrt(density))
-        self._point_cells: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
-
-    def _cells(self, scene_index: int, scene: CityScene) -> tuple[np.ndarray, np.ndarray]:
-        if self._point_cells is None or self._point_cells[0] != scene_index:
-            self._point_cells = (scene_index, scene.point_cells())
-        return self._point_cells[1]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from ..render import aerial_trajectory
 
         scene_index, scene, r0, c0 = self.window(index)
         L, v = self.resolution, self.voxel_size
-        tile = scene.crop(r0, c0, L, L, point_cells=self._cells(scene_index, scene))
+        tile = scene.crop(r0, c0, L, L, point_cells=self._per_scene(scene_index, scene.point_cells))
         if tile.num_points == 0:
             raise ValueError(f"scene {scene_index} tile at {(r0, c0)} has no points (points_per_m2 too low?)")
         z0 = float(np.floor(tile.ground.min() / v) * v)
