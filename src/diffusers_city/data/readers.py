@@ -581,15 +581,19 @@ def _read_raster(path: Path, band: int):
     return data, georef
 
 
-def _height_map(
-    path: Path, data: np.ndarray, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata
-) -> HeightMap:
-    """`read_height_map` of raster values read by `_read_raster`."""
+def _check_vertical(vertical_scale: float, vertical_offset: float) -> None:
+    """Refuse a non-finite vertical_scale / vertical_offset or a zero vertical_scale."""
     for name, v in (("vertical_scale", vertical_scale), ("vertical_offset", vertical_offset)):
         if not np.isfinite(v):
             raise ValueError(f"{name} must be finite, got {v}")
     if vertical_scale == 0:
         raise ValueError("vertical_scale must be non-zero")
+
+
+def _height_map(
+    path: Path, data: np.ndarray, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata
+) -> HeightMap:
+    """`read_height_map` of raster values read by `_read_raster` (``vertical_*`` checked by `_check_vertical`)."""
     data = data.astype(np.float64)
     bad = ~np.isfinite(data)
     if bad.all():
@@ -640,6 +644,7 @@ def read_height_map(
     colour, 1-bit (bool) or complex rasters raise ``ValueError`` naming the file.
     """
     path = _existing(path, _HEIGHT_SUFFIXES, "height map")
+    _check_vertical(vertical_scale, vertical_offset)  # before the raster is read
     data, georef = _read_raster(path, band)
     return _height_map(path, data, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata)
 
@@ -674,6 +679,7 @@ def read_height_input(
     data, georef = _read_raster(path, 1)
     if georef is None and data.dtype == np.uint8:
         return data
+    _check_vertical(vertical_scale, vertical_offset)
     return _dsm_scene(path, _height_map(path, data, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata))
 
 
