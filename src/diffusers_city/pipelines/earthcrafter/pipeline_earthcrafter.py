@@ -396,25 +396,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
             description=f"earthcrafter {stage}",
         )
 
-    @staticmethod
-    def _copies(x: SparseTensor, copies: int) -> SparseTensor:
-        """``x``'s structure repeated as batch items 0..copies-1 (the guidance batch)."""
-        coords = torch.cat([x.coords + torch.tensor([b, 0, 0, 0], dtype=x.coords.dtype, device=x.device) for b in range(copies)])
-        return SparseTensor(
-            x.feats.repeat(copies, 1),
-            coords,
-            voxel_size=x.voxel_size,
-            origin=x.origin,
-            stride=x.stride,
-            batch_size=copies,
-            validate=False,
-        )
-
     def _sparse_stage(
         self, stage: str, model: torch.nn.Module, structure: SparseTensor, channels: int, condition, run: _Sampling
     ) -> torch.Tensor:
         """A latent flow on the voxels of ``structure`` (batch 1): its sample ``[N, channels]``."""
-        batch = self._copies(structure.replace(structure.feats.new_zeros(structure.num_voxels, 1)), condition[0].shape[0])
+        batch = SparseTensor.cat([structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))] * condition[0].shape[0])
         return self._denoise(stage, model, (structure.num_voxels, channels), batch.replace, condition, run)
 
     def _coarse_cells(self, occupancy: torch.Tensor, origin: tuple[float, float, float]) -> SparseTensor:
