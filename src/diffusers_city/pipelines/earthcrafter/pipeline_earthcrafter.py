@@ -515,15 +515,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
 
     def _empty_tile(self, origin: tuple[float, float, float], device: torch.device) -> tuple[SparseTensor, Gaussians]:
         """The outputs when a stage finds nothing occupied."""
+        none = torch.zeros(0, 3, device=device)
         voxels = SparseTensor(
-            torch.zeros(0, 3, device=device),
-            torch.zeros(0, 4, dtype=torch.int32, device=device),
-            voxel_size=self.voxel_size,
-            origin=origin,
-            batch_size=1,
+            none, torch.zeros(0, 4, dtype=torch.int32, device=device), voxel_size=self.voxel_size, origin=origin, batch_size=1
         )
-        empty = {"means": (0, 3), "quats": (0, 4), "scales": (0, 3), "opacities": (0,), "colors": (0, 3)}
-        return voxels, Gaussians(**{k: torch.zeros(s, device=device) for k, s in empty.items()})
+        return voxels, Gaussians.from_points(none, none)
 
     def render_orbit(self, gaussians: Gaussians, voxels: SparseTensor, num_frames: int, width: int, height: int) -> torch.Tensor:
         """Frames ``[F, H, W, 3]`` in 0..1 of an orbit around the tile of ``voxels`` (2DGS rasterization of ``gaussians``)."""
