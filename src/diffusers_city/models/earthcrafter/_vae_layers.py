@@ -4,13 +4,12 @@ attention")."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ...sparse import SparseTensor
 from ...sparse.attention import SparseTransformerBlock
+from ..shared.encodings import sincos_encoding
 
 
 def positional_channels(num_frequencies: int) -> int:
@@ -22,10 +21,7 @@ def coord_encoding(coords: torch.Tensor, grid: int, num_frequencies: int, dtype:
     """Positional encoding ``[N, 3 + 6F]`` of voxel coordinates ``[N, 4]`` on a ``grid^3`` level:
     the voxel centre ``p = (xyz + 0.5) / grid`` in 0..1 of the tile and ``sin, cos(2^k pi p)``,
     ``k < F``. The same point of the tile gets the same code on every level."""
-    p = (coords[:, 1:].to(dtype) + 0.5) / grid
-    freqs = math.pi * 2.0 ** torch.arange(num_frequencies, device=coords.device, dtype=dtype)
-    angles = (p[:, :, None] * freqs).flatten(1)
-    return torch.cat([p, angles.sin(), angles.cos()], 1)
+    return sincos_encoding((coords[:, 1:].to(dtype) + 0.5) / grid, num_frequencies)
 
 
 def swin_stack(dim: int, num_layers: int, head_dim: int, window_size: int) -> nn.ModuleList:

@@ -6,14 +6,19 @@ cross-attention to the condition tokens; stride-2 sparse convolutions down, inve
 back onto the skip structures. A 3D positional encoding of the voxel centres (finest-voxel units,
 the condition tokens' frame) is added after the input convolution so cross-attention knows where
 each voxel lies. The output layer starts at zero: a fresh model predicts zero velocity.
+:class:`SparseFlowModel` is the diffusers model both flows are: its subclasses only build
+``self.unet`` from their own config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...sparse import SparseDiTBlock, SparseTensor
@@ -164,3 +169,30 @@ class SparseFlowUNet(nn.Module):
                 h = self.upsamplers[i](h, skips[-1])
         out = self.conv_out(F.silu(self.norm_out(h).feats))
         return sample.replace(out)
+
+
+@dataclass
+class EarthCrafterSparseFlowOutput(BaseOutput):
+    """``sample``: the predicted velocity on the input voxels."""
+
+    sample: SparseTensor
+
+
+class SparseFlowModel(ModelMixin, ConfigMixin):
+    """The forward shared by EarthCrafter's sparse flows; a subclass's ``__init__`` sets ``self.unet``
+    (a :class:`SparseFlowUNet`) from its registered config."""
+
+    unet: SparseFlowUNet
+
+    def forward(
+        self,
+        sample: SparseTensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        encoder_lengths: torch.Tensor,
+        return_dict: bool = True,
+    ) -> EarthCrafterSparseFlowOutput | tuple:
+        """Velocity of the noisy latent ``sample`` at ``timestep`` given the condition tokens
+        ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``)."""
+        out = self.unet(sample, timestep, encoder_hidden_states, encoder_lengths, type(self).__name__)
+        return EarthCrafterSparseFlowOutput(sample=out) if return_dict else (out,)

@@ -7,25 +7,14 @@ at its coarsest level; the occupied cells come from stage 1 (:class:`EarthCrafte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from diffusers.utils import BaseOutput
 
-from ...sparse import SparseTensor
-from .sparse_flow_unet import SparseFlowUNet
+from .sparse_flow_unet import EarthCrafterSparseFlowOutput, SparseFlowModel, SparseFlowUNet
 
-
-@dataclass
-class EarthCrafterSparseFlowOutput(BaseOutput):
-    """``sample``: the predicted velocity on the input voxels."""
-
-    sample: SparseTensor
+__all__ = ["EarthCrafterSparseFlowOutput", "EarthCrafterStructFlow"]
 
 
-class EarthCrafterStructFlow(ModelMixin, ConfigMixin):
+class EarthCrafterStructFlow(SparseFlowModel):
     """Structure-latent flow on the occupied coarse cells.
 
     Args:
@@ -69,16 +58,3 @@ class EarthCrafterStructFlow(ModelMixin, ConfigMixin):
             num_heads,
             context_dim,
         )
-
-    def forward(
-        self,
-        sample: SparseTensor,
-        timestep: torch.Tensor | float,
-        encoder_hidden_states: torch.Tensor,
-        encoder_lengths: torch.Tensor,
-        return_dict: bool = True,
-    ) -> EarthCrafterSparseFlowOutput | tuple:
-        """Velocity of the noisy latent ``sample`` at ``timestep`` given the condition tokens
-        ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``)."""
-        out = self.unet(sample, timestep, encoder_hidden_states, encoder_lengths, type(self).__name__)
-        return EarthCrafterSparseFlowOutput(sample=out) if return_dict else (out,)

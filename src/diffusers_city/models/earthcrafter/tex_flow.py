@@ -9,16 +9,12 @@ finest levels, which cost most of a CPU forward, and keep the coarser levels' at
 
 from __future__ import annotations
 
-import torch
-from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from ...sparse import SparseTensor
-from .sparse_flow_unet import SparseFlowUNet
-from .struct_flow import EarthCrafterSparseFlowOutput
+from .sparse_flow_unet import SparseFlowModel, SparseFlowUNet
 
 
-class EarthCrafterTexFlow(ModelMixin, ConfigMixin):
+class EarthCrafterTexFlow(SparseFlowModel):
     """Texture-latent flow on the structure's voxels.
 
     Args:
@@ -60,16 +56,3 @@ class EarthCrafterTexFlow(ModelMixin, ConfigMixin):
             num_heads,
             context_dim,
         )
-
-    def forward(
-        self,
-        sample: SparseTensor,
-        timestep: torch.Tensor | float,
-        encoder_hidden_states: torch.Tensor,
-        encoder_lengths: torch.Tensor,
-        return_dict: bool = True,
-    ) -> EarthCrafterSparseFlowOutput | tuple:
-        """Velocity of the noisy texture latent ``sample`` (on the structure's voxels) at ``timestep``
-        given the condition tokens ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``)."""
-        out = self.unet(sample, timestep, encoder_hidden_states, encoder_lengths, type(self).__name__)
-        return EarthCrafterSparseFlowOutput(sample=out) if return_dict else (out,)

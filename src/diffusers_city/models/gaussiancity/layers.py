@@ -9,19 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..shared.encodings import sincos_encoding
+
 __all__ = ["ModulatedLinear", "leaky_relu", "pool_features", "sincos_encoding"]
-
-
-def sincos_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
-    """Eq. 12: ``[x, sin(2^k pi x), cos(2^k pi x)]`` for ``k < num_freqs``, per value of ``x [N, D]``.
-
-    Returns ``[N, D * (1 + 2 * num_freqs)]``.
-    """
-    if num_freqs == 0:
-        return x
-    freqs = (2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)) * math.pi
-    angles = x[..., None] * freqs
-    return torch.cat([x, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
 
 
 class ModulatedLinear(nn.Module):

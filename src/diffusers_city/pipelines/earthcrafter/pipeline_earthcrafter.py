@@ -396,25 +396,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
             description=f"earthcrafter {stage}",
         )
 
-    @staticmethod
-    def _copies(x: SparseTensor, copies: int) -> SparseTensor:
-        """``x``'s structure repeated as batch items 0..copies-1 (the guidance batch)."""
-        coords = torch.cat([x.coords + torch.tensor([b, 0, 0, 0], dtype=x.coords.dtype, device=x.device) for b in range(copies)])
-        return SparseTensor(
-            x.feats.repeat(copies, 1),
-            coords,
-            voxel_size=x.voxel_size,
-            origin=x.origin,
-            stride=x.stride,
-            batch_size=copies,
-            validate=False,
-        )
-
     def _sparse_stage(
         self, stage: str, model: torch.nn.Module, structure: SparseTensor, channels: int, condition, run: _Sampling
     ) -> torch.Tensor:
         """A latent flow on the voxels of ``structure`` (batch 1): its sample ``[N, channels]``."""
-        batch = self._copies(structure.replace(structure.feats.new_zeros(structure.num_voxels, 1)), condition[0].shape[0])
+        batch = SparseTensor.cat([structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))] * condition[0].shape[0])
         return self._denoise(stage, model, (structure.num_voxels, channels), batch.replace, condition, run)
 
     def _coarse_cells(self, occupancy: torch.Tensor, origin: tuple[float, float, float]) -> SparseTensor:
@@ -529,15 +515,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
 
     def _empty_tile(self, origin: tuple[float, float, float], device: torch.device) -> tuple[SparseTensor, Gaussians]:
         """The outputs when a stage finds nothing occupied."""
+        none = torch.zeros(0, 3, device=device)
         voxels = SparseTensor(
-            torch.zeros(0, 3, device=device),
-            torch.zeros(0, 4, dtype=torch.int32, device=device),
-            voxel_size=self.voxel_size,
-            origin=origin,
-            batch_size=1,
+            none, torch.zeros(0, 4, dtype=torch.int32, device=device), voxel_size=self.voxel_size, origin=origin, batch_size=1
         )
-        empty = {"means": (0, 3), "quats": (0, 4), "scales": (0, 3), "opacities": (0,), "colors": (0, 3)}
-        return voxels, Gaussians(**{k: torch.zeros(s, device=device) for k, s in empty.items()})
+        return voxels, Gaussians.from_points(none, none)
 
     def render_orbit(self, gaussians: Gaussians, voxels: SparseTensor, num_frames: int, width: int, height: int) -> torch.Tensor:
         """Frames ``[F, H, W, 3]`` in 0..1 of an orbit around the tile of ``voxels`` (2DGS rasterization of ``gaussians``)."""
