@@ -127,6 +127,15 @@ def test_a_huge_map_is_refused_by_its_size_before_its_pixels_are_read(pipe, tmp_
     assert pipe.estimate_memory_bytes(grid, 20000**2) > pipe.estimate_memory_bytes(grid, 64**2) + 8e9
 
 
+def test_inputs_sized_only_once_read_are_checked_once_loaded(pipe, tmp_path):
+    """A scene folder's size is known only once it is read: checked then, at its own resolution."""
+    path = tmp_path / "scene"
+    rng = np.random.default_rng(0)
+    CityScene(rng.uniform(0, 20, (200, 200)).astype(np.float32), np.zeros((200, 200), np.uint8), meters_per_pixel=20.0).save(path)
+    with pytest.raises(ValueError, match=r"height map of 200x200 px at 20 m/px .* estimated peak memory"):
+        pipe(str(path), num_inference_steps=1, max_memory_gb=0.05)
+
+
 def test_default_memory_limit_is_the_available_memory(pipe, monkeypatch):
     import inspect
 

@@ -331,12 +331,12 @@ class Sat2CityPipeline(DiffusionPipeline):
         return int((surface + candidates) * channels * _BYTES_PER_VOXEL_CHANNEL + dense + num_pixels * _BYTES_PER_PIXEL)
 
     def _check_memory(self, height_map: Any, meters_per_pixel: float | None, max_memory_gb: float | None) -> None:
-        """``MemoryLimitError`` (a ``ValueError``) with the estimate when the height map's size, at
-        its resolution (given, the scene's or the default), needs more than ``max_memory_gb``;
-        from the input's shape alone, before its pixels are read."""
+        """The memory check from the input's shape alone, before its pixels are read, where the
+        shape is known without reading (arrays, images, ``.npy``, a ``CityScene``); the resolution
+        is the given one, the scene's or the default. Other inputs are checked once loaded."""
         shape = height_map_shape(height_map)
         if shape is None or len(shape) != 2 or min(shape) < 1:
-            return  # load_height_map names the problem
+            return  # checked after loading; load_height_map names a bad shape
         mpp = meters_per_pixel
         if mpp is None:
             mpp = height_map.meters_per_pixel if isinstance(height_map, CityScene) else self.default_meters_per_pixel(shape)
@@ -344,8 +344,12 @@ class Sat2CityPipeline(DiffusionPipeline):
             mpp = float(mpp)
         except (TypeError, ValueError):
             return  # load_height_map names the bad resolution
-        if not (math.isfinite(mpp) and mpp > 0):
-            return
+        if math.isfinite(mpp) and mpp > 0:
+            self._check_memory_of(shape, mpp, max_memory_gb)
+
+    def _check_memory_of(self, shape: tuple[int, int], mpp: float, max_memory_gb: float | None) -> None:
+        """``MemoryLimitError`` (a ``ValueError``) with the estimate when a height map of ``shape``
+        pixels at ``mpp`` metres per pixel needs more than ``max_memory_gb``."""
         grid = self.grid_for(shape, mpp)
         vae = self.dense_vae.config
         check_memory(
@@ -509,6 +513,7 @@ class Sat2CityPipeline(DiffusionPipeline):
             raise ValueError(f"height_range must be (z_min, z_max) with z_max > z_min, got {height_range}")
         self._check_memory(height_map, meters_per_pixel, max_memory_gb)
         hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
+        self._check_memory_of(hmap.height.shape, hmap.meters_per_pixel, max_memory_gb)  # a file's own resolution
         grid = self.grid_for(hmap.height.shape, hmap.meters_per_pixel)
         rise, top = float(hmap.height.max()) - hmap.z_base, grid[2] * vae.voxel_size
         if rise > top:
