@@ -39,6 +39,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from script_loader import load_script
+from training_helpers import SAT2CITY_TINY
 
 from diffusers_city import GaussianCityPipeline
 
@@ -137,26 +138,7 @@ def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
 
 
 def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
-    args = [
-        "--preset",
-        "tiny",
-        "--cpu",
-        "--report_to",
-        "none",
-        "--logging_steps",
-        "1",
-        "--validation_steps",
-        "100",
-        "--checkpointing_steps",
-        "2",
-        "--max_train_steps",
-        "3",
-        "--geometry_only_steps",
-        "1",
-        "--train_batch_size",
-        "1",
-        "--use_ema",
-    ]
+    args = [*SAT2CITY_TINY, "--max_train_steps", "3", "--geometry_only_steps", "1", "--train_batch_size", "1"]
     launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
     vae = load_script("training/train_sat2city_vae.py")

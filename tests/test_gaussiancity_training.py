@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from script_loader import load_script
+from training_helpers import GAUSSIANCITY_TINY
 
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import ROAD, ROOF
@@ -18,34 +19,7 @@ def train():
     return load_script("training/train_gaussiancity.py")
 
 
-COMMON = [
-    "--preset",
-    "tiny",
-    "--num_cities",
-    "2",
-    "--city_size_m",
-    "48",
-    "--points_per_m2",
-    "1",
-    "--views_per_city",
-    "2",
-    "--resolution",
-    "24x16",
-    "--train_batch_size",
-    "1",
-    "--discriminator_channels",
-    "8",
-    "--report_to",
-    "none",
-    "--checkpointing_steps",
-    "2",
-    "--validation_steps",
-    "2",
-    "--cpu",
-    "--use_ema",
-    "--ema_decay",
-    "0.5",
-]
+COMMON = [*GAUSSIANCITY_TINY, "--validation_steps", "2"]
 
 
 def test_train_steps_resume_and_saved_pipeline(train, tmp_path, capsys):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import GAUSSIANCITY_TINY, SAT2CITY_TINY
 
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE
 from diffusers_city.presets import load_preset
@@ -40,49 +41,12 @@ sys.modules["train_script"] = script
 spec.loader.exec_module(script)
 sys.exit(script.main(sys.argv[2:] + sys.stdin.readline().split()))
 """
-SAT2CITY = [
-    "--preset",
-    "tiny",
-    "--cpu",
-    "--report_to",
-    "none",
-    "--logging_steps",
-    "1",
-    "--validation_steps",
-    "100",
-    "--checkpointing_steps",
-    "2",
-    "--use_ema",
-]
 GAUSSIANCITY = [
-    "--preset",
-    "tiny",
-    "--num_cities",
-    "2",
-    "--city_size_m",
-    "48",
-    "--points_per_m2",
-    "1",
-    "--views_per_city",
-    "2",
-    "--resolution",
-    "24x16",
-    "--train_batch_size",
-    "1",
-    "--discriminator_channels",
-    "8",
-    "--report_to",
-    "none",
+    *GAUSSIANCITY_TINY,
     "--logging_steps",
     "1",
-    "--checkpointing_steps",
-    "2",
     "--validation_steps",
     "100",
-    "--cpu",
-    "--use_ema",
-    "--ema_decay",
-    "0.5",
     "--learning_rate",
     "1e-3",
     "--discriminator_lr",
@@ -169,7 +133,7 @@ def kill_and_resume(script: str, args: list[str], output_dir: Path) -> tuple[int
 
 def test_sat2city_vae_resumes_exactly_after_sigkill(tmp_path):
     # geometry-only phase ends at a checkpoint step: the appearance head is initialized on resume too
-    start, last = kill_and_resume("train_sat2city_vae.py", [*SAT2CITY, "--geometry_only_steps", "4"], tmp_path / "vae")
+    start, last = kill_and_resume("train_sat2city_vae.py", [*SAT2CITY_TINY, "--geometry_only_steps", "4"], tmp_path / "vae")
     assert start < last
 
 
@@ -187,7 +151,7 @@ def vae_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("stage", ["dense", "sparse", "appearance"])
 def test_sat2city_diffusion_stage_resumes_exactly_after_sigkill(stage, vae_dir, tmp_path):
     # --data_echo 3: a checkpoint at an even step resumes in the middle of a batch's repeats
-    args = [*SAT2CITY, "--stage", stage, "--vae_dir", str(vae_dir), "--scale_batches", "1", "--data_echo", "3"]
+    args = [*SAT2CITY_TINY, "--stage", stage, "--vae_dir", str(vae_dir), "--scale_batches", "1", "--data_echo", "3"]
     start, last = kill_and_resume("train_sat2city_diffusion.py", args, tmp_path / stage)
     assert start < last
 

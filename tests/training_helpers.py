@@ -1,0 +1,45 @@
+"""Command lines of tiny CPU training runs shared by the training-script tests."""
+
+# train_sat2city_vae.py / train_sat2city_diffusion.py: tiny preset, a log line per step,
+# a checkpoint every 2 steps, no validation within the run.
+SAT2CITY_TINY = [
+    "--preset",
+    "tiny",
+    "--cpu",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1",
+    "--validation_steps",
+    "100",
+    "--checkpointing_steps",
+    "2",
+    "--use_ema",
+]
+# train_gaussiancity.py: 2 small procedural cities, 2 views each, a checkpoint every 2 steps.
+GAUSSIANCITY_TINY = [
+    "--preset",
+    "tiny",
+    "--num_cities",
+    "2",
+    "--city_size_m",
+    "48",
+    "--points_per_m2",
+    "1",
+    "--views_per_city",
+    "2",
+    "--resolution",
+    "24x16",
+    "--train_batch_size",
+    "1",
+    "--discriminator_channels",
+    "8",
+    "--report_to",
+    "none",
+    "--checkpointing_steps",
+    "2",
+    "--cpu",
+    "--use_ema",
+    "--ema_decay",
+    "0.5",
+]
