@@ -365,10 +365,12 @@ def validation_tile(args, vae, device, scale: float) -> dict:
     items, geometry = encode_batch(args.model, vae, batch, cell_size(preset))
     grid = int(preset["components"]["occupancy_transformer"]["grid_size"])
     coords = torch.cat([torch.zeros_like(items[0]["coords"][:, :1]), items[0]["coords"]], 1)
-    g = geometry.tolist()
-    geometry = {"voxel_size": g[0], "origin": tuple(g[1:4]), "stride": int(g[4])}
     x0 = clean_sample(
-        args.model, {"coords": coords, "feats": items[0]["mean"], "semantic": batch["semantic"]}, grid, geometry, scale
+        args.model,
+        {"coords": coords, "feats": items[0]["mean"], "semantic": batch["semantic"]},
+        grid,
+        grid_geometry(geometry),
+        scale,
     )
     return {**batch, "x0": x0}
 
