@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sat2city_common import save_model, step_generator, write_json_atomic  # noqa: E402,F401
+from sat2city_common import read_latent_scale, save_model, step_generator, write_json_atomic  # noqa: E402,F401
 
 from diffusers_city.data import VoxelTileDataset  # noqa: E402
 from diffusers_city.render import render_points_preview  # noqa: E402

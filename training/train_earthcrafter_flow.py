@@ -51,6 +51,7 @@ from earthcrafter_common import (  # noqa: E402
     load_preset,
     make_dataloader,
     preview_voxels,
+    read_latent_scale,
     sample_sigmas,
     save_model,
     step_generator,
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model in VAES:
         scale_path = out_dir / SCALE_FILE
         if scale_path.is_file():
-            scale = float(json.loads(scale_path.read_text())["scaling_factor"])
+            scale = read_latent_scale(scale_path)
         else:
             std = cache.latent_std()
             scale = 1.0 / max(std, 1e-12)
