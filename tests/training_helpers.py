@@ -1,4 +1,4 @@
-"""Command lines of tiny CPU training runs shared by the training-script tests."""
+"""Shared pieces of the training-script tests: tiny CPU command lines and a failing final save."""
 
 # train_sat2city_vae.py / train_sat2city_diffusion.py: tiny preset, a log line per step,
 # a checkpoint every 2 steps, no validation within the run.
@@ -43,3 +43,15 @@ GAUSSIANCITY_TINY = [
     "--ema_decay",
     "0.5",
 ]
+
+
+def fail_after_saving(monkeypatch, cls: type) -> None:
+    """Make ``cls.save_pretrained`` write its files, then raise ``OSError("No space left on device")``:
+    a final save that fails part-way through a script's outputs."""
+    save = cls.save_pretrained
+
+    def save_then_fail(self, folder, **kwargs):
+        save(self, folder, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(cls, "save_pretrained", save_then_fail)
