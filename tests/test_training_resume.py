@@ -12,7 +12,6 @@ trains, waiting on stdin for its resume arguments, which keeps each test near 20
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import GAUSSIANCITY_TINY, SAT2CITY_TINY
+from training_helpers import GAUSSIANCITY_TINY, SAT2CITY_TINY, logged
 
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE
 from diffusers_city.presets import load_preset
-from diffusers_city.training_utils import CHECKPOINT_MANIFEST, LOG_FILE, list_checkpoints
+from diffusers_city.training_utils import CHECKPOINT_MANIFEST, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "training"
@@ -54,21 +53,6 @@ GAUSSIANCITY = [
     "--discriminator_warmup_steps",
     "3",
 ]
-
-
-def logged(output_dir: Path) -> dict[int, dict[str, float]]:
-    """``train_log.jsonl`` as ``{step: values}`` without the wall-clock time (and without the
-    half-written last line a killed process may leave)."""
-    path = output_dir / LOG_FILE
-    records = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        record.pop("elapsed_s")
-        records[record.pop("step")] = record
-    return records
 
 
 def _stop(*processes: subprocess.Popen) -> None:

@@ -1,4 +1,9 @@
-"""Shared pieces of the training-script tests: tiny CPU command lines and a failing final save."""
+"""Shared pieces of the training-script tests: tiny CPU command lines, the loss log, a failing final save."""
+
+import json
+from pathlib import Path
+
+from diffusers_city.training_utils import LOG_FILE
 
 # train_sat2city_vae.py / train_sat2city_diffusion.py: tiny preset, a log line per step,
 # a checkpoint every 2 steps, no validation within the run.
@@ -43,6 +48,21 @@ GAUSSIANCITY_TINY = [
     "--ema_decay",
     "0.5",
 ]
+
+
+def logged(output_dir: Path) -> dict[int, dict[str, float]]:
+    """``train_log.jsonl`` as ``{step: values}`` without the wall-clock time (and without the
+    half-written last line a killed process may leave)."""
+    path = output_dir / LOG_FILE
+    records = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        record.pop("elapsed_s")
+        records[record.pop("step")] = record
+    return records
 
 
 def fail_after_saving(monkeypatch, cls: type) -> None:
