@@ -24,7 +24,6 @@ Same global batch of 2, and why the runs agree up to float rounding:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -39,6 +38,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from script_loader import load_script
+from training_helpers import SAT2CITY_TINY, logged
 
 from diffusers_city import GaussianCityPipeline
 
@@ -122,12 +122,6 @@ def _stop_all(proc: subprocess.Popen) -> tuple[str, str]:
     return proc.communicate()
 
 
-def step_logs(output_dir: Path) -> dict[int, dict[str, float]]:
-    """A run's ``train_log.jsonl`` as ``{step: {name: value}}`` (wall-clock time left out)."""
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
-    return {r.pop("step"): {k: v for k, v in r.items() if k != "elapsed_s"} for r in records}
-
-
 def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     for step, logs in one.items():
@@ -137,32 +131,13 @@ def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:
 
 
 def test_sat2city_vae_two_processes_match_accumulation(tmp_path):
-    args = [
-        "--preset",
-        "tiny",
-        "--cpu",
-        "--report_to",
-        "none",
-        "--logging_steps",
-        "1",
-        "--validation_steps",
-        "100",
-        "--checkpointing_steps",
-        "2",
-        "--max_train_steps",
-        "3",
-        "--geometry_only_steps",
-        "1",
-        "--train_batch_size",
-        "1",
-        "--use_ema",
-    ]
+    args = [*SAT2CITY_TINY, "--max_train_steps", "3", "--geometry_only_steps", "1", "--train_batch_size", "1"]
     launch_two_processes("train_sat2city_vae.py", [*args, "--output_dir", str(tmp_path / "two")])
     assert (tmp_path / "two" / "checkpoint-2").is_dir()
     vae = load_script("training/train_sat2city_vae.py")
     assert vae.main([*args, "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "one")]) == 0
     # the runs differ by float rounding only (~1e-7 relative)
-    assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 3, rel=1e-5, abs=1e-7)
+    assert_same_curve(logged(tmp_path / "one"), logged(tmp_path / "two"), 3, rel=1e-5, abs=1e-7)
     for name in ("dense_vae", "sparse_vae"):
         a, b = load_file(tmp_path / "one" / name / WEIGHTS), load_file(tmp_path / "two" / name / WEIGHTS)
         assert a.keys() == b.keys()
@@ -214,7 +189,7 @@ def test_gaussiancity_two_processes_match_one_process(tmp_path):
     gc = load_script("training/train_gaussiancity.py")
     assert gc.main([*args, "--train_batch_size", "2", "--output_dir", str(tmp_path / "one")]) == 0
     # the runs differ by float rounding of batched vs per-process convolutions (~1e-6)
-    assert_same_curve(step_logs(tmp_path / "one"), step_logs(tmp_path / "two"), 4, rel=0, abs=2e-5)
+    assert_same_curve(logged(tmp_path / "one"), logged(tmp_path / "two"), 4, rel=0, abs=2e-5)
     # Weights: Adam turns rounding-level gradient differences on near-zero gradients into up to
     # lr-sized steps, so compare the 1- vs 2-process difference with how far training moved them.
     init = GaussianCityPipeline.from_preset("tiny", seed=0)

@@ -27,10 +27,6 @@ from diffusers_city.models.earthcrafter import EarthCrafterConditionEncoder, Ear
 
 FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1"]
 FLOW_FAST = [*FAST, "--validation_inference_steps", "2"]
-
-
-HAS_TEX_VAE = hasattr(earthcrafter, "EarthCrafterTexVAE")
-needs_tex_vae = pytest.mark.skipif(not HAS_TEX_VAE, reason="EarthCrafterTexVAE not in this tree yet (branch ec-vae)")
 PRESET = "tiny"
 
 
@@ -169,7 +165,6 @@ def test_struct_stages_train_and_write_loadable_models(struct_runs):
         )
 
 
-@needs_tex_vae
 def test_tex_stages_train_and_write_loadable_models(tex_runs):
     vae = earthcrafter.EarthCrafterTexVAE.from_pretrained(tex_runs["tex_vae"] / "tex_vae")
     assert isinstance(vae, earthcrafter.EarthCrafterTexVAE) and _log_steps(tex_runs["tex_vae"]) == [1, 2]
@@ -180,7 +175,6 @@ def test_tex_stages_train_and_write_loadable_models(tex_runs):
     )
 
 
-@needs_tex_vae
 def test_assemble_writes_a_loadable_pipeline(tex_runs, tmp_path):
     from diffusers_city.pipelines.earthcrafter import EarthCrafterPipeline
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from script_loader import load_script
+from training_helpers import GAUSSIANCITY_TINY, fail_after_saving
 
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import ROAD, ROOF
@@ -18,34 +19,7 @@ def train():
     return load_script("training/train_gaussiancity.py")
 
 
-COMMON = [
-    "--preset",
-    "tiny",
-    "--num_cities",
-    "2",
-    "--city_size_m",
-    "48",
-    "--points_per_m2",
-    "1",
-    "--views_per_city",
-    "2",
-    "--resolution",
-    "24x16",
-    "--train_batch_size",
-    "1",
-    "--discriminator_channels",
-    "8",
-    "--report_to",
-    "none",
-    "--checkpointing_steps",
-    "2",
-    "--validation_steps",
-    "2",
-    "--cpu",
-    "--use_ema",
-    "--ema_decay",
-    "0.5",
-]
+COMMON = [*GAUSSIANCITY_TINY, "--validation_steps", "2"]
 
 
 def test_train_steps_resume_and_saved_pipeline(train, tmp_path, capsys):
@@ -146,13 +120,7 @@ def test_failed_save_keeps_the_previous_pipeline(train, tmp_path, monkeypatch):
     assert train.main([*args, "--max_train_steps", "1"]) == 0
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     decoder = type(GaussianCityPipeline.from_pretrained(folder).building_decoder)
-    save = decoder.save_pretrained
-
-    def save_then_fail(self, target, **kwargs):
-        save(self, target, **kwargs)
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(decoder, "save_pretrained", save_then_fail)
+    fail_after_saving(monkeypatch, decoder)
     with pytest.raises(OSError, match="No space left"):
         train.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import fail_after_saving
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -360,13 +361,7 @@ def test_failed_final_save_keeps_the_previous_outputs(tmp_path, monkeypatch):
     assert train_sat2city_vae.main([*args, "--max_train_steps", "1"]) == 0
     names = ("dense_vae", "sparse_vae")
     before = {name: (out / name / "diffusion_pytorch_model.safetensors").read_bytes() for name in names}
-    save = Sat2CitySparseVAE.save_pretrained
-
-    def save_then_fail(self, folder, **kwargs):
-        save(self, folder, **kwargs)
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(Sat2CitySparseVAE, "save_pretrained", save_then_fail)
+    fail_after_saving(monkeypatch, Sat2CitySparseVAE)
     with pytest.raises(OSError, match="No space left"):
         train_sat2city_vae.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
     assert {name: (out / name / "diffusion_pytorch_model.safetensors").read_bytes() for name in names} == before

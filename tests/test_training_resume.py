@@ -12,7 +12,6 @@ trains, waiting on stdin for its resume arguments, which keeps each test near 20
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import GAUSSIANCITY_TINY, SAT2CITY_TINY, logged
 
 from diffusers_city.models.sat2city import Sat2CityDenseVAE, Sat2CitySparseVAE
 from diffusers_city.presets import load_preset
-from diffusers_city.training_utils import CHECKPOINT_MANIFEST, LOG_FILE, list_checkpoints
+from diffusers_city.training_utils import CHECKPOINT_MANIFEST, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "training"
@@ -40,49 +40,12 @@ sys.modules["train_script"] = script
 spec.loader.exec_module(script)
 sys.exit(script.main(sys.argv[2:] + sys.stdin.readline().split()))
 """
-SAT2CITY = [
-    "--preset",
-    "tiny",
-    "--cpu",
-    "--report_to",
-    "none",
-    "--logging_steps",
-    "1",
-    "--validation_steps",
-    "100",
-    "--checkpointing_steps",
-    "2",
-    "--use_ema",
-]
 GAUSSIANCITY = [
-    "--preset",
-    "tiny",
-    "--num_cities",
-    "2",
-    "--city_size_m",
-    "48",
-    "--points_per_m2",
-    "1",
-    "--views_per_city",
-    "2",
-    "--resolution",
-    "24x16",
-    "--train_batch_size",
-    "1",
-    "--discriminator_channels",
-    "8",
-    "--report_to",
-    "none",
+    *GAUSSIANCITY_TINY,
     "--logging_steps",
     "1",
-    "--checkpointing_steps",
-    "2",
     "--validation_steps",
     "100",
-    "--cpu",
-    "--use_ema",
-    "--ema_decay",
-    "0.5",
     "--learning_rate",
     "1e-3",
     "--discriminator_lr",
@@ -90,21 +53,6 @@ GAUSSIANCITY = [
     "--discriminator_warmup_steps",
     "3",
 ]
-
-
-def logged(output_dir: Path) -> dict[int, dict[str, float]]:
-    """``train_log.jsonl`` as ``{step: values}`` without the wall-clock time (and without the
-    half-written last line a killed process may leave)."""
-    path = output_dir / LOG_FILE
-    records = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        record.pop("elapsed_s")
-        records[record.pop("step")] = record
-    return records
 
 
 def _stop(*processes: subprocess.Popen) -> None:
@@ -169,7 +117,7 @@ def kill_and_resume(script: str, args: list[str], output_dir: Path) -> tuple[int
 
 def test_sat2city_vae_resumes_exactly_after_sigkill(tmp_path):
     # geometry-only phase ends at a checkpoint step: the appearance head is initialized on resume too
-    start, last = kill_and_resume("train_sat2city_vae.py", [*SAT2CITY, "--geometry_only_steps", "4"], tmp_path / "vae")
+    start, last = kill_and_resume("train_sat2city_vae.py", [*SAT2CITY_TINY, "--geometry_only_steps", "4"], tmp_path / "vae")
     assert start < last
 
 
@@ -187,7 +135,7 @@ def vae_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("stage", ["dense", "sparse", "appearance"])
 def test_sat2city_diffusion_stage_resumes_exactly_after_sigkill(stage, vae_dir, tmp_path):
     # --data_echo 3: a checkpoint at an even step resumes in the middle of a batch's repeats
-    args = [*SAT2CITY, "--stage", stage, "--vae_dir", str(vae_dir), "--scale_batches", "1", "--data_echo", "3"]
+    args = [*SAT2CITY_TINY, "--stage", stage, "--vae_dir", str(vae_dir), "--scale_batches", "1", "--data_echo", "3"]
     start, last = kill_and_resume("train_sat2city_diffusion.py", args, tmp_path / stage)
     assert start < last
 

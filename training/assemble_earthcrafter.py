@@ -18,7 +18,6 @@ The shipped folder (``pipelines/earthcrafter/default``) is written only with ``-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
-from earthcrafter_common import load_preset  # noqa: E402
+from earthcrafter_common import load_preset, read_latent_scale  # noqa: E402
 
 from diffusers_city.export.atomic import atomic_folders  # noqa: E402
 from diffusers_city.training_utils import refuse_shipped_paths  # noqa: E402
@@ -66,10 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def latent_scale(run: Path) -> float:
-    return float(json.loads((run / "latent_scale.json").read_text())["scaling_factor"])
-
-
 def shared_encoder(args: argparse.Namespace) -> Path:
     """The occupancy run's condition encoder, after checking the later flows were trained on it."""
     reference = load_file(args.occupancy_dir / "condition_encoder" / WEIGHTS)
@@ -92,8 +87,8 @@ def components(args: argparse.Namespace) -> dict:
         folder: getattr(earthcrafter, cls).from_pretrained(getattr(args, flag) / folder, **fp32)
         for flag, (folder, cls) in RUNS.items()
     }
-    out["struct_vae"].register_to_config(scaling_factor=latent_scale(args.struct_dir))
-    out["tex_vae"].register_to_config(scaling_factor=latent_scale(args.tex_dir))
+    out["struct_vae"].register_to_config(scaling_factor=read_latent_scale(args.struct_dir / "latent_scale.json"))
+    out["tex_vae"].register_to_config(scaling_factor=read_latent_scale(args.tex_dir / "latent_scale.json"))
     out["condition_encoder"] = earthcrafter.EarthCrafterConditionEncoder.from_pretrained(shared_encoder(args), **fp32)
     return out
 

@@ -24,10 +24,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sat2city_common import save_model, step_generator, write_json_atomic  # noqa: E402,F401
+from sat2city_common import preview, read_latent_scale, save_model, step_generator, write_json_atomic  # noqa: E402,F401
 
 from diffusers_city.data import VoxelTileDataset  # noqa: E402
-from diffusers_city.render import render_points_preview  # noqa: E402
 from diffusers_city.sparse import SparseTensor  # noqa: E402
 from diffusers_city.training_utils import load_training_preset  # noqa: E402
 
@@ -192,13 +191,8 @@ def sample_sigmas(batch_size: int, flow: dict[str, Any], shift: float, generator
 
 
 def preview_voxels(points: torch.Tensor, colors: torch.Tensor | None = None) -> Image.Image:
-    """Oblique point preview of voxel centres (colours in 0..1, or by height) as a PIL image."""
-    pts = points.detach().float().cpu().numpy()
-    if pts.shape[0] == 0:
-        return Image.new("RGB", (256, 256), (255, 255, 255))
-    cols = None if colors is None else colors.detach().float().cpu().clamp(0, 1).numpy()
-    size = max(2, int(256 / (2 * pts.shape[0] ** 0.5)))  # about closes the surface of a tile's voxels
-    return render_points_preview(pts, cols, width=256, height=256, point_size=size)
+    """``preview`` of voxel centres, with points about large enough to close a tile's surface."""
+    return preview(points, colors, point_size=max(2, int(256 / (2 * max(points.shape[0], 1) ** 0.5))))
 
 
 def image_row(images: torch.Tensor) -> Image.Image:

@@ -173,13 +173,13 @@ def geometry_losses(decoding: StructureDecoding, target: SparseTensor) -> tuple[
     return bce, (pred - take_rows(target.feats, take_rows(rows, found)).float()).abs().mean()
 
 
-def preview(points: torch.Tensor, colors: torch.Tensor | None = None) -> Image.Image:
-    """Oblique point preview (colours, or normals mapped to 0..1) as a PIL image."""
+def preview(points: torch.Tensor, colors: torch.Tensor | None = None, point_size: int = 2) -> Image.Image:
+    """Oblique 256 x 256 point preview (colours in 0..1, or by height) as a PIL image."""
     pts = points.detach().float().cpu().numpy()
     if pts.shape[0] == 0:
         return Image.new("RGB", (256, 256), (255, 255, 255))
     cols = None if colors is None else colors.detach().float().cpu().clamp(0, 1).numpy()
-    return render_points_preview(pts, cols, width=256, height=256)
+    return render_points_preview(pts, cols, width=256, height=256, point_size=point_size)
 
 
 def normal_colors(normals: torch.Tensor) -> torch.Tensor:

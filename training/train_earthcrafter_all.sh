@@ -58,15 +58,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "$DEST" ]]; then
   if [[ ${#UPDATE_SHIPPED[@]} -gt 0 ]]; then DEST="$ROOT/pipelines/earthcrafter/default"; else DEST="$OUT/pipeline"; fi
 fi
-# refused here, before the training, and again by assemble_earthcrafter.py
-SHIPPED="$(cd "$ROOT/pipelines" && pwd -P)"
-case "$(realpath -m "$DEST")/" in
-  "$SHIPPED"/*)
-    if [[ ${#UPDATE_SHIPPED[@]} -eq 0 ]]; then
-      echo "train_earthcrafter_all.sh: $DEST is inside the shipped files ($SHIPPED); pass --update-shipped to replace it" >&2
-      exit 2
-    fi ;;
-esac
+source "$ROOT/training/shipped_guard.sh"
+refuse_shipped train_earthcrafter_all.sh "${UPDATE_SHIPPED[*]}" "$DEST"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_train_minutes "$MINUTES" --checkpointing_steps "$CKPT"
         --validation_steps "$VAL" --dataloader_num_workers "$WORKERS" --resume_from_checkpoint latest "${EXTRA[@]}")

@@ -51,6 +51,7 @@ from earthcrafter_common import (  # noqa: E402
     load_preset,
     make_dataloader,
     preview_voxels,
+    read_latent_scale,
     sample_sigmas,
     save_model,
     step_generator,
@@ -365,10 +366,12 @@ def validation_tile(args, vae, device, scale: float) -> dict:
     items, geometry = encode_batch(args.model, vae, batch, cell_size(preset))
     grid = int(preset["components"]["occupancy_transformer"]["grid_size"])
     coords = torch.cat([torch.zeros_like(items[0]["coords"][:, :1]), items[0]["coords"]], 1)
-    g = geometry.tolist()
-    geometry = {"voxel_size": g[0], "origin": tuple(g[1:4]), "stride": int(g[4])}
     x0 = clean_sample(
-        args.model, {"coords": coords, "feats": items[0]["mean"], "semantic": batch["semantic"]}, grid, geometry, scale
+        args.model,
+        {"coords": coords, "feats": items[0]["mean"], "semantic": batch["semantic"]},
+        grid,
+        grid_geometry(geometry),
+        scale,
     )
     return {**batch, "x0": x0}
 
@@ -391,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model in VAES:
         scale_path = out_dir / SCALE_FILE
         if scale_path.is_file():
-            scale = float(json.loads(scale_path.read_text())["scaling_factor"])
+            scale = read_latent_scale(scale_path)
         else:
             std = cache.latent_std()
             scale = 1.0 / max(std, 1e-12)

@@ -51,6 +51,7 @@ from diffusers_city.training_utils import (  # noqa: E402
     optimizer_step,
     push_folder_to_hub,
     setup_accelerator,
+    step_emas,
     training_parser,
 )
 
@@ -157,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=args.max_train_steps,
     )
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     global_step = maybe_resume(accelerator, args)
     # consecutive tiles are deterministic: a resumed run starts at the first tile it has not used
-    used = global_step * args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    used = global_step * args.gradient_accumulation_steps * args.train_batch_size
     loader = accelerator.prepare(make_dataloader(preset, args, args.train_batch_size, start=used))
     val_batch = to_device(next(iter(make_dataloader(preset, args, 1, "validation"))), accelerator.device)
     unwrap = accelerator.unwrap_model
@@ -186,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         step_terms = losses.finish(global_step)
         global_step += 1
-        if ema is not None:
-            ema.step(vae.parameters())
+        step_emas([ema], [vae])
         if finish_step(
             accelerator,
             args,

@@ -53,17 +53,8 @@ if [[ -z "$DEST" ]]; then
   if [[ ${#UPDATE_SHIPPED[@]} -gt 0 ]]; then DEST="$ROOT/pipelines/sat2city/default"; else DEST="$OUT/pipeline"; fi
 fi
 EXAMPLES="${EXAMPLES:-$(dirname "$DEST")/examples}"
-# refused here, before hours of training, and again by assemble_sat2city.py
-SHIPPED="$(cd "$ROOT/pipelines" && pwd -P)"
-for path in "$DEST" "$EXAMPLES"; do
-  case "$(realpath -m "$path")/" in
-    "$SHIPPED"/*)
-      if [[ ${#UPDATE_SHIPPED[@]} -eq 0 ]]; then
-        echo "train_sat2city_all.sh: $path is inside the shipped files ($SHIPPED); pass --update-shipped to replace them" >&2
-        exit 2
-      fi ;;
-  esac
-done
+source "$ROOT/training/shipped_guard.sh"
+refuse_shipped train_sat2city_all.sh "${UPDATE_SHIPPED[*]}" "$DEST" "$EXAMPLES"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 COMMON=(--preset "$PRESET" --max_train_steps "$STEPS" --max_train_minutes "$MINUTES" --checkpointing_steps "$CKPT"
         --validation_steps "$VAL" --dataloader_num_workers "$WORKERS" --resume_from_checkpoint latest "${EXTRA[@]}")
