@@ -230,3 +230,29 @@ def test_train_all_refuses_the_shipped_folder_before_training(tmp_path):
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
     bad = subprocess.run([str(script), "--stages", "struct_vae,vae"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown stage vae" in bad.stderr
+
+
+def test_continue_from_a_pipeline_warm_starts_with_frozen_encoders(tex_runs, tmp_path):
+    """``--init_from`` starts from saved weights; ``--freeze_encoder`` moves only the decoder, so the
+    latents the flows were trained on stay; a folder of another architecture is refused."""
+    start = tex_runs["struct_vae"] / "struct_vae"
+    out = tmp_path / "struct_vae"
+    args = [*FAST, "--preset", PRESET, "--max_train_steps", "1", "--train_batch_size", "1", "--learning_rate", "1e-2"]
+    argv = [*args, "--model", "struct", "--output_dir", str(out), "--init_from", str(start), "--freeze_encoder"]
+    assert train_earthcrafter_vae.main(argv) == 0
+    before, after = weights(start), weights(out / "struct_vae")
+    encoder = earthcrafter.EarthCrafterStructVAE.encoder_modules
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(not k.startswith(encoder) for k in moved)
+    assert any(k.startswith("decoder") for k in moved)
+    wrong = tex_runs["tex_vae"] / "tex_vae"
+    with pytest.raises(ValueError, match="EarthCrafterTexVAE"):
+        train_earthcrafter_vae.main([*args, "--model", "struct", "--output_dir", str(tmp_path / "x"), "--init_from", str(wrong)])
+    # a flow warm-started from its trained weights begins where that run ended
+    flow_out = tmp_path / "occupancy"
+    flow = [*args, "--cache_tiles", "1", "--validation_inference_steps", "2", "--learning_rate", "0"]
+    init = ["--init_from", str(tex_runs["occupancy"] / "occupancy_transformer")]
+    shared = ["--condition_encoder", str(tex_runs["occupancy"] / "condition_encoder")]
+    assert train_earthcrafter_flow.main([*flow, "--model", "occupancy", "--output_dir", str(flow_out), *init, *shared]) == 0
+    trained, continued = weights(tex_runs["occupancy"] / "occupancy_transformer"), weights(flow_out / "occupancy_transformer")
+    assert all(torch.equal(trained[k], continued[k]) for k in trained)

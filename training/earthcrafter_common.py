@@ -70,6 +70,17 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def add_init_from(parser: argparse.ArgumentParser) -> None:
+    """``--init_from FOLDER``: warm-start the trained model from saved weights of the same architecture."""
+    parser.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        help="warm start from a saved model folder of the preset's architecture (e.g. pipelines/earthcrafter/default/"
+        "<component>); the optimizer starts fresh; a resumed checkpoint takes precedence",
+    )
+
+
 def load_preset(args: argparse.Namespace) -> dict[str, Any]:
     """The preset of ``--preset`` with its ``training`` section completed from ``TRAINING_DEFAULTS``."""
     preset = load_training_preset(args, SYSTEM)

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from earthcrafter_common import (  # noqa: E402
+    add_init_from,
     draw_condition_modes,
     encode_conditions,
     image_row,
@@ -68,6 +69,7 @@ from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     finish_step,
     maybe_resume,
+    model_from_preset_or_folder,
     optimizer_step,
     push_folder_to_hub,
     setup_accelerator,
@@ -100,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a trained EarthCrafterConditionEncoder folder to use frozen (default: train one jointly)",
     )
     parser.add_argument("--validation_inference_steps", type=int, default=10)
+    add_init_from(parser)
     args = parser.parse_args(argv)
     preset = load_preset(args)
     section = preset["training"]["flow"]
@@ -137,7 +140,7 @@ def build_models(args: argparse.Namespace):
         "struct": earthcrafter.EarthCrafterStructFlow,
         "tex": earthcrafter.EarthCrafterTexFlow,
     }[args.model]
-    model = cls.from_config(components[FOLDERS[args.model]])
+    model = model_from_preset_or_folder(cls, components[FOLDERS[args.model]], args.init_from)
     if args.condition_encoder is None:
         encoder = earthcrafter.EarthCrafterConditionEncoder.from_config(components["condition_encoder"])
     else:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffusers.optimization import get_scheduler  # noqa: E402
 from earthcrafter_common import (  # noqa: E402
+    add_init_from,
     image_row,
     load_preset,
     make_dataloader,
@@ -48,6 +49,7 @@ from diffusers_city.training_utils import (  # noqa: E402
     create_ema,
     finish_step,
     maybe_resume,
+    model_from_preset_or_folder,
     optimizer_step,
     push_folder_to_hub,
     setup_accelerator,
@@ -69,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=tuple(MODELS), required=True)
     parser.add_argument(
         "--vgg_weights", default=None, help="VGG19 safetensors file or Hub repo id (tex; without: no perceptual term)"
+    )
+    add_init_from(parser)
+    parser.add_argument(
+        "--freeze_encoder",
+        action="store_true",
+        help="train the decoder only: the latent space stays that of the flows trained on it (use with --init_from)",
     )
     args = parser.parse_args(argv)
     preset = load_preset(args)
@@ -144,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if accelerator.num_processes > 1:
         raise ValueError("train_earthcrafter_vae.py runs on one device (the VAEs train through encode/decode, not a DDP forward)")
-    vae = model_class(args.model).from_config(preset["components"][name])
+    vae = model_from_preset_or_folder(model_class(args.model), preset["components"][name], args.init_from)
+    if args.freeze_encoder:
+        for part in vae.encoder_modules:
+            getattr(vae, part).requires_grad_(False)
     ema = create_ema(vae, args)
     perceptual = None
     if args.model == "tex":
@@ -154,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             perceptual = VGG19PerceptualLoss.from_weights(args.vgg_weights).to(accelerator.device)
         else:
             accelerator.print("no --vgg_weights given: VGG19 perceptual term off (L1 + SSIM only)")
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.learning_rate)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer,

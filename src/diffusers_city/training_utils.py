@@ -745,6 +745,28 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, global_s
     return final
 
 
+def model_from_preset_or_folder(cls: type, config: dict[str, Any], init_from: str | Path | None) -> torch.nn.Module:
+    """``cls`` built from the preset's ``config``, or warm-started from the saved model folder
+    ``init_from`` (e.g. a subfolder of a shipped pipeline) in fp32.
+
+    Sessions that cannot keep their checkpoints continue from weights that were kept; the optimizer
+    then starts fresh. The folder's config must equal the preset's (the same architecture; a VAE's
+    ``scaling_factor`` may differ), else the warm start is refused naming the keys that differ.
+    """
+    if init_from is None:
+        return cls.from_config(config)
+    folder = Path(init_from)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--init_from {folder}: not a saved {cls.__name__} folder (no config.json)")
+    saved = _read_json(folder / "config.json")
+    differ = sorted(k for k, v in config.items() if not k.startswith("_") and k != "scaling_factor" and k in saved and saved[k] != v)
+    if saved.get("_class_name", cls.__name__) != cls.__name__ or differ:
+        raise ValueError(
+            f"--init_from {folder}: a {saved.get('_class_name')} whose config differs from the preset's in {differ}"
+        )
+    return cls.from_pretrained(folder, torch_dtype=torch.float32, use_safetensors=True)
+
+
 def create_ema(model: torch.nn.Module, args: argparse.Namespace, accelerator: Accelerator | None = None) -> EMAModel | None:
     """diffusers ``EMAModel`` of ``model``'s parameters when ``--use_ema``, else ``None``.
 

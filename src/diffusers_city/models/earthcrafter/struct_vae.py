@@ -68,6 +68,9 @@ class EarthCrafterStructVAE(ModelMixin, ConfigMixin):
       window_size=8, num_frequencies=8``
     """
 
+    # the submodules of ``encode``: frozen to fine-tune the decoder without moving the latent space
+    encoder_modules = ("embed", "encoder_pos", "encoder_blocks", "downsamplers", "norm_out", "quant")
+
     @register_to_config
     def __init__(
         self,

@@ -81,6 +81,9 @@ class EarthCrafterTexVAE(ModelMixin, ConfigMixin):
       window_size=8, num_frequencies=8``
     """
 
+    # the submodules of ``encode``: frozen to fine-tune the decoder without moving the latent space
+    encoder_modules = ("encoder_in", "encoder_pos", "encoder_blocks", "encoder_norm", "quant")
+
     @register_to_config
     def __init__(
         self,
