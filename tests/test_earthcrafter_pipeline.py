@@ -99,6 +99,11 @@ class TestEarthCrafterPipelineContract(PipelineContract):
             (semantic_map(), {"guidance_scale": 0.5}, "guidance_scale"),
             (semantic_map(), {"guidance_scale": float("nan")}, "guidance_scale"),
             (semantic_map(), {"guidance_scale": True}, "guidance_scale"),
+            (semantic_map(), {"guidance_interval": (0.8, 0.2)}, r"0 <= lo <= hi <= 1, got \(0.8, 0.2\)"),
+            (semantic_map(), {"guidance_interval": (-0.1, 1.0)}, "0 <= lo <= hi <= 1"),
+            (semantic_map(), {"guidance_interval": (0.0, 1.5)}, "0 <= lo <= hi <= 1"),
+            (semantic_map(), {"guidance_interval": (0.5,)}, "guidance_interval must be a pair"),
+            (semantic_map(), {"guidance_interval": (0.0, float("nan"))}, "guidance_interval must be a finite"),
             (semantic_map(), {"num_inference_steps": 0}, "num_inference_steps"),
             (semantic_map(), {"num_inference_steps": 10**6}, "num_inference_steps"),
             (semantic_map(), {"output_type": "np", "num_frames": 10**6}, "num_frames"),
@@ -220,6 +225,29 @@ def test_guidance_uses_the_none_condition(trained_like, monkeypatch):
     assert not np.array_equal(guided.colors, plain.colors)
 
 
+def test_guidance_interval_skips_the_none_pass_outside_it(trained_like, monkeypatch):
+    calls = []
+    for name in FLOWS:
+        real = getattr(trained_like, name).forward
+
+        def spy(sample, timestep, encoder_hidden_states, encoder_lengths, _name=name, _real=real, **kw):
+            calls.append((_name, encoder_hidden_states.shape[0]))
+            return _real(sample, timestep, encoder_hidden_states, encoder_lengths, **kw)
+
+        monkeypatch.setattr(getattr(trained_like, name), "forward", spy)
+    every = call(trained_like, semantic_map=semantic_map())
+    assert calls == [(name, 2) for name in FLOWS for _ in range(STEPS)], "default (0, 1): guidance at every step"
+    calls.clear()
+    # 2 steps of the tiny preset's shifted schedule: sigma 1.0, then ~0.003
+    late = call(trained_like, semantic_map=semantic_map(), guidance_interval=(0.5, 1.0))
+    assert calls == [(name, n) for name in FLOWS for n in (2, 1)], "outside the interval: one conditional pass"
+    calls.clear()
+    call(trained_like, semantic_map=semantic_map(), guidance_interval=(0.0, 0.0))
+    assert calls == [(name, 1) for name in FLOWS for _ in range(STEPS)]
+    assert not np.array_equal(every.colors, late.colors)
+    assert np.array_equal(call(trained_like, semantic_map=semantic_map(), guidance_interval=(0.0, 1.0)).colors, every.colors)
+
+
 def test_callbacks_see_every_stage(pipe):
     stages = []
     call(pipe, semantic_map=semantic_map(), callback_on_step_end=lambda p, i, t, kw: stages.append(p.stage) or kw)
@@ -291,7 +319,8 @@ def test_cli_writes_splats_mesh_points_and_orbit(saved_tiny, tmp_path, capsys):
         "--out",
         str(out),
     ]
-    assert cli_main([*argv, "--steps", "2", "--frames", "2", "--width", "24", "--height", "24"]) == 0
+    sizes = ["--frames", "2", "--width", "24", "--height", "24"]
+    assert cli_main([*argv, "--steps", "2", *sizes, "--guidance-interval", "0.5", "1"]) == 0
     splats = read_gaussian_ply(out / "tile.ply")
     assert len(splats.means) > 0 and np.isfinite(splats.means).all()
     assert (splats.scales.min(1) < 0.05 * splats.scales.max(1) + 1e-6).all(), "2DGS: one near-zero scale per splat"
@@ -320,4 +349,7 @@ def test_cli_refuses_bad_arguments(saved_tiny, tmp_path, capsys):
     Image.fromarray(np.full((L, L), 9, np.uint8)).save(tmp_path / "bad.png")
     assert cli_main([*base, "--semantic-map", str(tmp_path / "bad.png")]) != 0
     assert "unknown classes [9]" in capsys.readouterr().err
+    Image.fromarray(semantic_map().astype(np.uint8)).save(tmp_path / "map.png")
+    assert cli_main([*base, "--semantic-map", str(tmp_path / "map.png"), "--guidance-interval", "0.8", "0.2"]) == 2
+    assert "guidance_interval must satisfy 0 <= lo <= hi <= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "nothing is written for refused input"

@@ -17,6 +17,7 @@ from diffusers_city.metrics import (
     nearest_neighbor_distances,
     psnr,
     ssim,
+    voxel_iou,
 )
 
 
@@ -161,3 +162,35 @@ def test_height_fidelity():
         height_fidelity(pts, np.where(hm > 29, np.nan, hm), 2.0, origin)
     with pytest.raises(ValueError, match="no point"):
         height_fidelity(pts - [1e4, 0, 0], hm, 2.0, origin)
+
+
+def test_voxel_iou_counts_cells_and_can_fail():
+    a = np.array([[0, 0, 0], [1, 2, 3], [1, 2, 3]])  # a duplicate counts once
+    b = np.array([[1, 2, 3], [3, 3, 3]])
+    out = voxel_iou(a, b, 4)
+    assert (out["intersection"], out["union"], out["pred"], out["target"]) == (1, 3, 2, 2)
+    assert out["iou"] == pytest.approx(1 / 3) and out["accuracy"] == pytest.approx(62 / 64)
+    same = voxel_iou(torch.from_numpy(b), b, 4)
+    assert same["iou"] == 1.0 and same["accuracy"] == 1.0
+    disjoint = voxel_iou(a[:1], b, 4)
+    assert disjoint["iou"] == 0.0 and disjoint["accuracy"] == pytest.approx(61 / 64)
+    cells = voxel_iou(np.array([[0, 1], [2, 2]]), np.array([[0, 1]]), 3)  # raster cells on a 3 x 3 grid
+    assert cells["iou"] == 0.5 and cells["accuracy"] == pytest.approx(8 / 9)
+    empty = np.zeros((0, 3), np.int64)
+    assert voxel_iou(empty, empty, 4)["iou"] == 1.0 and voxel_iou(empty, b, 4)["iou"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pred", "grid", "msg"),
+    [
+        (np.array([[0, 0, 4]]), 4, "outside the grid"),
+        (np.array([[0, -1, 0]]), 4, "outside the grid"),
+        (np.array([[0.5, 0, 0]]), 4, "integer cell coordinates"),
+        (np.array([0, 0, 0]), 4, r"\[N, D\]"),
+        (np.array([[0, 0]]), 4, "differ in dimensions"),
+        (np.array([[0, 0, 0]]), 0, "grid must be"),
+    ],
+)
+def test_voxel_iou_rejects_bad_cells(pred, grid, msg):
+    with pytest.raises(ValueError, match=msg):
+        voxel_iou(pred, np.array([[1, 1, 1]]), grid)

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_OUTPUT_TYPES",
     "OUTPUT_TYPES",
     "check_callback_inputs",
+    "check_guidance_interval",
     "check_number",
     "check_output_type",
     "check_positive_int",
@@ -61,6 +62,16 @@ def check_number(name: str, value: Any, low: float | None = None) -> float:
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
     return float(value)
+
+
+def check_guidance_interval(interval: Any) -> tuple[float, float]:
+    """``interval`` as ``(lo, hi)`` noise-level fractions with ``0 <= lo <= hi <= 1``; ``ValueError`` otherwise."""
+    if isinstance(interval, (str, bytes)) or not isinstance(interval, Sequence) or len(interval) != 2:
+        raise ValueError(f"guidance_interval must be a pair (lo, hi) of fractions of the noise schedule, got {interval!r}")
+    lo, hi = (check_number("guidance_interval", v) for v in interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
 def check_callback_inputs(names: Sequence[str] | None, allowed: Sequence[str], default: Sequence[str]) -> list[str]:

@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=25, help="flow steps per stage (default 25)")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1 = off, default 3)")
+    parser.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="guidance only at noise levels sigma in [LO, HI] (0..1, 1 = pure noise; default: the pipeline's, every step)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=24, help="orbit frames (default 24)")
     parser.add_argument("--width", type=int, default=256)
@@ -77,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if semantic_map is not None and semantic_map.is_dir():
         semantic_map = CityScene.load(semantic_map)
     pipe = _load_pipeline(args.pretrained).to(device)
+    interval = {} if args.guidance_interval is None else {"guidance_interval": tuple(args.guidance_interval)}
     output = pipe(
         semantic_map,
         args.image,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
+        **interval,
         generator=torch.Generator("cpu").manual_seed(args.seed),
         output_type="mesh",
         num_frames=args.frames,

@@ -44,6 +44,7 @@ from ...utils.memory import check_memory, memory_limit_gb
 from ..pipeline_utils import (
     IMAGE_OUTPUT_TYPES,
     check_callback_inputs,
+    check_guidance_interval,
     check_number,
     check_output_type,
     check_positive_int,
@@ -56,6 +57,8 @@ OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "points", "mesh", "voxels", "gaussians")
 STAGES = ("occupancy", "structure", "texture")
 MAX_FRAME_SIZE = 4096
 MAX_FRAMES = 1000
+DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)
+"""Noise levels ``sigma`` (``t / num_train_timesteps``, 1 = pure noise) where guidance applies by default: all."""
 # Rough peak bytes of one rendered pixel of one frame in the torch rasterizer (its chunks bound the
 # per-splat part): used only to refuse absurd frame requests with an estimate.
 _BYTES_PER_PIXEL = 64
@@ -67,6 +70,7 @@ class _Sampling:
 
     num_inference_steps: int
     guidance_scale: float
+    guidance_interval: tuple[float, float]
     generator: torch.Generator | None
     callback_on_step_end: Callable | None
     tensor_inputs: list[str]
@@ -276,6 +280,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         image: Any,
         num_inference_steps: Any,
         guidance_scale: Any,
+        guidance_interval: Any,
         output_type: Any,
         num_frames: Any,
         width: Any,
@@ -289,6 +294,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         check_output_type(output_type, OUTPUT_TYPES, "EarthCrafterPipeline")
         check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
         check_number("guidance_scale", guidance_scale, low=1.0)
+        check_guidance_interval(guidance_interval)
         memory_limit_gb(max_memory_gb)  # a bad limit is named before anything else
         if not hasattr(self.scheduler, "scale_noise"):
             raise ValueError(
@@ -369,19 +375,24 @@ class EarthCrafterPipeline(DiffusionPipeline):
         run: _Sampling,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One stage's flow from noise of ``shape`` to its sample; ``wrap`` turns a batch of
-        stacked inputs (condition, then "none" under guidance) into the model's sample."""
+        """One stage's flow from noise of ``shape`` to its sample; ``wrap(x, copies)`` turns
+        ``copies`` stacked inputs (condition, then "none" under guidance) into the model's sample.
+        Guidance runs where ``sigma = t / num_train_timesteps`` lies in ``run.guidance_interval``;
+        elsewhere one conditional pass."""
         self.stage = stage
         tokens, lengths = condition
         copies = tokens.shape[0]
         device = tokens.device
         self.scheduler.set_timesteps(run.num_inference_steps, device=device)
         latents = self.prepare_latents(shape, model.dtype, device, run.generator, latents)
+        lo, hi = run.guidance_interval
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = model(wrap(torch.cat([x] * copies)), t, tokens.to(model.dtype), lengths).sample
+            n = copies if copies == 1 or lo <= float(t) / num_train_timesteps <= hi else 1
+            v = model(wrap(torch.cat([x] * n), n), t, tokens[:n].to(model.dtype), lengths[:n]).sample
             v = v.feats if isinstance(v, SparseTensor) else v
-            if copies == 1:
+            if n == 1:
                 return v
             cond, uncond = v.chunk(2)
             return uncond + run.guidance_scale * (cond - uncond)
@@ -400,8 +411,9 @@ class EarthCrafterPipeline(DiffusionPipeline):
         self, stage: str, model: torch.nn.Module, structure: SparseTensor, channels: int, condition, run: _Sampling
     ) -> torch.Tensor:
         """A latent flow on the voxels of ``structure`` (batch 1): its sample ``[N, channels]``."""
-        batch = SparseTensor.cat([structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))] * condition[0].shape[0])
-        return self._denoise(stage, model, (structure.num_voxels, channels), batch.replace, condition, run)
+        one = structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))
+        batches = {n: SparseTensor.cat([one] * n) for n in {1, condition[0].shape[0]}}
+        return self._denoise(stage, model, (structure.num_voxels, channels), lambda x, n: batches[n].replace(x), condition, run)
 
     def _coarse_cells(self, occupancy: torch.Tensor, origin: tuple[float, float, float]) -> SparseTensor:
         """The occupied cells (``occupancy > 0``) as a batch-1 SparseTensor on the (L/8)^3 grid, with
@@ -429,6 +441,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         *,
         num_inference_steps: int = 25,
         guidance_scale: float = 3.0,
+        guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "gaussians",
@@ -453,6 +466,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 Neither: an unconditional tile.
             num_inference_steps: flow steps of each of the three stages.
             guidance_scale: classifier-free guidance against the "none" condition (1 = off).
+            guidance_interval: ``(lo, hi)`` with ``0 <= lo <= hi <= 1``: guidance applies only at the
+                steps whose noise level ``sigma = t / num_train_timesteps`` (1 = pure noise, after
+                the scheduler's shift) lies in ``[lo, hi]``; the other steps run one conditional
+                pass, saving that step's second model call (TRELLIS's guidance interval).
+                Default ``(0, 1)``: every step.
             generator: torch generator of every stage's noise.
             latents: the occupancy stage's initial noise ``[1, 1, G, G, G]`` (the later stages'
                 shapes depend on it; their noise comes from ``generator``).
@@ -479,6 +497,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
             image,
             num_inference_steps,
             guidance_scale,
+            guidance_interval,
             output_type,
             num_frames,
             width,
@@ -491,11 +510,18 @@ class EarthCrafterPipeline(DiffusionPipeline):
         if len(origin) != 3 or not np.isfinite(origin).all():
             raise ValueError(f"origin must be 3 finite numbers, got {origin}")
         device = self._execution_device
-        run = _Sampling(num_inference_steps, float(guidance_scale), generator, callback_on_step_end, tensor_inputs)
+        run = _Sampling(
+            num_inference_steps,
+            float(guidance_scale),
+            tuple(float(g) for g in guidance_interval),
+            generator,
+            callback_on_step_end,
+            tensor_inputs,
+        )
         condition = self.encode_condition(semantic, aerial, run.guidance_scale, device)
 
         occupancy = self._denoise(
-            "occupancy", self.occupancy_transformer, self.occupancy_shape(), lambda x: x, condition, run, latents
+            "occupancy", self.occupancy_transformer, self.occupancy_shape(), lambda x, n: x, condition, run, latents
         )
         cells = self._coarse_cells(occupancy, origin)
         voxels, gaussians = self._empty_tile(origin, device)
