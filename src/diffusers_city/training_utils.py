@@ -759,11 +759,10 @@ def model_from_preset_or_folder(cls: type, config: dict[str, Any], init_from: st
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"--init_from {folder}: not a saved {cls.__name__} folder (no config.json)")
     saved = _read_json(folder / "config.json")
-    differ = sorted(k for k, v in config.items() if not k.startswith("_") and k != "scaling_factor" and k in saved and saved[k] != v)
+    kept = [k for k in config if not k.startswith("_") and k != "scaling_factor" and k in saved]
+    differ = sorted(k for k in kept if saved[k] != config[k])
     if saved.get("_class_name", cls.__name__) != cls.__name__ or differ:
-        raise ValueError(
-            f"--init_from {folder}: a {saved.get('_class_name')} whose config differs from the preset's in {differ}"
-        )
+        raise ValueError(f"--init_from {folder}: a {saved.get('_class_name')} whose config differs from the preset's in {differ}")
     return cls.from_pretrained(folder, torch_dtype=torch.float32, use_safetensors=True)
 
 
