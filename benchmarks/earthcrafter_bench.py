@@ -53,7 +53,8 @@ def load_pipeline(args: argparse.Namespace) -> EarthCrafterPipeline:
     else:
         pipe = EarthCrafterPipeline.from_preset(args.preset)
         keep_all_children(pipe.struct_vae)
-        pipe = pipe.to(dtype=dtype)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(args.device)
 

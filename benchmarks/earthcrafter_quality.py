@@ -106,9 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     lo, hi = args.candidate_interval
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"--candidate-interval must satisfy 0 <= LO <= HI <= 1, got {lo:g} {hi:g}")
-    has_pipeline = args.quick or args.pretrained is not None
-    available = ROWS if has_pipeline else VAE_ROWS if args.vae_dirs else ()
-    if not available:
+    if args.quick or args.pretrained is not None:
+        available = ROWS
+    elif args.vae_dirs:
+        classes = {"struct_vae": EarthCrafterStructVAE, "tex_vae": EarthCrafterTexVAE}
+        available = tuple(r for r in VAE_ROWS if args.rows or find_vae(args.vae_dirs, classes[r]) is not None)
+        if not available:
+            raise FileNotFoundError(f"--vae-dirs {[str(d) for d in args.vae_dirs]}: no StructVAE or TexVAE folder (config.json)")
+    else:
         raise ValueError("give --pretrained (every row) or --vae-dirs (the VAE rows), or --quick")
     args.rows = list(args.rows or available)
     missing = [r for r in args.rows if r not in available]

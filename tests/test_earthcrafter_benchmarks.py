@@ -76,7 +76,10 @@ def test_quality_vae_rows_from_training_folders(quality, tmp_path, capsys):
     assert {r["measurement"] for r in rows} == {"StructVAE reconstruction", "TexVAE reconstruction"}
     assert all(math.isfinite(r["ours"]) for r in rows)
     with pytest.raises(FileNotFoundError, match="no EarthCrafterTexVAE"):
-        quality.main([*argv, "--vae-dirs", str(tmp_path / "struct_run")])
+        quality.main([*argv, "--vae-dirs", str(tmp_path / "struct_run"), "--rows", "tex_vae"])
+    assert quality.main([*argv, "--vae-dirs", str(tmp_path / "struct_run")]) == 0  # the rows of the VAEs found
+    rows = json.loads((tmp_path / "o" / "earthcrafter_quality.json").read_text())["rows"]
+    assert {r["measurement"] for r in rows} == {"StructVAE reconstruction"}
 
 
 def test_nadir_render_matches_the_orthophoto_orientation(quality):
