@@ -514,6 +514,7 @@ def generation_rows(args, pipe, validation, tiles, stats, preset, L, v) -> tuple
     return rows, notes, settings
 
 
+@torch.inference_mode()
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
