@@ -50,6 +50,7 @@ from ..pipeline_utils import (
     denoising_loop,
     frames_to_output,
 )
+from ..tiling import TileLatents, TileStage
 from .pipeline_output import EarthCrafterPipelineOutput
 
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "points", "mesh", "voxels", "gaussians")
@@ -368,9 +369,11 @@ class EarthCrafterPipeline(DiffusionPipeline):
         condition: tuple[torch.Tensor, torch.Tensor],
         run: _Sampling,
         latents: torch.Tensor | None = None,
+        known: TileStage | None = None,
     ) -> torch.Tensor:
         """One stage's flow from noise of ``shape`` to its sample; ``wrap`` turns a batch of
-        stacked inputs (condition, then "none" under guidance) into the model's sample."""
+        stacked inputs (condition, then "none" under guidance) into the model's sample;
+        ``known``: the stage's hook of tiled generation."""
         self.stage = stage
         tokens, lengths = condition
         copies = tokens.shape[0]
@@ -394,14 +397,22 @@ class EarthCrafterPipeline(DiffusionPipeline):
             callback_on_step_end=run.callback_on_step_end,
             tensor_inputs=run.tensor_inputs,
             description=f"earthcrafter {stage}",
+            known=known,
         )
 
     def _sparse_stage(
-        self, stage: str, model: torch.nn.Module, structure: SparseTensor, channels: int, condition, run: _Sampling
+        self,
+        stage: str,
+        model: torch.nn.Module,
+        structure: SparseTensor,
+        channels: int,
+        condition,
+        run: _Sampling,
+        known: TileStage | None = None,
     ) -> torch.Tensor:
         """A latent flow on the voxels of ``structure`` (batch 1): its sample ``[N, channels]``."""
         batch = SparseTensor.cat([structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))] * condition[0].shape[0])
-        return self._denoise(stage, model, (structure.num_voxels, channels), batch.replace, condition, run)
+        return self._denoise(stage, model, (structure.num_voxels, channels), batch.replace, condition, run, known=known)
 
     def _coarse_cells(self, occupancy: torch.Tensor, origin: tuple[float, float, float]) -> SparseTensor:
         """The occupied cells (``occupancy > 0``) as a batch-1 SparseTensor on the (L/8)^3 grid, with
@@ -440,6 +451,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        tile: TileLatents | None = None,
     ) -> EarthCrafterPipelineOutput | tuple:
         """Generate one tile.
 
@@ -468,6 +480,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 every stage (``pipe.stage`` names it); may replace ``latents``: the occupancy field
                 ``[1, 1, G, G, G]``, then the structure and texture latents ``[N, C]`` on their voxels.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
+            tile: one tile of a larger area (`generate_area`): every stage is conditioned on the
+                latents its finished neighbours fixed and records its own.
         """
         crs = None
         if isinstance(semantic_map, CityScene):
@@ -494,17 +508,33 @@ class EarthCrafterPipeline(DiffusionPipeline):
         run = _Sampling(num_inference_steps, float(guidance_scale), generator, callback_on_step_end, tensor_inputs)
         condition = self.encode_condition(semantic, aerial, run.guidance_scale, device)
 
+        corner = tuple(o - self.voxel_size / 2 for o in origin)  # where voxel (0, 0, 0) starts
+        cell = self.occupancy_transformer.config.cell_size * self.voxel_size
+        known = {"occupancy": None if tile is None else tile.dense_stage("occupancy", self.occupancy_shape()[2:], corner, cell)}
         occupancy = self._denoise(
-            "occupancy", self.occupancy_transformer, self.occupancy_shape(), lambda x: x, condition, run, latents
+            "occupancy",
+            self.occupancy_transformer,
+            self.occupancy_shape(),
+            lambda x: x,
+            condition,
+            run,
+            latents,
+            known["occupancy"],
         )
         cells = self._coarse_cells(occupancy, origin)
+        known["structure"] = None if tile is None else tile.sparse_stage("structure", cells, corner)
         voxels, gaussians = self._empty_tile(origin, device)
         if cells.num_voxels:
             svae, tvae = self.struct_vae, self.tex_vae
-            z = self._sparse_stage("structure", self.struct_flow, cells, svae.config.latent_channels, condition, run)
+            z = self._sparse_stage(
+                "structure", self.struct_flow, cells, svae.config.latent_channels, condition, run, known["structure"]
+            )
             structure = svae.decode(cells.replace(z.to(svae.dtype) / svae.config.scaling_factor)).sample
             if structure.num_voxels:
-                z = self._sparse_stage("texture", self.tex_flow, structure, tvae.config.latent_channels, condition, run)
+                known["texture"] = None if tile is None else tile.sparse_stage("texture", structure, corner)
+                z = self._sparse_stage(
+                    "texture", self.tex_flow, structure, tvae.config.latent_channels, condition, run, known["texture"]
+                )
                 params = tvae.decode(structure.replace(z.to(tvae.dtype) / tvae.config.scaling_factor)).sample
                 gaussians = tvae.to_gaussians(params)
                 voxels = structure.replace(_voxel_colors(gaussians, structure.num_voxels))
