@@ -50,7 +50,8 @@ from ..pipeline_utils import (
     denoising_loop,
     frames_to_output,
 )
-from ..tiling import TileLatents, TileStage
+from ..tiled_area import AreaOutput, generate_area
+from ..tiling import TileLatents, TileStage, tile_pixels
 from .pipeline_output import EarthCrafterPipelineOutput
 
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "points", "mesh", "voxels", "gaussians")
@@ -542,6 +543,78 @@ class EarthCrafterPipeline(DiffusionPipeline):
         output = self._build_output(voxels, gaussians, output_type, num_frames, width, height, origin, crs)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
+
+    def generate_area(
+        self,
+        semantic_map: Any,
+        out_dir: str | Path,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        seed: int = 0,
+        origin: tuple[float, float, float] | None = None,
+        overlap: float = 0.25,
+        inpaint: bool = True,
+        max_memory_gb: float | None = None,
+        callback_on_tile_end: Callable | None = None,
+    ) -> AreaOutput:
+        """Generate a semantic map of any size (``[H, W]`` class ids at the model's voxel size, or
+        a ``CityScene`` at that resolution, whose georeference the outputs take), tile by tile,
+        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point and splat PLY,
+        ``index.json``, resumable, split over the processes of ``accelerate launch``). Tiles are
+        this model's L x L, overlapping by about ``overlap`` of a tile (whole occupancy cells) and
+        conditioned on their finished neighbours in every stage (``inpaint=False``: each on its own)."""
+        check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
+        check_number("guidance_scale", guidance_scale, low=1.0)
+        memory_limit_gb(max_memory_gb)
+        if isinstance(semantic_map, CityScene):
+            if origin is not None:
+                raise ValueError("pass origin or a CityScene (which carries its own origin), not both")
+            self._scene_frame(semantic_map)  # checks its resolution
+            area = semantic_map
+        else:
+            ids = _array(semantic_map, "semantic_map")
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"semantic_map must be a 2D map of integer class ids, got {ids.dtype} of shape {ids.shape}")
+            area = CityScene(np.zeros(ids.shape, np.float32), ids, self.voxel_size, origin or (0.0, 0.0, 0.0))
+        cell = self.occupancy_transformer.config.cell_size
+        tile_px, overlap_px, align_px = tile_pixels(
+            self.resolution * self.voxel_size, cell * self.voxel_size, self.voxel_size, overlap
+        )
+
+        def call_tile(scene: CityScene, tile: TileLatents, generator: torch.Generator) -> EarthCrafterPipelineOutput:
+            return self(
+                scene,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type="points",
+                max_memory_gb=max_memory_gb,
+                tile=tile,
+            )
+
+        settings = {
+            "pipeline": type(self).__name__,
+            "model": str(self.name_or_path),
+            "scheduler": type(self.scheduler).__name__,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": float(guidance_scale),
+        }
+        return generate_area(
+            area,
+            out_dir,
+            call_tile,
+            tile_px=tile_px,
+            overlap_px=overlap_px,
+            align_px=align_px,
+            anchor_z=0.0,
+            manifest=settings,
+            seed=seed,
+            inpaint=inpaint,
+            tile_bytes=self.estimate_memory_bytes(0, 0, 0),
+            max_memory_gb=max_memory_gb,
+            device=self._execution_device,
+            callback_on_tile_end=callback_on_tile_end,
+        )
 
     def _empty_tile(self, origin: tuple[float, float, float], device: torch.device) -> tuple[SparseTensor, Gaussians]:
         """The outputs when a stage finds nothing occupied."""

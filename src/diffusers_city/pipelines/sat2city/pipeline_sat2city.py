@@ -598,9 +598,7 @@ class Sat2CityPipeline(DiffusionPipeline):
             height_map = read_height_input(height_map, meters_per_pixel, fill_nodata=fill_nodata)
         if not isinstance(height_map, CityScene) and meters_per_pixel is None:
             raise ValueError("a grayscale height map needs meters_per_pixel for tiled generation (its pixels' size in metres)")
-        if isinstance(height_map, CityScene):
-            height_map = height_map.replace(height=fill_holes(height_map.height, "CityScene height", fill_nodata))
-        elif isinstance(height_map, np.ndarray) and height_map.dtype.kind == "f":
+        if isinstance(height_map, np.ndarray) and height_map.dtype.kind == "f":
             height_map = fill_holes(height_map, "height map", fill_nodata)
         hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
         mpp = hmap.meters_per_pixel
