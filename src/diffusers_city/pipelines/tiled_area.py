@@ -41,11 +41,11 @@ from ..export.splat import write_gaussian_ply
 from ..utils.memory import check_memory
 from .tiling import Tile, TileLatents, TilePlan, plan_tiles
 
-__all__ = ["AreaOutput", "TILE_FILES", "area_inputs_hash", "generate_area", "tile_scene"]
+__all__ = ["AreaOutput", "MERGE_FORMATS", "area_inputs_hash", "check_merge_formats", "generate_area", "merge_area", "tile_scene"]
 
 RUN_FORMAT = "diffusers-city-area-run"
 INDEX_FORMAT = "diffusers-city-area"
-TILE_FILES = ("ply", "splat.ply", "latents.safetensors", "json")
+MERGE_FORMATS = ("ply", "las", "laz", "3dtiles")
 _BYTES_PER_POINT = 64  # a point with colour and normal in float32 / float64 copies while it is cut and written
 
 
@@ -269,6 +269,63 @@ def generate_area(
         write_text_atomic(index, json.dumps(_index(scene, plan, records), indent=1))
     state.wait_for_everyone()
     return AreaOutput(folder=folder, index=index, tiles=records)
+
+
+def check_merge_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` checked against `MERGE_FORMATS` (``ValueError`` naming an unknown one)."""
+    unknown = [f for f in formats if f not in MERGE_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown merged format(s) {unknown}; choose from {list(MERGE_FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def merge_area(folder: str | Path, formats: Sequence[str], max_memory_gb: float | None = None) -> list[Path]:
+    """Whole-area files of a finished area folder, recorded in its ``index.json``: ``"ply"``
+    (``area.ply``: one point cloud in memory, refused with its estimate when it does not fit),
+    ``"las"`` / ``"laz"`` (``area.las`` / ``area.laz``) and ``"3dtiles"`` (``tileset.json`` +
+    ``3dtiles/*.pnts``), the last three streamed tile by tile at any size."""
+    from ..data.readers import read_ply
+    from ..export.las import write_las_chunks
+    from ..export.tiles3d import write_tileset
+
+    folder = Path(folder)
+    formats = check_merge_formats(formats)
+    index = json.loads((folder / "index.json").read_text())
+    crs, (x0, y0, x1, y1), z0 = index["crs"], index["bounds"], index["origin"][2]
+    filled = [t for t in index["tiles"] if "ply" in t["files"]]
+    if not filled:
+        raise ValueError(f"{folder}: the area has no points to merge")
+
+    def clouds():
+        for t in filled:
+            yield t["name"], read_ply(folder / "tiles" / t["files"]["ply"])
+
+    written: dict[str, Path] = {}
+    if "ply" in formats:
+        count = sum(t["points"] for t in filled)
+        check_memory(
+            count * _BYTES_PER_POINT, max_memory_gb, f"merged area.ply of {count} points", hint="merge to LAS / 3D Tiles"
+        )
+        parts = [c for _, c in clouds()]
+        written["ply"] = write_point_ply(
+            folder / "area.ply",
+            np.concatenate([c.points for c in parts]),
+            np.concatenate([c.colors for c in parts]),
+            None if any(c.normals is None for c in parts) else np.concatenate([c.normals for c in parts]),
+            crs=crs,
+            offset=index["origin"],
+        )
+        del parts
+    for fmt in ("las", "laz"):
+        if fmt in formats:
+            chunks = ((c.points, c.colors) for _, c in clouds())
+            written[fmt] = write_las_chunks(folder / f"area.{fmt}", chunks, (x0, y0, z0), crs=crs)
+    if "3dtiles" in formats:
+        tiles = ((name, c.points, c.colors) for name, c in clouds())
+        written["3dtiles"] = write_tileset(folder, tiles, ((x0 + x1) / 2, (y0 + y1) / 2, z0), crs=crs)
+    index["merged"] = {**index.get("merged", {}), **{f: p.name for f, p in written.items()}}
+    write_text_atomic(folder / "index.json", json.dumps(index, indent=1))
+    return list(written.values())
 
 
 def _index(scene: CityScene, plan: TilePlan, records: list[dict]) -> dict:
