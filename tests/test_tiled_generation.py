@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from test_earthcrafter_pipeline import make_tiny as make_tiny_earthcrafter
 from test_sat2city_pipeline import keep_everything
+from training_helpers import launch_two_processes
 
 from diffusers_city import Sat2CityPipeline
 from diffusers_city.data import procedural_city
@@ -164,3 +165,49 @@ def test_earthcrafter_area_tiles_agree_with_finished_neighbours(tmp_path):
     for stage in ("occupancy", "structure", "texture"):
         a, b = shared_cells(out.folder, "tile_0000_0000", "tile_0000_0001", stage)
         assert len(a) > 0 and torch.allclose(a, b, atol=1e-6), stage
+
+
+def write_geotiff(path, height: np.ndarray, mpp: float, west: float, north: float, crs: str = "EPSG:32633"):
+    """A north-up float32 GeoTIFF DSM (metres) whose first row is the north edge."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=height.shape[0],
+        width=height.shape[1],
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=from_origin(west, north, mpp, mpp),
+    ) as dst:
+        dst.write(height[::-1].astype(np.float32), 1)  # rows grow northwards in a CityScene, southwards in the file
+
+
+@pytest.mark.xdist_group("ddp")
+def test_cli_area_of_a_geotiff_on_two_processes_equals_one(sat2city, area, tmp_path):
+    from diffusers_city.cli import main
+    from diffusers_city.data.readers import read_las
+
+    write_geotiff(tmp_path / "dsm.tif", area.height + 120.0, 2.0, 500_000.0, 5_000_160.0)
+    sat2city.save_pretrained(tmp_path / "model")
+    argv = ["generate", "sat2city", "--height-map", str(tmp_path / "dsm.tif"), "--model", str(tmp_path / "model")]
+    argv += ["--steps", str(STEPS), "--seed", "5"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    launch_two_processes("diffusers_city.cli", [*argv, "--out", str(tmp_path / "two"), "--merge", "las", "3dtiles"], module=True)
+    one, two = tile_points(tmp_path / "one"), tile_points(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == 4
+    for name, points in one.items():  # per-tile seeds and neighbours on disk: the process count changes nothing
+        np.testing.assert_allclose(two[name], points, atol=1e-4)
+    index = json.loads((tmp_path / "two" / "index.json").read_text())
+    assert index["crs"] == "EPSG:32633" and index["bounds"] == [500_000.0, 5_000_000.0, 500_160.0, 5_000_160.0]
+    everything = np.concatenate(list(two.values()))
+    assert everything[:, 0].min() >= 500_000 and everything[:, 1].max() < 5_000_160 and everything[:, 2].min() > 100
+    las = read_las(tmp_path / "two" / "area.las")
+    assert len(las.points) == len(everything) and las.crs is not None and "32633" in las.crs
+    tileset = json.loads((tmp_path / "two" / "tileset.json").read_text())
+    assert len(tileset["root"]["children"]) == 4 and len(tileset["root"]["transform"]) == 16
+    lon, lat = tileset["asset"]["extras"]["centre_lon_lat"]
+    assert 14.9 < lon < 15.1 and 45.0 < lat < 45.2  # UTM 33N, 500 km east, 5000 km north
