@@ -211,3 +211,17 @@ def test_cli_area_of_a_geotiff_on_two_processes_equals_one(sat2city, area, tmp_p
     assert len(tileset["root"]["children"]) == 4 and len(tileset["root"]["transform"]) == 16
     lon, lat = tileset["asset"]["extras"]["centre_lon_lat"]
     assert 14.9 < lon < 15.1 and 45.0 < lat < 45.2  # UTM 33N, 500 km east, 5000 km north
+
+
+def test_cli_earthcrafter_area_from_a_semantic_map(tmp_path, capsys):
+    from diffusers_city.cli import main
+
+    make_tiny_earthcrafter().save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "semantic.npy", np.random.default_rng(2).integers(0, 8, (24, 24)).astype(np.uint8))
+    argv = ["generate", "earthcrafter", "--semantic-map", str(tmp_path / "semantic.npy"), "--pretrained", str(tmp_path / "model")]
+    assert main([*argv, "--steps", "1", "--out", str(tmp_path / "area"), "--merge", "ply"]) == 0
+    index = json.loads((tmp_path / "area" / "index.json").read_text())
+    assert index["grid"] == [2, 2] and index["merged"] == {"ply": "area.ply"}
+    assert len(read_ply(tmp_path / "area" / "area.ply").points) == sum(t["points"] for t in index["tiles"])
+    assert main([*argv, "--steps", "2", "--out", str(tmp_path / "area")]) == 2  # another run's folder
+    assert "holds another run (different num_inference_steps)" in capsys.readouterr().err
