@@ -23,103 +23,19 @@ Same global batch of 2, and why the runs agree up to float rounding:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import warnings
-from pathlib import Path
-
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 from script_loader import load_script
-from training_helpers import SAT2CITY_TINY, logged
+from training_helpers import SAT2CITY_TINY, launch_two_processes, logged
 
 from diffusers_city import GaussianCityPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAINING = ROOT / "training"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-# the lines of a faulthandler dump that locate a hang (its list of extension modules is left out)
-STACK_LINES = ("Fatal Python error", "Current thread", "Thread 0x", "  File")
 
 # Both tests start 2 training processes each; run them one after the other on one xdist worker
 # (concurrent launches once hung a CI run past the 180 s timeout).
 pytestmark = pytest.mark.xdist_group("ddp")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_two_processes(script: str, args: list[str], timeout: float = 150) -> str:
-    """stdout of ``script`` run data-parallel in 2 CPU processes.
-
-    A launch that has not finished after ``timeout`` seconds (a normal one takes 10-20 s on 2 busy
-    cores) is stopped with all its processes, after SIGABRT has made every process print its
-    Python stack (``PYTHONFAULTHANDLER``), and tried once more with a fresh port. The stacks of
-    the stopped launch are reported as a warning, so a hang is never silent; a second hang fails.
-    """
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONFAULTHANDLER": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    for attempt in (1, 2):
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            str(TRAINING / script),
-            *args,
-        ]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stdout, stderr = _stop_all(proc)
-            stacks = "\n".join(line for line in stderr.splitlines() if line.startswith(STACK_LINES))
-            report = f"{script}: 2-process launch {attempt} hung for {timeout:.0f} s; its stacks:\n{stacks[-6000:]}"
-            if attempt == 2:
-                pytest.fail(report)
-            warnings.warn(report, stacklevel=2)
-            continue
-        assert proc.returncode == 0, stderr[-3000:]
-        return stdout
-
-
-def _stop_all(proc: subprocess.Popen) -> tuple[str, str]:
-    """SIGABRT (a stack dump each), then SIGKILL, to ``proc`` and all its descendants; its output.
-
-    The workers are found through the process tree: torchrun starts each in a session of its own,
-    out of reach of a process-group signal.
-    """
-    processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for sig in (signal.SIGABRT, signal.SIGKILL):
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(sig)
-        time.sleep(2)
-    return proc.communicate()
 
 
 def assert_same_curve(one: dict, two: dict, steps: int, **tolerance) -> None:

@@ -12,6 +12,7 @@ linear unit is not the metre (US feet, ...) are scaled to metres on read; the fa
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import struct
@@ -36,6 +37,7 @@ __all__ = [
     "PointCloud",
     "asprs_to_city",
     "city_to_asprs",
+    "fill_holes",
     "read_aerial_image",
     "read_height_input",
     "read_height_map",
@@ -45,6 +47,8 @@ __all__ = [
     "read_semantic_map",
     "scene_from_file",
 ]
+
+logger = logging.getLogger(__name__)
 
 UNKNOWN = 255
 """Class id of points whose ASPRS class does not say what they are (0 / 1: unclassified)."""
@@ -590,22 +594,27 @@ def _check_vertical(vertical_scale: float, vertical_offset: float) -> None:
         raise ValueError("vertical_scale must be non-zero")
 
 
+def fill_holes(data: np.ndarray, source: str, fill: bool) -> np.ndarray:
+    """``data`` with its no-data / NaN / inf pixels filled from the nearest valid pixel (said in a
+    warning with their share) when ``fill``; otherwise ``ValueError`` with their share."""
+    bad = ~np.isfinite(data)
+    if bad.all():
+        raise ValueError(f"{source}: every pixel is no-data / NaN")
+    if not bad.any():
+        return data
+    share = f"{int(bad.sum())} no-data / NaN / inf pixels ({100 * bad.mean():.2g}% of the map)"
+    if not fill:
+        raise ValueError(f"{source}: {share}; pass fill_nodata=True to fill them from the nearest valid pixel")
+    logger.warning(f"{source}: filled {share} from the nearest valid pixel")
+    _, (ri, ci) = ndimage.distance_transform_edt(bad, return_indices=True)
+    return data[ri, ci]
+
+
 def _height_map(
     path: Path, data: np.ndarray, georef, meters_per_pixel, vertical_scale, vertical_offset, fill_nodata
 ) -> HeightMap:
     """`read_height_map` of raster values read by `_read_raster` (``vertical_*`` checked by `_check_vertical`)."""
-    data = data.astype(np.float64)
-    bad = ~np.isfinite(data)
-    if bad.all():
-        raise ValueError(f"{path}: every pixel is no-data / NaN")
-    if bad.any():
-        if not fill_nodata:
-            raise ValueError(
-                f"{path}: {int(bad.sum())} no-data / NaN / inf pixels; "
-                "pass fill_nodata=True to fill them from the nearest valid pixel"
-            )
-        _, (ri, ci) = ndimage.distance_transform_edt(bad, return_indices=True)
-        data = data[ri, ci]
+    data = fill_holes(data.astype(np.float64), str(path), fill_nodata)
     if np.ptp(data) == 0:
         raise ValueError(f"{path}: the height map is constant (every pixel is {data.flat[0]:g}); nothing to reconstruct")
     height = data * vertical_scale + vertical_offset

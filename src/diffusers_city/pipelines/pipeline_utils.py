@@ -23,6 +23,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .tiling import TileStage
+
 __all__ = [
     "IMAGE_OUTPUT_TYPES",
     "OUTPUT_TYPES",
@@ -120,25 +122,35 @@ def denoising_loop(
     callback_on_step_end: Callable | None,
     tensor_inputs: Sequence[str],
     description: str,
+    known: TileStage | None = None,
 ) -> torch.Tensor:
     """The denoising loop over ``pipe.scheduler.timesteps`` (``set_timesteps`` already called and
     ``latents`` already scaled by ``init_noise_sigma``): ``scale_model_input`` (for the schedulers
     that have one; flow-matching schedulers do not) -> ``predict(model_input, t)`` ->
     ``scheduler.step``, then ``callback_on_step_end(pipe, i, t, {name: tensor})``, which may
     replace ``latents``. Works with any diffusers scheduler whose ``prediction_type`` (or, for
-    flow matching, velocity ``noise - x0``) is what ``predict`` returns."""
+    flow matching, velocity ``noise - x0``) is what ``predict`` returns.
+
+    ``known`` (tiled generation, `tiling`): after every step the latents the finished neighbours
+    fixed are blended in, re-noised to the next timestep (RePaint); the final latents are recorded."""
     scheduler = pipe.scheduler
     step_kwargs = _step_kwargs(scheduler, generator)
     timesteps = scheduler.timesteps
     scale = getattr(scheduler, "scale_model_input", None)
+    region = None if known is None else known.region(latents)
     with pipe.progress_bar(total=len(timesteps)) as bar:
         bar.set_description(description)
         for i, t in enumerate(timesteps):
             model_output = predict(latents if scale is None else scale(latents, t), t)
             latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+            if region is not None:
+                next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+                latents = region.blend(scheduler, latents, next_t, generator)
             if callback_on_step_end is not None:
                 local = {"latents": latents}
                 outputs = callback_on_step_end(pipe, i, t, {k: local[k] for k in tensor_inputs})
                 latents = (outputs or {}).get("latents", latents)
             bar.update()
+    if known is not None:
+        known.record(latents)
     return latents

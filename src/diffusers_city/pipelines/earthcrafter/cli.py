@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...cli.area import add_area_arguments, is_area_folder, process_device, run_area
 from ...cli.options import add_max_memory_gb
 
 OUTPUT_STEMS = ("tile", "tile_points", "orbit")
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_max_memory_gb(parser, "a frame request")
+    add_max_memory_gb(parser, "a frame request (a large area: one tile)")
+    add_area_arguments(parser)
 
 
 def _load_pipeline(source: str):
@@ -61,6 +63,18 @@ def _load_pipeline(source: str):
     if source in available_sizes("earthcrafter") and not Path(source).exists():
         return EarthCrafterPipeline.from_preset(source)
     return EarthCrafterPipeline.from_pretrained(source, torch_dtype=torch.float32)
+
+
+def _area_map(semantic_map, resolution: int):
+    """The semantic map (array or ``CityScene``) when it is larger than one L x L tile, else ``None``."""
+    from ...data.scene import CityScene
+    from .pipeline_earthcrafter import _array
+
+    if semantic_map is None:
+        return None
+    area = semantic_map if isinstance(semantic_map, CityScene) else _array(semantic_map, "--semantic-map")
+    shape = area.shape if isinstance(area, CityScene) else area.shape[-2:]
+    return area if max(shape) > resolution else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ...export.video import write_video
     from ..pipeline_utils import frames_to_output
 
-    check_output_folder(args.out, OUTPUT_STEMS)
+    if not is_area_folder(args.out):  # an area run's folder is checked (and resumed) by the area path
+        check_output_folder(args.out, OUTPUT_STEMS)
     device = resolve_device(args.device)
     for name in ("semantic_map", "image"):
         path = getattr(args, name)
@@ -84,8 +99,27 @@ def run(args: argparse.Namespace) -> int:
     semantic_map = args.semantic_map
     if semantic_map is not None and semantic_map.is_dir():
         semantic_map = CityScene.load(semantic_map)
-    pipe = _load_pipeline(args.pretrained).to(device)
+    pipe = _load_pipeline(args.pretrained)
     interval = {} if args.guidance_interval is None else {"guidance_interval": tuple(args.guidance_interval)}
+    area = _area_map(semantic_map, pipe.resolution)
+    if area is not None:
+        pipe = pipe.to(process_device(device))
+        return run_area(
+            args,
+            lambda: pipe.generate_area(
+                area,
+                args.out,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                **interval,
+                seed=args.seed,
+                overlap=args.overlap,
+                max_memory_gb=args.max_memory_gb,
+            ),
+        )
+    if is_area_folder(args.out):
+        check_output_folder(args.out, OUTPUT_STEMS)  # refuses it: this map is one tile
+    pipe = pipe.to(device)
     output = pipe(
         semantic_map,
         args.image,

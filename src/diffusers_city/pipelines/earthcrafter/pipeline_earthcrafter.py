@@ -51,6 +51,8 @@ from ..pipeline_utils import (
     denoising_loop,
     frames_to_output,
 )
+from ..tiled_area import AreaOutput, generate_area
+from ..tiling import TileLatents, TileStage, tile_pixels
 from .pipeline_output import EarthCrafterPipelineOutput
 
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "points", "mesh", "voxels", "gaussians")
@@ -374,11 +376,12 @@ class EarthCrafterPipeline(DiffusionPipeline):
         condition: tuple[torch.Tensor, torch.Tensor],
         run: _Sampling,
         latents: torch.Tensor | None = None,
+        known: TileStage | None = None,
     ) -> torch.Tensor:
         """One stage's flow from noise of ``shape`` to its sample; ``wrap(x, copies)`` turns
         ``copies`` stacked inputs (condition, then "none" under guidance) into the model's sample.
         Guidance runs where ``sigma = t / num_train_timesteps`` lies in ``run.guidance_interval``;
-        elsewhere one conditional pass."""
+        elsewhere one conditional pass. ``known``: the stage's hook of tiled generation."""
         self.stage = stage
         tokens, lengths = condition
         copies = tokens.shape[0]
@@ -405,15 +408,25 @@ class EarthCrafterPipeline(DiffusionPipeline):
             callback_on_step_end=run.callback_on_step_end,
             tensor_inputs=run.tensor_inputs,
             description=f"earthcrafter {stage}",
+            known=known,
         )
 
     def _sparse_stage(
-        self, stage: str, model: torch.nn.Module, structure: SparseTensor, channels: int, condition, run: _Sampling
+        self,
+        stage: str,
+        model: torch.nn.Module,
+        structure: SparseTensor,
+        channels: int,
+        condition,
+        run: _Sampling,
+        known: TileStage | None = None,
     ) -> torch.Tensor:
         """A latent flow on the voxels of ``structure`` (batch 1): its sample ``[N, channels]``."""
         one = structure.replace(structure.feats.new_zeros(structure.num_voxels, 1))
         batches = {n: SparseTensor.cat([one] * n) for n in {1, condition[0].shape[0]}}
-        return self._denoise(stage, model, (structure.num_voxels, channels), lambda x, n: batches[n].replace(x), condition, run)
+        return self._denoise(
+            stage, model, (structure.num_voxels, channels), lambda x, n: batches[n].replace(x), condition, run, known=known
+        )
 
     def _coarse_cells(self, occupancy: torch.Tensor, origin: tuple[float, float, float]) -> SparseTensor:
         """The occupied cells (``occupancy > 0``) as a batch-1 SparseTensor on the (L/8)^3 grid, with
@@ -453,6 +466,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        tile: TileLatents | None = None,
     ) -> EarthCrafterPipelineOutput | tuple:
         """Generate one tile.
 
@@ -486,6 +500,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 every stage (``pipe.stage`` names it); may replace ``latents``: the occupancy field
                 ``[1, 1, G, G, G]``, then the structure and texture latents ``[N, C]`` on their voxels.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
+            tile: one tile of a larger area (`generate_area`): every stage is conditioned on the
+                latents its finished neighbours fixed and records its own.
         """
         crs = None
         if isinstance(semantic_map, CityScene):
@@ -520,17 +536,33 @@ class EarthCrafterPipeline(DiffusionPipeline):
         )
         condition = self.encode_condition(semantic, aerial, run.guidance_scale, device)
 
+        corner = tuple(o - self.voxel_size / 2 for o in origin)  # where voxel (0, 0, 0) starts
+        cell = self.occupancy_transformer.config.cell_size * self.voxel_size
+        known = {"occupancy": None if tile is None else tile.dense_stage("occupancy", self.occupancy_shape()[2:], corner, cell)}
         occupancy = self._denoise(
-            "occupancy", self.occupancy_transformer, self.occupancy_shape(), lambda x, n: x, condition, run, latents
+            "occupancy",
+            self.occupancy_transformer,
+            self.occupancy_shape(),
+            lambda x, n: x,
+            condition,
+            run,
+            latents,
+            known["occupancy"],
         )
         cells = self._coarse_cells(occupancy, origin)
+        known["structure"] = None if tile is None else tile.sparse_stage("structure", cells, corner)
         voxels, gaussians = self._empty_tile(origin, device)
         if cells.num_voxels:
             svae, tvae = self.struct_vae, self.tex_vae
-            z = self._sparse_stage("structure", self.struct_flow, cells, svae.config.latent_channels, condition, run)
+            z = self._sparse_stage(
+                "structure", self.struct_flow, cells, svae.config.latent_channels, condition, run, known["structure"]
+            )
             structure = svae.decode(cells.replace(z.to(svae.dtype) / svae.config.scaling_factor)).sample
             if structure.num_voxels:
-                z = self._sparse_stage("texture", self.tex_flow, structure, tvae.config.latent_channels, condition, run)
+                known["texture"] = None if tile is None else tile.sparse_stage("texture", structure, corner)
+                z = self._sparse_stage(
+                    "texture", self.tex_flow, structure, tvae.config.latent_channels, condition, run, known["texture"]
+                )
                 params = tvae.decode(structure.replace(z.to(tvae.dtype) / tvae.config.scaling_factor)).sample
                 gaussians = tvae.to_gaussians(params)
                 voxels = structure.replace(_voxel_colors(gaussians, structure.num_voxels))
@@ -538,6 +570,81 @@ class EarthCrafterPipeline(DiffusionPipeline):
         output = self._build_output(voxels, gaussians, output_type, num_frames, width, height, origin, crs)
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
+
+    def generate_area(
+        self,
+        semantic_map: Any,
+        out_dir: str | Path,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
+        origin: tuple[float, float, float] | None = None,
+        overlap: float = 0.25,
+        inpaint: bool = True,
+        max_memory_gb: float | None = None,
+        callback_on_tile_end: Callable | None = None,
+    ) -> AreaOutput:
+        """Generate a semantic map of any size (``[H, W]`` class ids at the model's voxel size, or
+        a ``CityScene`` at that resolution, whose georeference the outputs take), tile by tile,
+        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point and splat PLY,
+        ``index.json``, resumable, split over the processes of ``accelerate launch``). Tiles are
+        this model's L x L, overlapping by about ``overlap`` of a tile (whole occupancy cells) and
+        conditioned on their finished neighbours in every stage (``inpaint=False``: each on its own)."""
+        check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
+        check_number("guidance_scale", guidance_scale, low=1.0)
+        memory_limit_gb(max_memory_gb)
+        if isinstance(semantic_map, CityScene):
+            if origin is not None:
+                raise ValueError("pass origin or a CityScene (which carries its own origin), not both")
+            self._scene_frame(semantic_map)  # checks its resolution
+            area = semantic_map
+        else:
+            ids = _array(semantic_map, "semantic_map")
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"semantic_map must be a 2D map of integer class ids, got {ids.dtype} of shape {ids.shape}")
+            area = CityScene(np.zeros(ids.shape, np.float32), ids, self.voxel_size, origin or (0.0, 0.0, 0.0))
+        cell = self.occupancy_transformer.config.cell_size
+        tile_px, overlap_px, align_px = tile_pixels(
+            self.resolution * self.voxel_size, cell * self.voxel_size, self.voxel_size, overlap
+        )
+
+        def call_tile(scene: CityScene, tile: TileLatents, generator: torch.Generator) -> EarthCrafterPipelineOutput:
+            return self(
+                scene,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                guidance_interval=guidance_interval,
+                generator=generator,
+                output_type="points",
+                max_memory_gb=max_memory_gb,
+                tile=tile,
+            )
+
+        settings = {
+            "pipeline": type(self).__name__,
+            "model": str(self.name_or_path),
+            "scheduler": type(self.scheduler).__name__,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": float(guidance_scale),
+            "guidance_interval": [float(g) for g in guidance_interval],
+        }
+        return generate_area(
+            area,
+            out_dir,
+            call_tile,
+            tile_px=tile_px,
+            overlap_px=overlap_px,
+            align_px=align_px,
+            anchor_z=0.0,
+            manifest=settings,
+            seed=seed,
+            inpaint=inpaint,
+            tile_bytes=self.estimate_memory_bytes(0, 0, 0),
+            max_memory_gb=max_memory_gb,
+            device=self._execution_device,
+            callback_on_tile_end=callback_on_tile_end,
+        )
 
     def _empty_tile(self, origin: tuple[float, float, float], device: torch.device) -> tuple[SparseTensor, Gaussians]:
         """The outputs when a stage finds nothing occupied."""

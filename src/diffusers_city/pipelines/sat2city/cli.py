@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...cli.area import add_area_arguments, is_area_folder, process_device, run_area
 from ...cli.options import add_max_memory_gb
 
 
@@ -41,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="metres of gray 0 and 255 (default: the model's 0..max_height_m)",
     )
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "--fill-nodata", action="store_true", help="fill no-data / NaN pixels of a DSM from the nearest valid one (else refused)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_max_memory_gb(parser, "a height map")
+    add_max_memory_gb(parser, "a height map (a large area: one tile)")
+    add_area_arguments(parser)
 
 
 # What this command writes in --out: city.ply, city.glb, city_preview.png and their side files.
@@ -84,14 +89,40 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_input(path: Path):
+# Peak bytes per map pixel while a raster is read and checked (float64 values, their float32 copy,
+# masks, the nearest-pixel indices of a hole fill).
+_READ_BYTES_PER_PIXEL = 64
+
+
+def _load_input(path: Path, meters_per_pixel: float | None, fill_nodata: bool, max_memory_gb: float | None):
+    """The map as `read_height_input` reads it: a metric ``CityScene`` (a DSM with its
+    georeference, a point cloud, a scene folder) or 8-bit gray levels; a raster whose header
+    promises more pixels than memory holds is refused before they are read."""
+    from ...data.readers import read_height_input
+    from ...utils.memory import check_memory
+    from .pipeline_sat2city import height_map_shape
+
+    if not path.exists():
+        raise FileNotFoundError(f"--height-map {path}: no such file or folder")
+    shape = height_map_shape(path)
+    if shape is not None and len(shape) == 2:
+        what = f"--height-map {path}: height map of {shape[0]}x{shape[1]} px"
+        check_memory(shape[0] * shape[1] * _READ_BYTES_PER_PIXEL, max_memory_gb, what, hint="crop it")
+    return read_height_input(path, meters_per_pixel, fill_nodata=fill_nodata)
+
+
+def _larger_than_a_tile(pipe, height_map, meters_per_pixel: float | None) -> bool:
+    """Whether the map covers more than the model's crop (then it is generated as an area);
+    gray maps without ``--meters-per-pixel`` are stretched over one crop."""
     from ...data.scene import CityScene
 
-    if path.is_dir():
-        return CityScene.load(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--height-map {path}: no such file or folder")
-    return path
+    mpp = height_map.meters_per_pixel if isinstance(height_map, CityScene) else meters_per_pixel
+    if mpp is None:
+        return False
+    vae = pipe.dense_vae.config
+    return max(height_map.height.shape if isinstance(height_map, CityScene) else height_map.shape) * mpp > (
+        vae.grid_size[0] * vae.voxel_size + 1e-6
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps <= 0:
         raise ValueError(f"--steps must be positive, got {args.steps}")
-    check_output_folder(args.out, OUTPUT_STEMS)
+    if not is_area_folder(args.out):  # an area run's folder is checked (and resumed) by the area path
+        check_output_folder(args.out, OUTPUT_STEMS)
     device = resolve_device(args.device)
-    height_map = _load_input(args.height_map)
+    height_map = _load_input(args.height_map, args.meters_per_pixel, args.fill_nodata, args.max_memory_gb)
     if args.preset is not None:
         pipe = Sat2CityPipeline.from_preset(args.preset, seed=args.seed)
     else:
@@ -115,9 +147,28 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None and not (model / "model_index.json").is_file():
             raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --model or --preset")
         pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    if _larger_than_a_tile(pipe, height_map, args.meters_per_pixel):
+        pipe = pipe.to(process_device(device))
+        return run_area(
+            args,
+            lambda: pipe.generate_area(
+                height_map,
+                args.out,
+                num_inference_steps=args.steps,
+                seed=args.seed,
+                meters_per_pixel=args.meters_per_pixel,
+                height_range=args.height_range,
+                guidance_scale=args.guidance_scale,
+                temperature=args.temperature,
+                overlap=args.overlap,
+                max_memory_gb=args.max_memory_gb,
+            ),
+        )
+    if is_area_folder(args.out):
+        check_output_folder(args.out, OUTPUT_STEMS)  # refuses it: this map is one tile
     pipe = pipe.to(device)
     output = pipe(
-        height_map,
+        args.height_map if args.height_map.is_file() else height_map,  # a file: its memory checked before its pixels
         num_inference_steps=args.steps,
         generator=torch.Generator("cpu").manual_seed(args.seed),
         output_type="mesh",

@@ -29,7 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ...data.noise import height_from_gray
-from ...data.readers import read_height_input
+from ...data.readers import fill_holes, read_height_input
 from ...data.scene import CityScene
 from ...export.mesh import mesh_from_voxels
 from ...models.sat2city import HeightFieldEncoder, Sat2CityDenseUNet3D, Sat2CityDenseVAE, Sat2CitySparseUNet3D, Sat2CitySparseVAE
@@ -43,6 +43,8 @@ from ..pipeline_utils import (
     check_prediction_type,
     denoising_loop,
 )
+from ..tiled_area import AreaOutput, generate_area
+from ..tiling import TileLatents, TileStage, tile_pixels
 from .cuda_graph import GraphedStep
 from .pipeline_output import Sat2CityPipelineOutput
 
@@ -388,10 +390,12 @@ class Sat2CityPipeline(DiffusionPipeline):
         condition: torch.Tensor,
         run: _Sampling,
         latents: torch.Tensor | None = None,
+        known: TileStage | None = None,
     ) -> torch.Tensor:
         """One stage's denoising loop from noise of ``shape`` (or ``latents``); ``wrap`` turns the
-        feature tensor into the unet's sample. With ``enable_cuda_graphs`` on CUDA, the steps after
-        the first replay one captured graph (`GraphedStep`)."""
+        feature tensor into the unet's sample; ``known``: the stage's hook of tiled generation.
+        With ``enable_cuda_graphs`` on CUDA, the steps after the first replay one captured graph
+        (`GraphedStep`)."""
         self.stage = stage
         index = STAGES.index(stage)
         guidance_scale = run.guidance_scale[index]
@@ -416,6 +420,7 @@ class Sat2CityPipeline(DiffusionPipeline):
             callback_on_step_end=run.callback_on_step_end,
             tensor_inputs=run.tensor_inputs,
             description=f"sat2city {stage}",
+            known=known,
         )
 
     @staticmethod
@@ -473,6 +478,7 @@ class Sat2CityPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        tile: TileLatents | None = None,
     ) -> Sat2CityPipelineOutput | tuple:
         """Generate a coloured 3D city from one height map.
 
@@ -502,6 +508,9 @@ class Sat2CityPipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, kwargs) -> kwargs`` after every
                 denoising step of every stage (``pipe.stage`` names the stage); may replace ``latents``.
             callback_on_step_end_tensor_inputs: keys passed to the callback (``["latents"]``).
+            tile: one tile of a larger area (`generate_area`): every stage is conditioned on the
+                latents its finished neighbours fixed and records its own; the base height is
+                lowered onto the area's dense latent cells so that neighbours' cells coincide.
         """
         guidance, temperature, tensor_inputs = self.check_inputs(
             num_inference_steps, output_type, guidance_scale, temperature, max_memory_gb, callback_on_step_end_tensor_inputs
@@ -514,6 +523,10 @@ class Sat2CityPipeline(DiffusionPipeline):
         self._check_memory(height_map, meters_per_pixel, max_memory_gb)
         hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
         self._check_memory_of(hmap.height.shape, hmap.meters_per_pixel, max_memory_gb)  # a file's own resolution
+        dense_cell = vae.voxel_size * self.dense_vae.downsample_factor
+        if tile is not None:
+            hmap.z_base = tile.snap_z(hmap.origin[2] + hmap.z_base, dense_cell) - hmap.origin[2]
+        corner = (hmap.origin[0], hmap.origin[1], hmap.origin[2] + hmap.z_base)  # world position of the crop frame's 0
         grid = self.grid_for(hmap.height.shape, hmap.meters_per_pixel)
         rise, top = float(hmap.height.max()) - hmap.z_base, grid[2] * vae.voxel_size
         if rise > top:
@@ -536,12 +549,13 @@ class Sat2CityPipeline(DiffusionPipeline):
         points = torch.from_numpy(hmap.points()).to(device)
         points[:, 2] = points[:, 2].clamp(0, grid[2] * vae.voxel_size - 1e-3)
         cond = self.condition_encoder(points, torch.zeros(points.shape[0], dtype=torch.long, device=device), latent_shape, 1)
-        x_d = self._denoise("dense", self.dense_unet, shape, lambda x: x, cond.to(dtype), run, latents)
+        known = None if tile is None else tile.dense_stage("dense", latent_shape, corner, dense_cell)
+        x_d = self._denoise("dense", self.dense_unet, shape, lambda x: x, cond.to(dtype), run, latents, known)
         first = self.dense_vae.decode(x_d / vae.scaling_factor).sample
         first = first.replace(F.normalize(first.feats.float(), dim=1).to(first.dtype))
 
         if first.num_voxels:
-            voxels, colors = self._geometry_and_appearance(first, points, run)
+            voxels, colors = self._geometry_and_appearance(first, points, run, tile, corner)
         else:
             voxels, colors = first, first.feats.new_zeros(0, 3)
         normals = F.normalize(voxels.feats.float(), dim=1)
@@ -550,11 +564,96 @@ class Sat2CityPipeline(DiffusionPipeline):
         output = self._build_output(hmap, voxels, normals, colors.float(), output_type)
         return output if return_dict else output.to_tuple()
 
+    def generate_area(
+        self,
+        height_map: Any,
+        out_dir: str | Path,
+        num_inference_steps: int = 50,
+        seed: int = 0,
+        meters_per_pixel: float | None = None,
+        height_range: tuple[float, float] | None = None,
+        guidance_scale: float | tuple[float, float, float] | None = None,
+        temperature: float | tuple[float, float, float] | None = None,
+        overlap: float = 0.25,
+        inpaint: bool = True,
+        fill_nodata: bool = False,
+        max_memory_gb: float | None = None,
+        callback_on_tile_end: Callable | None = None,
+    ) -> AreaOutput:
+        """Generate a height map of any size, tile by tile, into the folder ``out_dir``
+        (`pipelines.tiled_area`: per-tile PLY, ``index.json``, resumable, split over the processes
+        of ``accelerate launch``). Tiles are this model's crop (``grid_size`` x ``voxel_size``),
+        overlapping by about ``overlap`` of a tile and conditioned on their finished neighbours in
+        every stage (``inpaint=False``: each on its own). ``height_map`` as in ``__call__`` (gray
+        maps need ``meters_per_pixel``); ``fill_nodata`` fills NaN holes from the nearest valid
+        pixel (and says so) instead of refusing them; the other arguments as in ``__call__``."""
+        guidance, temperature, _ = self.check_inputs(
+            num_inference_steps, "points", guidance_scale, temperature, max_memory_gb, None
+        )
+        vae = self.dense_vae.config
+        hrange = (0.0, float(self.condition_encoder.config.max_height_m)) if height_range is None else height_range
+        if isinstance(height_map, (str, Path)):
+            if not Path(height_map).exists():
+                raise FileNotFoundError(f"height map file not found: {height_map}")
+            height_map = read_height_input(height_map, meters_per_pixel, fill_nodata=fill_nodata)
+        if not isinstance(height_map, CityScene) and meters_per_pixel is None:
+            raise ValueError("a grayscale height map needs meters_per_pixel for tiled generation (its pixels' size in metres)")
+        if isinstance(height_map, np.ndarray) and height_map.dtype.kind == "f":
+            height_map = fill_holes(height_map, "height map", fill_nodata)
+        hmap = load_height_map(height_map, meters_per_pixel, hrange, vae.grid_size[0] * vae.voxel_size)
+        mpp = hmap.meters_per_pixel
+        tile_px, overlap_px, align_px = tile_pixels(
+            vae.grid_size[0] * vae.voxel_size, vae.voxel_size * self.dense_vae.downsample_factor, mpp, overlap
+        )
+        area = CityScene(hmap.height, np.zeros(hmap.height.shape, np.uint8), mpp, hmap.origin, crs=hmap.crs)
+
+        def call_tile(scene: CityScene, tile: TileLatents, generator: torch.Generator) -> Sat2CityPipelineOutput:
+            return self(
+                scene,
+                num_inference_steps=num_inference_steps,
+                generator=generator,
+                guidance_scale=guidance,
+                temperature=temperature,
+                max_memory_gb=max_memory_gb,
+                tile=tile,
+            )
+
+        settings = {
+            "pipeline": type(self).__name__,
+            "model": str(self.name_or_path),
+            "scheduler": type(self.scheduler).__name__,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance,
+            "temperature": temperature,
+        }
+        return generate_area(
+            area,
+            out_dir,
+            call_tile,
+            tile_px=tile_px,
+            overlap_px=overlap_px,
+            align_px=align_px,
+            anchor_z=hmap.z_base,
+            manifest=settings,
+            seed=seed,
+            inpaint=inpaint,
+            tile_bytes=self.estimate_memory_bytes(self.grid_for((tile_px, tile_px), mpp), tile_px * tile_px),
+            max_memory_gb=max_memory_gb,
+            device=self._execution_device,
+            callback_on_tile_end=callback_on_tile_end,
+        )
+
     def _geometry_and_appearance(
-        self, first: SparseTensor, points: torch.Tensor, run: _Sampling
+        self,
+        first: SparseTensor,
+        points: torch.Tensor,
+        run: _Sampling,
+        tile: TileLatents | None = None,
+        corner: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> tuple[SparseTensor, torch.Tensor]:
         """Stages 2 and 3 on the dense stage's decoded grid (and P_h ``points`` for a height-aware
-        sparse stage): final voxels (normals) and their colours."""
+        sparse stage): final voxels (normals) and their colours. ``tile``: as in ``__call__``, the
+        crop frame's 0 at world ``corner``."""
         dtype = self.sparse_unet.dtype
         # Stage 2: sparse latent X_S | {G, A_N} (+ height columns); D_s records struct.
         svae = self.sparse_vae
@@ -564,12 +663,17 @@ class Sat2CityPipeline(DiffusionPipeline):
         coords, cond = sparse_condition(first, svae.downsample_factor, height)
         structure = svae.latent_structure(coords, 1)
         shape = (structure.num_voxels, svae.config.latent_channels)
-        x_s = self._denoise("sparse", self.sparse_unet, shape, structure.replace, cond.to(dtype), run)
+        known = {
+            stage: None if tile is None else tile.sparse_stage(stage, structure, corner) for stage in ("sparse", "appearance")
+        }
+        x_s = self._denoise("sparse", self.sparse_unet, shape, structure.replace, cond.to(dtype), run, known=known["sparse"])
         geometry = svae.decode(structure.replace(x_s / svae.config.scaling_factor))
 
         # Stage 3: Re-Hash appearance latent X_C0 | struct, decoded along struct, inverse-sampled colours.
         app_cond = struct_condition(geometry, structure)
-        x_c = self._denoise("appearance", self.appearance_unet, shape, structure.replace, app_cond.to(dtype), run)
+        x_c = self._denoise(
+            "appearance", self.appearance_unet, shape, structure.replace, app_cond.to(dtype), run, known=known["appearance"]
+        )
         voxels = geometry.sample
         if voxels.num_voxels:
             features = svae.decode_appearance(
