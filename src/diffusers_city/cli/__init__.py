@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": (f"{__name__}.info", "versions, sparse backends, renderer and device of this installation"),
     "demo": (f"{__name__}.demo", "run the shipped default pipelines and write their outputs"),
     "scene": (f"{__name__}.scene", "make, convert or preview a city scene"),
+    "view": (f"{__name__}.view", "an interactive 3D view of an output in the browser"),
+    "app": (f"{__name__}.app", "a browser app: pick a system and an input, generate, view, download"),
 }
 
 

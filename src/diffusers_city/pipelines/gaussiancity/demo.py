@@ -9,7 +9,7 @@ import torch
 from ...presets import bundled_path
 from .pipeline_gaussiancity import GaussianCityPipeline
 
-__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "example_scene", "run_demo"]
+__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "example_scene", "generate", "load_pipeline", "run_demo"]
 
 DEMO_SIZE = (160, 120)
 DEMO_FRAMES = 12
@@ -25,25 +25,33 @@ def example_scene():
     return procedural_city(7, size_m=192.0, meters_per_pixel=1.0, with_points=False, with_image=False)
 
 
-def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None = None, seed: int = 0) -> list[Path]:
-    """Render ``DEMO_FRAMES`` orbit frames at ``DEMO_SIZE`` and write ``orbit.gif``, the first frame
-    and the layout's Gaussians (``city.ply``) under ``out_dir``.
+APP_INPUTS = {"shipped example layout": ("gaussiancity", "example_layout")}
+"""Example inputs of ``diffusers-city app`` (label -> bundled path parts): scene folders."""
+APP_UPLOAD_SUFFIXES = (".zip",)
+APP_SETTINGS: dict[str, int | float | None] = {}
+"""Settings ``generate`` takes besides ``seed`` (none: the style codes are sampled from the seed)."""
 
-    ``pipeline`` defaults to the shipped ``pipelines/gaussiancity/default/``.
-    """
+
+def load_pipeline(device: str) -> GaussianCityPipeline:
+    """The shipped default pipeline (``pipelines/gaussiancity/default/``) on ``device``."""
+    folder = bundled_path("gaussiancity", "default")
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"no shipped GaussianCity pipeline at {folder}")
+    return GaussianCityPipeline.from_pretrained(folder).to(device)
+
+
+def generate(pipeline: GaussianCityPipeline, scene, out_dir: Path, *, seed: int = 0) -> list[Path]:
+    """Render ``DEMO_FRAMES`` orbit frames of ``scene`` (a ``CityScene`` or its folder) at ``DEMO_SIZE``
+    and write ``orbit.gif``, the first frame and the layout's Gaussians (``city.ply``) under ``out_dir``."""
+    from ...data import CityScene
     from ...export.atomic import atomic_write
     from ...export.splat import write_gaussian_ply
     from ...export.video import write_video
 
-    if pipeline is None:
-        folder = bundled_path("gaussiancity", "default")
-        if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"no shipped GaussianCity pipeline at {folder}")
-        pipeline = GaussianCityPipeline.from_pretrained(folder)
-    pipeline = pipeline.to(device)
+    if not isinstance(scene, CityScene):
+        scene = CityScene.load(scene)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scene = example_scene()
     width, height = DEMO_SIZE
     out = pipeline(
         scene=scene,
@@ -74,3 +82,10 @@ def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None =
         )
     )
     return paths
+
+
+def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None = None, seed: int = 0) -> list[Path]:
+    """:func:`generate` on the example layout (:func:`example_scene`) with ``pipeline``, by default
+    the shipped ``pipelines/gaussiancity/default/``."""
+    pipeline = load_pipeline(device) if pipeline is None else pipeline.to(device)
+    return generate(pipeline, example_scene(), out_dir, seed=seed)

@@ -34,26 +34,49 @@ def write_city(output: Sat2CityPipelineOutput, out_dir: Path, stem: str = "city"
     return paths
 
 
-def run_demo(out_dir: Path, device: str) -> list[Path]:
-    """Generate a city from ``pipelines/sat2city/examples/height_map.png`` with the shipped default
-    (its ``height_map.json`` gives the metres of gray 0 / 255 and the metres per pixel), with the
-    pipeline's own default settings (the shipped model stores its measured best ones)."""
+APP_INPUTS = {"shipped example height map": EXAMPLE}
+"""Example inputs of ``diffusers-city app`` (label -> bundled path parts)."""
+APP_UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".ply", ".las", ".laz")
+APP_SETTINGS = {"steps": DEMO_STEPS, "guidance": None}
+"""Settings ``generate`` takes, with their defaults (None: the shipped pipeline's own)."""
+
+
+def load_pipeline(device: str) -> Sat2CityPipeline:
+    """The shipped default pipeline on ``device``."""
     model = bundled_path("sat2city", "default")
-    example = bundled_path(*EXAMPLE)
     if not (model / "model_index.json").is_file():
         raise FileNotFoundError(f"no shipped Sat2City weights at {model}")
-    if not example.is_file():
-        raise FileNotFoundError(f"no example height map at {example}")
-    meta_path = example.with_suffix(".json")
+    return Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+
+
+def generate(
+    pipe: Sat2CityPipeline,
+    height_map: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    steps: int = DEMO_STEPS,
+    guidance: float | None = None,
+) -> list[Path]:
+    """A city from the height map file ``height_map`` (a ``<name>.json`` beside it may give the metres
+    of gray 0 / 255 and the metres per pixel), written by :func:`write_city`."""
+    if not Path(height_map).is_file():
+        raise FileNotFoundError(f"no height map at {height_map}")
+    meta_path = Path(height_map).with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
-    generator = torch.Generator("cpu").manual_seed(0)
     output = pipe(
-        example,
-        num_inference_steps=DEMO_STEPS,
-        generator=generator,
+        height_map,
+        num_inference_steps=steps,
+        generator=torch.Generator("cpu").manual_seed(seed),
         output_type="mesh",
         meters_per_pixel=meta.get("meters_per_pixel"),
         height_range=meta.get("height_range"),
+        guidance_scale=guidance,
     )
     return write_city(output, out_dir)
+
+
+def run_demo(out_dir: Path, device: str) -> list[Path]:
+    """Generate a city from ``pipelines/sat2city/examples/height_map.png`` with the shipped default,
+    with the pipeline's own default settings (the shipped model stores its measured best ones)."""
+    return generate(load_pipeline(device), bundled_path(*EXAMPLE), out_dir, steps=DEMO_STEPS)
