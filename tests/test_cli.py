@@ -156,6 +156,28 @@ def test_info_imports_no_other_subcommand_in_a_fresh_process():
     assert "LOADED []" in done.stdout and "diffusers" in done.stdout
 
 
+def test_help_of_every_command_imports_no_torch_diffusers_or_pipeline():
+    """``--help`` is instant: the console script parses before ``diffusers_city/__init__`` runs, and
+    no subcommand module imports torch, diffusers or a pipeline at its top."""
+    commands = [[], ["generate"], ["info"], ["demo"], ["scene"], *(["generate", name] for name in cli.registered_systems())]
+    code = (
+        "import sys, _diffusers_city_cli\n"
+        f"for command in {commands!r}:\n"
+        "    sys.argv = ['diffusers-city', *command, '--help']\n"
+        "    try:\n"
+        "        _diffusers_city_cli.main()\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, command\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')\n"
+        "         or m.startswith('diffusers_city.pipelines.') and m.rpartition('.')[2].startswith('pipeline')]\n"
+        "print('HEAVY', sorted(heavy)[:8])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout
+    assert done.stdout.count("usage: diffusers-city") == len(commands)
+
+
 # -- failures: one line, no traceback, an exit status per kind, outputs checked first -------------
 
 

@@ -19,8 +19,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from .._registration import systems as registered_systems
+from .._systems import systems as registered_systems
+from .._version import __version__
 from .errors import ExitCode, classify, exit_codes_help
 
 # name -> (module, one-line help)
@@ -82,10 +82,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _finish_package_import() -> None:
+    """Run ``diffusers_city/__init__.py`` (registration with diffusers) if the console script
+    (``_diffusers_city_cli``) deferred it to parse the arguments first."""
+    deferred = sys.modules[__name__.rpartition(".")[0]].__dict__.pop("_deferred_init", None)
+    if deferred is not None:
+        deferred()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``diffusers-city`` console script; returns the exit status."""
+    """The ``diffusers-city`` command line (console script: ``_diffusers_city_cli``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    _finish_package_import()
     if hasattr(args, "_cli_unavailable"):
         print(args._cli_unavailable, file=sys.stderr)
         return ExitCode.FAILED

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from .errors import ExitCode, classify, resolve_device
-from .outputs import check_output_folder, published, writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._registration import systems
+    from .._systems import systems
     from ..presets import bundled_path
+    from .outputs import check_output_folder, published, writing
 
     device = resolve_device(args.device)
     check_output_folder(args.out, tuple(systems()))
