@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ...cli.options import add_max_memory_gb
+from ...cli.options import add_device, add_max_memory_gb, add_pipeline, scene_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder for city.ply, city.glb, city_preview.png (replaced as a whole: new or holding only those)",
     )
-    parser.add_argument(
-        "--model", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)"
-    )
+    add_pipeline(parser, "sat2city", old="--model")
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead of weights")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default 50)")
     parser.add_argument("--seed", type=int, default=0)
@@ -41,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="metres of gray 0 and 255 (default: the model's 0..max_height_m)",
     )
     add_sampling_arguments(parser)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device(parser)
     add_max_memory_gb(parser, "a height map")
 
 
@@ -88,7 +86,7 @@ def _load_input(path: Path):
     from ...data.scene import CityScene
 
     if path.is_dir():
-        return CityScene.load(path)
+        return CityScene.load(scene_folder(path, "--height-map"))
     if not path.is_file():
         raise FileNotFoundError(f"--height-map {path}: no such file or folder")
     return path
@@ -111,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         pipe = Sat2CityPipeline.from_preset(args.preset, seed=args.seed)
     else:
-        model = args.model or bundled_path("sat2city", "default")
-        if args.model is None and not (model / "model_index.json").is_file():
-            raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --model or --preset")
-        pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32)
+        model = args.pipeline or bundled_path("sat2city", "default")
+        if args.pipeline is None and not (model / "model_index.json").is_file():
+            raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --pipeline or --preset")
+        pipe = Sat2CityPipeline.from_pretrained(model, dtype=torch.float32)
     pipe = pipe.to(device)
     output = pipe(
         height_map,
