@@ -46,7 +46,7 @@ def run_demo(out_dir: Path, device: str) -> list[Path]:
         raise FileNotFoundError(f"no example height map at {example}")
     meta_path = example.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+    pipe = Sat2CityPipeline.from_pretrained(model, dtype=torch.float32).to(device)
     generator = torch.Generator("cpu").manual_seed(0)
     output = pipe(
         example,
