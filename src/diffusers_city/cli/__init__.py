@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from .._systems import systems as registered_systems
 from .._version import __version__
 from .errors import ExitCode, classify, exit_codes_help
+from .threads import add_threads, torch_threads
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +70,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text, **_EPILOG)
+        add_threads(sub)
         if requested == (name,):
             _attach(sub, module, name)
     generate = commands.add_parser(
@@ -77,6 +79,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
     for name, system in registered_systems().items():
         sub = systems.add_parser(name, help=system.description, description=system.description, **_EPILOG)
+        add_threads(sub)
         if requested == ("generate", name):
             _attach(sub, system.cli_module, f"generate {name}")
     return parser
@@ -100,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
     command = " ".join(filter(None, (args.command, getattr(args, "system", None))))
     try:
-        return int(args._cli_run(args))
+        with torch_threads(args.threads):
+            return int(args._cli_run(args))
     except (Exception, KeyboardInterrupt) as error:
         if os.environ.get("DIFFUSERS_CITY_TRACEBACK"):
             raise
