@@ -71,7 +71,7 @@ def load_pipeline(args) -> Sat2CityPipeline:
         model = args.model or bundled_path("sat2city", "default")
         if not (Path(model) / "model_index.json").is_file():
             raise FileNotFoundError(f"no Sat2City pipeline at {model}")
-        pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32)
+        pipe = Sat2CityPipeline.from_pretrained(model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(args.device)
 

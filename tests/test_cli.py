@@ -156,6 +156,28 @@ def test_info_imports_no_other_subcommand_in_a_fresh_process():
     assert "LOADED []" in done.stdout and "diffusers" in done.stdout
 
 
+def test_help_of_every_command_imports_no_torch_diffusers_or_pipeline():
+    """``--help`` is instant: the console script parses before ``diffusers_city/__init__`` runs, and
+    no subcommand module imports torch, diffusers or a pipeline at its top."""
+    commands = [[], ["generate"], ["info"], ["demo"], ["scene"], *(["generate", name] for name in cli.registered_systems())]
+    code = (
+        "import sys, _diffusers_city_cli\n"
+        f"for command in {commands!r}:\n"
+        "    sys.argv = ['diffusers-city', *command, '--help']\n"
+        "    try:\n"
+        "        _diffusers_city_cli.main()\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, command\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')\n"
+        "         or m.startswith('diffusers_city.pipelines.') and m.rpartition('.')[2].startswith('pipeline')]\n"
+        "print('HEAVY', sorted(heavy)[:8])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout
+    assert done.stdout.count("usage: diffusers-city") == len(commands)
+
+
 # -- failures: one line, no traceback, an exit status per kind, outputs checked first -------------
 
 
@@ -365,3 +387,29 @@ def test_a_permission_error_while_writing_outputs_is_status_6(tmp_path):
         with writing(out):
             raise PermissionError(13, "Permission denied")
     assert classify(caught.value)[0] == ExitCode.OUTPUT_NOT_WRITABLE and not out.exists()
+
+
+def test_threads_default_to_the_physical_cores_of_the_affinity_and_can_be_set(capsys, monkeypatch):
+    from diffusers_city.cli import threads
+
+    monkeypatch.delenv(threads.ENV, raising=False)
+    cores = threads.physical_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert threads.choose_threads(None) == (cores, "physical cores of this process's CPU affinity")
+    before = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr("diffusers_city.cli.info.collect", lambda n: seen.append(torch.get_num_threads()) or {"x": "y"})
+    assert cli.main(["info", "--threads", "3"]) == 0
+    monkeypatch.setenv(threads.ENV, "2")
+    assert cli.main(["info"]) == 0
+    assert seen == [3, 2] and torch.get_num_threads() == before
+    monkeypatch.setenv(threads.ENV, "zero")
+    assert cli.main(["info"]) == 2 and "DIFFUSERS_CITY_THREADS='zero'" in capsys.readouterr().err
+    rc, _, err = run_main(capsys, "info", "--threads", "0")
+    assert rc == 2 and "--threads: must be >= 1" in err
+
+
+def test_info_says_the_thread_count_and_its_source(capsys, monkeypatch):
+    monkeypatch.setenv("DIFFUSERS_CITY_THREADS", "1")
+    rc, out, _ = run_main(capsys, "info", "--json")
+    assert rc == 0 and json.loads(out)["torch threads"] == "1 (set by the CLI from $DIFFUSERS_CITY_THREADS)"

@@ -33,10 +33,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_procedural_scene_all_formats(tmp_path):
     out = tmp_path / "city"
-    assert (
-        cli_scene.run(_args("--seed", "3", "--size", "48", "--points-per-m2", "1", "--splat-sh-degree", "0", "--out", str(out)))
-        == 0
-    )
+    argv = ("--seed", "3", "--size", "48", "--points-per-m2", "1", "--splat-sh-degree", "0", "--formats", "all")
+    assert cli_scene.run(_args(*argv, "--out", str(out))) == 0
     names = sorted(p.name for p in out.iterdir() if p.is_file())
     assert [n for n in EXPECTED if n not in names] == []
     scene = CityScene.load(out / "scene")
@@ -45,6 +43,24 @@ def test_procedural_scene_all_formats(tmp_path):
     np.testing.assert_allclose(ply.points, scene.points, atol=1e-3)
     np.testing.assert_array_equal(ply.classes, scene.point_classes)
     assert len(read_gaussian_ply(out / "splat.ply").means) == scene.num_points
+
+
+def test_default_formats_leave_the_splat_out_and_sizes_are_said_before_writing(tmp_path, capsys, monkeypatch):
+    """The default writes no 3DGS PLY (232 MB for 300 m), and says the sizes before it writes."""
+    out = tmp_path / "city"
+    said = []
+    save = CityScene.save
+    monkeypatch.setattr(CityScene, "save", lambda self, path: said.append(capsys.readouterr().out) or save(self, path))
+    assert cli_scene.run(_args("--seed", "3", "--size", "48", "--points-per-m2", "1", "--out", str(out))) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "mesh.glb",
+        "points.ply",
+        "preview_oblique.png",
+        "preview_top.png",
+    ]
+    assert said[0].startswith("writing about ") and "points.ply" in said[0] and "splat" not in said[0]
+    estimate = cli_scene.estimated_sizes(CityScene.load(out / "scene"), ["ply"])["points.ply"]
+    assert 0.5 < estimate / (out / "points.ply").stat().st_size < 2.0
 
 
 def test_scene_from_real_lidar(tmp_path):

@@ -314,7 +314,7 @@ def test_cli_writes_splats_mesh_points_and_orbit(saved_tiny, tmp_path, capsys):
         "earthcrafter",
         "--semantic-map",
         str(tmp_path / "map.png"),
-        "--pretrained",
+        "--pipeline",
         str(saved_tiny),
         "--out",
         str(out),
@@ -341,7 +341,7 @@ def test_system_is_registered_without_a_demo(capsys):
 
 
 def test_cli_refuses_bad_arguments(saved_tiny, tmp_path, capsys):
-    base = ["generate", "earthcrafter", "--pretrained", str(saved_tiny), "--out", str(tmp_path / "o")]
+    base = ["generate", "earthcrafter", "--pipeline", str(saved_tiny), "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit):
         cli_main([*base, "--semantic-map", "a.png", "--image", "b.png"])
     assert "not allowed with" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_generate_writes_frames_video_and_ply(scene_dir, tmp_path):
             "16",
             "--device",
             "cpu",
-            "--decode_chunk_size",
+            "--decode-chunk-size",
             "2",
         ]
     )
@@ -67,13 +67,13 @@ def test_generate_bad_input_fails_before_writing(scene_dir, tmp_path, capsys):
                 str(out),
                 "--preset",
                 "tiny",
-                "--decode_chunk_size",
+                "--decode-chunk-size",
                 "0",
             ]
         )
         == 2
     )
-    assert "--decode_chunk_size must be positive" in capsys.readouterr().err
+    assert "--decode-chunk-size must be positive" in capsys.readouterr().err
     assert not out.exists()
 
 

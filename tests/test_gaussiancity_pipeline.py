@@ -7,6 +7,7 @@ from pipeline_contract import PipelineContract
 
 from diffusers_city import GaussianCityPipeline
 from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION
+from diffusers_city.pipelines.gaussiancity.pipeline_gaussiancity import SKY
 from diffusers_city.render import Cameras
 
 
@@ -109,6 +110,14 @@ def test_cameras_looking_away_give_empty_frames_and_a_warning(pipe, caplog):
     with caplog.at_level("WARNING", logger="diffusers_city"):
         pipe(sem, hgt, cameras=down, output_type="np")
     assert not caplog.records
+
+
+def test_the_default_background_is_the_sky_of_the_demo(pipe):
+    """Frames from the CLI, the README and the demo (none passes ``background``) get one sky, not black."""
+    sem, hgt = _maps()
+    away = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)
+    assert np.allclose(pipe(sem, hgt, cameras=away, output_type="np").images[0], np.array(SKY), atol=1e-6)
+    assert np.allclose(pipe(sem, hgt, cameras=away, output_type="np", background=None).images[0], 0.0, atol=1e-6)
 
 
 def test_a_huge_layout_is_refused_with_its_estimate_before_any_allocation(pipe, monkeypatch):

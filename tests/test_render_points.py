@@ -53,3 +53,26 @@ def test_bad_input():
         render_points_preview(np.zeros((4, 3)), None, width=0)
     with pytest.raises(ValueError, match="view"):
         render_points_preview(np.zeros((4, 3)), None, view="side")
+
+
+def _background_rows(image: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+    """Per image row inside the silhouette: the fraction of background pixels between its first and
+    last drawn pixel (rows near the silhouette's top and bottom corners left out)."""
+    drawn = ~(image == background).all(axis=-1)
+    rows = np.flatnonzero(drawn.any(axis=1))
+    inner = rows[len(rows) // 10 : -len(rows) // 10]
+    fractions = []
+    for r in inner:
+        cols = np.flatnonzero(drawn[r])
+        fractions.append(1.0 - drawn[r, cols[0] : cols[-1] + 1].mean())
+    return np.array(fractions)
+
+
+def test_a_grid_sampled_surface_has_no_white_rows():
+    """The Sat2City preview artefact: voxel-centre points 2-3 px apart drawn as 2 px squares left
+    background rows every ~10 px; squares as wide as the spacing leave none."""
+    x, y = np.meshgrid(np.arange(128.0), np.arange(128.0))
+    points = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], axis=1)
+    colors = np.full_like(points, 0.4)
+    image = np.asarray(render_points_preview(points, colors, width=512, height=512, shading=False))
+    assert _background_rows(image).max() < 0.02

@@ -54,7 +54,7 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
     assert shipped_files() == before
     for stage in ("VAE", "dense", "sparse", "appearance"):
         assert f"{stage} stage:" in result.stdout
-    pipe = DiffusionPipeline.from_pretrained(dest, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(dest, dtype=torch.float32)
     assert type(pipe) is Sat2CityPipeline
     assert pipe.dense_vae.config.scaling_factor == json.loads((out / "dense" / "latent_scale.json").read_text())["scaling_factor"]
     assert (

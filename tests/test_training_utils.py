@@ -37,6 +37,11 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+def parse_default(tmp_path):
+    """The shared flags with their defaults (``--report_to`` not given)."""
+    return tu.training_parser("toy").parse_args(["--output_dir", str(tmp_path / "run"), "--cpu"])
+
+
 def parse(tmp_path, *extra: str):
     return tu.training_parser("toy").parse_args(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--cpu", *extra])
 
@@ -141,6 +146,17 @@ def test_tracker_only_when_installed(tmp_path):
     installed = importlib.util.find_spec("tensorboard") is not None
     assert [t.name for t in accelerator.trackers] == (["tensorboard"] if installed else [])
     accelerator.end_training()
+
+
+def test_tracker_warns_only_when_asked_for(tmp_path, monkeypatch, caplog):
+    """No tensorboard installed: silent by default, a warning when --report_to names it."""
+    monkeypatch.setattr(tu.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else object())
+    with caplog.at_level("WARNING"):
+        assert tu._tracker(parse_default(tmp_path).report_to) is None
+    assert "tensorboard" not in caplog.text
+    with caplog.at_level("WARNING"):
+        assert tu._tracker("tensorboard") is None
+    assert "--report_to tensorboard: package tensorboard is not installed" in caplog.text
 
 
 def test_validation_images_written_atomically(tmp_path):

@@ -82,7 +82,7 @@ def components(args: argparse.Namespace) -> dict:
     """The pipeline's components, loaded fp32 from safetensors, the VAEs with their latent scales."""
     from diffusers_city.models import earthcrafter
 
-    fp32 = {"torch_dtype": torch.float32, "use_safetensors": True}
+    fp32 = {"dtype": torch.float32, "use_safetensors": True}
     out = {
         folder: getattr(earthcrafter, cls).from_pretrained(getattr(args, flag) / folder, **fp32)
         for flag, (folder, cls) in RUNS.items()

@@ -93,7 +93,7 @@ def scale_of(folder: Path, stage: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = load_preset(argparse.Namespace(preset=args.preset))
-    fp32 = {"torch_dtype": torch.float32, "use_safetensors": True}
+    fp32 = {"dtype": torch.float32, "use_safetensors": True}
     dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **fp32)
     sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **fp32)
     dense_vae.register_to_config(scaling_factor=scale_of(args.dense_dir, "dense"))

@@ -81,7 +81,7 @@ from diffusers_city.training_utils import (  # noqa: E402
 FOLDERS = {"occupancy": "occupancy_transformer", "struct": "struct_flow", "tex": "tex_flow"}
 VAES = {"struct": "struct_vae", "tex": "tex_vae"}
 SCALE_FILE = "latent_scale.json"
-_SAVED = {"torch_dtype": torch.float32, "use_safetensors": True}  # fp32 even from fp16 folders; never a pickle
+_SAVED = {"dtype": torch.float32, "use_safetensors": True}  # fp32 even from fp16 folders; never a pickle
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

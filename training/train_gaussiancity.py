@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = setup_accelerator(args, run={"script": "train_gaussiancity", "preset": str(args.preset), "data": args.data})
     device = accelerator.device
     if args.init_from is not None:
-        pipe = GaussianCityPipeline.from_pretrained(args.init_from, torch_dtype=torch.float32, use_safetensors=True)
+        pipe = GaussianCityPipeline.from_pretrained(args.init_from, dtype=torch.float32, use_safetensors=True)
     else:
         pipe = GaussianCityPipeline.from_preset_dict(preset, seed=args.seed, name=f"--preset {args.preset}")
     generator = GaussianCityGenerator(pipe)

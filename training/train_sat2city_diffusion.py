@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         args, run={"script": "train_sat2city_diffusion", "preset": str(args.preset), "stage": args.stage}
     )
     device = accelerator.device
-    saved = {"torch_dtype": torch.float32, "use_safetensors": True}  # fp32 also when --vae_dir is fp16; never a pickle
+    saved = {"dtype": torch.float32, "use_safetensors": True}  # fp32 also when --vae_dir is fp16; never a pickle
     dense_vae = Sat2CityDenseVAE.from_pretrained(args.vae_dir / "dense_vae", **saved).to(device).eval().requires_grad_(False)
     sparse_vae = Sat2CitySparseVAE.from_pretrained(args.vae_dir / "sparse_vae", **saved).to(device).eval().requires_grad_(False)
     grid = tuple(dense_vae.config.grid_size)

@@ -6,8 +6,6 @@ records components as ``["diffusers_city", "ClassName"]``. Classes defined elsew
 through ``diffusers_city.register(cls)``.
 """
 
-__version__ = "0.1.0"
-
 # diffusers looks components' base classes up on the library module: keep these names here.
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 
@@ -15,6 +13,7 @@ from ._registration import install as _install
 from ._registration import register, register_alias
 from ._registration import register_exports as _register_exports
 from ._registration import register_legacy_names as _register_legacy_names
+from ._version import __version__ as __version__
 
 _install()
 

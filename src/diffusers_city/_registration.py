@@ -16,27 +16,24 @@ registered class as ``["diffusers_city", name]`` wherever it is defined. ``regis
 exports a class on ``diffusers_city`` and, for a pipeline, on ``diffusers``; ``register_alias``
 keeps a class loadable under an earlier name.
 
-It also holds the registry of systems (:class:`System`): every package under
-``diffusers_city.pipelines`` that defines ``SYSTEM`` is one, found by :func:`systems`, so a new
-family adds its folders and is picked up by the package exports, the CLI and the demo.
+The registry of systems (:class:`System`, :func:`systems`) lives in ``_systems`` (importable
+without diffusers, for the CLI) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
-from dataclasses import dataclass
 from typing import TypeVar
 
 import diffusers
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.pipelines import pipeline_loading_utils, pipeline_utils
 
+from ._systems import LIBRARY, System, family_packages, systems  # noqa: F401 (System, systems: re-exported)
 from .utils.loading import check_weights_on_load
 from .utils.storage import load_into_own_storage
 
-LIBRARY = "diffusers_city"
 _LOADABLE_BASES = ("ModelMixin", "SchedulerMixin", "DiffusionPipeline")
 
 T = TypeVar("T", bound=type)
@@ -137,48 +134,6 @@ def aliases() -> dict[str, type]:
     return dict(_aliases)
 
 
-@dataclass(frozen=True)
-class System:
-    """One family of the package, declared as ``SYSTEM`` in ``diffusers_city/pipelines/<name>/__init__.py``.
-
-    Attributes:
-        name: the family's folder under ``pipelines/`` (the package and the bundled presets /
-            weights of top-level ``pipelines/<name>/``) and its ``diffusers-city generate`` name.
-        pipeline: the name of its ``DiffusionPipeline`` class.
-        description: one line for the CLI's help.
-        has_demo: whether ``diffusers-city demo`` runs it (False for a family that has no trained
-            default yet: the demo neither runs nor lists it).
-    """
-
-    name: str
-    pipeline: str
-    description: str
-    has_demo: bool = True
-
-    @property
-    def module(self) -> str:
-        return f"{LIBRARY}.pipelines.{self.name}"
-
-    @property
-    def demo_module(self) -> str:
-        """Module whose ``run_demo(out_dir, device) -> list[Path]`` runs the shipped default."""
-        return f"{self.module}.demo"
-
-    @property
-    def cli_module(self) -> str:
-        """Module with ``add_arguments(parser)`` and ``run(args) -> int`` of ``diffusers-city generate <name>``."""
-        return f"{self.module}.cli"
-
-    def pipeline_class(self) -> type:
-        return getattr(importlib.import_module(self.module), self.pipeline)
-
-
-def family_packages(package: str) -> list[str]:
-    """Full names of the subpackages of ``package`` (e.g. ``diffusers_city.pipelines``), sorted."""
-    parent = importlib.import_module(package)
-    return sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(parent.__path__) if m.ispkg)
-
-
 def export_families(namespace: dict, package: str) -> list[str]:
     """Put every name of the ``__all__`` of each subpackage of ``package`` into ``namespace`` (a
     package's ``globals()``); returns those names (the package's ``__all__``)."""
@@ -195,13 +150,3 @@ def register_legacy_names(package: str) -> None:
     for name in family_packages(package):
         for old_name, cls in getattr(importlib.import_module(name), "LEGACY_NAMES", {}).items():
             register_alias(old_name, cls)
-
-
-def systems() -> dict[str, System]:
-    """Every system of the package by name (the ``SYSTEM`` of each ``diffusers_city.pipelines`` subpackage)."""
-    found = {}
-    for name in family_packages(f"{LIBRARY}.pipelines"):
-        system = getattr(importlib.import_module(name), "SYSTEM", None)
-        if isinstance(system, System):
-            found[system.name] = system
-    return found

@@ -132,8 +132,8 @@ def training_parser(description: str) -> argparse.ArgumentParser:
     add(
         "--report_to",
         choices=("tensorboard", "wandb", "none"),
-        default="tensorboard",
-        help="tracker; falls back to none when its package is not installed",
+        default=None,
+        help="tracker (default: tensorboard when installed, else none, quietly; one named here but not installed warns)",
     )
     add("--dataloader_num_workers", type=_non_negative_int, default=0)
     add("--push_to_hub", action="store_true")
@@ -154,7 +154,11 @@ def load_training_preset(args: argparse.Namespace, system: str) -> dict[str, Any
     return load_preset(system, args.preset)
 
 
-def _tracker(report_to: str) -> str | None:
+def _tracker(report_to: str | None) -> str | None:
+    """The tracker to log with: ``report_to`` when its package is installed (a warning when not);
+    by default tensorboard when it is installed, else none (no warning: nobody asked for it)."""
+    if report_to is None:
+        return "tensorboard" if importlib.util.find_spec(_TRACKER_MODULES["tensorboard"]) is not None else None
     if report_to == "none":
         return None
     if importlib.util.find_spec(_TRACKER_MODULES[report_to]) is None:

@@ -19,9 +19,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from .._registration import systems as registered_systems
+from .._systems import systems as registered_systems
+from .._version import __version__
 from .errors import ExitCode, classify, exit_codes_help
+from .threads import add_threads, torch_threads
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,6 +72,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text, **_EPILOG)
+        add_threads(sub)
         if requested == (name,):
             _attach(sub, module, name)
     generate = commands.add_parser(
@@ -79,21 +81,32 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     systems = generate.add_subparsers(dest="system", metavar="SYSTEM", required=True)
     for name, system in registered_systems().items():
         sub = systems.add_parser(name, help=system.description, description=system.description, **_EPILOG)
+        add_threads(sub)
         if requested == ("generate", name):
             _attach(sub, system.cli_module, f"generate {name}")
     return parser
 
 
+def _finish_package_import() -> None:
+    """Run ``diffusers_city/__init__.py`` (registration with diffusers) if the console script
+    (``_diffusers_city_cli``) deferred it to parse the arguments first."""
+    deferred = sys.modules[__name__.rpartition(".")[0]].__dict__.pop("_deferred_init", None)
+    if deferred is not None:
+        deferred()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``diffusers-city`` console script; returns the exit status."""
+    """The ``diffusers-city`` command line (console script: ``_diffusers_city_cli``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    _finish_package_import()
     if hasattr(args, "_cli_unavailable"):
         print(args._cli_unavailable, file=sys.stderr)
         return ExitCode.FAILED
     command = " ".join(filter(None, (args.command, getattr(args, "system", None))))
     try:
-        return int(args._cli_run(args))
+        with torch_threads(args.threads):
+            return int(args._cli_run(args))
     except (Exception, KeyboardInterrupt) as error:
         if os.environ.get("DIFFUSERS_CITY_TRACEBACK"):
             raise

@@ -15,19 +15,20 @@ import sys
 from pathlib import Path
 
 from .errors import ExitCode, classify, resolve_device
-from .outputs import check_output_folder, published, writing
+from .options import add_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("demo_out"), help="output folder, one subfolder per system (default: demo_out)"
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._registration import systems
+    from .._systems import systems
     from ..presets import bundled_path
+    from .outputs import check_output_folder, published, writing
 
     device = resolve_device(args.device)
     check_output_folder(args.out, tuple(systems()))

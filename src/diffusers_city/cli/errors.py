@@ -11,9 +11,6 @@ import enum
 import errno
 import json
 
-from ..utils.errors import CorruptFileError
-from ..utils.memory import MemoryLimitError
-
 __all__ = [
     "DeviceUnavailableError",
     "ExitCode",
@@ -82,6 +79,8 @@ def _chain(error: BaseException) -> list[BaseException]:
 def _is_corrupt(error: BaseException) -> bool:
     """Errors of decoders reading damaged data (PIL, safetensors, zip/npy, JSON, text), also when
     a loader re-raised them as its own error."""
+    from ..utils.errors import CorruptFileError
+
     for link in _chain(error):
         if isinstance(link, (CorruptFileError, EOFError, json.JSONDecodeError, UnicodeDecodeError)):
             return True
@@ -94,6 +93,8 @@ def _is_corrupt(error: BaseException) -> bool:
 
 def classify(error: BaseException) -> tuple[ExitCode, str]:
     """The exit status and the one-line message for an error that ended a subcommand."""
+    from ..utils.memory import MemoryLimitError  # here, not at the top: --help imports no torch
+
     message = str(error) or type(error).__name__
     if isinstance(error, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted"

@@ -13,6 +13,8 @@ import importlib.util
 import json
 import platform
 
+from .threads import choose_threads
+
 # distribution name -> import name
 PACKAGES = {
     "torch": "torch",
@@ -62,8 +64,8 @@ def _renderer() -> str:
     return f"torch reference ({reason})"
 
 
-def collect() -> dict[str, str]:
-    """The facts ``info`` prints, as strings keyed by label."""
+def collect(threads: int | None = None) -> dict[str, str]:
+    """The facts ``info`` prints, as strings keyed by label (``threads``: the ``--threads`` given)."""
     from .. import __version__
 
     facts = {"diffusers-city": __version__, "python": platform.python_version()}
@@ -74,11 +76,12 @@ def collect() -> dict[str, str]:
     facts["sparse backends"] = _sparse_backends()
     facts["renderer"] = _renderer()
     facts["device"] = _device()
+    facts["torch threads"] = f"{torch.get_num_threads()} (set by the CLI from {choose_threads(threads)[1]})"
     return facts
 
 
 def run(args: argparse.Namespace) -> int:
-    facts = collect()
+    facts = collect(args.threads)
     if args.json:
         print(json.dumps(facts, indent=2))
     else:

@@ -1,7 +1,8 @@
 """``diffusers-city scene``: make a procedural scene (``--seed``, ``--size``) or build one from a
 DSM / point cloud (``--from FILE``), save it (``CityScene.save``) and write every export format:
-coloured point PLY, GLB and OBJ meshes, a 3D Gaussian splat PLY of the points as small
-Gaussians, LAS and LAZ, and top / oblique preview PNGs.
+by default a coloured point PLY, a GLB mesh and top / oblique preview PNGs; on request
+(``--formats``) an OBJ mesh, a 3D Gaussian splat PLY of the points as small Gaussians, LAS and
+LAZ. The sizes are said before writing.
 
 ``--out`` is replaced as a whole when the run succeeds (``cli.outputs``): it must be new or hold
 only this command's outputs. Sizes are checked against ``--max-memory-gb`` before any work."""
@@ -16,6 +17,10 @@ import numpy as np
 from .options import add_max_memory_gb
 
 FORMATS = ("ply", "glb", "obj", "splat", "las", "laz", "png")
+# The default: the points, a mesh and previews (the 3DGS PLY alone is 248 bytes a point: 232 MB for 300 m).
+DEFAULT_FORMATS = ("ply", "glb", "png")
+# Bytes per point of the point-based files (measured on their layouts; LAZ compresses, about).
+_BYTES_PER_POINT = {"ply": 28, "las": 37, "laz": 8, "splat": {0: 68, 3: 248}, "scene": 38}
 # What this command writes in --out: scene/, points.*, mesh.*, splat.ply, preview_*.png and side files.
 OUTPUT_STEMS = ("scene", "points", "mesh", "splat", "preview_top", "preview_oblique")
 # Rough peak bytes per exported point (float64 copies, colours, per-format buffers).
@@ -40,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--splat-sh-degree", type=int, choices=(0, 3), default=3, help="3DGS PLY SH degree: 3 (every viewer) or 0 (smaller)"
     )
-    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help=f"comma-separated subset of {','.join(FORMATS)}, or all (default {','.join(DEFAULT_FORMATS)}; "
+        "splat: a 3DGS PLY, 248 bytes a point at SH degree 3)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -52,9 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _formats(text: str) -> list[str]:
     chosen = [f.strip().lower() for f in text.split(",") if f.strip()]
+    if chosen == ["all"]:
+        return list(FORMATS)
     unknown = sorted(set(chosen) - set(FORMATS))
     if unknown or not chosen:
-        raise ValueError(f"--formats: unknown {unknown} (choose from {', '.join(FORMATS)})")
+        raise ValueError(f"--formats: unknown {unknown} (choose from {', '.join(FORMATS)}, or all)")
     return chosen
 
 
@@ -103,12 +115,35 @@ def scene_surface(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pts, np.clip(colors, 0, 1), scene.semantic.reshape(-1)
 
 
+def estimated_sizes(scene, formats: list[str], sh_degree: int = 3) -> dict[str, int | None]:
+    """Bytes each output will take, about, by name (``None``: a mesh, known once meshed)."""
+    count = scene.num_points if scene.points is not None else scene.shape[0] * scene.shape[1]
+    pixels = scene.shape[0] * scene.shape[1]
+    sizes: dict[str, int | None] = {"scene/": count * _BYTES_PER_POINT["scene"] + pixels * 16}
+    for fmt, name in (("ply", "points.ply"), ("splat", "splat.ply"), ("las", "points.las"), ("laz", "points.laz")):
+        if fmt in formats:
+            per_point = _BYTES_PER_POINT[fmt]
+            sizes[name] = count * (per_point[sh_degree] if isinstance(per_point, dict) else per_point)
+    sizes.update({f"mesh.{fmt}": None for fmt in ("glb", "obj") if fmt in formats})
+    if "png" in formats:
+        sizes["preview_top.png, preview_oblique.png"] = 2 * 768 * 768
+    return sizes
+
+
+def _say_sizes(out: Path, sizes: dict[str, int | None]) -> None:
+    known = sum(v for v in sizes.values() if v is not None)
+    parts = ", ".join(f"{name} {v / 1e6:.1f} MB" if v is not None else f"{name} (size once meshed)" for name, v in sizes.items())
+    print(f"writing about {known / 1e6:.0f} MB to {out}: {parts}")
+
+
 def export_scene(
     scene, out: Path, formats: list[str], voxel_size: float, sh_degree: int = 3, max_memory_gb: float | None = None
 ) -> list[Path]:
     """Write the chosen export formats of ``scene`` into ``out``; returns the written paths.
     ``MemoryLimitError`` (a ``ValueError``) first when the export is estimated to need more than
     ``max_memory_gb`` (default: the available memory)."""
+    from tqdm.auto import tqdm
+
     from .. import export
     from ..utils.memory import check_memory
 
@@ -119,37 +154,47 @@ def export_scene(
     factor = float(scene.metadata.get("crs_unit_factor", 1.0))
     crs = scene.crs
     written: list[Path] = []
-    if "ply" in formats:
-        written.append(export.write_point_ply(out / "points.ply", points, colors, scene.normals, classes, crs=crs, offset=offset))
-    if "glb" in formats or "obj" in formats:
-        mesh = export.mesh_from_points(points, colors, voxel_size, max_memory_gb=max_memory_gb)
-        for fmt in ("glb", "obj"):
-            if fmt in formats:
-                written.append(export.write_mesh(out / f"mesh.{fmt}", mesh, crs=crs, offset=offset))
-    if "splat" in formats:
-        spacing = (
-            scene.meters_per_pixel
-            if scene.points is None
-            else 1.0 / np.sqrt(max(len(points) / max(scene.size_m[0] * scene.size_m[1], 1e-9), 1e-9))
-        )
-        written.append(
-            export.write_gaussian_ply(
-                out / "splat.ply",
-                points,
-                colors,
-                scales=0.5 * spacing,
-                opacities=0.95,
-                sh_degree=sh_degree,
-                crs=crs,
-                offset=offset,
+    with tqdm(total=len(formats), desc="scene export", unit="format") as bar:
+        if "ply" in formats:
+            written.append(
+                export.write_point_ply(out / "points.ply", points, colors, scene.normals, classes, crs=crs, offset=offset)
             )
-        )
-    for fmt in ("las", "laz"):
-        if fmt in formats:
-            written.append(export.write_las(out / f"points.{fmt}", points, colors, classes, crs=crs, unit_factor=factor))
-    if "png" in formats:
-        for view in ("top", "oblique"):
-            written.append(export.write_preview(out / f"preview_{view}.png", points, colors, view=view, width=768, height=768))
+            bar.update()
+        if "glb" in formats or "obj" in formats:
+            mesh = export.mesh_from_points(points, colors, voxel_size, max_memory_gb=max_memory_gb)
+            for fmt in ("glb", "obj"):
+                if fmt in formats:
+                    written.append(export.write_mesh(out / f"mesh.{fmt}", mesh, crs=crs, offset=offset))
+                    bar.update()
+        if "splat" in formats:
+            spacing = (
+                scene.meters_per_pixel
+                if scene.points is None
+                else 1.0 / np.sqrt(max(len(points) / max(scene.size_m[0] * scene.size_m[1], 1e-9), 1e-9))
+            )
+            written.append(
+                export.write_gaussian_ply(
+                    out / "splat.ply",
+                    points,
+                    colors,
+                    scales=0.5 * spacing,
+                    opacities=0.95,
+                    sh_degree=sh_degree,
+                    crs=crs,
+                    offset=offset,
+                )
+            )
+            bar.update()
+        for fmt in ("las", "laz"):
+            if fmt in formats:
+                written.append(export.write_las(out / f"points.{fmt}", points, colors, classes, crs=crs, unit_factor=factor))
+                bar.update()
+        if "png" in formats:
+            for view in ("top", "oblique"):
+                written.append(
+                    export.write_preview(out / f"preview_{view}.png", points, colors, view=view, width=768, height=768)
+                )
+            bar.update()
     return written
 
 
@@ -166,11 +211,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, OUTPUT_STEMS)
     scene = _build_scene(args)
     voxel = args.voxel_size if args.voxel_size is not None else 2.0 * scene.meters_per_pixel
+    _say_sizes(args.out, estimated_sizes(scene, formats, args.splat_sh_degree))
     with writing(args.out) as tmp:
         scene.save(tmp / "scene")
         written = published(export_scene(scene, tmp, formats, voxel, args.splat_sh_degree, args.max_memory_gb), tmp, args.out)
     print(f"{scene}")
-    print(f"scene folder: {args.out / 'scene'}")
+    print(f"scene folder: {args.out / 'scene'} (generate gaussiancity --scene {args.out} reads it)")
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -1,6 +1,7 @@
 """``DiffusionPipeline`` subclasses, one folder per family (each declares its ``SYSTEM``), and the
-code they share in ``pipeline_utils``. Each family's ``__all__`` is re-exported."""
+code they share in ``pipeline_utils``. Each family's ``__all__`` is re-exported, imported on first
+use (``import diffusers_city`` uses them all; the CLI lists the systems without them)."""
 
-from .._registration import export_families
+from .._systems import lazy_family_exports
 
-__all__ = export_families(globals(), __name__)
+__all__, __getattr__ = lazy_family_exports(globals())

@@ -36,6 +36,7 @@ __all__ = [
     "check_prediction_type",
     "denoising_loop",
     "frames_to_output",
+    "progress_bar",
 ]
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -107,6 +108,20 @@ def frames_to_output(frames: torch.Tensor, output_type: str) -> list[PIL.Image.I
     return [PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in array]
 
 
+def progress_bar(pipe: Any, description: str, total: int | None = None, iterable: Any = None):
+    """``pipe.progress_bar`` (diffusers: honours ``set_progress_bar_config``), labelled with
+    ``description`` from its first line: every pipeline's bars name their stage."""
+    saved = getattr(pipe, "_progress_bar_config", None)
+    pipe._progress_bar_config = {"desc": description, **(saved or {})}
+    try:
+        return pipe.progress_bar(iterable=iterable, total=total)
+    finally:
+        if saved is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
+
+
 def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
     """``generator`` for the schedulers whose ``step`` takes one (diffusers' ``prepare_extra_step_kwargs``)."""
     accepts = "generator" in inspect.signature(scheduler.step).parameters
@@ -138,8 +153,7 @@ def denoising_loop(
     timesteps = scheduler.timesteps
     scale = getattr(scheduler, "scale_model_input", None)
     region = None if known is None else known.region(latents)
-    with pipe.progress_bar(total=len(timesteps)) as bar:
-        bar.set_description(description)
+    with progress_bar(pipe, description, total=len(timesteps)) as bar:
         for i, t in enumerate(timesteps):
             model_output = predict(latents if scale is None else scale(latents, t), t)
             latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]

@@ -21,6 +21,7 @@ from PIL import Image
 from .cameras import Cameras
 from .gaussians import RenderOutput, _background
 
+_MAX_AUTO_POINT_SIZE = 16  # pixels: a sparse cloud in a large image stays points, not tiles
 _LIGHT = np.array([-1.0, -1.0, 1.5]) / np.linalg.norm([-1.0, -1.0, 1.5])
 
 
@@ -32,6 +33,17 @@ def _height_colors(z: np.ndarray) -> np.ndarray:
     i = np.minimum(pos.astype(np.int64), len(stops) - 2)
     f = (pos - i)[:, None]
     return stops[i] * (1 - f) + stops[i + 1] * f
+
+
+def _point_spacing(pts: np.ndarray, samples: int = 4096) -> float:
+    """Median distance from a point to its nearest neighbour (metres), over a fixed sample of points."""
+    from scipy.spatial import cKDTree
+
+    if len(pts) < 2:
+        return 0.0
+    sample = pts[np.linspace(0, len(pts) - 1, min(samples, len(pts))).astype(np.int64)]
+    distances, _ = cKDTree(pts).query(sample, k=2)
+    return float(np.median(distances[:, 1]))
 
 
 def _view_axes(view: str, azimuth_deg: float, elevation_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,7 +66,7 @@ def render_points_preview(
     width: int = 512,
     height: int = 512,
     *,
-    point_size: int = 2,
+    point_size: int | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
     shading: bool = True,
     azimuth_deg: float = -135.0,
@@ -67,12 +79,14 @@ def render_points_preview(
     layout); ``"oblique"`` is an orthographic view from ``azimuth_deg`` (measured from +x
     towards +y, the direction the camera sits in) and ``elevation_deg``. Colours are floats
     in 0..1 or uint8; ``None`` colours by height. The cloud is fitted into the image.
+    Each point is a ``point_size`` pixel square; by default as wide as the points' spacing in
+    the image (at least 2 px), so a surface sampled on a grid shows no gaps between its rows.
     """
     if view not in ("top", "oblique"):
         raise ValueError(f"view must be 'top' or 'oblique', got {view!r}")
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive integers, got {width}x{height}")
-    if int(point_size) != point_size or point_size < 1:
+    if point_size is not None and (int(point_size) != point_size or point_size < 1):
         raise ValueError(f"point_size must be a positive integer, got {point_size}")
     if hasattr(points, "detach"):
         points = points.detach().cpu().numpy()
@@ -104,6 +118,8 @@ def render_points_preview(
     row = (v - 0.5 * (v.min() + v.max())) / span + 0.5 * height
     ci = np.clip(np.floor(col).astype(np.int64), 0, width - 1)
     ri = np.clip(np.floor(row).astype(np.int64), 0, height - 1)
+    if point_size is None:
+        point_size = int(np.clip(math.ceil(_point_spacing(pts) / span), 2, _MAX_AUTO_POINT_SIZE))
 
     # splat each point to a point_size x point_size square, nearest (smallest depth) wins
     offsets = np.arange(point_size) - (point_size - 1) // 2

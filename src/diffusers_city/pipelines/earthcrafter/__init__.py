@@ -1,8 +1,6 @@
 """EarthCrafter pipeline: semantic map, aerial image or nothing -> a 3D tile of voxels and 2D Gaussians."""
 
-from ..._registration import System
-from .pipeline_earthcrafter import EarthCrafterPipeline
-from .pipeline_output import EarthCrafterPipelineOutput
+from ..._systems import System, lazy_exports
 
 # No trained default ships yet: the demo leaves EarthCrafter out until one does.
 SYSTEM = System(
@@ -13,3 +11,7 @@ SYSTEM = System(
 )
 
 __all__ = ["EarthCrafterPipeline", "EarthCrafterPipelineOutput"]
+# imported on first use, so that the CLI lists the systems without importing a pipeline
+__getattr__ = lazy_exports(
+    globals(), {"EarthCrafterPipeline": "pipeline_earthcrafter", "EarthCrafterPipelineOutput": "pipeline_output"}
+)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from ...cli.area import add_area_arguments, is_area_folder, process_device, run_area
-from ...cli.options import add_max_memory_gb
+from ...cli.options import add_device, add_max_memory_gb, add_pipeline, scene_folder
 
 OUTPUT_STEMS = ("tile", "tile_points", "orbit")
 """What this command writes in --out (with their side files)."""
@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     condition.add_argument("--image", type=Path, default=None, help="aerial orthophoto of the tile (RGB PNG/JPEG, S x S)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (tile.ply, tile.glb, tile_points.ply, orbit.gif)")
-    parser.add_argument(
-        "--pretrained",
-        required=True,
-        help="pipeline folder, Hub repo id or preset size (tiny/small/paper: untrained); no trained default ships yet",
+    add_pipeline(
+        parser,
+        "earthcrafter",
+        old="--pretrained",
+        default_text="none, required: no trained default ships yet; tiny/small/paper: an untrained preset",
     )
     parser.add_argument("--steps", type=int, default=25, help="flow steps per stage (default 25)")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1 = off, default 3)")
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device(parser)
     add_max_memory_gb(parser, "a frame request (a large area: one tile)")
     add_area_arguments(parser)
 
@@ -62,7 +63,7 @@ def _load_pipeline(source: str):
 
     if source in available_sizes("earthcrafter") and not Path(source).exists():
         return EarthCrafterPipeline.from_preset(source)
-    return EarthCrafterPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    return EarthCrafterPipeline.from_pretrained(source, dtype=torch.float32)
 
 
 def _area_map(semantic_map, resolution: int):
@@ -89,17 +90,19 @@ def run(args: argparse.Namespace) -> int:
     from ...export.video import write_video
     from ..pipeline_utils import frames_to_output
 
+    if args.pipeline is None:
+        raise ValueError("--pipeline is required: a pipeline folder, Hub repo id or preset size (no trained default ships yet)")
     if not is_area_folder(args.out):  # an area run's folder is checked (and resumed) by the area path
         check_output_folder(args.out, OUTPUT_STEMS)
     device = resolve_device(args.device)
-    for name in ("semantic_map", "image"):
-        path = getattr(args, name)
-        if path is not None and not path.is_file() and not (name == "semantic_map" and (path / "scene.json").is_file()):
-            raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file (or CityScene folder)")
+    if args.image is not None and not args.image.is_file():
+        raise FileNotFoundError(f"--image {args.image}: no such file")
     semantic_map = args.semantic_map
     if semantic_map is not None and semantic_map.is_dir():
-        semantic_map = CityScene.load(semantic_map)
-    pipe = _load_pipeline(args.pretrained)
+        semantic_map = CityScene.load(scene_folder(semantic_map, "--semantic-map"))
+    elif semantic_map is not None and not semantic_map.is_file():
+        raise FileNotFoundError(f"--semantic-map {semantic_map}: no such file (or CityScene folder)")
+    pipe = _load_pipeline(args.pipeline)
     interval = {} if args.guidance_interval is None else {"guidance_interval": tuple(args.guidance_interval)}
     area = _area_map(semantic_map, pipe.resolution)
     if area is not None:

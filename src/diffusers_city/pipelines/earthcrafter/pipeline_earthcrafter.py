@@ -50,6 +50,7 @@ from ..pipeline_utils import (
     check_positive_int,
     denoising_loop,
     frames_to_output,
+    progress_bar,
 )
 from ..tiled_area import AreaOutput, generate_area
 from ..tiling import TileLatents, TileStage, tile_pixels
@@ -670,8 +671,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         )
         cameras = orbit_trajectory(scene, num_frames, width=width, height=height).to(gaussians.means.device)
         frames = []
-        with self.progress_bar(total=num_frames) as bar:
-            bar.set_description("earthcrafter render")
+        with progress_bar(self, "earthcrafter render", total=num_frames) as bar:
             for i in range(num_frames):
                 frames.append(render_gaussians(gaussians, cameras[i : i + 1], mode="2dgs").rgb[0].clamp(0, 1))
                 bar.update()

@@ -1,8 +1,6 @@
 """GaussianCity pipeline: BEV layouts -> 3D Gaussians -> rendered frames."""
 
-from ..._registration import System
-from .pipeline_gaussiancity import GaussianCityPipeline
-from .pipeline_output import GaussianCityPipelineOutput
+from ..._systems import System, lazy_exports
 
 SYSTEM = System(
     name="gaussiancity",
@@ -11,3 +9,7 @@ SYSTEM = System(
 )
 
 __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
+# imported on first use, so that the CLI lists the systems without importing a pipeline
+__getattr__ = lazy_exports(
+    globals(), {"GaussianCityPipeline": "pipeline_gaussiancity", "GaussianCityPipelineOutput": "pipeline_output"}
+)

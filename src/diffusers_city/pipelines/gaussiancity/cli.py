@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ...cli.options import add_max_memory_gb
+from ...cli.options import add_deprecated_alias, add_device, add_max_memory_gb, add_pipeline, scene_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scene", type=Path, required=True, help="CityScene folder (semantic + height maps)")
+    parser.add_argument(
+        "--scene",
+        type=Path,
+        required=True,
+        help="CityScene folder (semantic + height maps), or the --out of diffusers-city scene",
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (created; replaced as a whole, so new or holding only our outputs)"
     )
@@ -21,20 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument(
-        "--pipeline", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/gaussiancity/default)"
-    )
+    add_pipeline(parser, "gaussiancity")
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead")
     parser.add_argument("--seed", type=int, default=0, help="seed of the style codes")
     parser.add_argument(
-        "--decode_chunk_size",
+        "--decode-chunk-size",
         type=int,
         default=1,
         help="frames decoded together, once (faster on a GPU; 1: every frame on its own, as the paper)",
     )
+    add_deprecated_alias(parser, "--decode_chunk_size", "--decode-chunk-size", type=int)
     parser.add_argument("--video", choices=("gif", "mp4"), default="gif")
     parser.add_argument("--fps", type=float, default=12.0)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device(parser)
     add_max_memory_gb(parser, "a run")
 
 
@@ -55,14 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("frames", "width", "height", "decode_chunk_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    if not (args.scene / "scene.json").is_file():
-        raise FileNotFoundError(f"--scene {args.scene} is not a scene folder (no scene.json)")
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    scene_dir = scene_folder(args.scene, "--scene")
     if args.pipeline is not None and args.preset is not None:
         raise ValueError("pass --pipeline or --preset, not both")
     check_output_folder(args.out, OUTPUT_STEMS)
     device = resolve_device(args.device)
-    scene = CityScene.load(args.scene)
+    scene = CityScene.load(scene_dir)
     if args.preset is not None:
         pipe = GaussianCityPipeline.from_preset(args.preset)
     else:

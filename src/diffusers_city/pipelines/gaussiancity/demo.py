@@ -62,7 +62,6 @@ def generate(pipeline: GaussianCityPipeline, scene, out_dir: Path, *, seed: int 
         generator=torch.Generator().manual_seed(seed),
         output_type="pil",
         return_gaussians="layout",
-        background=(0.62, 0.75, 0.9),
     )
     g = out.gaussians.to("cpu")
     paths = [write_video(out_dir / "orbit.gif", out.images, fps=8)]

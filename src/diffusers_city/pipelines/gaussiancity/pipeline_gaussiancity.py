@@ -32,7 +32,14 @@ from ...models.gaussiancity.bev import (
 from ...render import Cameras, Gaussians, render_gaussians
 from ...utils.device import upload
 from ...utils.memory import check_memory, memory_limit_gb
-from ..pipeline_utils import IMAGE_OUTPUT_TYPES, check_callback_inputs, check_output_type, check_positive_int, frames_to_output
+from ..pipeline_utils import (
+    IMAGE_OUTPUT_TYPES,
+    check_callback_inputs,
+    check_output_type,
+    check_positive_int,
+    frames_to_output,
+    progress_bar,
+)
 from .cuda_graph import GraphedPointDecoder
 from .pipeline_output import GaussianCityPipelineOutput
 from .style_fitting import check_views, fit_styles
@@ -41,6 +48,7 @@ __all__ = ["GaussianCityPipeline", "GaussianCityPipelineOutput"]
 
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "gaussians")
 TRAJECTORIES = ("orbit", "drone", "street")
+SKY = (0.62, 0.75, 0.9)  # the default background: frames from the CLI, the README and the demo share this sky
 # Rough peak bytes, measured on the CPU with the tiny preset and scaled by the decoders' width:
 # per layout pixel (the maps as tensors, instance labels, visibility tables), per layout pixel
 # again when the whole layout's Gaussians are decoded, per rendered pixel of a decoded chunk
@@ -463,7 +471,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_gaussians: str | None = None,
-        background: Sequence[float] | None = None,
+        background: Sequence[float] | None = SKY,
         ray_step: int = 1,
         decode_chunk_size: int = 1,
         max_memory_gb: float | None = None,
@@ -483,7 +491,7 @@ class GaussianCityPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (frames) or ``"gaussians"`` (the whole
                 layout's Gaussians, no frames; cameras optional).
             return_gaussians: also return ``"visible"`` (per frame) or ``"layout"`` Gaussians.
-            background: RGB fill of uncovered pixels (default black).
+            background: RGB fill of uncovered pixels (default :data:`SKY`, a light blue; ``None``: black).
             ray_step: visibility rays every ``ray_step`` pixels.
             decode_chunk_size: frames whose visible points are decoded together, once
                 (:meth:`decode_visible`): 1 decodes every frame on its own as in the paper; more
@@ -539,7 +547,7 @@ class GaussianCityPipeline(DiffusionPipeline):
             fill = None if bg is None else bg.to(device)
             views = ViewCache(layout, device)
             blind = []
-            with self.progress_bar(total=len(cams)) as progress:
+            with progress_bar(self, "gaussiancity frames", total=len(cams)) as progress:
                 for start in range(0, len(cams), decode_chunk_size):
                     chunk = range(start, min(start + decode_chunk_size, len(cams)))
                     decoded = self.decode_visible(layout, host_cams[start : chunk.stop], device_styles, device, views, ray_step)

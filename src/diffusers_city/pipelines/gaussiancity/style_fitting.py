@@ -16,6 +16,7 @@ import torch
 
 from ...models.gaussiancity.bev import BEVLayout, visible_bev_points
 from ...render import Cameras, render_gaussians
+from ..pipeline_utils import progress_bar
 
 if TYPE_CHECKING:
     from .pipeline_gaussiancity import GaussianCityPipeline
@@ -71,7 +72,7 @@ def fit_styles(
     norm = weights.sum() * 3
     codes = styles.detach().to(device).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([codes], lr=learning_rate)
-    for _ in pipe.progress_bar(range(num_steps)):
+    for _ in progress_bar(pipe, "gaussiancity fit styles", iterable=range(num_steps)):
         optimizer.zero_grad(set_to_none=True)
         grad = torch.zeros_like(codes)
         for i in shown:  # one view's graph at a time: the memory of one frame

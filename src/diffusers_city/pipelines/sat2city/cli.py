@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from ...cli.area import add_area_arguments, is_area_folder, process_device, run_area
-from ...cli.options import add_max_memory_gb
+from ...cli.options import add_device, add_max_memory_gb, add_pipeline, scene_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder for city.ply, city.glb, city_preview.png (replaced as a whole: new or holding only those)",
     )
-    parser.add_argument(
-        "--model", default=None, help="pipeline folder or Hub repo id (default: the shipped pipelines/sat2city/default)"
-    )
+    add_pipeline(parser, "sat2city", old="--model")
     parser.add_argument("--preset", default=None, help="use an untrained preset (tiny/small/paper) instead of weights")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default 50)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fill-nodata", action="store_true", help="fill no-data / NaN pixels of a DSM from the nearest valid one (else refused)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device(parser)
     add_max_memory_gb(parser, "a height map (a large area: one tile)")
     add_area_arguments(parser)
 
@@ -104,6 +102,8 @@ def _load_input(path: Path, meters_per_pixel: float | None, fill_nodata: bool, m
 
     if not path.exists():
         raise FileNotFoundError(f"--height-map {path}: no such file or folder")
+    if path.is_dir():
+        path = scene_folder(path, "--height-map")
     shape = height_map_shape(path)
     if shape is not None and len(shape) == 2:
         what = f"--height-map {path}: height map of {shape[0]}x{shape[1]} px"
@@ -143,10 +143,10 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         pipe = Sat2CityPipeline.from_preset(args.preset, seed=args.seed)
     else:
-        model = args.model or bundled_path("sat2city", "default")
-        if args.model is None and not (model / "model_index.json").is_file():
-            raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --model or --preset")
-        pipe = Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32)
+        model = args.pipeline or bundled_path("sat2city", "default")
+        if args.pipeline is None and not (model / "model_index.json").is_file():
+            raise FileNotFoundError(f"no shipped Sat2City weights at {model}; pass --pipeline or --preset")
+        pipe = Sat2CityPipeline.from_pretrained(model, dtype=torch.float32)
     if _larger_than_a_tile(pipe, height_map, args.meters_per_pixel):
         pipe = pipe.to(process_device(device))
         return run_area(

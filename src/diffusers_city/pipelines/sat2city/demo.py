@@ -46,7 +46,7 @@ def load_pipeline(device: str) -> Sat2CityPipeline:
     model = bundled_path("sat2city", "default")
     if not (model / "model_index.json").is_file():
         raise FileNotFoundError(f"no shipped Sat2City weights at {model}")
-    return Sat2CityPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+    return Sat2CityPipeline.from_pretrained(model, dtype=torch.float32).to(device)
 
 
 def generate(
