@@ -10,8 +10,6 @@ from pathlib import Path
 
 
 def add_area_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..pipelines.tiled_area import MERGE_FORMATS
-
     group = parser.add_argument_group(
         "large areas",
         "a map larger than one model tile is generated tile by tile into --out (tiles/, index.json; "
@@ -24,8 +22,8 @@ def add_area_arguments(parser: argparse.ArgumentParser) -> None:
         "--merge",
         nargs="+",
         default=(),
-        choices=MERGE_FORMATS,
-        help="whole-area files: ply (one file, when it fits in memory), las / laz, 3dtiles (tileset.json for CesiumJS / QGIS)",
+        help="whole-area files (checked before any work): ply (one file, when it fits in memory), las / laz, "
+        "3dtiles (tileset.json for CesiumJS / QGIS)",
     )
 
 

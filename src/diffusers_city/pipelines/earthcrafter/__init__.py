@@ -2,7 +2,7 @@
 
 from ..._systems import System, lazy_exports
 
-# No trained default ships yet: the demo leaves EarthCrafter out until one does.
+# No default ships yet (the training state in training/state/ is not city-like): the demo leaves it out.
 SYSTEM = System(
     name="earthcrafter",
     pipeline="EarthCrafterPipeline",

@@ -84,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ...cli.errors import resolve_device
     from ...cli.outputs import check_output_folder, published, writing
     from ...data.scene import CityScene
-    from ...export.mesh import write_mesh
-    from ...export.ply import write_point_ply
-    from ...export.splat import write_gaussian_ply
-    from ...export.video import write_video
-    from ..pipeline_utils import frames_to_output
+    from .demo import write_tile
 
     if args.pipeline is None:
         raise ValueError("--pipeline is required: a pipeline folder, Hub repo id or preset size (no trained default ships yet)")
@@ -136,28 +132,11 @@ def run(args: argparse.Namespace) -> int:
         height=args.height,
         max_memory_gb=args.max_memory_gb,
     )
-    g = output.gaussians
-    if len(g) == 0:
-        raise ValueError("the pipeline generated an empty tile: nothing to write")
-    frames = pipe.render_orbit(g.to(pipe.device), output.voxels.to(pipe.device), args.frames, args.width, args.height)
     with writing(args.out) as tmp:
-        crs = output.crs
-        paths = [
-            write_gaussian_ply(
-                tmp / "tile.ply",
-                g.means.numpy(),
-                g.colors.clamp(0, 1).numpy(),
-                g.scales.clamp_min(1e-8).numpy(),
-                g.opacities.numpy(),
-                g.quats.numpy(),
-                crs=crs,
-            ),
-            write_point_ply(tmp / "tile_points.ply", output.points, output.colors, crs=crs),
-        ]
-        if output.mesh is not None:
-            paths.append(write_mesh(tmp / "tile.glb", output.mesh, crs=crs))
-        paths.append(write_video(tmp / f"orbit.{args.video}", frames_to_output(frames, "np"), fps=args.fps))
-        paths = published(paths, tmp, args.out)
+        written = write_tile(
+            pipe, output, tmp, frames=args.frames, size=(args.width, args.height), video=args.video, fps=args.fps
+        )
+        paths = published(written, tmp, args.out)
     for path in paths:
         print(f"wrote {path}")
     return 0
