@@ -41,7 +41,16 @@ from ..export.splat import write_gaussian_ply
 from ..utils.memory import check_memory
 from .tiling import Tile, TileLatents, TilePlan, plan_tiles
 
-__all__ = ["AreaOutput", "MERGE_FORMATS", "area_inputs_hash", "check_merge_formats", "generate_area", "merge_area", "tile_scene"]
+__all__ = [
+    "AreaOutput",
+    "MERGE_FORMATS",
+    "area_inputs_hash",
+    "check_merge_formats",
+    "generate_area",
+    "merge_area",
+    "run_manifest",
+    "tile_scene",
+]
 
 RUN_FORMAT = "diffusers-city-area-run"
 INDEX_FORMAT = "diffusers-city-area"
@@ -196,6 +205,17 @@ def _check_resources(
     free = shutil.disk_usage(parent).free
     if disk > free:
         raise ValueError(f"{what}: its tiles need about {disk / 1e9:.3g} GB of disk, {parent} has {free / 1e9:.3g} GB free")
+
+
+def run_manifest(pipeline: Any, **settings: Any) -> dict:
+    """The ``manifest`` of a run of ``pipeline``: its class, weights and scheduler, plus ``settings``
+    (what must match for a rerun to resume the same run)."""
+    return {
+        "pipeline": type(pipeline).__name__,
+        "model": str(pipeline.name_or_path),
+        "scheduler": type(pipeline.scheduler).__name__,
+        **settings,
+    }
 
 
 def generate_area(

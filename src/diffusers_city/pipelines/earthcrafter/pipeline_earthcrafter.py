@@ -52,7 +52,7 @@ from ..pipeline_utils import (
     frames_to_output,
     progress_bar,
 )
-from ..tiled_area import AreaOutput, generate_area
+from ..tiled_area import AreaOutput, generate_area, run_manifest
 from ..tiling import TileLatents, TileStage, tile_pixels
 from .pipeline_output import EarthCrafterPipelineOutput
 
@@ -622,14 +622,12 @@ class EarthCrafterPipeline(DiffusionPipeline):
                 tile=tile,
             )
 
-        settings = {
-            "pipeline": type(self).__name__,
-            "model": str(self.name_or_path),
-            "scheduler": type(self.scheduler).__name__,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": float(guidance_scale),
-            "guidance_interval": [float(g) for g in guidance_interval],
-        }
+        settings = run_manifest(
+            self,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=float(guidance_scale),
+            guidance_interval=[float(g) for g in guidance_interval],
+        )
         return generate_area(
             area,
             out_dir,

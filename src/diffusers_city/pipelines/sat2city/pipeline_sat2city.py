@@ -43,7 +43,7 @@ from ..pipeline_utils import (
     check_prediction_type,
     denoising_loop,
 )
-from ..tiled_area import AreaOutput, generate_area
+from ..tiled_area import AreaOutput, generate_area, run_manifest
 from ..tiling import TileLatents, TileStage, tile_pixels
 from .cuda_graph import GraphedStep
 from .pipeline_output import Sat2CityPipelineOutput
@@ -618,14 +618,7 @@ class Sat2CityPipeline(DiffusionPipeline):
                 tile=tile,
             )
 
-        settings = {
-            "pipeline": type(self).__name__,
-            "model": str(self.name_or_path),
-            "scheduler": type(self.scheduler).__name__,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance,
-            "temperature": temperature,
-        }
+        settings = run_manifest(self, num_inference_steps=num_inference_steps, guidance_scale=guidance, temperature=temperature)
         return generate_area(
             area,
             out_dir,
