@@ -90,6 +90,7 @@ def test_shipped_defaults_reproduce_their_outputs_from_before_the_family_reshapi
         height=48,
         generator=torch.Generator().manual_seed(0),
         output_type="np",
+        background=None,  # the recording's black sky (the default is now the demo's blue SKY)
     ).images
     np.testing.assert_allclose(frames, golden["gaussiancity_images"].astype(np.float32), atol=2e-3)
 

@@ -13,7 +13,7 @@ def add_area_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "large areas",
         "a map larger than one model tile is generated tile by tile into --out (tiles/, index.json; "
-        "rerun the same command to resume; under `accelerate launch --num_processes N` the tiles are shared out)",
+        "rerun the same command to resume; under `accelerate launch` the tiles are shared out between its processes)",
     )
     group.add_argument(
         "--overlap", type=float, default=0.25, help="overlap of neighbouring tiles, share of a tile (default 0.25)"
