@@ -66,6 +66,20 @@ def test_deterministic_per_seed_and_index(dataset, sample):
     assert not torch.equal(other_seed["semantic"], sample["semantic"])
 
 
+def test_structure_only_tiles_match_and_collate(sample):
+    """``with_views=False``: the same voxels and rasters, no views, features or cameras."""
+    bare = VoxelTileDataset(1, tiles_per_scene=2, base_seed=5, with_views=False, **TINY)[1]
+    assert not {"views", "depth", "alpha", "cameras", "features"} & set(bare)
+    assert torch.equal(bare["voxels"].coords, sample["voxels"].coords)
+    assert torch.equal(bare["voxels"].feats, sample["voxels"].feats)
+    for key in ("semantic", "image", "origin"):
+        assert torch.equal(bare[key], sample[key]), key
+    batch = VoxelTileDataset.collate([bare, bare])
+    assert batch["voxels"].batch_size == 2 and batch["semantic"].shape[0] == 2 and "views" not in batch
+    with pytest.raises(ValueError, match="differ"):
+        VoxelTileDataset.collate([bare, sample])
+
+
 def test_voxels_align_with_semantic_map(dataset, sample):
     """Roof cells hold voxels whose top matches the raster height; roofs stand above roads."""
     _, scene, r0, c0 = dataset.window(1)

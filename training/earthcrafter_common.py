@@ -101,8 +101,9 @@ def load_preset(args: argparse.Namespace) -> dict[str, Any]:
     return preset
 
 
-def make_dataset(preset: dict[str, Any], split: str) -> VoxelTileDataset:
-    """Tiles of the preset's size; ``split`` "train" or "validation" picks the seed range."""
+def make_dataset(preset: dict[str, Any], split: str, with_views: bool = True) -> VoxelTileDataset:
+    """Tiles of the preset's size; ``split`` "train" or "validation" picks the seed range;
+    ``with_views=False`` for structure-only training (no rendered views: about 4x faster)."""
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     data = preset["training"]["data"]
@@ -118,13 +119,21 @@ def make_dataset(preset: dict[str, Any], split: str) -> VoxelTileDataset:
         view_size=int(data["view_size"]),
         base_seed=int(data[f"{'train' if split == 'train' else 'validation'}_base_seed"]),
         style=data.get("style"),
+        with_views=with_views,
     )
 
 
-def make_dataloader(preset: dict[str, Any], args: argparse.Namespace, batch_size: int, split: str = "train", start: int = 0):
+def make_dataloader(
+    preset: dict[str, Any],
+    args: argparse.Namespace,
+    batch_size: int,
+    split: str = "train",
+    start: int = 0,
+    with_views: bool = True,
+):
     """Sequential loader (consecutive tiles share a generated city) from sample ``start`` on, so a
     resumed run reads the tiles an uninterrupted one would."""
-    dataset = make_dataset(preset, split)
+    dataset = make_dataset(preset, split, with_views)
     indices = range(start, len(dataset))
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices),

@@ -198,7 +198,7 @@ def build_cache(args: argparse.Namespace, vae, device: torch.device, path: Path)
     preset = args.preset_data
     cell = cell_size(preset)
     tiles = []
-    loader = make_dataloader(preset, args, min(args.cache_tiles, 4))
+    loader = make_dataloader(preset, args, min(args.cache_tiles, 4), with_views=args.model == "tex")
     for batch in loader:
         batch = to_device(batch, device)
         items, grid = encode_batch(args.model, vae, batch, cell)
@@ -347,7 +347,7 @@ def validation_images(args, model, encoder, vae, scheduler, val: dict, scale: fl
         args.validation_inference_steps,
     )
     voxels = val["voxels"]
-    images = {"ground_truth": preview_voxels(voxels.world_positions(), val["features"].feats[:, :3])}
+    images = {"ground_truth": preview_voxels(voxels.world_positions(), voxels.feats[:, 3:6])}
     if args.model == "occupancy":
         cell = cell_size(args.preset_data) * voxels.voxel_size
         occupied = (x[0, 0] > 0).nonzero().float()
@@ -365,7 +365,7 @@ def validation_images(args, model, encoder, vae, scheduler, val: dict, scale: fl
 def validation_tile(args, vae, device, scale: float) -> dict:
     """The first held-out tile with its clean flow sample ``x0``."""
     preset = args.preset_data
-    batch = to_device(next(iter(make_dataloader(preset, args, 1, "validation"))), device)
+    batch = to_device(next(iter(make_dataloader(preset, args, 1, "validation", with_views=args.model == "tex"))), device)
     items, geometry = encode_batch(args.model, vae, batch, cell_size(preset))
     grid = int(preset["components"]["occupancy_transformer"]["grid_size"])
     coords = torch.cat([torch.zeros_like(items[0]["coords"][:, :1]), items[0]["coords"]], 1)

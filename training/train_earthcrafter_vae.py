@@ -130,7 +130,7 @@ def tex_losses(vae, batch: dict, weights: dict, generator: torch.Generator | Non
 def validation_images(model: str, vae, batch: dict) -> dict:
     """Ground truth vs. free-running reconstruction of the first tile of a held-out batch."""
     voxels = batch["voxels"].batch(0)
-    colors = batch["features"].batch(0).feats[:, :3]
+    colors = voxels.feats[:, 3:6]
     images = {"ground_truth": preview_voxels(voxels.world_positions(), colors)}
     if model == "struct":
         out = vae.decode(vae.encode(voxels).latent_dist.mode()).sample
@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     global_step = maybe_resume(accelerator, args)
     # consecutive tiles are deterministic: a resumed run starts at the first tile it has not used
     used = global_step * args.gradient_accumulation_steps * args.train_batch_size
-    loader = accelerator.prepare(make_dataloader(preset, args, args.train_batch_size, start=used))
-    val_batch = to_device(next(iter(make_dataloader(preset, args, 1, "validation"))), accelerator.device)
+    views = args.model == "tex"  # the structure VAE needs no rendered views
+    loader = accelerator.prepare(make_dataloader(preset, args, args.train_batch_size, start=used, with_views=views))
+    val_batch = to_device(next(iter(make_dataloader(preset, args, 1, "validation", with_views=views))), accelerator.device)
     unwrap = accelerator.unwrap_model
     t0 = time.time()
     batches = iter(loader)

@@ -359,6 +359,9 @@ class VoxelTileDataset(_CropDataset):
 
     Buildings are capped at ``0.75 * L * voxel_size`` by default (``style`` may override) so
     roofs stay inside the cube; points above the cube are dropped.
+
+    ``with_views=False`` leaves out ``features``, ``views``, ``depth``, ``alpha`` and ``cameras``
+    (rendering them is most of a tile's cost): what structure-only training needs.
     """
 
     def __init__(
@@ -376,6 +379,7 @@ class VoxelTileDataset(_CropDataset):
         points_per_m2: float | None = None,
         style: dict[str, Any] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        with_views: bool = True,
     ) -> None:
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
             raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
@@ -395,6 +399,7 @@ class VoxelTileDataset(_CropDataset):
         self.resolution, self.voxel_size, self.image_size = resolution, float(voxel_size), image_size
         self.n_views, self.nadir_views, self.view_size = n_views, nadir_views, view_size
         self.splat_radius = 1.0 / float(np.sqrt(density))
+        self.with_views = bool(with_views)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from ..render import aerial_trajectory
@@ -408,6 +413,16 @@ class VoxelTileDataset(_CropDataset):
         world = np.array([tile.origin[0], tile.origin[1], tile.origin[2] + z0])
         points = tile.points.astype(np.float64) - world
         voxels = voxelize_surface(points, tile.normals, tile.colors, L, v, origin=(v / 2, v / 2, v / 2))
+        sample = {
+            "index": index,
+            "voxels": voxels,
+            "semantic": torch.from_numpy(tile.semantic.astype(np.int64)),
+            "image": torch.from_numpy(np.ascontiguousarray(tile.image.transpose(2, 0, 1))),
+            "origin": torch.from_numpy(world),
+            "voxel_size": v,
+        }
+        if not self.with_views:
+            return sample
         local = tile.replace(origin=(0.0, 0.0, -z0), points=None, colors=None, normals=None, point_classes=None, image=None)
         seed = int(hash_u64(self.source.base_seed, index, 6) % np.uint64(2**31))
         size = self.view_size
@@ -415,40 +430,39 @@ class VoxelTileDataset(_CropDataset):
         views = render_views(
             torch.from_numpy(points.astype(np.float32)), torch.from_numpy(tile.colors), cameras, radius=self.splat_radius
         )
-        return {
-            "index": index,
-            "voxels": voxels,
-            "features": aggregate_view_features(voxels, views).feats,
-            "semantic": torch.from_numpy(tile.semantic.astype(np.int64)),
-            "image": torch.from_numpy(np.ascontiguousarray(tile.image.transpose(2, 0, 1))),
-            "views": views.images,
-            "depth": views.depth,
-            "alpha": views.alpha,
-            "cameras": cameras,
-            "origin": torch.from_numpy(world),
-            "voxel_size": v,
-        }
+        sample.update(
+            features=aggregate_view_features(voxels, views).feats,
+            views=views.images,
+            depth=views.depth,
+            alpha=views.alpha,
+            cameras=cameras,
+        )
+        return sample
 
     @staticmethod
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         """Batch tiles: ``voxels`` / ``features`` `SparseTensor` s with the batch index in coords
-        column 0, rasters and views stacked (``[B, ...]``), ``cameras`` a list of `Cameras`."""
+        column 0, rasters and views stacked (``[B, ...]``), ``cameras`` a list of `Cameras`
+        (views, features and cameras only when the tiles have them)."""
         from ..sparse import SparseTensor
 
         if not batch:
             raise ValueError("cannot collate an empty batch")
-        shapes = {(s["voxel_size"], tuple(s["semantic"].shape), tuple(s["views"].shape)) for s in batch}
+        shapes = {(s["voxel_size"], tuple(s["semantic"].shape), tuple(s["views"].shape) if "views" in s else None) for s in batch}
         if len(shapes) != 1:
-            raise ValueError(f"tiles differ in voxel size, resolution or views: {sorted(shapes)}")
+            raise ValueError(f"tiles differ in voxel size, resolution or views: {sorted(shapes, key=str)}")
         voxels = SparseTensor.cat([s["voxels"] for s in batch])
-        return {
+        stacked = ("semantic", "image", "origin") + (("views", "depth", "alpha") if "views" in batch[0] else ())
+        out = {
             "voxels": voxels,
-            "features": voxels.replace(torch.cat([s["features"] for s in batch])),
-            "cameras": [s["cameras"] for s in batch],
             "index": torch.tensor([s["index"] for s in batch]),
             "voxel_size": batch[0]["voxel_size"],
-            **{k: torch.stack([s[k] for s in batch]) for k in ("semantic", "image", "views", "depth", "alpha", "origin")},
+            **{k: torch.stack([s[k] for s in batch]) for k in stacked},
         }
+        if "views" in batch[0]:
+            out["features"] = voxels.replace(torch.cat([s["features"] for s in batch]))
+            out["cameras"] = [s["cameras"] for s in batch]
+        return out
 
 
 __all__ = ["SceneSource", "VoxelCropDataset", "CameraViewDataset", "VoxelTileDataset"]
