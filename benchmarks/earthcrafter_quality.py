@@ -11,7 +11,9 @@ Held-out tiles: the preset's validation split (``training.data.validation_base_s
   with per-class mean colours. Goal >= +3 dB.
 - Semantic condition followed: building columns of the generated structure (column top more
   than ``--building-threshold-m`` above the tile's ground, its 10th-percentile column top)
-  against the map's building cells (IoU pooled over tiles), and the fraction of road / water
+  against the map's building cells (IoU pooled over tiles, leaving out the cells the map marks
+  as vegetation or construction: they rise too, and a column's height cannot tell a tree from a
+  roof), and the fraction of road / water
   cells left flat. Baselines: the extrusion (trivially high: it is the map), the unconditional
   sample as the floor, the ground-truth structure as the measurement's ceiling. Goal IoU >= 0.7.
 - Image condition followed: PSNR of the generated tile rendered straight down (a far nadir camera
@@ -57,7 +59,7 @@ from earthcrafter_bench import (  # noqa: E402
 )
 from earthcrafter_common import make_dataset  # noqa: E402
 
-from diffusers_city.data.classes import FACADE, NUM_CLASSES, ROAD, ROOF, WATER  # noqa: E402
+from diffusers_city.data.classes import CONSTRUCTION, FACADE, NUM_CLASSES, ROAD, ROOF, VEGETATION, WATER  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import coverage_mmd, psnr, ssim, voxel_iou  # noqa: E402
 from diffusers_city.models.earthcrafter import EarthCrafterStructVAE, EarthCrafterTexVAE  # noqa: E402
@@ -332,11 +334,13 @@ class Sampler:
 
 
 def follow_semantic(structures: list[np.ndarray], maps: list[np.ndarray], L: int, threshold: float) -> dict[str, float]:
-    """Building-column IoU pooled over tiles and the fraction of road / water cells left flat."""
+    """Building-column IoU pooled over tiles (on the cells not marked vegetation or construction,
+    which rise without being buildings) and the fraction of road / water cells left flat."""
     inter = union = flat = flat_total = 0
     for coords, semantic in zip(structures, maps):
         built = building_columns(coords, L, threshold)
-        r = voxel_iou(np.argwhere(built), np.argwhere(semantic == ROOF), L)
+        judged = ~np.isin(semantic, (VEGETATION, CONSTRUCTION))
+        r = voxel_iou(np.argwhere(built & judged), np.argwhere(semantic == ROOF), L)
         inter, union = inter + r["intersection"], union + r["union"]
         open_cells = np.isin(semantic, (ROAD, WATER))
         flat, flat_total = flat + int((open_cells & ~built).sum()), flat_total + int(open_cells.sum())

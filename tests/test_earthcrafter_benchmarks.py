@@ -10,7 +10,7 @@ import pytest
 import torch
 from script_loader import load_script
 
-from diffusers_city.data.classes import GROUND, ROAD, ROOF
+from diffusers_city.data.classes import GROUND, ROAD, ROOF, VEGETATION
 
 MEASUREMENTS = {
     "StructVAE reconstruction": {"voxel IoU", "voxel accuracy"},
@@ -107,6 +107,12 @@ def test_heightfield_and_building_columns():
     moved = np.full((4, 4), GROUND)
     moved[0, 0], moved[1, 2] = ROOF, ROAD  # the tower now stands on a road cell and misses the building
     assert q.follow_semantic([voxels], [moved], 4, 1.5) == {"iou": 0.0, "flat": 0.0}
+    top[0, 0] = 3  # a second tall column: a tree where the map has vegetation is not judged ...
+    semantic[0, 0] = VEGETATION
+    trees = q.heightfield_voxels(top)
+    assert q.follow_semantic([trees], [semantic], 4, 1.5) == {"iou": 1.0, "flat": 1.0}
+    semantic[0, 0] = GROUND  # ... one on open ground is a false building
+    assert q.follow_semantic([trees], [semantic], 4, 1.5)["iou"] == 0.5
 
 
 def test_quality_refuses_bad_arguments(quality, tmp_path):
