@@ -654,7 +654,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
         return voxels, Gaussians.from_points(none, none)
 
     def render_orbit(self, gaussians: Gaussians, voxels: SparseTensor, num_frames: int, width: int, height: int) -> torch.Tensor:
-        """Frames ``[F, H, W, 3]`` in 0..1 of an orbit around the tile of ``voxels`` (2DGS rasterization of ``gaussians``)."""
+        """Frames ``[F, H, W, 3]`` in 0..1 of an orbit around the tile of ``voxels`` (2DGS rasterization of
+        ``gaussians``), the whole tile in view."""
         L, vs = self.resolution, voxels.voxel_size
         top = torch.zeros(L, L, dtype=torch.float64)
         if voxels.num_voxels:
@@ -667,7 +668,10 @@ class EarthCrafterPipeline(DiffusionPipeline):
         scene = SimpleNamespace(
             height=top.numpy(), meters_per_pixel=vs, origin=(ox - vs / 2, oy - vs / 2, oz - vs / 2), semantic=None, ground=None
         )
-        cameras = orbit_trajectory(scene, num_frames, width=width, height=height).to(gaussians.means.device)
+        # from outside the tile, so that the whole tile is in view: 0.9 tile sides out, 45 degrees up
+        extent = L * vs
+        cameras = orbit_trajectory(scene, num_frames, radius=0.9 * extent, elevation_deg=45.0, width=width, height=height)
+        cameras = cameras.to(gaussians.means.device)
         frames = []
         with progress_bar(self, "earthcrafter render", total=num_frames) as bar:
             for i in range(num_frames):
