@@ -14,7 +14,7 @@ from diffusers_city.models.gaussiancity.bev import (
     visible_bev_points,
     visible_bev_points_per_camera,
 )
-from diffusers_city.render import Cameras
+from diffusers_city.render import Cameras, Gaussians
 
 
 def _box_layout(size=16, box=(6, 10, 6, 10), height=10.0, mpp=1.0):
@@ -347,3 +347,34 @@ def test_triton_march_matches_torch_march_on_cuda(seed):
         assert torch.equal(got[1][want[0]], want[1][want[0]])
         assert torch.equal(got[2][want[0]], want[2][want[0]])
     assert hits > 100_000
+
+
+GEO = (809_000.0, 6_304_000.0, 120.0)  # a real point cloud's world origin (UTM-like metres)
+
+
+def _world_camera(cam: Cameras, shift) -> Cameras:
+    """``cam`` moved by ``shift`` metres, in float64 as georeferenced cameras need."""
+    to_local = torch.eye(4, dtype=torch.float64)
+    to_local[:3, 3] = -torch.tensor(shift, dtype=torch.float64)
+    return Cameras(cam.K.double(), cam.world_to_cam.double() @ to_local, cam.width, cam.height)
+
+
+def test_points_and_visibility_are_in_the_layout_frame_whatever_the_world_origin():
+    """A layout at a georeferenced origin has the points of the same layout at origin 0 (positions
+    from its own origin, exact in float32), seen from its world cameras moved into its frame; at
+    origin 0 the frame changes nothing (the very objects come back)."""
+    base = _city(64, 7)
+    geo = BEVLayout.from_maps(base.semantic, base.top.double(), meters_per_pixel=1.0, origin=GEO)
+    assert torch.equal(bev_points(geo).positions, bev_points(base).positions)
+    cam = _camera([-5.0, 10.0, 30.0], [30.0, 30.0, 0.0], width=40, height=30, focal=25.0)
+    local = geo.layout_cameras(_world_camera(cam, GEO))
+    assert local.world_to_cam.dtype == torch.float64
+    assert torch.allclose(local.world_to_cam, cam.world_to_cam.double(), atol=1e-6)
+    want, got = visible_bev_points(base, cam), visible_bev_points(geo, local.to(dtype=torch.float32))
+    assert len(want) > 100 and torch.equal(got.voxels, want.voxels) and torch.equal(got.positions, want.positions)
+    assert base.layout_cameras(cam) is cam
+    g = Gaussians.from_points(want.positions, torch.rand(len(want), 3))
+    assert base.world_gaussians(g) is g
+    world = geo.world_gaussians(g)
+    assert world.means.dtype == torch.float64 and torch.equal(world.colors, g.colors)
+    assert torch.allclose(world.means - torch.tensor(GEO, dtype=torch.float64), g.means.double(), atol=1e-9)

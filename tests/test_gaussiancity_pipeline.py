@@ -97,6 +97,41 @@ def test_callback_and_layout_gaussians_ply(pipe, tmp_path):
     assert vertex.count == len(g) and np.allclose(vertex["x"], g.means[:, 0].numpy())
 
 
+GEO = (809_000.0, 6_304_000.0, 120.0)  # the world origin of a real classified point cloud
+
+
+def _world_camera(cam, shift):
+    """``cam`` moved by ``shift`` metres, in float64 as georeferenced cameras need."""
+    to_local = torch.eye(4, dtype=torch.float64)
+    to_local[:3, 3] = -torch.tensor(shift, dtype=torch.float64)
+    return Cameras(cam.K.double(), cam.world_to_cam.double() @ to_local, cam.width, cam.height)
+
+
+def test_a_georeferenced_layout_renders_as_at_origin_0_and_returns_world_gaussians(pipe):
+    """The decoders see the layout frame: a layout moved to a georeferenced origin, seen from
+    cameras moved with it (or along its own trajectory), gives the frames of the layout at origin 0,
+    and its Gaussians come back at their world positions (float64 means: exact to the mm)."""
+    sem, hgt = _maps()
+    cam = Cameras.look_at(torch.tensor([60.0, -10.0, 40.0]), torch.tensor([24.0, 24.0, 0.0]), width=32, height=24, focal=20.0)
+    base = pipe(sem, hgt, cameras=cam, generator=torch.Generator().manual_seed(3), output_type="np", return_gaussians="visible")
+    geo = pipe(
+        sem, hgt, origin=GEO, cameras=_world_camera(cam, GEO), styles=base.styles, output_type="np", return_gaussians="visible"
+    )
+    assert base.images.std() > 0.01
+    np.testing.assert_allclose(geo.images, base.images, atol=1e-4)
+    g0, g1 = base.gaussians[0], geo.gaussians[0]
+    assert g1.means.dtype == torch.float64 and len(g1) == len(g0) > 100
+    shift = torch.tensor(GEO, dtype=torch.float64)
+    assert torch.allclose(g1.means - shift, g0.means.double(), atol=1e-6)
+    assert torch.allclose(g1.colors, g0.colors, atol=1e-5) and torch.equal(g1.scales, g0.scales)
+    orbit, geo_orbit = (
+        _run(pipe, styles=base.styles, return_gaussians="layout"),
+        _run(pipe, styles=base.styles, origin=GEO, return_gaussians="layout"),
+    )
+    np.testing.assert_allclose(geo_orbit.images, orbit.images, atol=1e-4)
+    assert torch.allclose(geo_orbit.gaussians.means - shift, orbit.gaussians.means.double(), atol=1e-6)
+
+
 def test_cameras_looking_away_give_empty_frames_and_a_warning(pipe, caplog):
     sem, hgt = _maps()
     away = Cameras.look_at(torch.tensor([24.0, 24.0, 50.0]), torch.tensor([24.0, 24.0, 100.0]), width=16, height=12)

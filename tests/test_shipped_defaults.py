@@ -121,3 +121,23 @@ def test_shipped_sat2city_default_works_with_other_diffusers_schedulers():
     assert correlation["DDIMScheduler"] > 0.7, correlation
     for r in correlation.values():
         assert abs(r - correlation["DDIMScheduler"]) <= 0.03, correlation
+
+
+def test_shipped_gaussiancity_renders_a_georeferenced_layout_as_at_origin_0():
+    """A real point cloud's layout sits at its world origin (here 809 km, 6304 km, as UTM metres):
+    the shipped decoders, trained on layouts at origin 0, see it in its own frame, so the layout
+    moved there renders the frames it renders at origin 0 (not saturated colours) and its
+    Gaussians come back at their world positions."""
+    gc = DiffusionPipeline.from_pretrained(bundled_path("gaussiancity", "default"))
+    gc.set_progress_bar_config(disable=True)
+    scene = CityScene.load(bundled_path("gaussiancity", "example_layout"))
+    geo = (809_000.0, 6_304_000.0, 35.0)
+    run = dict(trajectory="orbit", num_frames=2, width=64, height=48, output_type="np", return_gaussians="visible")
+    base = gc(scene=scene, generator=torch.Generator().manual_seed(0), **run)
+    moved = gc(scene=scene.replace(origin=tuple(a + b for a, b in zip(scene.origin, geo))), styles=base.styles, **run)
+    assert base.images.std() > 0.05
+    np.testing.assert_allclose(moved.images, base.images, atol=1e-4)
+    shift = torch.tensor(geo, dtype=torch.float64) + torch.tensor(scene.origin, dtype=torch.float64)
+    for g0, g1 in zip(base.gaussians, moved.gaussians):
+        assert g1.means.dtype == torch.float64 and len(g1) == len(g0)
+        assert torch.allclose(g1.means - shift, g0.means.double(), atol=1e-6)

@@ -131,7 +131,8 @@ def parse_args(argv: list[str] | None = None):
 @dataclass
 class View:
     """One training frame: ``rgb [H, W, 3]``, ``mask [H, W]`` (pixels the frame covers) and
-    ``seg [H, W]`` class ids, of camera ``camera`` over layout ``city``."""
+    ``seg [H, W]`` class ids, of camera ``camera`` (in the layout frame of ``city``, where the
+    decoders and rasterization run: ``BEVLayout.layout_cameras``) over layout ``city``."""
 
     city: int
     camera: Cameras
@@ -144,8 +145,9 @@ def label_image(
     layout: BEVLayout, camera: Cameras, pts, labels: torch.Tensor, num_labels: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel label ids ``[H, W]`` and coverage ``[H, W]`` of BEV points ``pts`` carrying
-    integer ``labels [N]`` in ``0..num_labels - 1``, rendered with the label encoded in one colour
-    channel (the front-most points win; edges may take a neighbour's label)."""
+    integer ``labels [N]`` in ``0..num_labels - 1``, seen by layout-frame ``camera``, rendered with
+    the label encoded in one colour channel (the front-most points win; edges may take a
+    neighbour's label)."""
     n = len(pts)
     device = pts.positions.device
     code = (labels.float() + 0.5) / num_labels
@@ -166,7 +168,8 @@ def label_image(
 
 
 def segmentation(layout: BEVLayout, camera: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel class ids ``[H, W]`` and coverage ``[H, W]`` of the layout's visible BEV points."""
+    """Per-pixel class ids ``[H, W]`` and coverage ``[H, W]`` of the layout's BEV points visible
+    from layout-frame ``camera``."""
     pts = visible_bev_points(layout, camera, device=device)
     return label_image(layout, camera, pts, pts.classes, NUM_CLASSES)
 
@@ -204,12 +207,12 @@ def procedural_views(args, device, first_seed: int = 1000) -> tuple[list[BEVLayo
             ]
         )
         for i in range(len(cams)):
-            cam = cams[i].to(device)
+            cam = layout.layout_cameras(cams[i])  # the scene's points are world, the layout's frame is not
             with torch.no_grad():
-                ref = render_gaussians(gt, cam)
-                seg, covered = segmentation(layout, cam, device)
+                ref = render_gaussians(gt, cams[i].to(device))
+                seg, covered = segmentation(layout, cam.to(device), device)
             mask = (ref.alpha[0, ..., 0] > 0.5) & covered
-            views.append(View(c, cam.to("cpu"), ref.rgb[0].cpu(), mask.cpu(), seg.cpu()))
+            views.append(View(c, cam, ref.rgb[0].cpu(), mask.cpu(), seg.cpu()))
         layouts.append(layout)
         scenes.append(scene)
     return layouts, views, scenes
@@ -217,7 +220,8 @@ def procedural_views(args, device, first_seed: int = 1000) -> tuple[list[BEVLayo
 
 def load_googleearth_city(folder: Path, width: int, height: int) -> tuple[BEVLayout, list[tuple[Cameras, torch.Tensor]]]:
     """One city of the GoogleEarth layout (see the module docstring): its layout and its frames
-    (resized to ``width x height``) with their cameras."""
+    (resized to ``width x height``) with their cameras, moved into the layout frame in float64
+    (georeferenced poses in float32 would be rounded to ~0.5 m)."""
     meta_path = folder / "cameras.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no cameras.json")
@@ -238,12 +242,12 @@ def load_googleearth_city(folder: Path, width: int, height: int) -> tuple[BEVLay
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: frame {i} file {frame['file']} is missing")
         image = Image.open(path).convert("RGB")
-        K = torch.tensor(frame["K"], dtype=torch.float32)
+        K = torch.tensor(frame["K"], dtype=torch.float64)
         K[0] *= width / image.width
         K[1] *= height / image.height
         rgb = torch.from_numpy(np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0)
-        cam = Cameras(K[None], torch.tensor(frame["world_to_cam"], dtype=torch.float32)[None], width, height)
-        frames.append((cam, rgb))
+        cam = Cameras(K[None], torch.tensor(frame["world_to_cam"], dtype=torch.float64)[None], width, height)
+        frames.append((layout.layout_cameras(cam).to(dtype=torch.float32), rgb))
     if not frames:
         raise ValueError(f"{folder}: cameras.json lists no frames")
     return layout, frames
@@ -266,6 +270,7 @@ def googleearth_views(args, device) -> tuple[list[BEVLayout], list[View], list[C
 
 # -- training ---------------------------------------------------------------------------------
 def render_view(pipe: GaussianCityPipeline, layout: BEVLayout, camera: Cameras, styles: torch.Tensor, device):
+    """The frame ``[H, W, 3]`` the generator renders from layout-frame ``camera``."""
     pts = visible_bev_points(layout, camera, max_distance=float(pipe.scene_encoder.config.max_view_distance), device=device)
     g = pipe.decode_points(layout, pts, styles, device)
     return render_gaussians(g, camera.to(device)).rgb[0]

@@ -13,6 +13,13 @@ three axes. Pixel ``(i, j)`` covers ``x in [j, j + 1)``, ``y in [i, i + 1)``; a 
 level ``k`` sits at ``z = k``. World coordinates follow docs/design.md:
 ``world = origin + voxel * meters_per_pixel`` (so pixel centres are at ``(j + 0.5, i + 0.5)``).
 
+Frames: BEV points, visibility and everything the decoders see are in the *layout frame*, metres
+from the layout's ``origin`` (``voxel * meters_per_pixel``). The decoders encode these positions,
+as in training (procedural layouts sit at origin 0), and float32 holds them to the millimetre
+where georeferenced world coordinates (6e6 m: ~0.5 m steps) would not. World coordinates enter
+and leave through :meth:`BEVLayout.layout_cameras` (world cameras in) and
+:meth:`BEVLayout.world_gaussians` (Gaussians out, for export).
+
 Visibility (Eq. 2) casts one ray per image pixel through the extruded solid (a 2D DDA over the
 height field, with a pyramid of coarse max-height grids to skip empty space) and keeps the first hit of each
 ray; hits are mapped to their BEV point through a hashed (sorted int64 key) set of point columns.
@@ -34,6 +41,8 @@ import numpy as np
 import torch
 
 from ...data.classes import CLASSES, FACADE, GROUND, NUM_CLASSES, ROAD, ROOF, WATER
+from ...render.cameras import Cameras
+from ...render.gaussians import Gaussians
 from ...render.heightfield_march import march, slab
 from ...utils.device import upload
 
@@ -243,6 +252,30 @@ class BEVLayout:
         centre = (self.instance_min + self.instance_max) / 2
         return torch.tensor(self.origin, dtype=torch.float64) + centre * self.meters_per_pixel
 
+    def layout_cameras(self, cameras: Cameras) -> Cameras:
+        """World ``cameras`` moved into the layout frame (world minus ``origin``), as visibility and
+        rasterization take them. The shift runs in float64 on the host, so float64 cameras keep
+        their precision at georeferenced coordinates (float32 ones there are already rounded to
+        ~0.5 m); the result has the cameras' device and dtype. At origin 0: ``cameras`` itself."""
+        if not any(self.origin):
+            return cameras
+        to_world = torch.eye(4, dtype=torch.float64)
+        to_world[:3, 3] = torch.tensor(self.origin, dtype=torch.float64)
+        w2c = cameras.world_to_cam.detach().cpu().double() @ to_world
+        w2c = w2c.to(device=cameras.device, dtype=cameras.world_to_cam.dtype)
+        return Cameras(K=cameras.K, world_to_cam=w2c, width=cameras.width, height=cameras.height)
+
+    def world_gaussians(self, gaussians: Gaussians) -> Gaussians:
+        """Layout-frame ``gaussians`` moved to world coordinates (plus ``origin``), for export and
+        world cameras. Away from origin 0 the means become float64 (float32 would round
+        georeferenced metres to ~0.5 m); on MPS, which has no float64, the Gaussians move to the
+        CPU. At origin 0: ``gaussians`` itself."""
+        if not any(self.origin):
+            return gaussians
+        g = gaussians.to("cpu") if gaussians.device.type == "mps" else gaussians
+        means = g.means.double() + torch.tensor(self.origin, dtype=torch.float64, device=g.device)
+        return Gaussians(means=means, quats=g.quats, scales=g.scales, opacities=g.opacities, colors=g.colors)
+
 
 def _instance_boxes(instance: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-instance ``(min, max)`` voxel-unit boxes: footprint cells in xy, bottom..top in z."""
@@ -264,14 +297,14 @@ class BEVPoints:
     """A set of BEV points and their attributes (Sec. 3.3), all tensors on one device.
 
     Attributes:
-        positions: ``[N, 3]`` float world positions (metres).
+        positions: ``[N, 3]`` float layout-frame positions (metres from the layout's origin).
         voxels: ``[N, 3]`` long global voxel indices ``(x = column, y = row, z = level)`` of each
             point's column block corner (used for serialization).
         classes: ``[N]`` long class ids (roof-column walls are ``facade``).
         instances: ``[N]`` long building instance ids (0 for background points).
         strides: ``[N]`` long sampling stride of each point (pixels).
         relative: ``[N, 3]`` float coordinates relative to the instance box, in ``[-1, 1]`` (Eq. 5-6).
-        instance_center: ``[N, 3]`` float world centre of the instance box.
+        instance_center: ``[N, 3]`` float layout-frame centre of the instance box.
         instance_size: ``[N, 3]`` float size of the instance box (metres).
         meters_per_pixel: voxel size in metres.
     """
@@ -409,15 +442,14 @@ def _points_of(layout: BEVLayout, cols: _Columns, column: torch.Tensor, level: t
     centre = (inst_min + inst_max) / 2
     half = torch.clamp((inst_max - inst_min) / 2, min=0.5)
     relative = torch.clamp((vox - centre) / half, -1.0, 1.0)
-    origin = upload(torch.tensor(layout.origin, dtype=torch.float64), device)
     return BEVPoints(
-        positions=(origin + vox * mpp).float(),
+        positions=(vox * mpp).float(),  # layout frame: no world origin in float32
         voxels=torch.cat([cols.block[column], z[:, None]], 1),
         classes=cls,
         instances=inst,
         strides=cols.stride[column],
         relative=relative.float(),
-        instance_center=(origin + centre * mpp).float(),
+        instance_center=(centre * mpp).float(),
         instance_size=((inst_max - inst_min) * mpp).float(),
         meters_per_pixel=mpp,
     )
@@ -476,13 +508,12 @@ def _camera_rays(
     layout: BEVLayout, K: torch.Tensor, world_to_cam: torch.Tensor, u: torch.Tensor, v: torch.Tensor, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions (voxel units) of the rays through image points ``u x v`` of
-    one camera (``K [3, 3]``, ``world_to_cam [4, 4]``) or of ``C`` (``[C, 3, 3]``, ``[C, 4, 4]``:
-    camera after camera, ``C * len(u) * len(v)`` rays).
+    one layout-frame camera (``K [3, 3]``, ``world_to_cam [4, 4]``) or of ``C`` (``[C, 3, 3]``,
+    ``[C, 4, 4]``: camera after camera, ``C * len(u) * len(v)`` rays).
 
     The 3 x 3 algebra runs where ``K`` lies (host cameras: no device sync), the rays on ``device``."""
     rot = world_to_cam[..., :3, :3].double()
-    origin_world = -(rot.transpose(-1, -2) @ world_to_cam[..., :3, 3:].double())[..., 0]
-    origin = (origin_world - origin_world.new_tensor(layout.origin)) / layout.meters_per_pixel
+    origin = -(rot.transpose(-1, -2) @ world_to_cam[..., :3, 3:].double())[..., 0] / layout.meters_per_pixel
     kinv, rot, origin = (upload(t, device) for t in (torch.linalg.inv(K.double()), rot, origin))
     vv, uu = torch.meshgrid(upload(v, device), upload(u, device), indexing="ij")
     pix = torch.stack([uu, vv, torch.ones_like(uu)], -1).reshape(-1, 3)
@@ -656,8 +687,9 @@ def visible_bev_points(
 
     Args:
         layout: the BEV layout.
-        cameras: ``diffusers_city.render.Cameras`` (``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``,
-            ``width``, ``height``).
+        cameras: ``diffusers_city.render.Cameras`` in the layout frame (``K [C, 3, 3]``,
+            ``world_to_cam [C, 4, 4]``, ``width``, ``height``): world cameras go through
+            :meth:`BEVLayout.layout_cameras` first.
         max_distance: rays stop after this many metres (``None``: at the layout border). It
             bounds the layout window moved to ``device`` and so the memory of one call.
         ray_step: cast a ray every ``ray_step`` pixels in both directions (1 = every pixel).

@@ -8,6 +8,8 @@ The pipeline holds two instances: the *building* decoder (sin/cos encoding of ab
 instance-relative coordinates, point transformer, one style code per building instance, each
 instance its own batch item) and the *background* decoder (sin/cos encoding of absolute
 coordinates plus the scene encoder's BEV features, no transformer, one scene style code).
+"Absolute" coordinates are those of the layout frame (metres from the layout's origin), never
+georeferenced world coordinates: the encoding was trained on layouts at origin 0.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
     Args:
         num_classes: semantic classes (class one-hot projected and added in the modulated MLP).
         num_freqs: sin/cos frequencies of the positional encoding (10 in the paper).
-        coord_scale: metres mapped to one unit of the absolute-coordinate encoding.
+        coord_scale: metres mapped to one unit of the absolute-coordinate (layout-frame) encoding.
         use_relative: encode instance-relative coordinates too (building decoder).
         scene_channels: channels of the scene-encoder features concatenated to the input (0: none).
         enc_depths / enc_channels: point-transformer encoder (paper: (2, 2, 2, 6, 2), 32..512);
@@ -173,7 +175,8 @@ class BEVPointDecoder(ModelMixin, ConfigMixin):
         """Colours ``[N, 3]`` in 0..1 of the points.
 
         Args:
-            positions: ``[N, 3]`` world positions (metres).
+            positions: ``[N, 3]`` layout-frame positions (metres from the layout's origin, as the
+                points of ``bev.py`` hold them; world coordinates far from 0 encode garbage).
             relative: ``[N, 3]`` instance-relative coordinates in [-1, 1] (ignored without ``use_relative``).
             voxels: ``[N, 3]`` integer voxel coordinates, serialized by the point transformer.
             classes: ``[N]`` class ids.

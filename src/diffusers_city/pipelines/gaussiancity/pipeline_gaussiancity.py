@@ -5,6 +5,10 @@ points visible from the camera are found by ray casting (Sec. 3.2), decoded into
 by the background and building decoders (Sec. 3.3-3.4), and rasterized. Memory per frame depends
 on the image size and the view distance, not on the layout size.
 
+Frames: the decoders see positions in the layout frame (metres from the layout's origin, as in
+training, see ``models/gaussiancity/bev.py``), and rasterization runs there too; cameras given in
+world coordinates are moved into it, and returned Gaussians are moved back to world coordinates.
+
 Style codes form a table ``[num_instances + 1, style_dim]``: row 0 styles the background, row ``i``
 building instance ``i`` (``layout.instance``). Codes are standard normal (the decoders'
 ``style_distribution``), in training and inference alike.
@@ -295,18 +299,18 @@ class GaussianCityPipeline(DiffusionPipeline):
         return fit_styles(self, layout, cameras, images, masks, start, num_steps, learning_rate, prior_weight)
 
     # -- decoding -------------------------------------------------------------------------
-    def _scene_features(self, layout: BEVLayout, xy_world: torch.Tensor) -> torch.Tensor:
-        """Scene-encoder features at the points, computed on the layout crop around them (on the
-        points' device)."""
+    def _scene_features(self, layout: BEVLayout, xy_layout: torch.Tensor) -> torch.Tensor:
+        """Scene-encoder features at the points (layout-frame ``xy``), computed on the layout crop
+        around them (on the points' device)."""
         mpp = layout.meters_per_pixel
-        xy = (xy_world.double() - upload(torch.tensor(layout.origin[:2], dtype=torch.float64), xy_world.device)) / mpp
+        xy = xy_layout.double() / mpp
         margin = self.scene_encoder.receptive_margin
         step = 2**self.scene_encoder.config.num_down
         h, w = layout.shape
         lo, hi = torch.stack([xy.amin(0).floor() - margin, xy.amax(0).ceil() + margin]).long().tolist()
         c0, r0 = max(0, lo[0] // step * step), max(0, lo[1] // step * step)
         c1, r1 = min(w, hi[0]), min(h, hi[1])
-        device = xy_world.device
+        device = xy_layout.device
         sem = upload(layout.semantic[r0:r1, c0:c1][None], device)
         hgt = upload(layout.top[r0:r1, c0:c1][None], device).double() * mpp
         feats = self.scene_encoder(sem, hgt)
@@ -316,7 +320,7 @@ class GaussianCityPipeline(DiffusionPipeline):
     def decode_points(
         self, layout: BEVLayout, points: BEVPoints, styles: torch.Tensor, device: torch.device | None = None
     ) -> Gaussians:
-        """Gaussians of ``points``, row for row: background points through the background decoder
+        """Layout-frame Gaussians of ``points``, row for row: background points through the background decoder
         with scene features and style row 0, building points through the building decoder, one
         batch item (and style row) per instance. Decoded on ``device`` (default: the pipeline's
         execution device, which model CPU offload moves components to; callers decoding many
@@ -353,7 +357,8 @@ class GaussianCityPipeline(DiffusionPipeline):
         cache: ViewCache | None = None,
         ray_step: int = 1,
     ) -> list[Gaussians]:
-        """Each camera's visible Gaussians (host ``cameras``, frames of a trajectory), the points
+        """Each camera's visible Gaussians (host layout-frame ``cameras``, frames of a trajectory;
+        Gaussians in the layout frame), the points
         that any of them sees decoded together, once: the decoders see the union of the views as
         context, so the colours of a point agree across these frames, and the decoders run once
         for all of them. Visibility stops at the scene encoder's ``max_view_distance``; ``cache``
@@ -370,7 +375,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         return [gaussians] if len(rows) == 1 else [gaussians[r] for r in rows]
 
     def layout_gaussians(self, layout: BEVLayout, styles: torch.Tensor, tile: int = 512) -> Gaussians:
-        """Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
+        """Layout-frame Gaussians of every BEV point of the layout, decoded tile by tile (bounded memory)."""
         device = self._execution_device
         h, w = layout.shape
         parts = []
@@ -405,27 +410,28 @@ class GaussianCityPipeline(DiffusionPipeline):
         return styles.float().cpu()
 
     def _cameras(self, cameras, trajectory, layout, num_frames, width, height, scene) -> Cameras | None:
+        """The layout-frame cameras of a call: world ``cameras`` moved into the layout frame, or the
+        ``trajectory`` planned there (over the scene's maps, else the layout's): exact, where a
+        path planned at georeferenced coordinates in float32 would be rounded to ~0.5 m."""
         if cameras is not None and trajectory is not None:
             raise ValueError("pass either cameras or trajectory, not both")
         if cameras is not None:
             if not isinstance(cameras, Cameras):
                 raise ValueError(f"cameras must be a diffusers_city.render.Cameras, got {type(cameras).__name__}")
-            return cameras
+            return layout.layout_cameras(cameras)
         if trajectory is None:
             return None
         from ... import render
 
+        mpp = layout.meters_per_pixel
         if scene is None:
-            mpp = layout.meters_per_pixel
-            scene = SimpleNamespace(
-                height=layout.top.double().numpy() * mpp,
-                ground=layout.bottom.double().numpy() * mpp,
-                semantic=layout.semantic.numpy(),
-                meters_per_pixel=mpp,
-                origin=layout.origin,
-            )
+            maps = {"height": layout.top.double().numpy() * mpp, "ground": layout.bottom.double().numpy() * mpp}
+            maps["semantic"] = layout.semantic.numpy()
+        else:
+            maps = {k: getattr(scene, k, None) for k in ("height", "ground", "semantic")}
+        frame = SimpleNamespace(**maps, meters_per_pixel=mpp, origin=(0.0, 0.0, 0.0))
         make = getattr(render, f"{trajectory}_trajectory")
-        return make(scene, num_frames, width=width, height=height)
+        return make(frame, num_frames, width=width, height=height)
 
     def check_inputs(
         self,
@@ -485,12 +491,14 @@ class GaussianCityPipeline(DiffusionPipeline):
             semantic_map, height_map: ``[H, W]`` class ids and heights (metres); or ``scene``.
             scene: a ``CityScene`` (its semantic, height, ground, instance, mpp, origin).
             ground_map, instance_map, meters_per_pixel, origin: the rest of the layout.
-            cameras: ``Cameras`` to render from; or ``trajectory`` (``"orbit"``, ``"drone"``,
-                ``"street"``) with ``num_frames``, ``width``, ``height``.
+            cameras: ``Cameras`` in world coordinates to render from (float64 ones keep their
+                precision at georeferenced coordinates); or ``trajectory`` (``"orbit"``,
+                ``"drone"``, ``"street"``) with ``num_frames``, ``width``, ``height``.
             styles: ``[num_instances + 1, style_dim]`` style table (``None``: sampled with ``generator``).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (frames) or ``"gaussians"`` (the whole
                 layout's Gaussians, no frames; cameras optional).
             return_gaussians: also return ``"visible"`` (per frame) or ``"layout"`` Gaussians.
+                Returned Gaussians are in world coordinates (float64 means away from origin 0).
             background: RGB fill of uncovered pixels (default :data:`SKY`, a light blue; ``None``: black).
             ray_step: visibility rays every ``ray_step`` pixels.
             decode_chunk_size: frames whose visible points are decoded together, once
@@ -538,7 +546,7 @@ class GaussianCityPipeline(DiffusionPipeline):
         bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
 
         device = self._execution_device
-        layout_g = self.layout_gaussians(layout, styles) if layout_gaussians else None
+        layout_g = layout.world_gaussians(self.layout_gaussians(layout, styles)) if layout_gaussians else None
         frames, visible = [], []
         if output_type != "gaussians":
             # Visibility reads the host cameras (no device sync), the rasterizer the device ones.
@@ -561,7 +569,7 @@ class GaussianCityPipeline(DiffusionPipeline):
                             image = (out or {}).get("image", image)
                         frames.append(image)
                         if return_gaussians == "visible":
-                            visible.append(g)
+                            visible.append(layout.world_gaussians(g))
                         progress.update()
             _warn_blind_cameras(blind, len(cams))
         images = frames_to_output(torch.stack(frames), output_type) if frames else None

@@ -61,7 +61,8 @@ def fit_styles(
     renders (every view each step) plus ``prior_weight`` x the mean squared code. See
     ``GaussianCityPipeline.fit_styles``."""
     device = pipe._execution_device
-    host_cams, cams = cameras.to("cpu"), cameras.to(device)
+    host_cams = layout.layout_cameras(cameras.to("cpu"))  # world -> layout frame, where decoding and rasterization run
+    cams = host_cams.to(device)
     max_distance = float(pipe.scene_encoder.config.max_view_distance)
     with torch.no_grad():  # visibility does not depend on the styles: one ray cast per view
         points = [visible_bev_points(layout, host_cams[i], max_distance=max_distance, device=device) for i in range(len(cams))]
