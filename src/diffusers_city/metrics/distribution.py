@@ -86,7 +86,7 @@ def rbf_mmd(x, y, *, bandwidth: float | None = None) -> float:
     """Unbiased estimate of the squared maximum mean discrepancy (Gretton et al. 2012) between
     ``x [N, D]`` and ``y [M, D]`` with the kernel ``exp(-|a - b|^2 / (2 bandwidth^2))``.
 
-    ``bandwidth=None`` takes the median heuristic: the median pairwise distance of the pooled
+    ``bandwidth=None`` takes the median heuristic: the (lower) median pairwise distance of the pooled
     samples (of an evenly strided subset of 2,000 when larger). Not the minimum matching
     distance of :func:`coverage_mmd`. Unbiased, so it can be slightly negative when the two
     distributions are equal; it is 0 in expectation then and positive when they differ.
