@@ -22,6 +22,15 @@ sampled (``GaussianCityPipeline.fit_styles``): on each held-out city the codes a
 even views and every method is scored on the odd ones, next to the per-(building, class) mean
 colours of those same even views, the model-free use of what they show.
 
+Distribution rows (every run): the pipeline, the per-class mean and the perfect sampler -- the
+held-out city itself painted by the procedural generator from another palette seed
+(``procedural_city(..., palette_seed=...)``), rendered with the same cameras -- scored on PSNR
+and on the distance of their colour distributions to the ground truth's: per-(instance, class)
+colour statistics and 8x8 patch statistics of the masked views, compared by sliced Wasserstein
+and kernel MMD (``diffusers_city.metrics.distribution_distances``, standardised by the ground
+truth), per held-out city, mean and spread over the cities. No downloaded weights; FID / KID
+(Inception) are not run here.
+
 ``--decode_chunk_size K`` adds a row for renders whose views were decoded together, K of a city's
 views at a time (``GaussianCityPipeline.decode_visible``, the pipeline's ``decode_chunk_size``):
 each view rasterizes its own points, coloured with the union of the K views as context.
@@ -40,8 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city.data import NUM_CLASSES
-from diffusers_city.metrics import psnr
+from diffusers_city.data import NUM_CLASSES, procedural_city
+from diffusers_city.metrics import distribution_distances, instance_color_statistics, patch_statistics, psnr
 from diffusers_city.models.gaussiancity.bev import visible_bev_points
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
@@ -231,6 +240,75 @@ def fitted_style_rows(
     return rows, seconds
 
 
+# palette seed of the perfect sampler: the held-out city's seed plus this
+PALETTE_SEED_OFFSET = 1_000_003
+
+DISTRIBUTION_ROWS = (
+    ("pipeline", "GaussianCity pipeline"),
+    ("class_mean", "per-class mean colour"),
+    ("perfect_sampler", "perfect sampler (the city painted from another palette seed)"),
+)
+DISTRIBUTION_METRICS = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+
+
+def perfect_sampler_renders(train, layouts, views, first_seed: int, city_size_m: float, device) -> list[torch.Tensor]:
+    """Every view rendered from its city painted from another palette seed (same geometry,
+    classes and cameras): what another sample of the data's own generator scores."""
+    out = []
+    for c in range(len(layouts)):
+        scene = procedural_city(
+            first_seed + c,
+            size_m=city_size_m,
+            points_per_m2=4.0,
+            with_image=False,
+            palette_seed=first_seed + c + PALETTE_SEED_OFFSET,
+        )
+        gt = train._point_gaussians(scene, device)
+        out += [render_gaussians(gt, v.camera.to(device)).rgb[0] for v in views if v.city == c]
+    return out
+
+
+def view_features(pipe, train, layout, view, images: list[torch.Tensor], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(per-(instance, class) colour statistics, 8x8 patch statistics) of each image of ``view``
+    (covered pixels only; the instance labels are the layout's, shared by every image)."""
+    pts = _visible(pipe, layout, view.camera, device)
+    size = (layout.num_instances + 1) * NUM_CLASSES
+    label, _ = train.label_image(layout, view.camera.to(device), pts, _instance_class(pts), size)
+    ids = torch.where(view.mask.to(device), label + 1, 0).cpu()
+    return [
+        (instance_color_statistics(x.cpu(), ids), patch_statistics(_masked(x, view)[0].permute(1, 2, 0).cpu(), patch_size=8))
+        for x in images
+    ]
+
+
+def distribution_rows(features: list[list[tuple[torch.Tensor, torch.Tensor]]], cities: list[int]) -> dict:
+    """Per-city distances of each method's features (``features[view][1 + method]``) to the
+    ground truth's (``features[view][0]``), their mean and standard deviation over the cities."""
+    per_city = {k: {m: [] for m in DISTRIBUTION_METRICS} for k, _ in DISTRIBUTION_ROWS}
+    for c in sorted(set(cities)):
+        idx = [i for i, v in enumerate(cities) if v == c]
+        ref_inst = torch.cat([features[i][0][0] for i in idx])
+        ref_patch = torch.cat([features[i][0][1] for i in idx])
+        for j, (key, _) in enumerate(DISTRIBUTION_ROWS):
+            inst = distribution_distances(torch.cat([features[i][1 + j][0] for i in idx]), ref_inst)
+            patch = distribution_distances(torch.cat([features[i][1 + j][1] for i in idx]), ref_patch)
+            for name, value in (
+                ("instance_swd", inst["swd"]),
+                ("instance_mmd", inst["mmd"]),
+                ("patch_swd", patch["swd"]),
+                ("patch_mmd", patch["mmd"]),
+            ):
+                per_city[key][name].append(value)
+    return {
+        key: {
+            **{m: float(np.mean(v)) for m, v in metrics.items()},
+            **{f"{m}_std": float(np.std(v)) for m, v in metrics.items()},
+            "per_city": metrics,
+        }
+        for key, metrics in per_city.items()
+    }
+
+
 def chunked_psnr(pipe, layouts, views, chunk: int, device) -> list[float]:
     """PSNR of every view rendered with each city's views decoded together, ``chunk`` at a time
     (``GaussianCityPipeline.decode_visible``), the sampled style codes of the standard rows."""
@@ -308,14 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceilings:
         ceilings = Ceilings(train, device)
         ceilings.fit(train_layouts, train_materials, train_views)
-    rows, ceiling_rows = [], []
+    rows, ceiling_rows, features, perfect_psnr = [], [], [], []
     with torch.no_grad():
-        for view in views:
+        perfect = perfect_sampler_renders(train, layouts, views, 5000, args.city_size_m, device)
+        for view, other in zip(views, perfect):
             layout = layouts[view.city]
             styles = pipe.sample_styles(layout, torch.Generator().manual_seed(view.city))
             pred = train.render_view(pipe, layout, view.camera, styles, device)
             base = paint_points(pipe, layout, view, means, lambda p: p.classes, device)
             rows.append((masked_psnr(pred, view), masked_psnr(base, view)))
+            perfect_psnr.append(masked_psnr(other, view))
+            features.append(view_features(pipe, train, layout, view, [view.rgb.to(device), pred, base, other], device))
             if ceilings is not None:
                 images = ceilings.predict(layout, materials[view.city], view, means)
                 ceiling_rows.append([masked_psnr(images[k], view) for k, _ in CEILING_ROWS])
@@ -331,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         "psnr_class_mean_baseline": float(arr[:, 1].mean()),
         "gain_db": float(arr[:, 0].mean() - arr[:, 1].mean()),
         "goal_gain>=2dB": bool(arr[:, 0].mean() - arr[:, 1].mean() >= 2.0),
+        "psnr_perfect_sampler": float(np.mean(perfect_psnr)),
         "per_view": rows,
+        "per_view_perfect_sampler": perfect_psnr,
+        "distribution": distribution_rows(features, [v.city for v in views]),
     }
     if chunk_scores:
         summary["decode_chunk"] = {"size": args.decode_chunk_size, "psnr": float(np.mean(chunk_scores)), "per_view": chunk_scores}
@@ -374,6 +458,22 @@ def main(argv: list[str] | None = None) -> int:
             f"scored on its {len(fit_rows)} odd views:\n\n| method | PSNR (dB, masked) | gain over the per-class mean |\n| --- | --- | --- |\n"  # noqa: E501
         )
         table += "\n".join(f"| {label} | {fit[k]:.2f} | {fit[k] - fit['class_mean']:+.2f} |" for k, label in FIT_ROWS)
+    dist = summary["distribution"]
+    psnrs = {"pipeline": summary["psnr_pipeline"], "class_mean": summary["psnr_class_mean_baseline"]}
+    psnrs["perfect_sampler"] = summary["psnr_perfect_sampler"]
+    table += (
+        f"\n\nDistribution fidelity (lower is better; per held-out city, mean +- std over {len(layouts)}): "
+        "sliced Wasserstein (SWD) and kernel MMD^2 of per-(instance, class) colour statistics and of 8x8 patch "
+        "statistics, against the ground truth's\n\n"
+        "| method | PSNR (dB, masked) | instance SWD | instance MMD | patch SWD | patch MMD |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
+    )
+    table += "\n".join(
+        f"| {label} | {psnrs[k]:.2f} | "
+        + " | ".join(f"{dist[k][m]:.3f} +- {dist[k][m + '_std']:.3f}" for m in DISTRIBUTION_METRICS)
+        + " |"
+        for k, label in DISTRIBUTION_ROWS
+    )
     (args.out / "gaussiancity_quality.md").write_text(table + "\n")
     print(table)
     return 0

@@ -29,6 +29,14 @@ def test_quality_quick_with_fitted_styles_and_ceilings(tmp_path):
     for _, label in (*quality.FIT_ROWS, *quality.CEILING_ROWS):
         assert f"| {label} |" in table
     assert "| GaussianCity, a city's views decoded together, 2 at a time |" in table
+    dist = result["distribution"]
+    assert set(dist) == {k for k, _ in quality.DISTRIBUTION_ROWS}
+    for key, label in quality.DISTRIBUTION_ROWS:
+        assert all(math.isfinite(dist[key][m]) for m in quality.DISTRIBUTION_METRICS)
+        assert f"| {label} |" in table
+    # another sample of the generator is closer to the ground truth's colour distribution than a flat mean
+    assert dist["perfect_sampler"]["instance_swd"] < dist["class_mean"]["instance_swd"]
+    assert len(result["per_view_perfect_sampler"]) == 2
 
 
 def test_speed_quick_in_chunks_decodes_each_point_once_per_chunk(tmp_path):

@@ -90,6 +90,7 @@ def test_crop_of_scene_keeps_points_inside(scenes):
         ({"points_per_m2": 1e6}, "16x16 px at 1 m/px: estimated peak memory [0-9.]+ GB exceeds"),
         ({"max_memory_gb": 1e-6}, "exceeds max_memory_gb"),
         ({"max_memory_gb": float("nan")}, "max_memory_gb must be a finite number"),
+        ({"palette_seed": 1.5}, "palette_seed must be an integer"),
     ],
 )
 def test_bad_input(kw, match):
@@ -105,6 +106,19 @@ def test_max_building_height_caps_every_building():
     assert (free.height - free.ground).max() > 80
     assert (capped.height - capped.ground).max() <= 40 + 3  # rooftop units stand on the capped roofs
     np.testing.assert_array_equal(capped.semantic, free.semantic)
+
+
+def test_palette_seed_repaints_the_same_city(scenes):
+    city = scenes[1]
+    repainted = procedural_city(1, 96, points_per_m2=1.5, palette_seed=11)
+    for name in ("height", "semantic", "instance", "points", "normals", "point_classes"):
+        np.testing.assert_array_equal(getattr(repainted, name), getattr(city, name), err_msg=name)
+    roofs = city.point_classes == ROOF
+    assert np.abs(repainted.colors[roofs] - city.colors[roofs]).mean() > 0.05
+    assert np.abs(repainted.image - city.image).mean() > 0.01
+    assert repainted.metadata["palette_seed"] == 11
+    again = procedural_city(1, 96, points_per_m2=1.5, palette_seed=11)
+    np.testing.assert_array_equal(again.colors, repainted.colors)
 
 
 def test_noisy_height_map_statistics(scenes):

@@ -26,3 +26,43 @@ def as_points(name: str, x, *, dtype: torch.dtype = torch.float64, allow_batch: 
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf coordinates")
     return x
+
+
+def as_features(name: str, x, *, min_rows: int = 1) -> torch.Tensor:
+    """A finite float64 ``[N, D]`` tensor with at least ``min_rows`` rows (a sample set of feature vectors)."""
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [N, D] with D >= 1, got {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} samples, got {x.shape[0]}")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def as_images(name: str, x) -> torch.Tensor:
+    """``[H, W]``, ``[H, W, C]`` or ``[B, H, W, C]`` -> float64 ``[B, C, H, W]``."""
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"{name} must be a numeric image, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+    elif x.ndim == 3:
+        x = x[None]
+    elif x.ndim != 4:
+        raise ValueError(f"{name} must be [H, W], [H, W, C] or [B, H, W, C], got shape {tuple(x.shape)}")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x.permute(0, 3, 1, 2)

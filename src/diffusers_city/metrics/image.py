@@ -5,35 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ._common import as_images
 
 __all__ = ["psnr", "ssim"]
 
 
-def _as_images(name: str, x) -> torch.Tensor:
-    """``[H, W]``, ``[H, W, C]`` or ``[B, H, W, C]`` -> float64 ``[B, C, H, W]``."""
-    if isinstance(x, np.ndarray):
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{name} must be a numeric image, got dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    if x.ndim == 2:
-        x = x[None, :, :, None]
-    elif x.ndim == 3:
-        x = x[None]
-    elif x.ndim != 4:
-        raise ValueError(f"{name} must be [H, W], [H, W, C] or [B, H, W, C], got shape {tuple(x.shape)}")
-    x = x.to(torch.float64)
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return x.permute(0, 3, 1, 2)
-
-
 def _pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
-    p, t = _as_images("pred", pred), _as_images("target", target)
+    p, t = as_images("pred", pred), as_images("target", target)
     if p.shape != t.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(t.shape)} (as [B, C, H, W])")
     return p, t.to(p.device)

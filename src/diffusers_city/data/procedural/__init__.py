@@ -9,12 +9,14 @@ the top surface and on every wall (`surface`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from ...utils.memory import check_memory
 from ..classes import NUM_CLASSES
+from ..noise import hash_u64
 from ..scene import CityScene
 from .layout import MATERIAL_CLASS, Layout, build_layout
 from .style import KIND_NAMES, CityStyle
@@ -72,6 +74,7 @@ def procedural_city(
     with_points: bool = True,
     with_image: bool = True,
     max_memory_gb: float | None = None,
+    palette_seed: int | None = None,
     **style,
 ) -> CityScene:
     """Generate a deterministic procedural city.
@@ -85,6 +88,10 @@ def procedural_city(
         with_points / with_image: skip the point cloud or the aerial image when not needed.
         max_memory_gb: refuse (``MemoryLimitError``, a ``ValueError``, with the estimate) a city
             whose estimated peak memory exceeds this many GB (default: the memory available now).
+        palette_seed: draw every object's palette and texture (roof, facade, window and car
+            colours, district tints) from this seed instead of ``seed``, keeping the geometry,
+            classes, instances, point positions and sun: the same city painted as another sample
+            of the generator (the "perfect sampler" reference of a colour model). None: ``seed``.
         **style: any `CityStyle` field (district size, height scale, densities, terrain...).
 
     Returns:
@@ -116,7 +123,11 @@ def procedural_city(
         hint="make it smaller, coarser or sparser",
     )
 
+    if palette_seed is not None and (isinstance(palette_seed, bool) or not isinstance(palette_seed, (int, np.integer))):
+        raise ValueError(f"palette_seed must be an integer or None, got {palette_seed!r}")
     layout = build_layout(seed, shape, mpp, city_style)
+    if palette_seed is not None:
+        layout = _repaint(layout, int(palette_seed))
     sun = sun_direction(seed, city_style.sun_azimuth_deg, city_style.sun_elevation_deg)
     fields: dict = {}
     if with_points:
@@ -133,6 +144,8 @@ def procedural_city(
         "points_per_m2": float(points_per_m2),
         "style": city_style.to_json(),
     }
+    if palette_seed is not None:
+        metadata["palette_seed"] = int(palette_seed)
     return CityScene(
         height=layout.height,
         semantic=semantic,
@@ -142,6 +155,13 @@ def procedural_city(
         metadata=metadata,
         **fields,
     )
+
+
+def _repaint(layout: Layout, palette_seed: int) -> Layout:
+    """``layout`` with the object keys and the seed the colours are drawn from replaced (the
+    rasters, hence geometry and classes, unchanged)."""
+    key = hash_u64(layout.key, palette_seed & 0xFFFFFFFF, 0x9A1E77E)
+    return dataclasses.replace(layout, key=key, seed=int(hash_u64(layout.seed, palette_seed & 0xFFFFFFFF) >> np.uint64(33)))
 
 
 def _points(layout: Layout, seed: int, mpp: float, ppm2: float, style: CityStyle, sun: np.ndarray, origin: np.ndarray) -> dict:
