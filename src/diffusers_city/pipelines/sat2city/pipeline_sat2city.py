@@ -28,6 +28,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ...data.labels import BUILDING_HEIGHT_M, classes_from_terrain, terrain_estimate
 from ...data.noise import height_from_gray
 from ...data.readers import fill_holes, read_height_input
 from ...data.scene import CityScene
@@ -586,7 +587,9 @@ class Sat2CityPipeline(DiffusionPipeline):
         overlapping by about ``overlap`` of a tile and conditioned on their finished neighbours in
         every stage (``inpaint=False``: each on its own). ``height_map`` as in ``__call__`` (gray
         maps need ``meters_per_pixel``); ``fill_nodata`` fills NaN holes from the nearest valid
-        pixel (and says so) instead of refusing them; the other arguments as in ``__call__``."""
+        pixel (and says so) instead of refusing them; the other arguments as in ``__call__``.
+        Sat2City makes no classes: the points are classed ground or building (roof / facade by
+        their normals) by their height above a morphological terrain estimate of the input map."""
         guidance, temperature, _ = self.check_inputs(
             num_inference_steps, "points", guidance_scale, temperature, max_memory_gb, None
         )
@@ -606,6 +609,7 @@ class Sat2CityPipeline(DiffusionPipeline):
             vae.grid_size[0] * vae.voxel_size, vae.voxel_size * self.dense_vae.downsample_factor, mpp, overlap
         )
         area = CityScene(hmap.height, np.zeros(hmap.height.shape, np.uint8), mpp, hmap.origin, crs=hmap.crs)
+        terrain = terrain_estimate(hmap.height, mpp)
 
         def call_tile(scene: CityScene, tile: TileLatents, generator: torch.Generator) -> Sat2CityPipelineOutput:
             return self(
@@ -633,6 +637,8 @@ class Sat2CityPipeline(DiffusionPipeline):
             tile_bytes=self.estimate_memory_bytes(self.grid_for((tile_px, tile_px), mpp), tile_px * tile_px),
             max_memory_gb=max_memory_gb,
             device=self._execution_device,
+            classify=lambda points, normals: classes_from_terrain(points, terrain, mpp, hmap.origin, normals),
+            classes_from=f"ground / building (> {BUILDING_HEIGHT_M:g} m) by height above the input map's terrain estimate",
             callback_on_tile_end=callback_on_tile_end,
         )
 
