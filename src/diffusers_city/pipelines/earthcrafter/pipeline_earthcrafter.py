@@ -589,7 +589,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
     ) -> AreaOutput:
         """Generate a semantic map of any size (``[H, W]`` class ids at the model's voxel size, or
         a ``CityScene`` at that resolution, whose georeference the outputs take), tile by tile,
-        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point and splat PLY,
+        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point PLY, GLB and splat PLY,
         ``index.json``, resumable, split over the processes of ``accelerate launch``). Tiles are
         this model's L x L, overlapping by about ``overlap`` of a tile (whole occupancy cells) and
         conditioned on their finished neighbours in every stage (``inpaint=False``: each on its own).
