@@ -245,6 +245,9 @@ def test_errors_are_sorted_by_kind(tmp_path):
     for error, code in cases:
         assert classify(error)[0] == code, (error, classify(error))
     assert "DIFFUSERS_CITY_TRACEBACK" in classify(RuntimeError("a bug"))[1]
+    error = KeyboardInterrupt()
+    error.add_note("(tile tile_0001_0000 failed)")  # an area run names the tile it stopped on
+    assert classify(error) == (ExitCode.INTERRUPTED, "interrupted (tile tile_0001_0000 failed)")
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ every stage on finished neighbours, the resumable folder, refusals before any wo
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from test_sat2city_pipeline import keep_everything
 from training_helpers import launch_two_processes
 
 from diffusers_city import Sat2CityPipeline
-from diffusers_city.data import procedural_city
-from diffusers_city.data.readers import read_ply
+from diffusers_city.data import FACADE, GROUND, ROOF, procedural_city
+from diffusers_city.data.labels import classes_from_terrain, terrain_estimate
+from diffusers_city.data.readers import city_to_asprs, read_ply
+from diffusers_city.pipelines.tiled_area import merge_area
 from diffusers_city.pipelines.tiling import plan_tiles, tile_pixels
 from diffusers_city.utils.memory import MemoryLimitError
 
@@ -116,9 +119,11 @@ def test_sat2city_area_resumes_after_a_failed_tile(full_run, sat2city, area, tmp
             raise RuntimeError("injected failure")
 
     folder = tmp_path / "city"
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(RuntimeError, match="injected") as failed:
         sat2city.generate_area(area, folder, num_inference_steps=STEPS, seed=3, callback_on_tile_end=fail_after_two)
     assert len(list((folder / "tiles").glob("*.json"))) == 2 and not (folder / "index.json").exists()
+    note = " ".join(failed.value.__notes__)  # the run says which tile failed and what is kept
+    assert "tile tile_0000_0001, row 0 column 1, failed; 2 of 4 tiles are finished" in note and "resumes" in note
     ran = []
     sat2city.generate_area(area, folder, num_inference_steps=STEPS, seed=3, callback_on_tile_end=lambda t, r: ran.append(t.name))
     assert ran == ["tile_0001_0000", "tile_0001_0001"]  # the two finished tiles were not made again
@@ -126,6 +131,77 @@ def test_sat2city_area_resumes_after_a_failed_tile(full_run, sat2city, area, tmp
     assert resumed.keys() == fresh.keys()
     for name, points in fresh.items():
         np.testing.assert_allclose(resumed[name], points, atol=1e-4)
+
+
+def glb_vertices(folder, record, origin) -> np.ndarray:
+    """World vertices of a tile's GLB: stored relative to the area origin (its ``.geo.json``
+    records that offset, written when the offset or the CRS is not empty)."""
+    import trimesh
+
+    path = folder / "tiles" / record["files"]["glb"]
+    side = path.with_name(path.name + ".geo.json")
+    offset = json.loads(side.read_text())["offset"] if side.is_file() else [0.0, 0.0, 0.0]
+    assert offset == origin
+    return trimesh.load(path, force="mesh").vertices + np.asarray(offset)
+
+
+def test_area_tiles_have_glb_meshes_and_classes_that_reach_the_merged_las(full_run, sat2city, area, tmp_path):
+    import laspy
+
+    folder = shutil.copytree(full_run.folder, tmp_path / "city")
+    index = json.loads((folder / "index.json").read_text())
+    assert "height above" in index["classes_from"]
+    v = sat2city.dense_vae.config.voxel_size
+    terrain = terrain_estimate(area.height, area.meters_per_pixel)
+    tiles = [t for t in index["tiles"] if "ply" in t["files"]]
+    assert len(tiles) == 4 and all(t["files"]["glb"] == f"{t['name']}.glb" for t in tiles)
+    labelled = []
+    for record in tiles:
+        cloud = read_ply(folder / "tiles" / record["files"]["ply"])
+        verts = glb_vertices(folder, record, index["origin"])
+        xmin, ymin, xmax, ymax = record["bounds"]  # the mesh closes half a voxel beyond the points' centres
+        assert verts[:, 0].min() >= xmin - v and verts[:, 0].max() <= xmax + v
+        assert verts[:, 1].min() >= ymin - v and verts[:, 1].max() <= ymax + v
+        assert abs(verts[:, 2].max() - cloud.points[:, 2].max()) <= v
+        expected = classes_from_terrain(cloud.points, terrain, area.meters_per_pixel, area.origin, cloud.normals)
+        np.testing.assert_array_equal(cloud.classes, expected)
+        labelled.append(cloud.classes)
+    labelled = np.concatenate(labelled)
+    assert set(np.unique(labelled)) <= {GROUND, ROOF, FACADE} and (labelled == GROUND).any() and (labelled != GROUND).any()
+    merge_area(folder, ["las", "ply"])
+    las = laspy.read(folder / "area.las")
+    np.testing.assert_array_equal(np.asarray(las.city_class), labelled)  # tiles in index order
+    np.testing.assert_array_equal(np.asarray(las.classification), city_to_asprs(labelled))
+    assert set(np.unique(las.classification)) <= {2, 6}  # ASPRS ground, building
+    np.testing.assert_array_equal(read_ply(folder / "area.ply").classes, labelled)
+
+
+def test_point_classes_from_terrain_and_semantic_map():
+    from diffusers_city.data import VEGETATION
+    from diffusers_city.data.labels import classes_from_semantic
+
+    origin = (10.0, 20.0, 100.0)
+    terrain = np.zeros((2, 3), np.float32)
+    terrain[:, 2] = 5.0  # a slope: 5 m up in the last column
+    points = np.array([[10.5, 20.5, 101.0], [11.5, 20.5, 110.0], [11.5, 21.5, 106.0], [12.5, 20.5, 106.0], [30.0, 20.5, 109.0]])
+    normals = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1], [0.6, 0, 0.8]])
+    classes = classes_from_terrain(points, terrain, 1.0, origin, normals)
+    # on the ground; a roof; a wall; 1 m above the raised terrain is ground; beyond the map: its edge column
+    np.testing.assert_array_equal(classes, [GROUND, ROOF, FACADE, GROUND, ROOF])
+    semantic = np.array([[VEGETATION, ROOF, GROUND], [VEGETATION, ROOF, GROUND]], np.uint8)
+    column = np.array([[11.5, 20.5, 112.0], [11.4, 20.6, 111.6], [11.5, 20.4, 108.0], [10.2, 21.9, 115.0], [12.9, 21.0, 100.0]])
+    np.testing.assert_array_equal(classes_from_semantic(column, semantic, 1.0, origin), [ROOF, ROOF, FACADE, VEGETATION, GROUND])
+    with pytest.raises(ValueError, match="outside the class table"):
+        classes_from_semantic(column, semantic + 40, 1.0, origin)
+
+
+def test_merged_las_chunks_without_classes_are_refused(tmp_path):
+    from diffusers_city.export.las import write_las_chunks
+
+    chunks = [(np.zeros((2, 3)), None, np.array([GROUND, ROOF])), (np.ones((1, 3)), None, None)]
+    with pytest.raises(ValueError, match="a chunk has no class ids"):
+        write_las_chunks(tmp_path / "a.las", iter(chunks), (0.0, 0.0, 0.0), classes=True)
+    assert not (tmp_path / "a.las").exists()
 
 
 def test_area_folder_of_another_run_is_refused(full_run, sat2city, area, tmp_path):
@@ -161,10 +237,24 @@ def test_earthcrafter_area_tiles_agree_with_finished_neighbours(tmp_path):
     out = pipe.generate_area(semantic, tmp_path / "area", num_inference_steps=STEPS, seed=1, origin=(1000.0, 2000.0, 50.0))
     index = json.loads(out.index.read_text())
     assert index["grid"] == [2, 2] and index["bounds"] == [1000.0, 2000.0, 1096.0, 2096.0]
-    assert all({"ply", "splat"} <= t["files"].keys() for t in index["tiles"])
+    assert all({"ply", "glb", "splat"} <= t["files"].keys() for t in index["tiles"])
     for stage in ("occupancy", "structure", "texture"):
         a, b = shared_cells(out.folder, "tile_0000_0000", "tile_0000_0001", stage)
         assert len(a) > 0 and torch.allclose(a, b, atol=1e-6), stage
+    # every point of the merged LAS has the class of the semantic map under it (roof pixels: roof / facade)
+    import laspy
+
+    assert "semantic map" in index["classes_from"]
+    merge_area(out.folder, ["laz"])
+    las = laspy.read(out.folder / "area.laz")
+    xy = (np.stack([las.x, las.y], 1) - [1000.0, 2000.0]) / pipe.voxel_size
+    clear = (np.abs(xy - np.round(xy)) > 1e-2).all(1)  # not on a pixel border (millimetre coordinates)
+    under = semantic[np.floor(xy[clear, 1]).astype(int), np.floor(xy[clear, 0]).astype(int)]
+    got = np.asarray(las.city_class)[clear].astype(int)
+    assert clear.mean() > 0.9 and len(np.unique(under)) > 4
+    np.testing.assert_array_equal(np.where(under == ROOF, -1, got), np.where(under == ROOF, -1, under))
+    assert set(np.unique(got[under == ROOF])) <= {ROOF, FACADE}
+    np.testing.assert_array_equal(np.asarray(las.classification), city_to_asprs(np.asarray(las.city_class)))
 
 
 def write_geotiff(path, height: np.ndarray, mpp: float, west: float, north: float, crs: str = "EPSG:32633"):
@@ -203,6 +293,10 @@ def test_cli_area_of_a_geotiff_on_two_processes_equals_one(sat2city, area, tmp_p
         np.testing.assert_allclose(two[name], points, atol=1e-4)
     index = json.loads((tmp_path / "two" / "index.json").read_text())
     assert index["crs"] == "EPSG:32633" and index["bounds"] == [500_000.0, 5_000_000.0, 500_160.0, 5_000_160.0]
+    for record in index["tiles"]:  # GLB tiles: vertices relative to the origin, the CRS beside them
+        verts = glb_vertices(tmp_path / "two", record, index["origin"])
+        side = json.loads((tmp_path / "two" / "tiles" / f"{record['name']}.glb.geo.json").read_text())
+        assert side["crs"] == "EPSG:32633" and verts[:, 0].min() > record["bounds"][0] - 3
     everything = np.concatenate(list(two.values()))
     assert everything[:, 0].min() >= 500_000 and everything[:, 1].max() < 5_000_160 and everything[:, 2].min() > 100
     las = read_las(tmp_path / "two" / "area.las")
@@ -220,6 +314,7 @@ def test_cli_earthcrafter_area_from_a_semantic_map(tmp_path, capsys):
     np.save(tmp_path / "semantic.npy", np.random.default_rng(2).integers(0, 8, (24, 24)).astype(np.uint8))
     argv = ["generate", "earthcrafter", "--semantic-map", str(tmp_path / "semantic.npy"), "--pretrained", str(tmp_path / "model")]
     assert main([*argv, "--steps", "1", "--out", str(tmp_path / "area"), "--merge", "ply"]) == 0
+    assert "frame: local metres (the input had no georeference)" in capsys.readouterr().out
     index = json.loads((tmp_path / "area" / "index.json").read_text())
     assert index["grid"] == [2, 2] and index["merged"] == {"ply": "area.ply"}
     assert len(read_ply(tmp_path / "area" / "area.ply").points) == sum(t["points"] for t in index["tiles"])

@@ -5,6 +5,7 @@ on every process of ``accelerate launch``, then merged into the ``--merge`` form
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def run_area(args: argparse.Namespace, generate: Callable) -> int:
         merged = merge_area(output.folder, args.merge, args.max_memory_gb) if args.merge else []
         points = sum(t["points"] for t in output.tiles)
         print(f"wrote {len(output.tiles)} tiles ({points} points) under {output.folder / 'tiles'}, index {output.index}")
+        index = json.loads(output.index.read_text())
+        crs = index["crs"]  # a short code as it is, a WKT only in index.json
+        print(f"frame: {index['frame']}" + (f" ({crs})" if crs and len(crs) <= 40 else ""))
         for path in merged:
             print(f"wrote {path}")
     state.wait_for_everyone()

@@ -95,9 +95,10 @@ def classify(error: BaseException) -> tuple[ExitCode, str]:
     """The exit status and the one-line message for an error that ended a subcommand."""
     from ..utils.memory import MemoryLimitError  # here, not at the top: --help imports no torch
 
-    message = str(error) or type(error).__name__
+    notes = "".join(f" {note}" for note in getattr(error, "__notes__", ()))  # e.g. the tile an area run failed on
+    message = (str(error) or type(error).__name__) + notes
     if isinstance(error, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED, "interrupted"
+        return ExitCode.INTERRUPTED, "interrupted" + notes
     if isinstance(error, (MemoryLimitError, MemoryError)) or type(error).__name__ == "OutOfMemoryError":
         text = message if isinstance(error, MemoryLimitError) else f"out of memory ({type(error).__name__}: {message})"
         return ExitCode.OUT_OF_MEMORY, text

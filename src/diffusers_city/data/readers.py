@@ -28,6 +28,7 @@ from scipy import ndimage
 from ..utils.errors import CorruptFileError
 from ..utils.memory import check_memory
 from .classes import CLASS_IDS, CLASSES, CONSTRUCTION, FACADE, GROUND, ROAD, ROOF, VEGETATION, VEHICLE, WATER, check_class_ids
+from .labels import BUILDING_HEIGHT_M, roof_or_facade, terrain_estimate
 from .scene import CityScene, read_npy
 
 __all__ = [
@@ -159,16 +160,7 @@ def asprs_to_city(asprs: np.ndarray, points: np.ndarray, normals: np.ndarray | N
     out = lut[np.clip(asprs, 0, 255)]
     building = asprs == 6
     if building.any():
-        if normals is not None:
-            roof = np.abs(normals[building, 2]) >= 0.5
-        else:
-            pb = points[building]
-            keys = np.floor(pb[:, :2] / cell).astype(np.int64)
-            _, inverse = np.unique(keys, axis=0, return_inverse=True)
-            inverse = inverse.reshape(-1)
-            top = np.full(inverse.max() + 1, -np.inf)
-            np.maximum.at(top, inverse, pb[:, 2])
-            roof = pb[:, 2] >= top[inverse] - 0.5
+        roof = roof_or_facade(points[building], None if normals is None else normals[building], cell)
         out[building] = np.where(roof, ROOF, FACADE)
     return out
 
@@ -753,16 +745,6 @@ def read_aerial_image(path: str | os.PathLike) -> np.ndarray:
 # ---------------------------------------------------------------------------- scenes
 
 
-def _ground_estimate(height: np.ndarray, mpp: float, window_m: float = 40.0) -> np.ndarray:
-    """Terrain under a DSM: a grey opening wider than buildings, smoothed (rows of a
-    morphological DTM filter)."""
-    cells = min(window_m / mpp, 2 * max(height.shape) + 1)  # a window wider than the raster changes nothing
-    size = max(3, int(round(cells)) | 1)
-    ground = ndimage.grey_opening(height, size=(size, size), mode="nearest")
-    ground = ndimage.uniform_filter(ground, size=size, mode="nearest")
-    return np.minimum(ground, height)
-
-
 def _ground_raster(points: np.ndarray, classes: np.ndarray, mpp: float, origin, top: np.ndarray) -> np.ndarray:
     """Terrain raster (relative to ``origin[2]``): the lowest ground / road / water point of each
     cell, holes filled from the nearest such cell and smoothed; without such points the
@@ -770,7 +752,7 @@ def _ground_raster(points: np.ndarray, classes: np.ndarray, mpp: float, origin, 
     h, w = top.shape
     groundish = np.isin(classes, (GROUND, ROAD, WATER))
     if not groundish.any():
-        return _ground_estimate(top, mpp)
+        return terrain_estimate(top, mpp)
     g = points[groundish]
     col = np.clip(np.floor((g[:, 0] - origin[0]) / mpp).astype(np.int64), 0, w - 1)
     row = np.clip(np.floor((g[:, 1] - origin[1]) / mpp).astype(np.int64), 0, h - 1)
@@ -899,13 +881,13 @@ def _dsm_scene(
     morphological terrain, ``semantic`` or roof / vegetation / ground labels."""
     oz = float(np.floor(hm.height.min()))
     height = hm.height - np.float32(oz)
-    ground = _ground_estimate(height, hm.meters_per_pixel)
+    ground = terrain_estimate(height, hm.meters_per_pixel)
     if semantic is not None:
         if semantic.shape != height.shape:
             raise ValueError(f"semantic map shape {semantic.shape} does not match the height map {height.shape}")
         sem = semantic
     else:
-        sem = np.where(height - ground > 2.5, ROOF, GROUND).astype(np.uint8)
+        sem = np.where(height - ground > BUILDING_HEIGHT_M, ROOF, GROUND).astype(np.uint8)
         if image is not None:
             k = image.shape[0] // height.shape[0]
             if k < 1 or image.shape[:2] != (k * height.shape[0], k * height.shape[1]):

@@ -64,28 +64,33 @@ def write_las(
 
 def write_las_chunks(
     path: str | os.PathLike,
-    chunks: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    chunks: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
     lowest: Sequence[float],
     *,
+    classes: bool = False,
     crs: str | None = None,
     resolution_m: float = 0.001,
 ) -> Path:
-    """Write ``(points, colors)`` chunks (world metres, colours 0..1) as one ``.las`` / ``.laz``,
-    one chunk in memory at a time (areas larger than memory); ``lowest``: a corner no point lies
-    below (the integer offsets). Same layout as :func:`write_las`, without classes."""
+    """Write ``(points, colors, classes)`` chunks (world metres, colours 0..1, class ids or
+    ``None``) as one ``.las`` / ``.laz``, one chunk in memory at a time (areas larger than memory);
+    ``lowest``: a corner no point lies below (the integer offsets). Same layout as :func:`write_las`;
+    ``classes=True`` writes the classification (every chunk then has class ids)."""
     import laspy
 
     path = check_destination(path)
     if path.suffix.lower() not in (".las", ".laz"):
         raise ValueError(f"LAS export needs a .las or .laz path, got {path.name}")
     wkt = crs_to_wkt(crs)
-    header = _header(np.asarray(lowest, dtype=np.float64), False, wkt, 1.0, resolution_m)
+    header = _header(np.asarray(lowest, dtype=np.float64), classes, wkt, 1.0, resolution_m)
     with atomic_write(path) as tmp:
         with laspy.open(str(tmp), mode="w", header=header) as writer:
-            for points, colors in chunks:
+            for points, colors, ids in chunks:
                 pts = check_points(points)
+                if classes and ids is None:
+                    raise ValueError("write_las_chunks(classes=True): a chunk has no class ids")
                 record = laspy.ScaleAwarePointRecord.zeros(len(pts), header=header)
-                _fill(record, pts, check_attribute(colors, len(pts), "colors", 3, unit=True), None)
+                cols = check_attribute(colors, len(pts), "colors", 3, unit=True)
+                _fill(record, pts, cols, check_classes(ids, len(pts)) if classes else None)
                 writer.write_points(record)
     if crs is not None and wkt is None:
         write_georef_sidecar(path, crs=crs, offset=(0.0, 0.0, 0.0))

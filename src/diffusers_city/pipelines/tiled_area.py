@@ -4,13 +4,17 @@ The folder (``index.json`` describes it, a user opens it):
 
 - ``run.json``: the run's manifest (pipeline, hash of the inputs, settings); a folder holding
   another run is refused, the same run resumes;
-- ``tiles/<tile>.ply`` (points, colours, normals, world coordinates with the PLY georeference
-  comments), ``tiles/<tile>.splat.ply`` (3DGS layout, pipelines that make Gaussians), each cut to
-  the part of the area the tile owns, so the tiles partition the area; ``tiles/<tile>.latents.safetensors``
+- ``tiles/<tile>.ply`` (points, colours, normals, class ids when the pipeline classifies them,
+  world coordinates with the PLY georeference comments), ``tiles/<tile>.glb`` (a mesh of the
+  points' voxels, filled down to the tile's lowest voxel, z up, vertices relative to the index's
+  ``origin``, recorded with the CRS in ``<tile>.glb.geo.json``), ``tiles/<tile>.splat.ply`` (3DGS
+  layout, pipelines that make Gaussians), each cut to the part of the area the tile owns, so the
+  tiles partition the area; ``tiles/<tile>.latents.safetensors``
   (what overlapping tiles are conditioned on) and ``tiles/<tile>.json`` (its record, written last:
   a tile is done when it exists);
 - ``index.json``: every tile's file names, owned bounds and point count, the CRS (or the note
-  that the frame is local) and the merged outputs asked for (`merge`).
+  that the frame is local), where the points' classes come from (``classes_from``, ``null``
+  when unclassified) and the merged outputs asked for (`merge`; LAS / LAZ carry the classes).
 
 Memory is one tile's plus the input raster, whatever the area; tiles of one wave are split
 between the processes of ``accelerate launch`` (``PartialState.split_between_processes``); the
@@ -36,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data.scene import CityScene
 from ..export.atomic import atomic_write, write_text_atomic
+from ..export.mesh import mesh_from_points, write_mesh
 from ..export.ply import write_point_ply
 from ..export.splat import write_gaussian_ply
 from ..utils.memory import check_memory
@@ -149,7 +154,7 @@ def _known(folder: Path, plan: TilePlan, tile: Tile) -> dict[str, tuple[torch.Te
     return {s: (torch.cat([c for c, _ in p]), torch.cat([v for _, v in p])) for s, p in parts.items()}
 
 
-def _write_tile(folder: Path, scene: CityScene, tile: Tile, output: Any, latents: TileLatents) -> dict:
+def _write_tile(folder: Path, scene: CityScene, tile: Tile, output: Any, latents: TileLatents, classify: Callable | None) -> dict:
     """The tile's files, cut to its owned bounds; the record last."""
     bounds = _owned_bounds(scene, tile)
     tiles = folder / "tiles"
@@ -158,14 +163,14 @@ def _write_tile(folder: Path, scene: CityScene, tile: Tile, output: Any, latents
     keep = _inside(points, bounds)
     normals = getattr(output, "normals", None)
     if keep.any():  # an empty tile (open ground the model left bare) has no files
+        points, colors = points[keep], np.asarray(output.colors)[keep].clip(0, 1)
+        normals = None if normals is None else np.asarray(normals)[keep]
+        classes = None if classify is None else classify(points, normals)
         files["ply"] = write_point_ply(
-            tiles / f"{tile.name}.ply",
-            points[keep],
-            np.asarray(output.colors)[keep].clip(0, 1),
-            None if normals is None else np.asarray(normals)[keep],
-            crs=scene.crs,
-            offset=scene.origin,
+            tiles / f"{tile.name}.ply", points, colors, normals, classes, crs=scene.crs, offset=scene.origin
         ).name
+        mesh = mesh_from_points(points, colors, float(output.voxel_size))
+        files["glb"] = write_mesh(tiles / f"{tile.name}.glb", mesh, crs=scene.crs, offset=scene.origin).name
     gaussians = getattr(output, "gaussians", None)
     inside = None if gaussians is None else torch.from_numpy(_inside(gaussians.means.double().numpy(), bounds))
     if inside is not None and bool(inside.any()):
@@ -233,6 +238,8 @@ def generate_area(
     tile_bytes: int = 0,
     max_memory_gb: float | None = None,
     device: Any = None,
+    classify: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None,
+    classes_from: str | None = None,
     callback_on_tile_end: Callable[[Tile, dict], None] | None = None,
 ) -> AreaOutput:
     """Generate ``scene`` tile by tile into ``folder`` (see the module docstring).
@@ -241,12 +248,16 @@ def generate_area(
     (returns its output: ``points``, ``colors``, optional ``normals`` / ``gaussians``, world
     coordinates). ``manifest``: the run's settings (the pipeline adds its own); ``anchor_z``: the
     area latent frame's base height (relative to ``scene.origin[2]``); ``inpaint=False`` makes
-    every tile on its own (the seam baseline). ``callback_on_tile_end(tile, record)`` runs after
-    each finished tile. Runs on every process of ``accelerate launch``; returns on all of them.
+    every tile on its own (the seam baseline). ``classify(points, normals)``: class ids of a tile's
+    points (world metres), ``classes_from`` saying where they come from (both or neither).
+    ``callback_on_tile_end(tile, record)`` runs after each finished tile. Runs on every process
+    of ``accelerate launch``; returns on all of them.
     """
     from accelerate import PartialState
 
     folder = Path(folder)
+    if (classify is None) != (classes_from is None):
+        raise ValueError("classify and classes_from go together (the index says where the classes come from)")
     plan = plan_tiles(scene.shape, tile_px, overlap_px, align_px)
     manifest = {
         "format": RUN_FORMAT,
@@ -275,18 +286,26 @@ def generate_area(
             bar.refresh()
             with state.split_between_processes(todo) as mine:
                 for tile in mine:
-                    latents = TileLatents(anchor, _known(folder, plan, tile), inpaint=inpaint)
-                    generator = torch.Generator("cpu").manual_seed(tile.seed(seed))
-                    output = call_tile(tile_scene(scene, tile), latents, generator)
-                    record = _write_tile(folder, scene, tile, output, latents)
-                    if callback_on_tile_end is not None:
-                        callback_on_tile_end(tile, record)
+                    try:
+                        latents = TileLatents(anchor, _known(folder, plan, tile), inpaint=inpaint)
+                        generator = torch.Generator("cpu").manual_seed(tile.seed(seed))
+                        output = call_tile(tile_scene(scene, tile), latents, generator)
+                        record = _write_tile(folder, scene, tile, output, latents, classify)
+                        if callback_on_tile_end is not None:
+                            callback_on_tile_end(tile, record)
+                    except (Exception, KeyboardInterrupt) as error:
+                        finished = sum(_done(folder, t) is not None for t in tiles)
+                        error.add_note(
+                            f"(tile {tile.name}, row {tile.row} column {tile.col}, failed; {finished} of {len(tiles)} "
+                            f"tiles are finished in {folder}: the same run resumes from them)"
+                        )
+                        raise
                     bar.update()
             state.wait_for_everyone()
     records = [_done(folder, t) for t in tiles]
     index = folder / "index.json"
     if state.is_main_process:
-        write_text_atomic(index, json.dumps(_index(scene, plan, records), indent=1))
+        write_text_atomic(index, json.dumps(_index(scene, plan, records, classes_from), indent=1))
     state.wait_for_everyone()
     return AreaOutput(folder=folder, index=index, tiles=records)
 
@@ -302,8 +321,9 @@ def check_merge_formats(formats: Sequence[str]) -> tuple[str, ...]:
 def merge_area(folder: str | Path, formats: Sequence[str], max_memory_gb: float | None = None) -> list[Path]:
     """Whole-area files of a finished area folder, recorded in its ``index.json``: ``"ply"``
     (``area.ply``: one point cloud in memory, refused with its estimate when it does not fit),
-    ``"las"`` / ``"laz"`` (``area.las`` / ``area.laz``) and ``"3dtiles"`` (``tileset.json`` +
-    ``3dtiles/*.pnts``), the last three streamed tile by tile at any size."""
+    ``"las"`` / ``"laz"`` (``area.las`` / ``area.laz``, classified when the tiles are) and
+    ``"3dtiles"`` (``tileset.json`` + ``3dtiles/*.pnts``), the last three streamed tile by tile
+    at any size."""
     from ..data.readers import read_ply
     from ..export.las import write_las_chunks
     from ..export.tiles3d import write_tileset
@@ -332,14 +352,16 @@ def merge_area(folder: str | Path, formats: Sequence[str], max_memory_gb: float 
             np.concatenate([c.points for c in parts]),
             np.concatenate([c.colors for c in parts]),
             None if any(c.normals is None for c in parts) else np.concatenate([c.normals for c in parts]),
+            None if any(c.classes is None for c in parts) else np.concatenate([c.classes for c in parts]),
             crs=crs,
             offset=index["origin"],
         )
         del parts
     for fmt in ("las", "laz"):
         if fmt in formats:
-            chunks = ((c.points, c.colors) for _, c in clouds())
-            written[fmt] = write_las_chunks(folder / f"area.{fmt}", chunks, (x0, y0, z0), crs=crs)
+            chunks = ((c.points, c.colors, c.classes) for _, c in clouds())
+            classified = index.get("classes_from") is not None
+            written[fmt] = write_las_chunks(folder / f"area.{fmt}", chunks, (x0, y0, z0), classes=classified, crs=crs)
     if "3dtiles" in formats:
         tiles = ((name, c.points, c.colors) for name, c in clouds())
         written["3dtiles"] = write_tileset(folder, tiles, ((x0 + x1) / 2, (y0 + y1) / 2, z0), crs=crs)
@@ -348,7 +370,7 @@ def merge_area(folder: str | Path, formats: Sequence[str], max_memory_gb: float 
     return list(written.values())
 
 
-def _index(scene: CityScene, plan: TilePlan, records: list[dict]) -> dict:
+def _index(scene: CityScene, plan: TilePlan, records: list[dict], classes_from: str | None) -> dict:
     H, W = scene.shape
     mpp, (ox, oy, oz) = scene.meters_per_pixel, scene.origin
     return {
@@ -363,5 +385,6 @@ def _index(scene: CityScene, plan: TilePlan, records: list[dict]) -> dict:
         "tile_px": plan.tile,
         "overlap_px": plan.overlap,
         "grid": list(plan.grid),
+        "classes_from": classes_from,
         "tiles": records,
     }

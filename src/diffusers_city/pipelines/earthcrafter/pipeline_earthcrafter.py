@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ...data.labels import classes_from_semantic
 from ...data.scene import CityScene
 from ...export.mesh import mesh_from_voxels
 from ...models.earthcrafter import (
@@ -588,10 +589,12 @@ class EarthCrafterPipeline(DiffusionPipeline):
     ) -> AreaOutput:
         """Generate a semantic map of any size (``[H, W]`` class ids at the model's voxel size, or
         a ``CityScene`` at that resolution, whose georeference the outputs take), tile by tile,
-        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point and splat PLY,
+        into the folder ``out_dir`` (`pipelines.tiled_area`: per-tile point PLY, GLB and splat PLY,
         ``index.json``, resumable, split over the processes of ``accelerate launch``). Tiles are
         this model's L x L, overlapping by about ``overlap`` of a tile (whole occupancy cells) and
-        conditioned on their finished neighbours in every stage (``inpaint=False``: each on its own)."""
+        conditioned on their finished neighbours in every stage (``inpaint=False``: each on its own).
+        Every point takes the class of the semantic map under it (roof pixels: roof within a voxel of
+        their column's top, facade below)."""
         check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
         check_number("guidance_scale", guidance_scale, low=1.0)
         memory_limit_gb(max_memory_gb)
@@ -642,6 +645,8 @@ class EarthCrafterPipeline(DiffusionPipeline):
             tile_bytes=self.estimate_memory_bytes(0, 0, 0),
             max_memory_gb=max_memory_gb,
             device=self._execution_device,
+            classify=lambda points, normals: classes_from_semantic(points, area.semantic, area.meters_per_pixel, area.origin),
+            classes_from="the semantic map under each point (roof pixels: roof at their column's top, facade below)",
             callback_on_tile_end=callback_on_tile_end,
         )
 

@@ -13,6 +13,7 @@ Three latent diffusion stages, each conditioned on the previous one (Fig. 6, sup
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ...data.labels import BUILDING_HEIGHT_M, classes_from_terrain, terrain_estimate
 from ...data.noise import height_from_gray
 from ...data.readers import fill_holes, read_height_input
 from ...data.scene import CityScene
@@ -581,12 +583,14 @@ class Sat2CityPipeline(DiffusionPipeline):
         callback_on_tile_end: Callable | None = None,
     ) -> AreaOutput:
         """Generate a height map of any size, tile by tile, into the folder ``out_dir``
-        (`pipelines.tiled_area`: per-tile PLY, ``index.json``, resumable, split over the processes
+        (`pipelines.tiled_area`: per-tile PLY and GLB, ``index.json``, resumable, split over the processes
         of ``accelerate launch``). Tiles are this model's crop (``grid_size`` x ``voxel_size``),
         overlapping by about ``overlap`` of a tile and conditioned on their finished neighbours in
         every stage (``inpaint=False``: each on its own). ``height_map`` as in ``__call__`` (gray
         maps need ``meters_per_pixel``); ``fill_nodata`` fills NaN holes from the nearest valid
-        pixel (and says so) instead of refusing them; the other arguments as in ``__call__``."""
+        pixel (and says so) instead of refusing them; the other arguments as in ``__call__``.
+        Sat2City makes no classes: the points are classed ground or building (roof / facade by
+        their normals) by their height above a morphological terrain estimate of the input map."""
         guidance, temperature, _ = self.check_inputs(
             num_inference_steps, "points", guidance_scale, temperature, max_memory_gb, None
         )
@@ -606,6 +610,7 @@ class Sat2CityPipeline(DiffusionPipeline):
             vae.grid_size[0] * vae.voxel_size, vae.voxel_size * self.dense_vae.downsample_factor, mpp, overlap
         )
         area = CityScene(hmap.height, np.zeros(hmap.height.shape, np.uint8), mpp, hmap.origin, crs=hmap.crs)
+        terrain = functools.cache(lambda: terrain_estimate(hmap.height, mpp))  # at the first tile, after the run's checks
 
         def call_tile(scene: CityScene, tile: TileLatents, generator: torch.Generator) -> Sat2CityPipelineOutput:
             return self(
@@ -633,6 +638,8 @@ class Sat2CityPipeline(DiffusionPipeline):
             tile_bytes=self.estimate_memory_bytes(self.grid_for((tile_px, tile_px), mpp), tile_px * tile_px),
             max_memory_gb=max_memory_gb,
             device=self._execution_device,
+            classify=lambda points, normals: classes_from_terrain(points, terrain(), mpp, hmap.origin, normals),
+            classes_from=f"ground / building (> {BUILDING_HEIGHT_M:g} m) by height above the input map's terrain estimate",
             callback_on_tile_end=callback_on_tile_end,
         )
 
