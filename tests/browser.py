@@ -7,15 +7,21 @@ take screenshots. Uses the Debian ``chromium`` (no browser download) and ``webso
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +173,44 @@ def wait_for_drawing(browser: Browser, min_fraction: float, timeout: float = 40.
 def env_without_display() -> dict[str, str]:
     """The environment for a server under test: no display, so no browser tab opens."""
     return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "BROWSER")}
+
+
+_SERVING = re.compile(r"serving at (http://\S+)")
+
+
+@contextlib.contextmanager
+def served(args: Sequence[str], timeout: float = 120.0) -> Iterator[tuple[str, list[str]]]:
+    """Run ``diffusers-city ARGS --port 0 --no-browser`` (``view`` or ``app``) until it says where it
+    serves; yield ``(url, its output lines, growing)``, then stop it with SIGTERM and check that it
+    exited with status 0. Its output is read all along, so a full pipe never blocks it."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = env_without_display()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (src, env.get("PYTHONPATH"))))
+    command = f"diffusers-city {' '.join(map(str, args))}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diffusers_city.cli", *map(str, args), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: [lines.append(line) for line in process.stdout], daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not (match := _SERVING.search("".join(lines))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                reader.join(5)
+                raise RuntimeError(f"{command} did not start serving (status {process.poll()}):\n{''.join(lines)}")
+            time.sleep(0.1)
+        yield match.group(1), lines
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=30)
+        reader.join(5)
+        if status != 0:
+            raise RuntimeError(f"{command} stopped with status {status}:\n{''.join(lines)}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
