@@ -6,16 +6,22 @@ import numpy as np
 import torch
 
 
-def as_points(name: str, x, *, dtype: torch.dtype = torch.float64, allow_batch: bool = False) -> torch.Tensor:
-    """A finite, non-empty ``[N, 3]`` (or ``[B, N, 3]`` with ``allow_batch``) float tensor."""
+def _real_tensor(name: str, x, what: str = "array") -> torch.Tensor:
+    """``x`` (a numpy array or torch tensor of real numbers) as a torch tensor."""
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+            raise ValueError(f"{name} must be a numeric {what}, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    return x
+
+
+def as_points(name: str, x, *, dtype: torch.dtype = torch.float64, allow_batch: bool = False) -> torch.Tensor:
+    """A finite, non-empty ``[N, 3]`` (or ``[B, N, 3]`` with ``allow_batch``) float tensor."""
+    x = _real_tensor(name, x)
     ndims = (2, 3) if allow_batch else (2,)
     if x.ndim not in ndims or x.shape[-1] != 3:
         shape = "[N, 3] or [B, N, 3]" if allow_batch else "[N, 3]"
@@ -30,14 +36,7 @@ def as_points(name: str, x, *, dtype: torch.dtype = torch.float64, allow_batch: 
 
 def as_features(name: str, x, *, min_rows: int = 1) -> torch.Tensor:
     """A finite float64 ``[N, D]`` tensor with at least ``min_rows`` rows (a sample set of feature vectors)."""
-    if isinstance(x, np.ndarray):
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    x = _real_tensor(name, x)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"{name} must have shape [N, D] with D >= 1, got {tuple(x.shape)}")
     if x.shape[0] < min_rows:
@@ -50,12 +49,7 @@ def as_features(name: str, x, *, min_rows: int = 1) -> torch.Tensor:
 
 def as_images(name: str, x) -> torch.Tensor:
     """``[H, W]``, ``[H, W, C]`` or ``[B, H, W, C]`` -> float64 ``[B, C, H, W]``."""
-    if isinstance(x, np.ndarray):
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{name} must be a numeric image, got dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    x = _real_tensor(name, x, "image")
     if x.ndim == 2:
         x = x[None, :, :, None]
     elif x.ndim == 3:

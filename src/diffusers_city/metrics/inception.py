@@ -48,16 +48,20 @@ def _resolve_weights(weights: str | os.PathLike) -> str:
     return hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:]))
 
 
-class _UInt8Inception(nn.Module):
-    """Float images ``[B, 3, H, W]`` in 0..1 -> uint8 -> torch-fidelity's Inception-v3 features."""
+class _Features(nn.Module):
+    """A feature network with the ``num_features`` torchmetrics reads, outputs flattened; with
+    ``uint8`` the float images in 0..1 are quantised first (torch-fidelity's Inception takes uint8)."""
 
-    def __init__(self, inception: nn.Module, num_features: int):
+    def __init__(self, net: nn.Module, num_features: int, uint8: bool = False):
         super().__init__()
-        self.inception = inception
+        self.net = net
         self.num_features = num_features
+        self.uint8 = uint8
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.inception((images * 255).round().clamp(0, 255).to(torch.uint8)).reshape(len(images), -1)
+        if self.uint8:
+            images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        return self.net(images).reshape(len(images), -1)
 
 
 def inception_feature_extractor(weights: str | os.PathLike, *, feature: int = 2048) -> nn.Module:
@@ -75,19 +79,7 @@ def inception_feature_extractor(weights: str | os.PathLike, *, feature: int = 20
         raise ImportError(
             f"the Inception network needs torch-fidelity and torchvision ({err}): pip install 'diffusers-city[metrics]'"
         ) from err
-    return _UInt8Inception(net, feature)
-
-
-class _Features(nn.Module):
-    """A caller's feature network with the ``num_features`` torchmetrics reads, outputs flattened."""
-
-    def __init__(self, net: nn.Module, num_features: int):
-        super().__init__()
-        self.net = net
-        self.num_features = num_features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).reshape(len(images), -1)
+    return _Features(net, feature, uint8=True)
 
 
 def _prepare(generated, reference, feature_extractor, weights, min_images: int):
