@@ -9,7 +9,18 @@ the noisy height map. Reported:
 - COV / MMD with Chamfer and EMD (10k points, Sat2City's protocol) of the generated voxels and of
   the baseline "extrude the noisy height map into columns" against the ground-truth point clouds;
 - colour L1 at the ground-truth points (colour of the nearest generated voxel) against the
-  baseline of each point's per-class mean colour (class means from training crops).
+  baseline of each point's per-class mean colour (class means from training crops);
+- distribution fidelity: a sampler cannot beat a mean predictor on L1, so the colours of the
+  pipeline, of the per-class mean and of the perfect sampler -- the same crop painted by the
+  procedural generator from another palette seed (``palette_seed_offset`` of the dataset: same
+  geometry, points and condition) -- are scored by the distance of their distribution to the
+  ground truth's, per held-out crop, mean +- std over the crops: per-(building instance, class)
+  colour statistics of the ground-truth points (each coloured by the method: the nearest
+  generated voxel for the pipeline) and 8x8 patch statistics of a nadir colour raster at the
+  voxel size (the topmost ground-truth point of each cell, coloured by the method), compared by
+  sliced Wasserstein and kernel MMD (``diffusers_city.metrics.distribution_distances``,
+  standardised by the ground truth). The perfect sampler's colour L1 is the L1 a correct
+  sampler gets: judge the pipeline's L1 near it, not against the mean's.
 
     PYTHONPATH=src python benchmarks/sat2city_quality.py --model pipelines/sat2city/default --device cuda --out bench/quality
     PYTHONPATH=src python benchmarks/sat2city_quality.py --device cpu --quick --out /tmp/quality
@@ -32,8 +43,15 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from sat2city_common import make_dataset  # noqa: E402
 
+from diffusers_city.data import NUM_CLASSES  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
-from diffusers_city.metrics import coverage_mmd, height_fidelity  # noqa: E402
+from diffusers_city.metrics import (  # noqa: E402
+    coverage_mmd,
+    distribution_distances,
+    height_fidelity,
+    instance_color_statistics,
+    patch_statistics,
+)
 from diffusers_city.pipelines.sat2city import Sat2CityPipeline  # noqa: E402
 from diffusers_city.pipelines.sat2city.cli import add_sampling_arguments  # noqa: E402
 from diffusers_city.presets import bundled_path, load_preset  # noqa: E402
@@ -105,6 +123,78 @@ def block_max(height: np.ndarray, k: int) -> np.ndarray:
     return height[:h, :w].reshape(h // k, k, w // k, k).max(axis=(1, 3))
 
 
+# palette seed of the perfect sampler: each held-out city's seed plus this
+PALETTE_SEED_OFFSET = 1_000_003
+PATCH_SIZE = 8
+
+DISTRIBUTION_ROWS = (
+    ("pipeline", "Sat2City (ours)"),
+    ("class_mean", "per-class mean colour"),
+    ("perfect_sampler", "perfect sampler (the crop painted from another palette seed)"),
+)
+DISTRIBUTION_METRICS = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+
+
+def point_instances(data, index: int, points: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-(building instance, class) id (>= 1) of each ground-truth point of sample ``index``
+    (local frame): the crop's instance raster at the point's cell (0 = no instance)."""
+    _, crop = data.crop(index)
+    h, w = crop.instance.shape
+    cells = np.floor(points[:, :2] / crop.meters_per_pixel).astype(np.int64)
+    instance = crop.instance[np.clip(cells[:, 1], 0, h - 1), np.clip(cells[:, 0], 0, w - 1)]
+    return instance.astype(np.int64) * NUM_CLASSES + classes + 1
+
+
+def nadir_cells(points: np.ndarray, cell_m: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat cell, point index) of the topmost point of each occupied cell of a ``size`` x ``size``
+    nadir raster of ``cell_m`` cells (row = y, column = x)."""
+    ij = np.clip(np.floor(points[:, :2] / cell_m).astype(np.int64), 0, size - 1)
+    flat = ij[:, 1] * size + ij[:, 0]
+    order = np.lexsort((points[:, 2], flat))  # by cell, then height: each cell's last is its top
+    last = np.r_[flat[order][1:] != flat[order][:-1], True]
+    return flat[order][last], order[last]
+
+
+def color_features(colors: np.ndarray, ids: np.ndarray, cells, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-(instance, class) colour statistics, patch statistics of the nadir raster) of the
+    ground-truth points coloured ``colors``."""
+    flat, top = cells
+    raster = np.zeros((size * size, 3), dtype=np.float64)
+    raster[flat] = colors[top]
+    inst = instance_color_statistics(torch.from_numpy(colors.astype(np.float64)), torch.from_numpy(ids))
+    return inst, patch_statistics(torch.from_numpy(raster.reshape(size, size, 3)), patch_size=PATCH_SIZE)
+
+
+def distribution_row(features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """Distances of each method's features to the ground truth's (``features["ground_truth"]``)."""
+    ref_inst, ref_patch = features["ground_truth"]
+    out = {}
+    for key, _ in DISTRIBUTION_ROWS:
+        if key not in features:
+            out[key] = dict.fromkeys(DISTRIBUTION_METRICS, float("nan"))
+            continue
+        inst = distribution_distances(features[key][0], ref_inst)
+        patch = distribution_distances(features[key][1], ref_patch)
+        out[key] = {
+            "instance_swd": inst["swd"],
+            "instance_mmd": inst["mmd"],
+            "patch_swd": patch["swd"],
+            "patch_mmd": patch["mmd"],
+        }
+    return out
+
+
+def distribution_summary(rows: list[dict[str, dict[str, float]]]) -> dict:
+    """Mean and standard deviation over the crops of every method's distances (NaN: no voxels)."""
+    return {
+        key: {
+            **{m: float(np.nanmean([r[key][m] for r in rows])) for m in DISTRIBUTION_METRICS},
+            **{f"{m}_std": float(np.nanstd([r[key][m] for r in rows])) for m in DISTRIBUTION_METRICS},
+        }
+        for key, _ in DISTRIBUTION_ROWS
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +208,8 @@ def main(argv=None) -> int:
     k = max(1, int(round(v / mpp)))
     means = class_means(preset, args.class_mean_scenes)
     data = make_dataset(preset, "validation")
+    repainted = make_dataset(preset, "validation", palette_seed_offset=PALETTE_SEED_OFFSET)
+    raster_size = int(np.ceil(data.crop_size_px * mpp / v))
     generated, baseline, reference, per_scene = [], [], [], []
     for i in range(args.num_scenes):
         s = data[i]
@@ -133,15 +225,20 @@ def main(argv=None) -> int:
             temperature=args.temperature,
         )
         gt_points, gt_colors = s["points"].numpy(), s["colors"].numpy()
+        other = repainted[i]
+        if not torch.equal(other["points"], s["points"]):
+            raise RuntimeError(f"the repainted crop {i} has other points than the ground truth's")
         clean = s["height"][0].numpy()
         row = {"scene": i, "voxels": int(len(out.points))}
+        colorings = {"ground_truth": gt_colors, "perfect_sampler": other["colors"].numpy()}
         if len(out.points) == 0:
             row.update(height_pearson=float("nan"), color_l1=float("nan"))
         else:
             fid = height_fidelity(out.points, block_max(clean, k), mpp * k)
             row["height_pearson"] = fid["pearson"]
             _, nearest = cKDTree(out.points).query(gt_points)
-            row["color_l1"] = float(np.abs(out.colors[nearest] - gt_colors).mean())
+            colorings["pipeline"] = np.asarray(out.colors[nearest], dtype=np.float64)
+            row["color_l1"] = float(np.abs(colorings["pipeline"] - gt_colors).mean())
             generated.append(out.points)
         noisy_m = gray.astype(np.float64) / 255 * span
         baseline.append(extrude_columns(noisy_m, mpp, v))
@@ -151,6 +248,11 @@ def main(argv=None) -> int:
         fallback = np.mean(list(means.values()), axis=0)
         base_colors = np.stack([means.get(int(c), fallback) for c in classes])
         row["color_l1_class_mean"] = float(np.abs(base_colors - gt_colors).mean())
+        row["color_l1_perfect_sampler"] = float(np.abs(colorings["perfect_sampler"] - gt_colors).mean())
+        colorings["class_mean"] = base_colors
+        ids = point_instances(data, i, gt_points, classes)
+        cells = nadir_cells(gt_points, v, raster_size)
+        row["distribution"] = distribution_row({m: color_features(c, ids, cells, raster_size) for m, c in colorings.items()})
         per_scene.append(row)
         print(json.dumps(row))
     metrics = {
@@ -164,6 +266,23 @@ def main(argv=None) -> int:
         "color_l1_class_mean": float(np.mean([r["color_l1_class_mean"] for r in per_scene])),
         "empty_scenes": sum(r["voxels"] == 0 for r in per_scene),
     }
+    l1 = {
+        "pipeline": [r["color_l1"] for r in per_scene],
+        "class_mean": [r["color_l1_class_mean"] for r in per_scene],
+        "perfect_sampler": [r["color_l1_perfect_sampler"] for r in per_scene],
+    }
+    distribution = distribution_summary([r["distribution"] for r in per_scene])
+    for key, values in l1.items():
+        distribution[key].update(color_l1=float(np.nanmean(values)), color_l1_std=float(np.nanstd(values)))
+    distribution["settings"] = {
+        "palette_seed_offset": PALETTE_SEED_OFFSET,
+        "instance_statistics": "colour mean and std per (building instance, class) of the ground-truth points, >= 4 points",
+        "patch_statistics": f"{PATCH_SIZE}x{PATCH_SIZE} patches of a {raster_size}x{raster_size} nadir raster at {v:g} m "
+        "(topmost ground-truth point per cell, empty cells 0)",
+        "distances": "sliced Wasserstein (256 projections, p=2) and unbiased RBF MMD^2 (median bandwidth), "
+        "features standardised by the ground truth's",
+        "pipeline_colours": "nearest generated voxel at each ground-truth point",
+    }
     result = {
         "preset": args.preset,
         "model": str(args.model),
@@ -174,6 +293,7 @@ def main(argv=None) -> int:
         "per_scene": per_scene,
         "coverage_mmd": metrics,
         "summary": summary,
+        "distribution": distribution,
     }
     write_text_atomic(args.out / "sat2city_quality.json", json.dumps(result, indent=2))
     g, b = metrics["generated"], metrics["baseline_extrusion"]
@@ -191,6 +311,22 @@ def main(argv=None) -> int:
         f"{fmt(g, 'cov_emd')} | {summary['color_l1']:.4f} |",
         f"| extruded noisy height map | {summary['height_pearson_extrusion']:.3f} | {fmt(b, 'mmd_cd')} | {fmt(b, 'mmd_emd')} | {fmt(b, 'cov_cd')} | {fmt(b, 'cov_emd')} | - |",  # noqa: E501
         f"| per-class mean colour | - | - | - | - | - | {summary['color_l1_class_mean']:.4f} |",
+        "",
+        f"Distribution fidelity (lower is better; per held-out crop, mean +- std over {args.num_scenes}): sliced "
+        "Wasserstein (SWD) and kernel MMD^2 of per-(building instance, class) colour statistics of the ground-truth "
+        f"points and of {PATCH_SIZE}x{PATCH_SIZE} patch statistics of their nadir colour raster at the voxel size "
+        f"({raster_size}x{raster_size}), against the ground truth's; the pipeline colours each point by its nearest voxel",
+        "",
+        "| method | colour L1 | instance SWD | instance MMD | patch SWD | patch MMD |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {label} | "
+            + " | ".join(
+                f"{distribution[key][m]:.3f} +- {distribution[key][m + '_std']:.3f}" for m in ("color_l1", *DISTRIBUTION_METRICS)
+            )
+            + " |"
+            for key, label in DISTRIBUTION_ROWS
+        ),
         "",
         f"height correlation >= 0.9 required: {'PASS' if summary['height_pearson'] >= 0.9 else 'FAIL'}",
     ]

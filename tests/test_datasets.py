@@ -39,6 +39,20 @@ def test_voxel_dataset_deterministic_and_collates(tmp_path):
     assert batch["points_batch"].max() == 1 and batch["height"].shape == (2, 1, 32, 32)
 
 
+def test_palette_seed_offset_repaints_the_same_crops(tmp_path):
+    args = dict(num_scenes=1, crops_per_scene=2, base_seed=7, max_points=500, **SMALL)
+    plain, other = VoxelCropDataset(**args)[1], VoxelCropDataset(palette_seed_offset=12345, **args)[1]
+    for key in ("coords", "normals", "points", "point_classes", "height", "height_noisy", "semantic", "origin"):
+        assert torch.equal(plain[key], other[key]), key
+    assert (plain["colors"] - other["colors"]).abs().mean() > 0.01
+    with pytest.raises(ValueError, match="palette_seed_offset"):
+        VoxelCropDataset(palette_seed_offset=1.5, **args)
+    # a repainted cache entry is not the plain one
+    VoxelCropDataset(cache_dir=tmp_path / "c", **args)[0]
+    VoxelCropDataset(cache_dir=tmp_path / "c", palette_seed_offset=12345, **args)[0]
+    assert len(list((tmp_path / "c").iterdir())) == 2
+
+
 def test_cache_dir_round_trip(tmp_path):
     cached = VoxelCropDataset(1, crops_per_scene=1, cache_dir=tmp_path / "cache", **SMALL)
     first = cached[0]

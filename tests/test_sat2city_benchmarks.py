@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from script_loader import load_script
 
@@ -29,7 +30,17 @@ def test_quality_quick(tmp_path, capsys):
         assert {"mmd_cd", "mmd_emd", "cov_cd", "cov_emd"} <= set(result["coverage_mmd"][method])
     assert 0 < result["summary"]["color_l1_class_mean"] < 1
     assert 0.5 < result["summary"]["height_pearson_extrusion"] <= 1  # the noisy condition still follows the clean map
-    assert "height correlation >= 0.9 required" in capsys.readouterr().out.strip().splitlines()[-1]
+    dist = result["distribution"]
+    metrics = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+    for method in ("pipeline", "class_mean", "perfect_sampler"):
+        for key in (*metrics, "color_l1"):
+            assert np.isfinite(dist[method][key]) and np.isfinite(dist[method][key + "_std"]), (method, key)
+    for key in metrics:  # another sample of the data's generator is closer in distribution than the class means
+        assert dist["perfect_sampler"][key] < dist["class_mean"][key], key
+    assert all(0 < row["color_l1_perfect_sampler"] < 1 for row in result["per_scene"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("| perfect sampler") for line in out)
+    assert "height correlation >= 0.9 required" in out[-1]
 
 
 def test_stage_diagnosis_quick(tmp_path, capsys):

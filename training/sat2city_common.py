@@ -41,8 +41,9 @@ def load_preset(args: argparse.Namespace) -> dict[str, Any]:
     return preset
 
 
-def make_dataset(preset: dict[str, Any], split: str) -> VoxelCropDataset:
-    """Procedural crops of the preset's size; ``split`` "train" or "validation" picks the seed range."""
+def make_dataset(preset: dict[str, Any], split: str, palette_seed_offset: int | None = None) -> VoxelCropDataset:
+    """Procedural crops of the preset's size; ``split`` "train" or "validation" picks the seed range;
+    ``palette_seed_offset`` repaints the same crops (`SceneSource`)."""
     data = preset["training"]["data"]
     vae = preset["components"]["dense_vae"]
     crop_px = int(round(data["crop_size_m"] / data["meters_per_pixel"]))
@@ -57,6 +58,7 @@ def make_dataset(preset: dict[str, Any], split: str) -> VoxelCropDataset:
         points_per_m2=float(data["points_per_m2"]),
         max_points=int(data["max_points"]),
         style=data.get("style"),
+        palette_seed_offset=palette_seed_offset,
     )
 
 

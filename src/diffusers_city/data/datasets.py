@@ -36,6 +36,9 @@ class SceneSource:
             folder named by the seed, the index and a digest of the generator arguments (a cache
             filled with other sizes or styles is never read back).
         memory_cache: how many scenes to keep in memory.
+        palette_seed_offset: if set, scene ``i`` is painted from palette seed ``seed(i) + offset``
+            (`procedural_city`'s ``palette_seed``): the same scenes, crops and points in the
+            colours of another sample of the generator (a colour model's "perfect sampler").
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class SceneSource:
         style: dict[str, Any] | None = None,
         cache_dir: str | os.PathLike | None = None,
         memory_cache: int = 2,
+        palette_seed_offset: int | None = None,
     ) -> None:
         if cache_dir is not None:
             cache_dir = Path(cache_dir)
@@ -56,12 +60,18 @@ class SceneSource:
                 raise FileNotFoundError(f"parent of cache_dir {cache_dir} does not exist")
         if memory_cache < 0:
             raise ValueError(f"memory_cache must be >= 0, got {memory_cache}")
+        if palette_seed_offset is not None and (
+            isinstance(palette_seed_offset, bool) or not isinstance(palette_seed_offset, (int, np.integer))
+        ):
+            raise ValueError(f"palette_seed_offset must be an integer or None, got {palette_seed_offset!r}")
+        self.palette_seed_offset = None if palette_seed_offset is None else int(palette_seed_offset)
         self.base_seed = int(base_seed)
         self.kwargs = dict(size_m=scene_size_m, meters_per_pixel=meters_per_pixel, points_per_m2=points_per_m2, **(style or {}))
         # validate arguments once, cheaply, before any work is scheduled
         procedural_city(0, **{**self.kwargs, "size_m": 4 * float(meters_per_pixel)}, with_points=False)
         self.cache_dir = cache_dir
-        self._digest = hashlib.sha256(json.dumps(self.kwargs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        named = self.kwargs if palette_seed_offset is None else {**self.kwargs, "palette_seed_offset": self.palette_seed_offset}
+        self._digest = hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.memory_cache = memory_cache
         self._lru: OrderedDict[int, CityScene] = OrderedDict()
 
@@ -77,7 +87,9 @@ class SceneSource:
         if path is not None and (path / "scene.json").is_file():
             scene = CityScene.load(path)
         if scene is None:
-            scene = procedural_city(self.seed(scene_index), **self.kwargs)
+            seed = self.seed(scene_index)
+            palette = None if self.palette_seed_offset is None else seed + self.palette_seed_offset
+            scene = procedural_city(seed, palette_seed=palette, **self.kwargs)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 scene.save(path)
@@ -155,6 +167,9 @@ class VoxelCropDataset(_CropDataset):
       ``semantic`` ``[H, W]`` int64, ``image`` ``[3, H, W]`` (if the scene has one);
     - ``z_min``, ``z_max`` (local metres of gray 0 and 255), ``origin`` (world position of the
       local frame), ``voxel_size``, ``index``.
+
+    ``palette_seed_offset`` (see `SceneSource`) repaints the cities and changes nothing else:
+    sample ``i`` then has the same points, voxels and condition in other colours.
     """
 
     def __init__(
@@ -171,12 +186,15 @@ class VoxelCropDataset(_CropDataset):
         style: dict[str, Any] | None = None,
         noise_kwargs: dict[str, Any] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        palette_seed_offset: int | None = None,
     ) -> None:
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
-        source = SceneSource(base_seed, scene_size_m, meters_per_pixel, points_per_m2, style, cache_dir)
+        source = SceneSource(
+            base_seed, scene_size_m, meters_per_pixel, points_per_m2, style, cache_dir, palette_seed_offset=palette_seed_offset
+        )
         super().__init__(num_scenes, crops_per_scene, crop_size_px, source)
         self.voxel_size = float(voxel_size)
         self.max_points = max_points
