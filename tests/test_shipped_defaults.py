@@ -65,9 +65,9 @@ def test_readme_demo_command_on_the_shipped_defaults(tmp_path, capsys):
 
 
 def assert_side_by_side(path: Path, width: int, height: int, input_side: int) -> None:
-    """``input_output.png``: a square input panel beside a ``width`` x ``height`` output, at least
-    640 px a side, under a caption bar, neither blank."""
-    assert min(width, height, input_side) >= 640
+    """``input_output.png``: a square input panel beside a ``width`` x ``height`` output (at least
+    640x480, the input at least 480 px), under a caption bar, neither blank."""
+    assert width >= 640 and height >= 480 and input_side >= 480
     sheet = Image.open(path)
     bar = sheet.height - height
     assert sheet.size == (2 * width, height + bar) and 0 < bar < 60
