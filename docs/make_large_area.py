@@ -20,12 +20,12 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_gallery import DOCS, _captioned, _grid
+from make_gallery import DOCS
 
 from diffusers_city.cli import main as cli
 from diffusers_city.data import procedural_city
 from diffusers_city.data.readers import read_ply
-from diffusers_city.export import write_image
+from diffusers_city.export import captioned, grid, write_image
 from diffusers_city.presets import load_preset
 from diffusers_city.render.points import render_points_preview
 
@@ -91,16 +91,16 @@ def main() -> None:
     km = (size_px * MPP / 1000) ** 2
     print(f"{len(points)} points, {len(clouds)} tiles, {seconds:.0f} s on this CPU ({seconds / km:.0f} s/km²)")
     panels = [
-        _captioned(
+        captioned(
             map_panel(height, [round(b / MPP) for b in borders_m]),
             f"input: held-out procedural DSM, {size_px * MPP:.0f} m square at {MPP:g} m/px (GeoTIFF, metres)",
         ),
-        _captioned(
+        captioned(
             city,
             f"Sat2City small default, {args.tiles}x{args.tiles} tiles, {args.steps} DDIM steps/stage, CPU {seconds / 60:.0f} min",
         ),
     ]
-    write_image(args.out / "large_area.png", _grid(panels, 2))
+    write_image(args.out / "large_area.png", grid(panels, 2))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,16 @@ def test_generate_bad_input_fails_before_writing(scene_dir, tmp_path, capsys):
 def test_run_demo_with_given_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_FRAMES", 2)
     monkeypatch.setattr(demo, "DEMO_SIZE", (32, 24))
+    monkeypatch.setattr(demo, "FRAME_SIZE", (48, 36))
     monkeypatch.setattr(demo, "example_scene", lambda: procedural_city(5, size_m=48.0, with_points=False, with_image=False))
     paths = demo.run_demo(tmp_path, "cpu", pipeline=GaussianCityPipeline.from_preset("tiny"))
-    assert [p.name for p in paths] == ["orbit.gif", "frame_000.png", "city.ply"]
+    assert [p.name for p in paths] == ["orbit.gif", "frame_000.png", "input_output.png", "city.ply"]
+    gif = Image.open(paths[0])
+    assert gif.n_frames == 2 and gif.size == (32, 24)
     assert np.asarray(Image.open(paths[1])).std() > 1.0
+    sheet = Image.open(paths[2])
+    assert sheet.size == (2 * 48, 36 + 32)  # two cells of the frame's size under a 20 px font's caption bar
+    grey = np.asarray(sheet.convert("L"), dtype=np.float64)[32:]
+    classes, frame = grey[:, :48], grey[:, 48:]
+    assert classes[:, 6:42].std() > 10 and frame.std() > 1.0  # neither panel is blank
+    assert (classes[:, :6] == 255).all()  # the square map is centred in the wider cell

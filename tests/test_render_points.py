@@ -76,3 +76,24 @@ def test_a_grid_sampled_surface_has_no_white_rows():
     colors = np.full_like(points, 0.4)
     image = np.asarray(render_points_preview(points, colors, width=512, height=512, shading=False))
     assert _background_rows(image).max() < 0.02
+
+
+def _drawn_width(image) -> int:
+    cols = np.flatnonzero((np.asarray(image) != 255).any(axis=-1).any(axis=0))
+    return int(cols[-1] - cols[0] + 1)
+
+
+def test_orbit_framing_keeps_one_scale_and_centre_at_every_azimuth():
+    """A square slab seen side-on (azimuth 0) and corner-on (45): fitted per view both fill the
+    width; with ``framing="orbit"`` the side-on view is 1/sqrt(2) as wide, centred the same."""
+    x, y = np.meshgrid(np.linspace(0, 100, 101), np.linspace(0, 100, 101))
+    points = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], axis=1) + [1000.0, 2000.0, 0.0]
+    kwargs = dict(width=200, height=150, shading=False, point_size=2)
+    view = [_drawn_width(render_points_preview(points, None, azimuth_deg=a, **kwargs)) for a in (0.0, 45.0)]
+    orbit = [render_points_preview(points, None, azimuth_deg=a, framing="orbit", **kwargs) for a in (0.0, 45.0)]
+    assert abs(view[0] - view[1]) <= 2
+    assert abs(_drawn_width(orbit[0]) / _drawn_width(orbit[1]) - 2**-0.5) < 0.03
+    centres = [np.flatnonzero((np.asarray(o) != 255).any(axis=-1).any(axis=0)).mean() for o in orbit]
+    assert abs(centres[0] - centres[1]) < 2 and abs(centres[0] - 100) < 2
+    with pytest.raises(ValueError, match="framing"):
+        render_points_preview(points, None, framing="fit")

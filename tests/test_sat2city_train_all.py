@@ -74,8 +74,11 @@ def test_train_all_assembles_a_pipeline_and_the_demo_runs_it(tmp_path, monkeypat
     pipe.save_pretrained(dest)
     monkeypatch.setattr(demo, "bundled_path", lambda *parts: tmp_path.joinpath("bundled", *parts))
     monkeypatch.setattr(demo, "DEMO_STEPS", 2)
+    monkeypatch.setattr(demo, "ORBIT_FRAMES", 2)
+    monkeypatch.setattr(demo, "ORBIT_SIZE", (48, 36))
+    monkeypatch.setattr(demo, "PANEL_SIZE", (64, 48))
     paths = demo.run_demo(tmp_path / "demo", "cpu")
-    assert sorted(p.name for p in paths) == ["city.glb", "city.ply", "city_preview.png"]
+    assert sorted(p.name for p in paths) == ["city.glb", "city.ply", "city_preview.png", "input_output.png", "orbit.gif"]
     assert all(p.stat().st_size > 0 for p in paths)
 
 

@@ -15,6 +15,8 @@ from plyfile import PlyData
 
 from diffusers_city.cli import main
 from diffusers_city.data import CityScene
+from diffusers_city.pipelines.gaussiancity import demo as gaussiancity_demo
+from diffusers_city.pipelines.sat2city import demo as sat2city_demo
 from diffusers_city.presets import bundled_path, load_preset
 
 SYSTEMS = ("sat2city", "gaussiancity")
@@ -50,9 +52,28 @@ def test_readme_demo_command_on_the_shipped_defaults(tmp_path, capsys):
     assert len(mesh.faces) > 1000 and np.isfinite(mesh.vertices).all()
     preview = np.asarray(Image.open(s2c / "city_preview.png").convert("L"))
     assert preview.std() > 5
+    orbit = Image.open(s2c / "orbit.gif")
+    assert orbit.n_frames == sat2city_demo.ORBIT_FRAMES and orbit.size == sat2city_demo.ORBIT_SIZE
+    panel_w, panel_h = sat2city_demo.PANEL_SIZE
+    assert_side_by_side(s2c / "input_output.png", panel_w, panel_h, panel_h)
     gc = tmp_path / "gaussiancity"
-    assert Image.open(gc / "orbit.gif").n_frames > 1
+    orbit = Image.open(gc / "orbit.gif")
+    assert orbit.n_frames == gaussiancity_demo.DEMO_FRAMES and orbit.size == gaussiancity_demo.DEMO_SIZE
+    frame_w, frame_h = gaussiancity_demo.FRAME_SIZE
+    assert_side_by_side(gc / "input_output.png", frame_w, frame_h, frame_h)
     assert PlyData.read(str(gc / "city.ply"))["vertex"].count > 1000
+
+
+def assert_side_by_side(path: Path, width: int, height: int, input_side: int) -> None:
+    """``input_output.png``: a square input panel beside a ``width`` x ``height`` output (at least
+    640x480, the input at least 480 px), under a caption bar, neither blank."""
+    assert width >= 640 and height >= 480 and input_side >= 480
+    sheet = Image.open(path)
+    bar = sheet.height - height
+    assert sheet.size == (2 * width, height + bar) and 0 < bar < 60
+    grey = np.asarray(sheet.convert("L"), dtype=np.float64)[bar:]
+    margin = (width - input_side) // 2
+    assert grey[:, margin : width - margin].std() > 10 and grey[:, width:].std() > 10
 
 
 GOLDEN = Path(__file__).parent / "data" / "shipped_defaults_before_reshape.npz"

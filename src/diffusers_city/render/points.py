@@ -59,6 +59,18 @@ def _view_axes(view: str, azimuth_deg: float, elevation_deg: float) -> tuple[np.
     return right, down, forward
 
 
+def _orbit_frame(pts, view, elevation_deg, right, down) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Screen centre of the bounding box and the box's largest screen half-extents over all azimuths."""
+    lo, hi = pts.min(0), pts.max(0)
+    centre = 0.5 * (lo + hi)
+    offsets = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]) - centre
+    half_u = half_v = 0.0
+    for az in range(360):  # 1 degree steps: within 4e-5 of the true maximum, well inside the margin
+        r, d, _ = _view_axes(view, float(az), elevation_deg)
+        half_u, half_v = max(half_u, float(np.abs(offsets @ r).max())), max(half_v, float(np.abs(offsets @ d).max()))
+    return (float(centre @ right), float(centre @ down)), (half_u, half_v)
+
+
 def render_points_preview(
     points,
     colors=None,
@@ -72,6 +84,7 @@ def render_points_preview(
     azimuth_deg: float = -135.0,
     elevation_deg: float = 35.0,
     margin: float = 0.03,
+    framing: Literal["view", "orbit"] = "view",
 ) -> Image.Image:
     """Render ``points [N, 3]`` (world metres, z up) with ``colors [N, 3]`` to an RGB image.
 
@@ -81,9 +94,14 @@ def render_points_preview(
     in 0..1 or uint8; ``None`` colours by height. The cloud is fitted into the image.
     Each point is a ``point_size`` pixel square; by default as wide as the points' spacing in
     the image (at least 2 px), so a surface sampled on a grid shows no gaps between its rows.
+    ``framing="view"`` fits the cloud as seen from this view; ``"orbit"`` centres its bounding
+    box and uses the scale that fits that box from every azimuth at ``elevation_deg``, so the
+    frames of an orbit (azimuth varied, all else fixed) share one scale and centre.
     """
     if view not in ("top", "oblique"):
         raise ValueError(f"view must be 'top' or 'oblique', got {view!r}")
+    if framing not in ("view", "orbit"):
+        raise ValueError(f"framing must be 'view' or 'orbit', got {framing!r}")
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive integers, got {width}x{height}")
     if point_size is not None and (int(point_size) != point_size or point_size < 1):
@@ -113,9 +131,14 @@ def render_points_preview(
 
     right, down, forward = _view_axes(view, azimuth_deg, elevation_deg)
     u, v, depth = pts @ right, pts @ down, pts @ forward
-    span = max(float(np.ptp(u)) / width, float(np.ptp(v)) / height, 1e-9) / (1.0 - 2.0 * margin)  # metres / pixel
-    col = (u - 0.5 * (u.min() + u.max())) / span + 0.5 * width
-    row = (v - 0.5 * (v.min() + v.max())) / span + 0.5 * height
+    if framing == "orbit":
+        (cu, cv), (half_u, half_v) = _orbit_frame(pts, view, elevation_deg, right, down)
+    else:
+        cu, cv = 0.5 * (u.min() + u.max()), 0.5 * (v.min() + v.max())
+        half_u, half_v = 0.5 * float(np.ptp(u)), 0.5 * float(np.ptp(v))
+    span = max(2 * half_u / width, 2 * half_v / height, 1e-9) / (1.0 - 2.0 * margin)  # metres / pixel
+    col = (u - cu) / span + 0.5 * width
+    row = (v - cv) / span + 0.5 * height
     ci = np.clip(np.floor(col).astype(np.int64), 0, width - 1)
     ri = np.clip(np.floor(row).astype(np.int64), 0, height - 1)
     if point_size is None:

@@ -1,4 +1,5 @@
-"""GaussianCity demo: an orbit GIF of the shipped example layout rendered by the shipped pipeline."""
+"""GaussianCity demo: an orbit GIF of the shipped example layout rendered by the shipped pipeline,
+and the layout's classes beside one large rendered frame."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch
 from ...presets import bundled_path
 from .pipeline_gaussiancity import GaussianCityPipeline
 
-__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "example_scene", "generate", "load_pipeline", "run_demo"]
+__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "FRAME_SIZE", "example_scene", "generate", "load_pipeline", "run_demo"]
 
-DEMO_SIZE = (160, 120)
-DEMO_FRAMES = 12
+DEMO_SIZE = (320, 240)
+DEMO_FRAMES = 24
+FRAME_SIZE = (800, 600)  # the rendered frame of input_output.png; the semantic map is FRAME_SIZE[1] square
 
 
 def example_scene():
@@ -42,7 +44,8 @@ def load_pipeline(device: str) -> GaussianCityPipeline:
 
 def generate(pipeline: GaussianCityPipeline, scene, out_dir: Path, *, seed: int = 0) -> list[Path]:
     """Render ``DEMO_FRAMES`` orbit frames of ``scene`` (a ``CityScene`` or its folder) at ``DEMO_SIZE``
-    and write ``orbit.gif``, the first frame and the layout's Gaussians (``city.ply``) under ``out_dir``."""
+    and write ``orbit.gif``, the first frame, ``input_output.png`` (:func:`write_input_output`) and
+    the layout's Gaussians (``city.ply``) under ``out_dir``."""
     from ...data import CityScene
     from ...export.atomic import atomic_write
     from ...export.splat import write_gaussian_ply
@@ -69,6 +72,7 @@ def generate(pipeline: GaussianCityPipeline, scene, out_dir: Path, *, seed: int 
     with atomic_write(first) as tmp:
         out.images[0].save(tmp)
     paths.append(first)
+    paths.append(write_input_output(pipeline, scene, out_dir / "input_output.png", out.styles))
     paths.append(
         write_gaussian_ply(
             out_dir / "city.ply",
@@ -81,6 +85,30 @@ def generate(pipeline: GaussianCityPipeline, scene, out_dir: Path, *, seed: int 
         )
     )
     return paths
+
+
+def write_input_output(pipeline: GaussianCityPipeline, scene, path: Path, styles) -> Path:
+    """The layout's classes (north up) beside one ``FRAME_SIZE`` frame rendered with ``styles`` by an
+    orbit camera south of the centre, so that both show north up. The scene is rendered at origin 0
+    (the same frame: the pipeline renders in the layout's frame) so that the camera is exact in float32."""
+    from ...data import semantic_to_rgb
+    from ...export.preview import captioned, grid, raster_image, write_image
+    from ...render import orbit_trajectory
+
+    local = scene.replace(origin=(0.0, 0.0, 0.0))
+    width, height = FRAME_SIZE
+    camera = orbit_trajectory(local, 1, start_deg=-90.0, width=width, height=height)
+    frame = pipeline(scene=local, cameras=camera, styles=styles, output_type="pil").images[0]
+    rows, cols = scene.semantic.shape
+    tiles = [
+        captioned(
+            raster_image(semantic_to_rgb(scene.semantic), (height, height)),
+            f"input: layout classes, {cols}x{rows} px, north up",
+            20,
+        ),
+        captioned(frame, f"output: a {width}x{height} frame, camera south of the centre", 20),
+    ]
+    return write_image(path, grid(tiles, 2))
 
 
 def run_demo(out_dir: Path, device: str, pipeline: GaussianCityPipeline | None = None, seed: int = 0) -> list[Path]:
