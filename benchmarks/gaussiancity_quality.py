@@ -50,7 +50,13 @@ import numpy as np
 import torch
 
 from diffusers_city.data import NUM_CLASSES, procedural_city
-from diffusers_city.metrics import distribution_distances, instance_color_statistics, patch_statistics, psnr
+from diffusers_city.metrics import (
+    COLOR_DISTRIBUTION_METRICS,
+    color_distribution_distances,
+    instance_color_statistics,
+    patch_statistics,
+    psnr,
+)
 from diffusers_city.models.gaussiancity.bev import visible_bev_points
 from diffusers_city.pipelines.gaussiancity import GaussianCityPipeline
 from diffusers_city.render import Cameras, render_gaussians
@@ -248,7 +254,7 @@ DISTRIBUTION_ROWS = (
     ("class_mean", "per-class mean colour"),
     ("perfect_sampler", "perfect sampler (the city painted from another palette seed)"),
 )
-DISTRIBUTION_METRICS = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+DISTRIBUTION_METRICS = COLOR_DISTRIBUTION_METRICS
 
 
 def perfect_sampler_renders(train, layouts, views, first_seed: int, city_size_m: float, device) -> list[torch.Tensor]:
@@ -287,17 +293,13 @@ def distribution_rows(features: list[list[tuple[torch.Tensor, torch.Tensor]]], c
     per_city = {k: {m: [] for m in DISTRIBUTION_METRICS} for k, _ in DISTRIBUTION_ROWS}
     for c in sorted(set(cities)):
         idx = [i for i, v in enumerate(cities) if v == c]
-        ref_inst = torch.cat([features[i][0][0] for i in idx])
-        ref_patch = torch.cat([features[i][0][1] for i in idx])
+
+        def pooled(j):  # the city's views' (instance, patch) features of method j (0: ground truth)
+            return tuple(torch.cat([features[i][j][k] for i in idx]) for k in (0, 1))
+
+        reference = pooled(0)
         for j, (key, _) in enumerate(DISTRIBUTION_ROWS):
-            inst = distribution_distances(torch.cat([features[i][1 + j][0] for i in idx]), ref_inst)
-            patch = distribution_distances(torch.cat([features[i][1 + j][1] for i in idx]), ref_patch)
-            for name, value in (
-                ("instance_swd", inst["swd"]),
-                ("instance_mmd", inst["mmd"]),
-                ("patch_swd", patch["swd"]),
-                ("patch_mmd", patch["mmd"]),
-            ):
+            for name, value in color_distribution_distances(pooled(1 + j), reference).items():
                 per_city[key][name].append(value)
     return {
         key: {

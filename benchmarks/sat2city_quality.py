@@ -46,8 +46,9 @@ from sat2city_common import make_dataset  # noqa: E402
 from diffusers_city.data import NUM_CLASSES  # noqa: E402
 from diffusers_city.export import write_text_atomic  # noqa: E402
 from diffusers_city.metrics import (  # noqa: E402
+    COLOR_DISTRIBUTION_METRICS,
+    color_distribution_distances,
     coverage_mmd,
-    distribution_distances,
     height_fidelity,
     instance_color_statistics,
     patch_statistics,
@@ -132,7 +133,7 @@ DISTRIBUTION_ROWS = (
     ("class_mean", "per-class mean colour"),
     ("perfect_sampler", "perfect sampler (the crop painted from another palette seed)"),
 )
-DISTRIBUTION_METRICS = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+DISTRIBUTION_METRICS = COLOR_DISTRIBUTION_METRICS
 
 
 def point_instances(data, index: int, points: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -167,20 +168,12 @@ def color_features(colors: np.ndarray, ids: np.ndarray, cells, size: int) -> tup
 
 def distribution_row(features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, float]]:
     """Distances of each method's features to the ground truth's (``features["ground_truth"]``)."""
-    ref_inst, ref_patch = features["ground_truth"]
     out = {}
     for key, _ in DISTRIBUTION_ROWS:
         if key not in features:
             out[key] = dict.fromkeys(DISTRIBUTION_METRICS, float("nan"))
             continue
-        inst = distribution_distances(features[key][0], ref_inst)
-        patch = distribution_distances(features[key][1], ref_patch)
-        out[key] = {
-            "instance_swd": inst["swd"],
-            "instance_mmd": inst["mmd"],
-            "patch_swd": patch["swd"],
-            "patch_mmd": patch["mmd"],
-        }
+        out[key] = color_distribution_distances(features[key], features["ground_truth"])
     return out
 
 

@@ -7,6 +7,8 @@ consistency (flicker) of rendered sequences."""
 from .consistency import view_consistency
 from .distances import chamfer_distance, earth_movers_distance, nearest_neighbor_distances
 from .distribution import (
+    COLOR_DISTRIBUTION_METRICS,
+    color_distribution_distances,
     distribution_distances,
     instance_color_statistics,
     patch_statistics,
@@ -20,6 +22,8 @@ from .inception import frechet_inception_distance, inception_feature_extractor, 
 from .occupancy import voxel_iou
 
 __all__ = [
+    "COLOR_DISTRIBUTION_METRICS",
+    "color_distribution_distances",
     "chamfer_distance",
     "coverage_mmd",
     "distribution_distances",

@@ -15,6 +15,8 @@ import torch
 from ._common import as_features, as_images
 
 __all__ = [
+    "COLOR_DISTRIBUTION_METRICS",
+    "color_distribution_distances",
     "distribution_distances",
     "instance_color_statistics",
     "patch_statistics",
@@ -120,6 +122,20 @@ def distribution_distances(
         std = torch.where(std > 0, std, torch.ones_like(std))
         g, r = (g - mean) / std, (r - mean) / std
     return {"swd": sliced_wasserstein_distance(g, r, n_projections=n_projections, seed=seed), "mmd": rbf_mmd(g, r)}
+
+
+COLOR_DISTRIBUTION_METRICS = ("instance_swd", "instance_mmd", "patch_swd", "patch_mmd")
+"""Keys of :func:`color_distribution_distances`."""
+
+
+def color_distribution_distances(generated, reference) -> dict[str, float]:
+    """:func:`distribution_distances` of both colour feature sets of an image or point set:
+    ``generated`` and ``reference`` are ``(instance statistics, patch statistics)`` pairs
+    (:func:`instance_color_statistics`, :func:`patch_statistics`); keys
+    :data:`COLOR_DISTRIBUTION_METRICS`."""
+    inst = distribution_distances(generated[0], reference[0])
+    patch = distribution_distances(generated[1], reference[1])
+    return {"instance_swd": inst["swd"], "instance_mmd": inst["mmd"], "patch_swd": patch["swd"], "patch_mmd": patch["mmd"]}
 
 
 def instance_color_statistics(colors, instance_ids, *, min_pixels: int = 4, ignore_ids=(0,)) -> torch.Tensor:
