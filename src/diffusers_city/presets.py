@@ -2,9 +2,10 @@
 
 Top-level ``pipelines/<system>/presets/<size>.json`` holds the component configs of each
 model size (``{"_class_name": pipeline class, "components": {name: config}, "scheduler":
-config (optional), "notes": ...}``) and ``pipelines/<system>/default/`` the shipped trained pipeline.
-The package reaches that folder through the ``_bundled`` symlink next to this file, which
-the wheel build resolves into real files (see ``pipelines/README.md``).
+config (optional), "config": the pipeline's own settings (optional), "notes": ...}``) and
+``pipelines/<system>/default/`` the shipped trained pipeline. The package reaches that folder
+through the ``_bundled`` symlink next to this file, which the wheel build resolves into real
+files (see ``pipelines/README.md``).
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def build_from_preset(preset: dict[str, Any], seed: int = 0, where: str = "prese
 
     Each component is ``cls.from_config(config)`` where ``cls`` is named by the config's
     ``_class_name`` (looked up on ``diffusers_city``, then ``diffusers``); the optional
-    ``"scheduler"`` config becomes the ``scheduler`` argument; the pipeline class is the
-    preset's top-level ``_class_name``. The global torch RNG is left untouched.
+    ``"scheduler"`` config becomes the ``scheduler`` argument and the optional ``"config"`` object
+    the pipeline's keyword settings; the pipeline class is the preset's top-level ``_class_name``.
+    The global torch RNG is left untouched.
     """
     pipeline_cls = _class_from_config(preset, where)
     configs = dict(preset["components"])
@@ -104,4 +106,7 @@ def build_from_preset(preset: dict[str, Any], seed: int = 0, where: str = "prese
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         components = {name: classes[name].from_config(cfg) for name, cfg in configs.items()}
-    return pipeline_cls(**components)
+    settings = preset.get("config", {})
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: 'config' must be an object of pipeline settings, got {type(settings).__name__}")
+    return pipeline_cls(**components, **settings)
