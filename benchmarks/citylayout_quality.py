@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", default=None, help="evaluate an untrained preset instead (smoke tests)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 2 layouts of 128 m, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 2 layouts of 128 m, 2 steps, 1 repeat")
     parser.add_argument("--num_layouts", type=int, default=8, help="layouts per set")
     parser.add_argument("--train_layouts", type=int, default=8, help="training-seed layouts of the naive token unigram")
     parser.add_argument("--size_m", type=float, default=None, help="side of each square layout (default 1024, quick 128)")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.preset = args.preset or ("tiny" if args.pipeline is None else None)
         args.num_layouts, args.train_layouts = 2, 2
-        args.size_m = args.size_m or 128.0
+        args.size_m, args.steps = args.size_m or 128.0, args.steps or 2
         args.repeats = args.repeats or 1
     args.size_m = args.size_m or 1024.0
     args.repeats = args.repeats or 3
