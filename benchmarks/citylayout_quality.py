@@ -104,7 +104,7 @@ def naive_layouts(pipe, unigram: torch.Tensor, grids: list[tuple[int, int]], see
 def seam_band(pipe, grid_hw: tuple[int, int]) -> np.ndarray | None:
     """Boolean ``[H, W]`` band of +-``SEAM_BAND_TOKENS`` tokens around the pixel lines where an
     interior sliding window starts; None when one window covers the grid (no interior border)."""
-    f = pipe.tokens_per_pixel_factor
+    f = pipe.pixels_per_token
     band = np.zeros((grid_hw[0] * f, grid_hw[1] * f), dtype=bool)
     half = SEAM_BAND_TOKENS * f
     for r, c in pipe.window_starts(tuple(grid_hw)):
@@ -123,7 +123,7 @@ def seam_distances(pipe, layouts, mpp: float) -> dict[str, float] | None:
     """``layout_distances`` of the seam bands of ``layouts`` against their interiors (pooled)."""
     band_stats, interior_stats = [], []
     for sem, hgt in layouts:
-        band = seam_band(pipe, (sem.shape[0] // pipe.tokens_per_pixel_factor, sem.shape[1] // pipe.tokens_per_pixel_factor))
+        band = seam_band(pipe, (sem.shape[0] // pipe.pixels_per_token, sem.shape[1] // pipe.pixels_per_token))
         if band is None:
             continue
         band_stats.append(layout_statistics(sem, hgt, mpp, region=band))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = CityLayoutPipeline.from_pretrained(args.pipeline or str(bundled_path("citylayout", "default")))
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    mpp, f, n = float(pipe.config.meters_per_pixel), pipe.tokens_per_pixel_factor, args.num_layouts
+    mpp, f, n = float(pipe.config.meters_per_pixel), pipe.pixels_per_token, args.num_layouts
 
     with torch.no_grad():
         held_out = procedural_layouts(HELD_OUT_SEED, n, args.size_m, mpp, f)

@@ -26,12 +26,12 @@ def tiny():
 def two_windows_m(pipe) -> float:
     """Side of a square whose token grid needs two sliding windows per axis (at least 128 m)."""
     cfg = pipe.config
-    return max(128.0, (cfg.window_tokens + cfg.window_stride) * pipe.tokens_per_pixel_factor * cfg.meters_per_pixel)
+    return max(128.0, (cfg.window_tokens + cfg.window_stride) * pipe.pixels_per_token * cfg.meters_per_pixel)
 
 
 def test_seam_band_follows_the_interior_window_starts(tiny):
     quality = load_script("benchmarks/citylayout_quality.py")
-    f, cfg = tiny.tokens_per_pixel_factor, tiny.config
+    f, cfg = tiny.pixels_per_token, tiny.config
     grid = (cfg.window_tokens + cfg.window_stride,) * 2
     band = quality.seam_band(tiny, grid)
     assert band.shape == (grid[0] * f, grid[1] * f)
@@ -76,7 +76,7 @@ def test_speed_quick_times_each_size(tiny, tmp_path, capsys):
     result = json.loads((tmp_path / "results.json").read_text())
     rows = result["results"]
     assert [r["size_km2"] for r in rows] == sorted(r["size_km2"] for r in rows) and len(rows) == 2
-    f, mpp = tiny.tokens_per_pixel_factor, tiny.config.meters_per_pixel
+    f, mpp = tiny.pixels_per_token, tiny.config.meters_per_pixel
     for r in rows:
         assert r["seconds"] > 0 and r["seconds_per_km2"] > 0 and r["peak_memory_gb"] > 0
         assert r["map_px"] == [g * f for g in r["token_grid"]]
