@@ -152,6 +152,7 @@ class CityLayoutPipeline(DiffusionPipeline):
         """Token (row, col) of each window's corner, in sampling order (by wave)."""
         return [(t.r0, t.c0) for wave in self.window_plan(grid_hw).waves() for t in wave]
 
+    @torch.no_grad()
     def encode_layout(self, semantic: Any, height: Any) -> torch.Tensor:
         """The token grid ``[H / f, W / f]`` of a layout at the model's resolution (``f`` =
         :attr:`pixels_per_token`; H and W multiples of ``f``), encoded window by window: each
@@ -179,6 +180,7 @@ class CityLayoutPipeline(DiffusionPipeline):
             tokens[r_lo:r_hi, c_lo:c_hi] = codes[r_lo - tile.r0 : r_hi - tile.r0, c_lo - tile.c0 : c_hi - tile.c0]
         return tokens
 
+    @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
         """Class ids (uint8) and heights in metres (float32), ``[gh f, gw f]``, of a full token
         grid ``[gh, gw]``: windows decoded ``batch_size`` at a time and blended linearly in their
@@ -224,6 +226,7 @@ class CityLayoutPipeline(DiffusionPipeline):
                 unknown[tile.r0 : tile.r0 + plan.tile, tile.c0 : tile.c0 + plan.tile] = False
         return batches
 
+    @torch.no_grad()
     def sample_tokens(
         self,
         tokens: torch.Tensor,
