@@ -7,6 +7,7 @@ SYSTEM = System(
     name="citylayout",
     pipeline="CityLayoutPipeline",
     description="nothing or a partial map -> a BEV city layout of any size (CityDreamer's layout generator)",
+    has_demo=False,
 )
 
 __all__ = [
