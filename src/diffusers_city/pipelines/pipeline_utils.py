@@ -9,7 +9,9 @@ diffusers scheduler of the model's prediction type.
 - ``"points"``: a coloured point cloud as numpy arrays (``points``, ``colors``, ``normals``);
 - ``"mesh"``: the points plus a ``trimesh`` surface;
 - ``"voxels"``: a :class:`~diffusers_city.sparse.SparseTensor` of the generated voxels;
-- ``"gaussians"``: the scene's :class:`~diffusers_city.render.Gaussians`, no frames.
+- ``"gaussians"``: the scene's :class:`~diffusers_city.render.Gaussians`, no frames;
+- ``"scene"``: a :class:`~diffusers_city.data.CityScene` (pipelines that generate layouts);
+- ``"latent"``: the sampled latents (tokens) only, not decoded (diffusers' ``output_type="latent"``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
-OUTPUT_TYPES = ("pil", "np", "pt", "points", "mesh", "voxels", "gaussians")
+OUTPUT_TYPES = ("pil", "np", "pt", "points", "mesh", "voxels", "gaussians", "scene", "latent")
 
 
 def check_output_type(output_type: Any, supported: Sequence[str], pipeline: str) -> None:

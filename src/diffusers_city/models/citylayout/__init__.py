@@ -8,24 +8,6 @@ presets in ``pipelines/citylayout/presets/``. This package holds what is particu
 the map <-> tensor codec, the tokenizer's losses and the transformer's (null) conditioning.
 """
 
-from .layout_codec import (
-    LAYOUT_CHANNELS,
-    decode_tokens,
-    encode_tokens,
-    layout_tensor,
-    layout_vq_loss,
-    null_condition,
-    split_output,
-    token_factor,
-)
-
-__all__ = [
-    "LAYOUT_CHANNELS",
-    "decode_tokens",
-    "encode_tokens",
-    "layout_tensor",
-    "layout_vq_loss",
-    "null_condition",
-    "split_output",
-    "token_factor",
-]
+# No model classes of its own (the networks are diffusers' VQModel / UVit2DModel): nothing joins
+# the package's exports; import the codec from ``models.citylayout.layout_codec``.
+__all__: list[str] = []
