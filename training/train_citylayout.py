@@ -69,7 +69,7 @@ from sat2city_common import save_model  # noqa: E402
 from diffusers_city.data import procedural_city  # noqa: E402
 from diffusers_city.data.classes import semantic_to_rgb  # noqa: E402
 from diffusers_city.export.atomic import atomic_folders, atomic_write  # noqa: E402
-from diffusers_city.models.citylayout import (  # noqa: E402
+from diffusers_city.models.citylayout.layout_codec import (  # noqa: E402
     decode_tokens,
     layout_tensor,
     layout_vq_loss,

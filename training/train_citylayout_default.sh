@@ -22,6 +22,7 @@ DEST=
 STAGES=vq,tokens
 CONTINUE=
 WORKERS=12
+CITIES=48
 LAUNCH=(accelerate launch)
 EXTRA=(--use_ema --ema_decay 0.999 --allow_tf32 --mixed_precision bf16 --checkpoints_total_limit 1)
 
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --dest) DEST="$2"; shift 2 ;;
     --stages) STAGES="$2"; shift 2 ;;
     --continue-from) CONTINUE="$2"; shift 2 ;;
-    --cpu) LAUNCH=(python); EXTRA=(--cpu --use_ema --ema_decay 0.999); WORKERS=0; shift ;;
+    --cpu) LAUNCH=(python); EXTRA=(--cpu --use_ema --ema_decay 0.999); WORKERS=0; CITIES=4; shift ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "train_citylayout_default.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -49,8 +50,8 @@ if [[ -n "$CONTINUE" && ! -f "$CONTINUE/model_index.json" ]]; then
   exit 2
 fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-# 48 cities of 1024 m for small (4 crops a side), generated once into OUTPUT_DIR/cities
-COMMON=(--preset "$PRESET" --num_cities 48 --cache_dir "$OUT/cities" --dataloader_num_workers "$WORKERS"
+# 48 cities of 1024 m for small (4 crops a side; 4 with --cpu), generated once into OUTPUT_DIR/cities
+COMMON=(--preset "$PRESET" --num_cities "$CITIES" --cache_dir "$OUT/cities" --dataloader_num_workers "$WORKERS"
         --max_train_minutes "$MINUTES" --checkpointing_steps 1000 --validation_steps 1000 --logging_steps 50
         --report_to none --resume_from_checkpoint latest "${EXTRA[@]}")
 
