@@ -87,9 +87,15 @@ def outpaint_canvas(scene, factor: int = 2):
 
 
 def generate(
-    pipeline: CityLayoutGaussianCityPipeline, source: Path | None, out_dir: Path, *, seed: int = 0, steps: int = DEMO_STEPS
+    pipeline: CityLayoutGaussianCityPipeline,
+    source: Path | None,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    steps: int = DEMO_STEPS,
+    size_m: float = DEMO_SIZE_M,
 ) -> list[Path]:
-    """A layout -- ``DEMO_SIZE_M`` square from nothing when ``source`` is None, else the scene folder
+    """A layout -- ``size_m`` square from nothing when ``source`` is None, else the scene folder
     ``source`` outpainted (:func:`outpaint_canvas`) -- and its GaussianCity orbit, under ``out_dir``:
     ``layout/`` (the scene folder), ``layout.png``, ``orbit.gif``, ``frame_000.png``, ``city.ply``."""
     from ...data import CityScene
@@ -100,7 +106,7 @@ def generate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if source is None:
-        area = {"width_m": DEMO_SIZE_M, "height_m": DEMO_SIZE_M}
+        area = {"width_m": size_m, "height_m": size_m}
     else:
         canvas, mask = outpaint_canvas(CityScene.load(source))
         area = {"scene": canvas, "mask": mask}
