@@ -49,7 +49,7 @@ def load_pipeline(args: argparse.Namespace) -> EarthCrafterPipeline:
     """``--pretrained`` loaded in ``--dtype``, else the untrained ``--preset`` cast to it; on ``--device``."""
     dtype = DTYPES[args.dtype]
     if args.pretrained is not None:
-        pipe = EarthCrafterPipeline.from_pretrained(args.pretrained, torch_dtype=dtype)
+        pipe = EarthCrafterPipeline.from_pretrained(args.pretrained, dtype=dtype)
     else:
         pipe = EarthCrafterPipeline.from_preset(args.preset)
         keep_all_children(pipe.struct_vae)

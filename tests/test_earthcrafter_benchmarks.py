@@ -135,3 +135,34 @@ def test_speed_quick(tmp_path, capsys):
     assert all(summary[k] > 0 for k in ("total_s", *speed.STAGES))
     assert sum(summary[k] for k in speed.STAGES) <= summary["total_s"] * 1.01
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| ")
+
+
+def test_stage_diagnosis_quick(tmp_path, capsys):
+    diagnosis = load_script("benchmarks/earthcrafter_stage_diagnosis.py")
+    assert diagnosis.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["rows"]) == {key for key, _ in diagnosis.ROWS}
+    # the ground truth follows its own map (the ceiling of the measure); every value is a fraction
+    assert result["rows"]["ground truth"]["iou"] > 0.9 and result["rows"]["ground truth"]["flat"] == 1.0
+    assert all(0.0 <= r[k] <= 1.0 for r in result["rows"].values() for k in ("iou", "flat"))
+    assert 0.0 <= result["occupancy_cell_iou"] <= 1.0
+    assert "Occupancy stage" in capsys.readouterr().out
+
+
+def test_stage_diagnosis_teacher_forcing_replaces_the_occupancy_stage():
+    diagnosis = load_script("benchmarks/earthcrafter_stage_diagnosis.py")
+    coords = np.array([[0, 0, 0], [9, 9, 9], [15, 0, 3]])
+    target = diagnosis.true_occupancy(coords, 8, 2)
+    assert target.shape == (2, 2, 2) and int((target > 0).sum()) == 3
+    assert target[0, 0, 0] == target[1, 1, 1] == target[1, 0, 0] == 1 and target[0, 1, 0] == -1
+    seen = {}
+
+    class Stage:
+        stage = "occupancy"
+
+    out = diagnosis.occupancy_forcing(target, seen)(Stage(), 0, 0, {"latents": torch.zeros(1, 1, 2, 2, 2)})
+    assert torch.equal(out["latents"][0, 0], target) and seen["occupancy"] is out["latents"]
+    Stage.stage = "struct"
+    kept = {"latents": torch.zeros(3, 4)}
+    assert diagnosis.occupancy_forcing(target, seen)(Stage(), 0, 0, kept) is kept
+    assert diagnosis.cell_iou(target, target) == 1.0 and diagnosis.cell_iou(-target, target) == 0.0
