@@ -33,17 +33,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffusers_city.data import procedural_city
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from citylayout_bench import load_pipeline  # noqa: E402
+
+from diffusers_city.data import procedural_city  # noqa: E402
 from diffusers_city.export import write_text_atomic
 from diffusers_city.metrics import LAYOUT_DISTANCE_METRICS, layout_distances, layout_statistics
-from diffusers_city.pipelines.citylayout import CityLayoutPipeline
-from diffusers_city.presets import bundled_path
 
 TRAIN_SEED = 1000  # training layouts: seeds 1000..6999
 HELD_OUT_SEED = 7000
@@ -189,15 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but CUDA is not available (use --device cpu --quick)")
-    if args.preset:
-        pipe = CityLayoutPipeline.from_preset(args.preset)
-    else:
-        pipe = CityLayoutPipeline.from_pretrained(args.pipeline or str(bundled_path("citylayout", "default")))
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args)
+    device = pipe.device
     mpp, f, n = float(pipe.config.meters_per_pixel), pipe.pixels_per_token, args.num_layouts
 
     with torch.no_grad():

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_city.export import write_text_atomic
-from diffusers_city.pipelines.citylayout import CityLayoutPipeline
-from diffusers_city.presets import bundled_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from citylayout_bench import load_pipeline  # noqa: E402
+
+from diffusers_city.export import write_text_atomic  # noqa: E402
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -76,15 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--sizes_km2 must be finite and > 0, got {sizes}")
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError(f"--repeats and --steps must be >= 1, got {args.repeats} and {args.steps}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but CUDA is not available (use --device cpu --quick)")
-    if args.preset:
-        pipe = CityLayoutPipeline.from_preset(args.preset)
-    else:
-        pipe = CityLayoutPipeline.from_pretrained(args.pipeline or str(bundled_path("citylayout", "default")))
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args)
+    device = pipe.device
     mpp = float(pipe.config.meters_per_pixel)
 
     results = []

@@ -10,13 +10,15 @@ from diffusers_city import CityLayoutGaussianCityPipeline, CityLayoutPipeline, G
 from diffusers_city.cli import main
 from diffusers_city.data import CityScene, procedural_city
 from diffusers_city.pipelines.citylayout import demo
+from diffusers_city.pipelines.gaussiancity import demo as gaussiancity_demo
 
 
 @pytest.fixture(autouse=True)
 def short_orbit(monkeypatch):
     """Fewer, smaller frames than the demo's: what is written is the same."""
-    monkeypatch.setattr(demo, "ORBIT_FRAMES", 3)
-    monkeypatch.setattr(demo, "ORBIT_SIZE", (64, 48))
+    monkeypatch.setattr(gaussiancity_demo, "DEMO_FRAMES", 3)
+    monkeypatch.setattr(gaussiancity_demo, "DEMO_SIZE", (64, 48))
+    monkeypatch.setattr(gaussiancity_demo, "FRAME_SIZE", (160, 120))
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +33,13 @@ def combined():
 def test_demo_generates_a_layout_and_its_orbit(combined, tmp_path):
     paths = demo.generate(combined, None, tmp_path / "out", steps=2, size_m=64.0)
     names = sorted(p.name for p in paths)
-    assert names == ["city.ply", "frame_000.png", "layout", "layout.png", "orbit.gif"]
+    assert names == ["city.ply", "frame_000.png", "input_output.png", "layout", "layout.png", "orbit.gif"]
     scene = CityScene.load(tmp_path / "out" / "layout")
     assert scene.shape == (64, 64) and scene.metadata["generator"] == "CityLayoutPipeline"
     with Image.open(tmp_path / "out" / "layout.png") as im:
         assert im.width >= 2 * demo.PREVIEW_PX
     with Image.open(tmp_path / "out" / "orbit.gif") as gif:
-        assert gif.n_frames == demo.ORBIT_FRAMES and gif.size == demo.ORBIT_SIZE
+        assert gif.n_frames == 3 and gif.size == (64, 48)
 
 
 def test_demo_outpaints_a_scene_folder_around_it(combined, tmp_path):

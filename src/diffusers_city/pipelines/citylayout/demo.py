@@ -1,6 +1,6 @@
-"""CityLayout demo: a 1 km² layout generated from nothing by the shipped default, rendered by the
-shipped GaussianCity default along an orbit (the combined pipeline), with a large picture of the
-layout's classes and heights. The app also outpaints an uploaded (or the GaussianCity example)
+"""CityLayout demo: a 1 km² layout generated from nothing by the shipped default, with a large
+picture of its classes and heights, rendered by the shipped GaussianCity default as the
+GaussianCity demo renders its example layout. The app also outpaints an uploaded (or the GaussianCity example)
 layout into a larger area."""
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ __all__ = [
 
 DEMO_SIZE_M = 1000.0  # a 1 km x 1 km layout
 DEMO_STEPS = 16
-ORBIT_SIZE = (320, 240)
-ORBIT_FRAMES = 24
 PREVIEW_PX = 600  # side of each panel of layout.png
 
 APP_INPUTS = {"outpaint the GaussianCity example layout": ("gaussiancity", "example_layout")}
@@ -96,12 +94,12 @@ def generate(
     size_m: float = DEMO_SIZE_M,
 ) -> list[Path]:
     """A layout -- ``size_m`` square from nothing when ``source`` is None, else the scene folder
-    ``source`` outpainted (:func:`outpaint_canvas`) -- and its GaussianCity orbit, under ``out_dir``:
-    ``layout/`` (the scene folder), ``layout.png``, ``orbit.gif``, ``frame_000.png``, ``city.ply``."""
+    ``source`` outpainted (:func:`outpaint_canvas`) -- written under ``out_dir`` as ``layout/`` (the
+    scene folder) and ``layout.png``, then rendered by the GaussianCity demo's
+    :func:`~diffusers_city.pipelines.gaussiancity.demo.generate` (``orbit.gif``, ``frame_000.png``,
+    ``input_output.png``, ``city.ply``)."""
     from ...data import CityScene
-    from ...export.atomic import atomic_write
-    from ...export.splat import write_gaussian_ply
-    from ...export.video import write_video
+    from ..gaussiancity.demo import generate as render_city
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,31 +108,10 @@ def generate(
     else:
         canvas, mask = outpaint_canvas(CityScene.load(source))
         area = {"scene": canvas, "mask": mask}
-    width, height = ORBIT_SIZE
-    out = pipeline(
-        **area,
-        num_inference_steps=steps,
-        trajectory="orbit",
-        num_frames=ORBIT_FRAMES,
-        width=width,
-        height=height,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pil",
-        return_gaussians="layout",
-    )
-    paths = [out.scene.save(out_dir / "layout"), write_layout_preview(out.scene, out_dir / "layout.png")]
-    paths.append(write_video(out_dir / "orbit.gif", out.images, fps=8))
-    first = out_dir / "frame_000.png"
-    with atomic_write(first) as tmp:
-        out.images[0].save(tmp)
-    paths.append(first)
-    g = out.gaussians.to("cpu")
-    paths.append(
-        write_gaussian_ply(
-            out_dir / "city.ply", g.means.numpy(), g.colors.numpy(), g.scales.numpy(), g.opacities.numpy(), g.quats.numpy()
-        )
-    )
-    return paths
+    generator = torch.Generator().manual_seed(seed)
+    scene = pipeline.layout_pipe(**area, num_inference_steps=steps, generator=generator).scene
+    paths = [scene.save(out_dir / "layout"), write_layout_preview(scene, out_dir / "layout.png")]
+    return paths + render_city(pipeline.city_pipe, scene, out_dir, seed=seed)
 
 
 def run_demo(out_dir: Path, device: str, pipeline: CityLayoutGaussianCityPipeline | None = None, seed: int = 0) -> list[Path]:
