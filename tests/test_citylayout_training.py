@@ -113,6 +113,30 @@ def test_tokens_stage_writes_a_loadable_pipeline(train, vq_dir, tmp_path):
     assert list((out / "token_cache").iterdir()) == [cache]
 
 
+def test_restarts_seed_dead_codes_far_from_the_live_ones(train):
+    """Restarts draw encoder outputs k-means++ style: rows a live code already holds are never drawn."""
+    from diffusers import VQModel
+
+    vq = VQModel(
+        in_channels=9,
+        out_channels=9,
+        latent_channels=2,
+        num_vq_embeddings=4,
+        vq_embed_dim=2,
+        norm_num_groups=2,
+        block_out_channels=(2,),
+    )
+    tokenizer = train.Tokenizer(vq)
+    codes = vq.quantize.embedding.weight
+    with torch.no_grad():
+        codes.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [6.0, 6.0]]))
+    tokenizer.code_usage.copy_(torch.tensor([3.0, 1.0, 0.0, 0.0]))
+    latents = torch.cat([torch.zeros(50, 2), torch.ones(50, 1) * torch.tensor([[1.0, 0.0]]), torch.tensor([[-4.0, 3.0]])])
+    assert train.restart_dead_codes(tokenizer, None, latents, torch.Generator().manual_seed(0)) == 2
+    assert torch.equal(codes[2:], torch.tensor([[-4.0, 3.0], [-4.0, 3.0]]))  # the only row no live code holds
+    assert torch.equal(codes[:2], torch.tensor([[0.0, 0.0], [1.0, 0.0]])) and int(tokenizer.code_usage.sum()) == 0
+
+
 def test_masked_token_loss_scores_only_masked_tokens(train):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 16, 4, 4, generator=generator)

@@ -4,9 +4,10 @@
 scaled height + one-hot classes), with ``layout_vq_loss`` (5 L1 height + 10 smoothness + class CE
 + the quantiser's codebook / commitment loss). diffusers' ``VectorQuantizer`` never revives a
 code once the encoder stops choosing it, so every ``--codebook_restart_every`` steps the codes no
-batch used since the last restart are re-initialised from random encoder outputs of the step's
-global batch (the EMA's copy of the codebook too; ``0`` turns restarts off). Codebook use and
-perplexity are logged. Writes ``<output_dir>/vqvae`` (EMA weights with ``--use_ema``).
+batch used since the last restart are re-initialised from encoder outputs of the step's global
+batch, drawn k-means++ style (far from the live codes, so restarts do not duplicate them; the
+EMA's copy of the codebook too; ``0`` turns restarts off). Codebook use and perplexity are logged.
+Writes ``<output_dir>/vqvae`` (EMA weights with ``--use_ema``).
 
 ``--stage tokens --vqvae DIR``: the generator, a ``UVit2DModel`` trained with the MaskGIT
 objective on the frozen tokenizer's token grids: per sample r ~ U(0, 1), a fraction cos(r pi / 2)
@@ -277,13 +278,22 @@ def code_stats(counts: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def restart_dead_codes(tokenizer: Tokenizer, ema, latents: torch.Tensor, generator: torch.Generator) -> int:
-    """Re-initialise the codes ``tokenizer.code_usage`` saw unused from random rows of the encoder
-    outputs ``latents [M, D]`` (the same on every process), in the EMA too; reset the usage.
-    Returns how many codes were restarted."""
+    """Re-initialise the codes ``tokenizer.code_usage`` saw unused from rows of the encoder outputs
+    ``latents [M, D]`` (the same on every process), in the EMA too; reset the usage. Rows are drawn
+    with probability proportional to their squared distance to the nearest live code (k-means++
+    seeding): uniform draws mostly copy the frequent patches (streets, roof interiors) that live
+    codes already hold, filling the codebook with near-duplicates whose tokens the transformer
+    cannot tell apart. Returns how many codes were restarted."""
     embedding = tokenizer.vqvae.quantize.embedding.weight
     dead = (tokenizer.code_usage == 0).nonzero().flatten()
     if len(dead):
-        rows = torch.randint(len(latents), (len(dead),), generator=generator).to(latents.device)
+        live = embedding[tokenizer.code_usage > 0].float()
+        weights = torch.ones(len(latents))
+        if len(live):
+            weights = torch.cdist(latents.float(), live).amin(1).square().cpu().double()
+        if not float(weights.sum()) > 0:
+            weights = torch.ones(len(latents), dtype=torch.float64)
+        rows = torch.multinomial(weights, len(dead), replacement=True, generator=generator).to(latents.device)
         embedding[dead] = latents[rows].to(embedding.dtype)
         if ema is not None:
             index = next(i for i, p in enumerate(tokenizer.vqvae.parameters()) if p is embedding)
