@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from diffusers_city.pipelines.citylayout import CityLayoutPipeline
 from diffusers_city.presets import bundled_path
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser, quick: str) -> None:
+    """``--out``, the pipeline to measure (``--pipeline`` / ``--preset``), ``--device`` and ``--quick``
+    (whose effect ``quick`` says)."""
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--pipeline", default=None, help="trained pipeline folder or repo id (default: pipelines/citylayout/default)"
+    )
+    parser.add_argument("--preset", default=None, help="measure an untrained preset instead (smoke tests)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help=f"smoke mode: {quick}")
 
 
 def load_pipeline(args: argparse.Namespace) -> CityLayoutPipeline:

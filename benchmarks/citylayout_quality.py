@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from citylayout_bench import load_pipeline  # noqa: E402
+from citylayout_bench import add_pipeline_arguments, load_pipeline  # noqa: E402
 
 from diffusers_city.data import procedural_city  # noqa: E402
 from diffusers_city.export import write_text_atomic
@@ -166,13 +166,7 @@ def _cell(row: dict, m: str, with_std: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--pipeline", default=None, help="trained pipeline folder or repo id (default: pipelines/citylayout/default)"
-    )
-    parser.add_argument("--preset", default=None, help="evaluate an untrained preset instead (smoke tests)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 2 layouts of 128 m, 2 steps, 1 repeat")
+    add_pipeline_arguments(parser, "tiny preset, 2 layouts of 128 m, 2 steps, 1 repeat")
     parser.add_argument("--num_layouts", type=int, default=8, help="layouts per set")
     parser.add_argument("--train_layouts", type=int, default=8, help="training-seed layouts of the naive token unigram")
     parser.add_argument("--size_m", type=float, default=None, help="side of each square layout (default 1024, quick 128)")

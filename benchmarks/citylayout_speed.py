@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from citylayout_bench import load_pipeline  # noqa: E402
+from citylayout_bench import add_pipeline_arguments, load_pipeline  # noqa: E402
 
 from diffusers_city.export import write_text_atomic  # noqa: E402
 
@@ -57,13 +57,7 @@ def timed_call(pipe, side_m: float, steps: int | None, seed: int, device: torch.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--pipeline", default=None, help="trained pipeline folder or repo id (default: pipelines/citylayout/default)"
-    )
-    parser.add_argument("--preset", default=None, help="time an untrained preset instead")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny preset, 64 m and 128 m squares, 2 steps")
+    add_pipeline_arguments(parser, "tiny preset, 64 m and 128 m squares, 2 steps")
     parser.add_argument("--sizes_km2", type=float, nargs="+", default=None, help="layout areas (default 0.25 1 4)")
     parser.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the pipeline's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per size (median)")
