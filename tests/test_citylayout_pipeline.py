@@ -72,6 +72,8 @@ def test_decoding_one_window_is_the_tokenizer_and_blends_are_consistent(pipe):
     big = torch.randint(0, pipe.mask_token_id, (14, 14), generator=_seed(4))
     sem_big, hgt_big = pipe.decode_tokens(big)
     assert sem_big.shape == (112, 112) and sem_big.max() < NUM_CLASSES and np.isfinite(hgt_big).all()
+    with pytest.raises(ValueError, match="no mask tokens left"):
+        pipe.decode_tokens(torch.full((8, 8), pipe.mask_token_id))
     # pixels only the first window covers (rows and columns < 6 tokens) are that window's own decode
     with torch.no_grad():
         first = decode_tokens(pipe.vqvae, big[None, :8, :8])[0]

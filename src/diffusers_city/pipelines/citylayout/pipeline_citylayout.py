@@ -185,7 +185,11 @@ class CityLayoutPipeline(DiffusionPipeline):
         """Class ids (uint8) and heights in metres (float32), ``[gh f, gw f]``, of a full token
         grid ``[gh, gw]``: windows decoded ``batch_size`` at a time and blended linearly in their
         overlaps (class logits and heights), so tiles meet without seams."""
-        tokens = torch.as_tensor(tokens).long()
+        tokens = torch.as_tensor(tokens).long().cpu()
+        if tokens.ndim != 2 or not tokens.numel():
+            raise ValueError(f"tokens must be a non-empty [gh, gw] grid, got shape {tuple(tokens.shape)}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.mask_token_id:
+            raise ValueError(f"tokens must be codebook ids 0..{self.mask_token_id - 1} (no mask tokens left)")
         plan = self.window_plan(tokens.shape)
         padded = torch.full(plan.padded_shape, 0, dtype=torch.long)
         padded[: tokens.shape[0], : tokens.shape[1]] = tokens
