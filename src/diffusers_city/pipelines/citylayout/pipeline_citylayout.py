@@ -417,8 +417,6 @@ class CityLayoutPipeline(DiffusionPipeline):
             semantic_map, height_map = scene.semantic, scene.height
             meters_per_pixel, origin, crs = scene.meters_per_pixel, scene.origin, scene.crs
         mpp = native if meters_per_pixel is None else check_number("meters_per_pixel", meters_per_pixel, low=1e-6)
-        if mpp <= 0:
-            raise ValueError(f"meters_per_pixel must be > 0, got {meters_per_pixel!r}")
         if semantic_map is not None or height_map is not None:
             if semantic_map is None or height_map is None:
                 raise ValueError("a partial map needs both semantic_map and height_map")
