@@ -282,8 +282,7 @@ def restart_dead_codes(tokenizer: Tokenizer, ema, latents: torch.Tensor, generat
     ``latents [M, D]`` (the same on every process), in the EMA too; reset the usage. Rows are drawn
     with probability proportional to their squared distance to the nearest live code (k-means++
     seeding): uniform draws mostly copy the frequent patches (streets, roof interiors) that live
-    codes already hold, filling the codebook with near-duplicates whose tokens the transformer
-    cannot tell apart. Returns how many codes were restarted."""
+    codes already hold. Returns how many codes were restarted."""
     embedding = tokenizer.vqvae.quantize.embedding.weight
     dead = (tokenizer.code_usage == 0).nonzero().flatten()
     if len(dead):
