@@ -327,6 +327,8 @@ def test_cli_writes_splats_mesh_points_and_orbit(saved_tiny, tmp_path, capsys):
     assert PlyData.read(str(out / "tile_points.ply"))["vertex"].count == len(splats.means)
     assert len(trimesh.load(out / "tile.glb", force="mesh").faces) > 0
     assert Image.open(out / "orbit.gif").n_frames == 2
+    with Image.open(out / "input_output.png") as picture:  # the map beside an 800x600 render
+        assert picture.width >= 600 + 800 and picture.height >= 600
     assert "wrote" in capsys.readouterr().out
 
 

@@ -1,5 +1,6 @@
 """``diffusers-city generate earthcrafter``: semantic map / aerial image / nothing -> a 3D tile, written as
-a 3DGS PLY of its 2D Gaussians, a GLB mesh, a coloured point cloud PLY and an orbit GIF / MP4.
+a 3DGS PLY of its 2D Gaussians, a GLB mesh, a coloured point cloud PLY, an orbit GIF / MP4 and, for a
+semantic map, ``input_output.png`` (the map beside a large render).
 
 ``tile.ply`` is the standard 3DGS layout (``export/splat.py``) with each 2D Gaussian as a flat 3D one
 (its third scale near zero), so any viewer of that layout draws it as flat splats; viewers that
@@ -14,7 +15,7 @@ from pathlib import Path
 from ...cli.area import add_area_arguments, is_area_folder, process_device, run_area
 from ...cli.options import add_device, add_max_memory_gb, add_pipeline, scene_folder
 
-OUTPUT_STEMS = ("tile", "tile_points", "orbit")
+OUTPUT_STEMS = ("tile", "tile_points", "orbit", "input_output")
 """What this command writes in --out (with their side files)."""
 
 
@@ -134,7 +135,14 @@ def run(args: argparse.Namespace) -> int:
     )
     with writing(args.out) as tmp:
         written = write_tile(
-            pipe, output, tmp, frames=args.frames, size=(args.width, args.height), video=args.video, fps=args.fps
+            pipe,
+            output,
+            tmp,
+            frames=args.frames,
+            size=(args.width, args.height),
+            video=args.video,
+            fps=args.fps,
+            semantic_map=semantic_map,
         )
         paths = published(written, tmp, args.out)
     for path in paths:

@@ -18,6 +18,7 @@ EXAMPLE = ("earthcrafter", "examples", "semantic_map.png")
 DEMO_STEPS = 25  # the pipeline's default, a constant so that tests can shorten the demo
 DEMO_FRAMES = 24
 DEMO_SIZE = (384, 384)
+FRAME_SIZE = (800, 600)  # the rendered frame of input_output.png; the semantic map is FRAME_SIZE[1] square
 
 APP_INPUTS = {"shipped example semantic map": EXAMPLE}
 APP_UPLOAD_SUFFIXES = (".png", ".npy")
@@ -33,9 +34,11 @@ def write_tile(
     size: tuple[int, int] = DEMO_SIZE,
     video: str = "gif",
     fps: float = 12.0,
+    semantic_map=None,
 ) -> list[Path]:
     """Write ``tile.ply`` (3DGS layout, each 2D Gaussian flat), ``tile_points.ply``, ``tile.glb`` (when
-    the output has a mesh) and ``orbit.<video>`` (an orbit of ``frames`` renders) into ``out_dir``."""
+    the output has a mesh) and ``orbit.<video>`` (an orbit of ``frames`` renders) into ``out_dir``;
+    with the tile's ``semantic_map`` (anything the pipeline takes) also ``input_output.png``."""
     from ...export.mesh import write_mesh
     from ...export.ply import write_point_ply
     from ...export.splat import write_gaussian_ply
@@ -65,7 +68,27 @@ def write_tile(
     if output.mesh is not None:
         paths.append(write_mesh(out_dir / "tile.glb", output.mesh, crs=crs))
     paths.append(write_video(out_dir / f"orbit.{video}", frames_to_output(orbit, "np"), fps=fps))
+    if semantic_map is not None:
+        paths.append(write_input_output(pipe, output, semantic_map, out_dir / "input_output.png"))
     return paths
+
+
+def write_input_output(pipe: EarthCrafterPipeline, output: EarthCrafterPipelineOutput, semantic_map, path: Path) -> Path:
+    """The semantic map's classes (north up; a ``CityScene``'s own) beside one ``FRAME_SIZE`` render
+    of the tile (the orbit's first camera)."""
+    from ...data import semantic_to_rgb
+    from ...export.preview import captioned, grid, raster_image, write_image
+    from ..pipeline_utils import frames_to_output
+
+    classes = pipe._semantic_tensor(getattr(semantic_map, "semantic", semantic_map))[0].numpy()
+    width, height = FRAME_SIZE
+    frame = pipe.render_orbit(output.gaussians.to(pipe.device), output.voxels.to(pipe.device), 1, width, height)
+    size = pipe.resolution * pipe.voxel_size
+    tiles = [
+        captioned(raster_image(semantic_to_rgb(classes), (height, height)), f"input: semantic map, {size:g} m, north up", 20),
+        captioned(frames_to_output(frame, "pil")[0], f"output: the generated tile, {width}x{height}", 20),
+    ]
+    return write_image(path, grid(tiles, 2))
 
 
 def load_pipeline(device: str) -> EarthCrafterPipeline:
@@ -94,7 +117,7 @@ def generate(
         generator=torch.Generator("cpu").manual_seed(seed),
         output_type="mesh",
     )
-    return write_tile(pipe, output, out_dir)
+    return write_tile(pipe, output, out_dir, semantic_map=semantic_map)
 
 
 def run_demo(out_dir: Path, device: str) -> list[Path]:
