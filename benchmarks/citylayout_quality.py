@@ -100,7 +100,7 @@ def naive_layouts(pipe, unigram: torch.Tensor, grids: list[tuple[int, int]], see
     out = []
     for gh, gw in grids:
         tokens = torch.multinomial(unigram, gh * gw, replacement=True, generator=gen).reshape(gh, gw)
-        out.append(pipe.decode_tokens(tokens.to(pipe.device)))
+        out.append(pipe.decode_tokens(tokens))
     return out
 
 

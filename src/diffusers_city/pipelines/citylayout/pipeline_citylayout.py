@@ -245,12 +245,13 @@ class CityLayoutPipeline(DiffusionPipeline):
         plan = self.window_plan(tokens.shape)
         batches = self._batches(tokens == self.mask_token_id, plan, window_batch_size)
         device, size = self._execution_device, plan.tile
+        # one schedule for every batch: AmusedScheduler.step keeps no state between calls
+        self.scheduler.set_timesteps(num_inference_steps, temperature, device)
         step = 0
         with progress_bar(self, "citylayout tokens", total=len(batches) * num_inference_steps) as bar:
             for tiles, count in batches:
                 grids = torch.stack([tokens[t.r0 : t.r0 + size, t.c0 : t.c0 + size] for t in tiles]).to(device)
                 condition = null_condition(self.transformer, len(tiles), device, self.transformer.dtype)
-                self.scheduler.set_timesteps(num_inference_steps, temperature, device)
                 for t in self.scheduler.timesteps:
                     logits = self.transformer(grids, **condition)
                     grids = self.scheduler.step(
