@@ -1,5 +1,6 @@
 """EarthCrafter's condition network and flow models (tiny sizes): shapes, zero-initialised output,
-the condition reaching the output through cross-attention, mode "none", bad input, save / load."""
+the condition reaching the output through cross-attention and the column condition, mode "none",
+bad input, save / load."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from diffusers_city.models.earthcrafter import (
     EarthCrafterStructFlow,
     EarthCrafterTexFlow,
 )
+from diffusers_city.models.earthcrafter.layers import ColumnCondition
 from diffusers_city.sparse import SparseTensor
 
 L, G, D = 16, 2, 32
@@ -80,10 +82,16 @@ def test_condition_encoder_modes(mode):
     enc = _seeded(EarthCrafterConditionEncoder, ENCODER)
     args = {"semantic": dict(semantic_map=_semantic(batch=2)), "image": dict(image=torch.rand(2, 3, 2 * L, 2 * L))}
     with torch.no_grad():
-        tokens, lengths = enc(**args.get(mode, {}), batch_size=2)
+        tokens, lengths, condition_map = enc(**args.get(mode, {}), batch_size=2)
     expected = 4 if mode == "none" else (L // 4) ** 2
     assert tokens.shape == (2, expected, D) and lengths.tolist() == [expected, expected]
     assert torch.isfinite(tokens).all()
+    g = L // 4
+    assert condition_map.shape == (2, D, g, g)
+    if mode == "none":
+        assert torch.all(condition_map == 0), "mode 'none' has no map"
+    else:  # token (i, j) of the row-major patch grid is the map's pixel [i, j] (row = y)
+        torch.testing.assert_close(condition_map.permute(0, 2, 3, 1).reshape(2, g * g, D), tokens)
 
 
 def test_condition_encoder_lifts_pixels_to_their_columns():
@@ -103,10 +111,11 @@ def test_condition_encoder_lifts_pixels_to_their_columns():
 def test_condition_encoder_drop_gives_null_tokens():
     enc = _seeded(EarthCrafterConditionEncoder, ENCODER)
     with torch.no_grad():
-        tokens, lengths = enc(_semantic(batch=2), drop=torch.tensor([False, True]))
-        null, _ = enc(batch_size=1)
+        tokens, lengths, condition_map = enc(_semantic(batch=2), drop=torch.tensor([False, True]))
+        null = enc(batch_size=1).tokens
     assert lengths.tolist() == [16, 4]
     assert torch.allclose(tokens[1, :4], null[0], atol=1e-6) and torch.all(tokens[1, 4:] == 0)
+    assert torch.all(condition_map[1] == 0) and condition_map[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -130,8 +139,44 @@ def test_condition_encoder_refuses_bad_input(kwargs, match):
 def test_condition_encoder_accepts_both_when_configured():
     enc = _seeded(EarthCrafterConditionEncoder, {**ENCODER, "accepts_both": True})
     with torch.no_grad():
-        tokens, lengths = enc(_semantic(), torch.rand(1, 3, 2 * L, 2 * L))
+        tokens, lengths, condition_map = enc(_semantic(), torch.rand(1, 3, 2 * L, 2 * L))
     assert tokens.shape == (1, 32, D) and lengths.tolist() == [32]
+    semantic_part, image_part = tokens[0].split(16)
+    torch.testing.assert_close(condition_map[0].flatten(1).T, semantic_part + image_part)
+
+
+def test_column_condition_reads_each_voxels_own_column():
+    torch.manual_seed(0)
+    column = ColumnCondition(D, 8, resolution=2)  # a 4 x 4 map pooled onto 2 x 2 columns
+    condition_map = torch.randn(1, D, 4, 4)
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.int32)  # (b, x, y, z)
+    with torch.no_grad():
+        feats = column(condition_map, coords, 1, "test")
+        changed = condition_map.clone()
+        changed[0, :, 0:2, 2:4] += 1.0  # rows y 0..1, columns x 2..3: the column (x=1, y=0)
+        moved = column(changed, coords, 1, "test")
+        pooled = condition_map[0, :, 2:4, 0:2].mean((1, 2))  # column (x=0, y=1)
+        torch.testing.assert_close(feats[2], column.proj(pooled))
+    assert torch.equal(moved[[0, 2]], feats[[0, 2]]) and not torch.allclose(moved[1], feats[1])
+    with pytest.raises(ValueError, match=r"condition_map must be \[1, 32, g, g\]"):
+        column(torch.randn(1, D + 1, 4, 4), coords, 1, "test")
+
+
+@pytest.mark.parametrize("name", ["occupancy", "struct", "tex"])
+def test_flow_column_condition_is_optional_and_required_when_built(name):
+    cls, config, make = _flows()[name]
+    enc = _randomized(_seeded(EarthCrafterConditionEncoder, ENCODER), seed=2)
+    sample = make(1)
+    with torch.no_grad():
+        tokens, lengths, condition_map = enc(_semantic(0))
+        plain = _randomized(_seeded(cls, {**config, "column_condition": False}))
+        a = _feats(plain(sample, 500.0, tokens, lengths).sample)
+        torch.testing.assert_close(a, _feats(plain(sample, 500.0, tokens, lengths, condition_map * 3).sample))
+        with_map = _randomized(_seeded(cls, config))
+        b = _feats(with_map(sample, 500.0, tokens, lengths, condition_map).sample)
+        assert not torch.allclose(b, _feats(with_map(sample, 500.0, tokens, lengths, condition_map * 3).sample))
+    with pytest.raises(ValueError, match="column_condition: pass the condition's condition_map"):
+        with_map(sample, 500.0, tokens, lengths)
 
 
 @pytest.mark.parametrize("name", ["occupancy", "struct", "tex"])
@@ -141,8 +186,7 @@ def test_flow_shapes_and_zero_initial_velocity(name):
     enc = _seeded(EarthCrafterConditionEncoder, ENCODER)
     sample = make(2)
     with torch.no_grad():
-        tokens, lengths = enc(_semantic(batch=2))
-        out = model(sample, torch.tensor([100.0, 900.0]), tokens, lengths).sample
+        out = model(sample, torch.tensor([100.0, 900.0]), *enc(_semantic(batch=2))).sample
     if isinstance(sample, SparseTensor):
         assert torch.equal(out.coords, sample.coords) and out.feats.shape == sample.feats.shape
     else:
@@ -179,7 +223,8 @@ def test_flow_batch_items_see_their_own_condition(name):
         null = enc(batch_size=1)
         width = cond.tokens.shape[1]
         pad = torch.nn.functional.pad(null.tokens, (0, 0, 0, width - null.tokens.shape[1]))
-        both = model(sample, 500.0, torch.cat([cond.tokens, pad]), torch.cat([cond.lengths, null.lengths])).sample
+        maps = torch.cat([cond.condition_map, null.condition_map])
+        both = model(sample, 500.0, torch.cat([cond.tokens, pad]), torch.cat([cond.lengths, null.lengths]), maps).sample
         if isinstance(sample, SparseTensor):
             first = model(sample.batch(0), 500.0, *cond).sample.feats
             second = model(sample.batch(1), 500.0, *null).sample.feats

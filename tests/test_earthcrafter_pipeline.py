@@ -209,9 +209,9 @@ def test_guidance_uses_the_none_condition(trained_like, monkeypatch):
     batches = []
     real = trained_like.tex_flow.forward
 
-    def spy(sample, timestep, encoder_hidden_states, encoder_lengths, **kw):
+    def spy(sample, timestep, encoder_hidden_states, encoder_lengths, *args, **kw):
         batches.append(encoder_hidden_states.shape[0])
-        return real(sample, timestep, encoder_hidden_states, encoder_lengths, **kw)
+        return real(sample, timestep, encoder_hidden_states, encoder_lengths, *args, **kw)
 
     monkeypatch.setattr(trained_like.tex_flow, "forward", spy)
     guided = call(trained_like, semantic_map=semantic_map(), guidance_scale=3.0)
@@ -230,9 +230,9 @@ def test_guidance_interval_skips_the_none_pass_outside_it(trained_like, monkeypa
     for name in FLOWS:
         real = getattr(trained_like, name).forward
 
-        def spy(sample, timestep, encoder_hidden_states, encoder_lengths, _name=name, _real=real, **kw):
+        def spy(sample, timestep, encoder_hidden_states, encoder_lengths, *args, _name=name, _real=real, **kw):
             calls.append((_name, encoder_hidden_states.shape[0]))
-            return _real(sample, timestep, encoder_hidden_states, encoder_lengths, **kw)
+            return _real(sample, timestep, encoder_hidden_states, encoder_lengths, *args, **kw)
 
         monkeypatch.setattr(getattr(trained_like, name), "forward", spy)
     every = call(trained_like, semantic_map=semantic_map())

@@ -118,15 +118,17 @@ def test_condition_dropout_mixes_modes_per_item(components):
     image = torch.rand(3, 3, 32, 32, generator=gen)
     modes = torch.tensor([2, 0, 1])  # none, semantic, image
     with torch.no_grad():
-        tokens, lengths = earthcrafter_common.encode_conditions(encoder, semantic, image, modes)
+        tokens, lengths, maps = earthcrafter_common.encode_conditions(encoder, semantic, image, modes)
         sem = encoder(semantic_map=semantic[1:2])
         img = encoder(image=image[2:3])
         null = encoder(batch_size=1)
-    assert lengths.tolist() == [int(null[1]), int(sem[1]), int(img[1])]
-    assert torch.allclose(tokens[1, : sem[0].shape[1]], sem[0][0], atol=1e-6)
-    assert torch.allclose(tokens[2, : img[0].shape[1]], img[0][0], atol=1e-6)
-    assert torch.allclose(tokens[0, : null[0].shape[1]], null[0][0], atol=1e-6)
-    assert (tokens[0, null[0].shape[1] :] == 0).all()
+    assert lengths.tolist() == [int(null.lengths), int(sem.lengths), int(img.lengths)]
+    assert torch.allclose(tokens[1, : sem.tokens.shape[1]], sem.tokens[0], atol=1e-6)
+    assert torch.allclose(tokens[2, : img.tokens.shape[1]], img.tokens[0], atol=1e-6)
+    assert torch.allclose(tokens[0, : null.tokens.shape[1]], null.tokens[0], atol=1e-6)
+    assert (tokens[0, null.tokens.shape[1] :] == 0).all()
+    assert torch.allclose(maps[1], sem.condition_map[0], atol=1e-6) and torch.allclose(maps[2], img.condition_map[0], atol=1e-6)
+    assert (maps[0] == 0).all() and maps[1].abs().sum() > 0
     drawn = earthcrafter_common.draw_condition_modes(4000, {"semantic": 0.5, "image": 0.3, "none": 0.2}, gen, "cpu")
     freq = torch.bincount(drawn, minlength=3).float() / 4000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.04)

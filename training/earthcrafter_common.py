@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sat2city_common import preview, read_latent_scale, save_model, step_generator, write_json_atomic  # noqa: E402,F401
 
 from diffusers_city.data import VoxelTileDataset  # noqa: E402
+from diffusers_city.models.earthcrafter.condition_encoder import ConditionTokens  # noqa: E402
 from diffusers_city.sparse import SparseTensor  # noqa: E402
 from diffusers_city.training_utils import load_training_preset  # noqa: E402
 
@@ -167,9 +168,9 @@ def draw_condition_modes(batch_size: int, probs: dict[str, float], generator: to
     return torch.bucketize(u, (weights.cumsum(0) / weights.sum())[:-1], right=True).to(device)
 
 
-def encode_conditions(encoder, semantic: torch.Tensor, image: torch.Tensor, modes: torch.Tensor):
-    """Condition tokens ``[B, T, D]`` (zero-padded) and lengths ``[B]`` of a batch whose items use
-    different modes: each mode's items go through ``encoder`` together."""
+def encode_conditions(encoder, semantic: torch.Tensor, image: torch.Tensor, modes: torch.Tensor) -> ConditionTokens:
+    """Condition tokens ``[B, T, D]`` (zero-padded), lengths ``[B]`` and maps ``[B, D, g, g]`` of a
+    batch whose items use different modes: each mode's items go through ``encoder`` together."""
     parts = []
     for m, name in enumerate(CONDITION_MODES):
         idx = (modes == m).nonzero().squeeze(1)
@@ -181,15 +182,18 @@ def encode_conditions(encoder, semantic: torch.Tensor, image: torch.Tensor, mode
             out = encoder(image=image[idx])
         else:
             out = encoder(batch_size=int(idx.numel()))
-        parts.append((idx, out[0], out[1]))
-    width = max(t.shape[1] for _, t, _ in parts)
+        parts.append((idx, out))
+    width = max(out.tokens.shape[1] for _, out in parts)
     first = parts[0][1]
-    tokens = first.new_zeros(modes.shape[0], width, first.shape[2])
-    lengths = torch.zeros(modes.shape[0], dtype=torch.long, device=first.device)
-    for idx, t, n in parts:
-        tokens = tokens.index_copy(0, idx, F.pad(t, (0, 0, 0, width - t.shape[1])))
-        lengths = lengths.index_copy(0, idx, n)
-    return tokens, lengths
+    b = modes.shape[0]
+    tokens = first.tokens.new_zeros(b, width, first.tokens.shape[2])
+    lengths = torch.zeros(b, dtype=torch.long, device=first.tokens.device)
+    maps = first.condition_map.new_zeros(b, *first.condition_map.shape[1:])
+    for idx, out in parts:
+        tokens = tokens.index_copy(0, idx, F.pad(out.tokens, (0, 0, 0, width - out.tokens.shape[1])))
+        lengths = lengths.index_copy(0, idx, out.lengths)
+        maps = maps.index_copy(0, idx, out.condition_map)
+    return ConditionTokens(tokens, lengths, maps)
 
 
 def sample_sigmas(batch_size: int, flow: dict[str, Any], shift: float, generator, device) -> torch.Tensor:

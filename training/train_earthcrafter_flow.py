@@ -312,21 +312,21 @@ def flow_loss(model, encoder, x0, batch: dict, flow: dict, generator) -> torch.T
     s = _per_item(x0, sigma)
     noisy = (1 - s) * clean + s * noise
     modes = draw_condition_modes(b, flow["condition_probs"], generator, device)
-    tokens, lengths = encode_conditions(encoder, batch["semantic"], batch["image"], modes)
+    condition = encode_conditions(encoder, batch["semantic"], batch["image"], modes)
     sample = x0.replace(noisy) if isinstance(x0, SparseTensor) else noisy
-    pred = _feats(model(sample, sigma * 1000, tokens, lengths).sample)
+    pred = _feats(model(sample, sigma * 1000, *condition).sample)
     return F.mse_loss(pred.float(), (noise - clean).float())
 
 
 @torch.no_grad()
-def euler_sample(model, x, tokens, lengths, scheduler: FlowMatchEulerDiscreteScheduler, steps: int):
+def euler_sample(model, x, condition, scheduler: FlowMatchEulerDiscreteScheduler, steps: int):
     """Integrate the flow from noise ``x`` (a tensor or SparseTensor) with the scheduler's Euler steps."""
     feats = _feats(x)
     scheduler.set_timesteps(steps, device=feats.device)
     batch_size = x.batch_size if isinstance(x, SparseTensor) else x.shape[0]
     for t in scheduler.timesteps:
         sample = x.replace(feats) if isinstance(x, SparseTensor) else feats
-        v = _feats(model(sample, t.expand(batch_size), tokens, lengths).sample)
+        v = _feats(model(sample, t.expand(batch_size), *condition).sample)
         feats = scheduler.step(v, t, feats).prev_sample
     return x.replace(feats) if isinstance(x, SparseTensor) else feats
 
@@ -334,15 +334,14 @@ def euler_sample(model, x, tokens, lengths, scheduler: FlowMatchEulerDiscreteSch
 @torch.no_grad()
 def validation_images(args, model, encoder, vae, scheduler, val: dict, scale: float) -> dict:
     """Sample the held-out tile's latent given its semantic map (later stages on its true structure) and decode it."""
-    tokens, lengths = encoder(semantic_map=val["semantic"])
+    condition = encoder(semantic_map=val["semantic"])
     x0 = val["x0"]
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(_feats(x0).shape, generator=generator).to(_feats(x0).device)
     x = euler_sample(
         model,
         x0.replace(noise) if isinstance(x0, SparseTensor) else noise,
-        tokens,
-        lengths,
+        condition,
         scheduler,
         args.validation_inference_steps,
     )

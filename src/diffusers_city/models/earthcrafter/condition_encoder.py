@@ -9,6 +9,10 @@ footprint, ``image_size`` pixels a side) is patchified on the same token grid an
 same positions; it carries no depth, so it too sits at the dummy height. Mode "none" is a set of
 learned null tokens. A learned mode embedding tells the three apart. One checkpoint trained with
 condition dropout serves all three; classifier-free guidance uses "none" as its unconditional branch.
+
+Besides the tokens, the encoder returns them as a map on their patch grid (``condition_map``,
+zero for "none"): flows built with ``column_condition`` add each voxel's column of it to their
+input, next to cross-attention to the tokens.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ MODES = ("semantic", "image", "none")
 
 
 class ConditionTokens(NamedTuple):
-    """Condition tokens ``[B, T, D]`` (zero-padded past each item's length) and ``lengths`` ``[B]``."""
+    """Condition tokens ``[B, T, D]`` (zero-padded past each item's length), ``lengths`` ``[B]`` and
+    ``condition_map`` ``[B, D, g, g]``: the map's and image's tokens on their patch grid (rows along
+    y; summed when both are given), zero for mode "none"."""
 
     tokens: torch.Tensor
     lengths: torch.Tensor
+    condition_map: torch.Tensor
 
 
 class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
@@ -129,9 +136,9 @@ class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
         batch_size: int | None = None,
         drop: torch.Tensor | None = None,
     ) -> ConditionTokens:
-        """Tokens of ``semantic_map`` ``[B, L, L]`` and/or ``image`` ``[B, 3, S, S]`` (in 0..1), or of
-        mode "none" for ``batch_size`` items when both are None. ``drop`` ``[B]`` (bool) gives the
-        marked items the "none" tokens instead (condition dropout in training)."""
+        """Tokens and map of ``semantic_map`` ``[B, L, L]`` and/or ``image`` ``[B, 3, S, S]`` (in
+        0..1), or of mode "none" for ``batch_size`` items when both are None. ``drop`` ``[B]`` (bool)
+        gives the marked items the "none" tokens and a zero map instead (condition dropout)."""
         dtype = self.null_tokens.dtype
         parts = []
         if semantic_map is not None:
@@ -150,20 +157,21 @@ class EarthCrafterConditionEncoder(ModelMixin, ConfigMixin):
             raise ValueError("semantic_map and image must have the same batch size")
         null = (self.null_tokens + self.mode_embed.weight[MODES.index("none")]).expand(given, -1, -1)
         null = self.transformer(null)
+        g, d = self.grid, self.config.hidden_dim
         if not parts:
-            tokens = null
             lengths = torch.full((given,), null.shape[1], dtype=torch.long, device=null.device)
-            return ConditionTokens(self.norm_out(tokens), lengths)
-        cond = self.transformer(torch.cat(parts, 1))
+            return ConditionTokens(self.norm_out(null), lengths, null.new_zeros(given, d, g, g))
+        cond = self.norm_out(self.transformer(torch.cat(parts, 1)))
+        condition_map = sum(cond.split(g * g, 1)).transpose(1, 2).reshape(given, d, g, g)
         lengths = torch.full((given,), cond.shape[1], dtype=torch.long, device=cond.device)
         if drop is not None:
             if not isinstance(drop, torch.Tensor) or drop.dtype != torch.bool or tuple(drop.shape) != (given,):
                 raise ValueError(f"drop must be a bool tensor of shape [{given}], got {getattr(drop, 'shape', drop)!r}")
             drop = drop.to(cond.device)
             width = max(cond.shape[1], null.shape[1])
-            cond, null = (F.pad(t, (0, 0, 0, width - t.shape[1])) for t in (cond, null))
+            cond, null = (F.pad(t, (0, 0, 0, width - t.shape[1])) for t in (cond, self.norm_out(null)))
             cond = torch.where(drop[:, None, None], null, cond)
+            condition_map = condition_map * ~drop[:, None, None, None]
             lengths = torch.where(drop, self.config.num_null_tokens, lengths)
-        tokens = self.norm_out(cond)
-        keep = torch.arange(tokens.shape[1], device=tokens.device)[None, :, None] < lengths[:, None, None]
-        return ConditionTokens(tokens * keep, lengths)
+        keep = torch.arange(cond.shape[1], device=cond.device)[None, :, None] < lengths[:, None, None]
+        return ConditionTokens(cond * keep, lengths, condition_map)

@@ -1,7 +1,7 @@
 """Parts shared by EarthCrafter's condition network and flow models: the 3D positional encoding
 that puts condition tokens and latent voxels in one frame, the packing of padded condition tokens
-into the per-item sequences sparse cross-attention reads, the timestep embedding and the
-adaLN-Zero output layer."""
+into the per-item sequences sparse cross-attention reads, the condition map's features at each
+voxel's column, the timestep embedding and the adaLN-Zero output layer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-__all__ = ["AdaLNOutput", "FlowTimestepEmbedding", "check_condition", "pack_tokens", "positional_encoding_3d"]
+__all__ = [
+    "AdaLNOutput",
+    "ColumnCondition",
+    "FlowTimestepEmbedding",
+    "check_condition",
+    "pack_tokens",
+    "positional_encoding_3d",
+]
 
 
 def positional_encoding_3d(xyz: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -50,6 +57,33 @@ def pack_tokens(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The first ``lengths[b]`` tokens of each item of ``tokens`` ``[B, T, D]``, item after item: ``[sum(lengths), D]``."""
     keep = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
     return tokens[keep]
+
+
+class ColumnCondition(nn.Module):
+    """The condition map's features at each voxel's column, projected to the model's width.
+
+    The map ``[B, D, g, g]`` (rows along y, columns along x, the condition encoder's lifting) is
+    average-pooled (or repeated) to the voxels' ``resolution`` x ``resolution`` columns and read at
+    each voxel's ``(y, x)``. Cross-attention has to find a voxel's own part of the map through the
+    positional encodings; this hands it over directly, so following the map is the easiest thing
+    for a flow to learn.
+    """
+
+    def __init__(self, context_dim: int, dim: int, resolution: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.proj = nn.Linear(context_dim, dim)
+
+    def forward(self, condition_map: torch.Tensor, coords: torch.Tensor, batch_size: int, model: str) -> torch.Tensor:
+        """``[N, dim]`` features of the voxels ``coords`` ``[N, 4]`` (batch, x, y, z at ``resolution``)."""
+        d = self.proj.in_features
+        if not isinstance(condition_map, torch.Tensor) or condition_map.dim() != 4 or condition_map.shape[:2] != (batch_size, d):
+            raise ValueError(
+                f"{model}: condition_map must be [{batch_size}, {d}, g, g], got {getattr(condition_map, 'shape', None)}"
+            )
+        pooled = torch.nn.functional.adaptive_avg_pool2d(condition_map, self.resolution)
+        b, x, y = coords[:, 0].long(), coords[:, 1].long(), coords[:, 2].long()
+        return self.proj(pooled.permute(0, 2, 3, 1)[b, y, x])
 
 
 class FlowTimestepEmbedding(nn.Module):

@@ -4,6 +4,7 @@ A DiT over the dense grid: ``patch_size``^3 patches become tokens with a 3D posi
 (in finest-voxel units, the frame of the condition tokens), adaLN-Zero blocks with full
 self-attention and cross-attention to the condition tokens, and an adaLN output layer. It is a
 rectified flow on the occupancy field with targets {-1, 1} (occupied where the sample is > 0).
+With ``column_condition`` each token also gets the condition map's features at its column.
 The blocks are the core's sparse DiT blocks on the full grid (one attention window = the grid).
 """
 
@@ -18,7 +19,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...sparse import SparseDiTBlock, SparseTensor
-from .layers import AdaLNOutput, FlowTimestepEmbedding, check_condition, pack_tokens, positional_encoding_3d
+from .layers import AdaLNOutput, ColumnCondition, FlowTimestepEmbedding, check_condition, pack_tokens, positional_encoding_3d
 
 
 @dataclass
@@ -41,6 +42,8 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         num_heads: attention heads.
         context_dim: condition token width (the condition encoder's ``hidden_dim``).
         mlp_ratio: MLP width of the blocks relative to ``hidden_dim``.
+        column_condition: add the condition map's features at each token's column
+            (:class:`~.layers.ColumnCondition`), next to cross-attention.
     """
 
     @register_to_config
@@ -55,6 +58,7 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         num_heads: int = 4,
         context_dim: int = 128,
         mlp_ratio: float = 4.0,
+        column_condition: bool = True,
     ) -> None:
         super().__init__()
         if grid_size % patch_size:
@@ -62,6 +66,7 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         self.tokens_per_side = grid_size // patch_size
         self.patch_in = nn.Linear(in_channels * patch_size**3, hidden_dim)
         self.pos_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.column = ColumnCondition(context_dim, hidden_dim, self.tokens_per_side) if column_condition else None
         self.time_embed = FlowTimestepEmbedding(hidden_dim, hidden_dim)
         self.blocks = nn.ModuleList(
             SparseDiTBlock(
@@ -93,10 +98,12 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
         encoder_lengths: torch.Tensor,
+        condition_map: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> EarthCrafterOccupancyTransformerOutput | tuple:
         """Velocity of the noisy occupancy ``sample`` ``[B, C, G, G, G]`` at ``timestep`` given the
-        condition tokens ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``)."""
+        condition tokens ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``) and,
+        with ``column_condition``, the condition map ``[B, context_dim, g, g]``."""
         g, c = self.config.grid_size, self.config.in_channels
         if not isinstance(sample, torch.Tensor) or sample.dim() != 5 or tuple(sample.shape[1:]) != (c, g, g, g):
             raise ValueError(f"sample must be [B, {c}, {g}, {g}, {g}], got {getattr(sample, 'shape', None)}")
@@ -108,6 +115,10 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         scale = self.config.cell_size * self.config.patch_size
         pos = self.pos_proj(positional_encoding_3d((grid + 0.5) * scale, self.config.hidden_dim).to(sample.dtype))
         h = self.patch_in(self._patchify(sample)) + pos.repeat(b, 1)
+        if self.column is not None:
+            if condition_map is None:
+                raise ValueError(f"{type(self).__name__} was built with column_condition: pass the condition's condition_map")
+            h = h + self.column(condition_map.to(h.dtype), coords, b, type(self).__name__)
         x = SparseTensor(h, coords.int(), batch_size=b, validate=False)
         emb = self.time_embed(timestep, b, device, h.dtype)
         context = pack_tokens(encoder_hidden_states, encoder_lengths).to(h.dtype)

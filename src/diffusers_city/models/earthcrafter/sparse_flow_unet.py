@@ -5,7 +5,9 @@ adaLN-Zero DiT block with window ("swin", shifted every other block) or full sel
 cross-attention to the condition tokens; stride-2 sparse convolutions down, inverse convolutions
 back onto the skip structures. A 3D positional encoding of the voxel centres (finest-voxel units,
 the condition tokens' frame) is added after the input convolution so cross-attention knows where
-each voxel lies. The output layer starts at zero: a fresh model predicts zero velocity.
+each voxel lies; with ``column_condition`` the condition map's features at each voxel's column are
+added there too (:class:`~.layers.ColumnCondition`). The output layer starts at zero: a fresh model
+predicts zero velocity.
 :class:`SparseFlowModel` is the diffusers model both flows are: its subclasses only build
 ``self.unet`` from their own config.
 """
@@ -23,7 +25,7 @@ from torch import nn
 
 from ...sparse import SparseDiTBlock, SparseTensor
 from ...sparse.nn import SparseConv3d, SparseGroupNorm, SparseInverseConv3d, SparseResBlock, SubMConv3d, group_count
-from .layers import FlowTimestepEmbedding, check_condition, pack_tokens, positional_encoding_3d
+from .layers import ColumnCondition, FlowTimestepEmbedding, check_condition, pack_tokens, positional_encoding_3d
 
 ATTENTION = ("window", "full", "none")
 
@@ -71,6 +73,7 @@ class SparseFlowUNet(nn.Module):
         layers_per_block: units per level on the way down (one more on the way up).
         num_heads: attention heads.
         context_dim: condition token width.
+        column_condition: add the condition map's features at each voxel's column to the input.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class SparseFlowUNet(nn.Module):
         layers_per_block: int,
         num_heads: int,
         context_dim: int,
+        column_condition: bool,
     ) -> None:
         super().__init__()
         if len(attention) != len(block_channels) or any(a not in ATTENTION for a in attention):
@@ -101,6 +105,7 @@ class SparseFlowUNet(nn.Module):
         self.time_embed = FlowTimestepEmbedding(c0, emb_dim)
         self.conv_in = SubMConv3d(in_channels, c0)
         self.pos_proj = nn.Linear(c0, c0)
+        self.column = ColumnCondition(context_dim, c0, resolution) if column_condition else None
 
         def unit(level: int, i: int, ch_in: int, ch_out: int) -> _Unit:
             full = attention[level] == "full"
@@ -140,6 +145,7 @@ class SparseFlowUNet(nn.Module):
         timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
         encoder_lengths: torch.Tensor,
+        condition_map: torch.Tensor | None,
         model: str,
     ) -> SparseTensor:
         in_ch = self.conv_in.in_channels
@@ -152,7 +158,12 @@ class SparseFlowUNet(nn.Module):
         lengths = encoder_lengths.to(sample.device)
         h = self.conv_in(sample)
         pos = positional_encoding_3d((sample.coords[:, 1:].float() + 0.5) * self.cell_size, self.pos_proj.in_features)
-        h = h.replace(h.feats + self.pos_proj(pos.to(h.dtype)))
+        feats = h.feats + self.pos_proj(pos.to(h.dtype))
+        if self.column is not None:
+            if condition_map is None:
+                raise ValueError(f"{model} was built with column_condition: pass the condition's condition_map")
+            feats = feats + self.column(condition_map.to(h.dtype), sample.coords, b, model)
+        h = h.replace(feats)
         skips = []
         for level, units in enumerate(self.down):
             for u in units:
@@ -190,9 +201,11 @@ class SparseFlowModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
         encoder_lengths: torch.Tensor,
+        condition_map: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> EarthCrafterSparseFlowOutput | tuple:
         """Velocity of the noisy latent ``sample`` at ``timestep`` given the condition tokens
-        ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``)."""
-        out = self.unet(sample, timestep, encoder_hidden_states, encoder_lengths, type(self).__name__)
+        ``[B, T, context_dim]`` (the first ``encoder_lengths[b]`` of item ``b``) and, for a model
+        with ``column_condition``, the condition map ``[B, context_dim, g, g]``."""
+        out = self.unet(sample, timestep, encoder_hidden_states, encoder_lengths, condition_map, type(self).__name__)
         return EarthCrafterSparseFlowOutput(sample=out) if return_dict else (out,)

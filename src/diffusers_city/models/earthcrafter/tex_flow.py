@@ -27,6 +27,8 @@ class EarthCrafterTexFlow(SparseFlowModel):
         layers_per_block: units per level.
         num_heads: attention heads.
         context_dim: condition token width.
+        column_condition: add the condition map's features at each voxel's column to the input
+            (:class:`~.layers.ColumnCondition`), next to cross-attention.
     """
 
     @register_to_config
@@ -41,6 +43,7 @@ class EarthCrafterTexFlow(SparseFlowModel):
         layers_per_block: int = 1,
         num_heads: int = 4,
         context_dim: int = 128,
+        column_condition: bool = True,
     ) -> None:
         super().__init__()
         self.unet = SparseFlowUNet(
@@ -55,4 +58,5 @@ class EarthCrafterTexFlow(SparseFlowModel):
             layers_per_block,
             num_heads,
             context_dim,
+            column_condition,
         )

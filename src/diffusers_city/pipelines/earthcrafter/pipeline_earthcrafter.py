@@ -39,6 +39,7 @@ from ...models.earthcrafter import (
     EarthCrafterTexFlow,
     EarthCrafterTexVAE,
 )
+from ...models.earthcrafter.condition_encoder import ConditionTokens
 from ...render import Gaussians, orbit_trajectory, render_gaussians
 from ...sparse import SparseTensor
 from ...utils.memory import check_memory, memory_limit_gb
@@ -339,21 +340,26 @@ class EarthCrafterPipeline(DiffusionPipeline):
     # -- stages -----------------------------------------------------------------------------
     def encode_condition(
         self, semantic: torch.Tensor | None, image: torch.Tensor | None, guidance_scale: float, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition tokens ``[B, T, D]`` and lengths ``[B]``: B = 2 (condition, "none") when
-        guidance applies, else B = 1 (the condition, or "none" for an unconditional tile)."""
+    ) -> ConditionTokens:
+        """Condition tokens ``[B, T, D]``, lengths ``[B]`` and map ``[B, D, g, g]``: B = 2
+        (condition, "none") when guidance applies, else B = 1 (the condition, or "none" for an
+        unconditional tile)."""
         enc = self.condition_encoder
         if semantic is None and image is None:
             return enc(batch_size=1)
         semantic = None if semantic is None else semantic.to(device)
         image = None if image is None else image.to(device, enc.dtype)
-        tokens, lengths = enc(semantic, image)
+        cond = enc(semantic, image)
         if guidance_scale == 1.0:
-            return tokens, lengths
-        null, null_lengths = enc(batch_size=1)
-        width = max(tokens.shape[1], null.shape[1])
+            return cond
+        null = enc(batch_size=1)
+        width = max(cond.tokens.shape[1], null.tokens.shape[1])
         pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))  # noqa: E731
-        return torch.cat([pad(tokens), pad(null)]), torch.cat([lengths, null_lengths])
+        return ConditionTokens(
+            torch.cat([pad(cond.tokens), pad(null.tokens)]),
+            torch.cat([cond.lengths, null.lengths]),
+            torch.cat([cond.condition_map, null.condition_map]),
+        )
 
     def prepare_latents(
         self,
@@ -375,7 +381,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         model: torch.nn.Module,
         shape: tuple[int, ...],
         wrap: Callable[[torch.Tensor], Any],
-        condition: tuple[torch.Tensor, torch.Tensor],
+        condition: ConditionTokens,
         run: _Sampling,
         latents: torch.Tensor | None = None,
         known: TileStage | None = None,
@@ -385,7 +391,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
         Guidance runs where ``sigma = t / num_train_timesteps`` lies in ``run.guidance_interval``;
         elsewhere one conditional pass. ``known``: the stage's hook of tiled generation."""
         self.stage = stage
-        tokens, lengths = condition
+        tokens, lengths, condition_map = condition
         copies = tokens.shape[0]
         device = tokens.device
         self.scheduler.set_timesteps(run.num_inference_steps, device=device)
@@ -395,7 +401,7 @@ class EarthCrafterPipeline(DiffusionPipeline):
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = copies if copies == 1 or lo <= float(t) / num_train_timesteps <= hi else 1
-            v = model(wrap(torch.cat([x] * n), n), t, tokens[:n].to(model.dtype), lengths[:n]).sample
+            v = model(wrap(torch.cat([x] * n), n), t, tokens[:n].to(model.dtype), lengths[:n], condition_map[:n]).sample
             v = v.feats if isinstance(v, SparseTensor) else v
             if n == 1:
                 return v
