@@ -226,3 +226,23 @@ def test_combined_pipeline_refuses_bad_render_options_before_the_layout(combined
         combined(64.0, 64.0, trajectory="spiral")
     with pytest.raises(ValueError, match="output_type"):
         combined(64.0, 64.0, output_type="scene")
+
+
+def test_transformer_sees_token_positions(pipe):
+    """An all-masked window: ``UVit2DModel`` alone gives every interior token the same logits; the
+    position embeddings of ``CityLayoutTransformer2DModel`` tell the positions apart."""
+    from diffusers import UVit2DModel
+
+    from diffusers_city.models.citylayout import CityLayoutTransformer2DModel
+    from diffusers_city.models.citylayout.layout_codec import null_condition
+
+    assert isinstance(pipe.transformer, CityLayoutTransformer2DModel)
+    size = pipe.config.window_tokens
+    tokens = torch.full((1, size, size), pipe.mask_token_id)
+    condition = null_condition(pipe.transformer, 1, "cpu", torch.float32)
+    plain = UVit2DModel.from_config(pipe.transformer.config)
+    plain.load_state_dict(pipe.transformer.state_dict())
+    with torch.no_grad():
+        for model, distinct in ((plain, False), (pipe.transformer, True)):
+            inner = model.eval()(tokens, **condition)[0, :, 2:-2, 2:-2].flatten(1)
+            assert bool((inner - inner[:, :1]).abs().amax() > 1e-4) is distinct

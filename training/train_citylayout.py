@@ -9,10 +9,11 @@ batch, drawn k-means++ style (far from the live codes, so restarts do not duplic
 EMA's copy of the codebook too; ``0`` turns restarts off). Codebook use and perplexity are logged.
 Writes ``<output_dir>/vqvae`` (EMA weights with ``--use_ema``).
 
-``--stage tokens --vqvae DIR``: the generator, a ``UVit2DModel`` trained with the MaskGIT
-objective on the frozen tokenizer's token grids: per sample r ~ U(0, 1), a fraction cos(r pi / 2)
-of the tokens (the ``AmusedScheduler``'s cosine schedule; at least one) is replaced by the mask id
-``num_vq_embeddings`` and cross-entropy is taken on the masked tokens only, unconditionally
+``--stage tokens --vqvae DIR``: the generator, a ``CityLayoutTransformer2DModel`` (``UVit2DModel``
+with position embeddings) trained with the MaskGIT objective on the frozen tokenizer's token
+grids: per sample r ~ U(0, 1), a fraction cos(r pi / 2) of the tokens (the ``AmusedScheduler``'s
+cosine schedule; at least one) is replaced by the mask id ``num_vq_embeddings`` and
+cross-entropy is taken on the masked tokens only, unconditionally
 (``null_condition``). Each city of the cache is tokenized once, whole, in its 8 orientations
 (the token cache, ``<latent_cache_dir>/tokens-<key>.safetensors``, keyed by the data settings and
 the tokenizer's weights); each sample is a random ``window_tokens`` crop of one grid. With
@@ -63,13 +64,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusers import AmusedScheduler, UVit2DModel, VQModel  # noqa: E402
+from diffusers import AmusedScheduler, VQModel  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from sat2city_common import save_model  # noqa: E402
 
 from diffusers_city.data import procedural_city  # noqa: E402
 from diffusers_city.data.classes import semantic_to_rgb  # noqa: E402
 from diffusers_city.export.atomic import atomic_folders, atomic_write  # noqa: E402
+from diffusers_city.models.citylayout import CityLayoutTransformer2DModel  # noqa: E402
 from diffusers_city.models.citylayout.layout_codec import (  # noqa: E402
     decode_tokens,
     layout_tensor,
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--city_size_m", type=float, default=None, help="side of each city (default: 4 crops, 1024 m for small)")
     add("--cache_dir", type=Path, default=None, help="keep the generated cities here as .npz (shared between runs)")
     add("--resolution", type=int, default=None, help="vq crop side in px (default: window_tokens x token factor)")
-    add("--init_from", type=Path, default=None, help="warm start: a saved VQModel (vq) or UVit2DModel (tokens) folder")
+    add("--init_from", type=Path, default=None, help="warm start: a saved VQModel (vq) or transformer (tokens) folder")
     add("--codebook_restart_every", type=int, default=200, help="vq: steps between dead-code restarts (0: off)")
     add("--vqvae", type=Path, default=None, help="tokens: the trained VQModel folder (or a pipeline folder holding vqvae/)")
     add("--latent_cache_dir", type=Path, default=None, help="tokens: where token caches live (default OUTPUT_DIR/token_cache)")
@@ -491,7 +493,7 @@ def train_tokens(args: argparse.Namespace, accelerator, cities) -> Path:
         )
     if token_factor(vqvae) != args.factor:
         raise ValueError(f"--vqvae {args.vqvae}: {token_factor(vqvae)} px tokens, the preset's tokenizer has {args.factor}")
-    transformer = model_from_preset_or_folder(UVit2DModel, config, args.init_from)
+    transformer = model_from_preset_or_folder(CityLayoutTransformer2DModel, config, args.init_from)
     grids = token_cache(args, accelerator, vqvae, cities)
     scheduler_config = preset.get("scheduler", {})
     scheduler = AmusedScheduler(mask_token_id=num_codes, masking_schedule=scheduler_config.get("masking_schedule", "cosine"))

@@ -70,7 +70,8 @@ class CityLayoutPipeline(DiffusionPipeline):
 
     Components:
         vqvae: diffusers ``VQModel`` over layout tensors (``models.citylayout.layout_codec``).
-        transformer: diffusers ``UVit2DModel`` predicting codebook logits of masked tokens
+        transformer: a ``UVit2DModel`` (``CityLayoutTransformer2DModel``: with position embeddings)
+            predicting codebook logits of masked tokens
             (unconditional: its text inputs get :func:`~diffusers_city.models.citylayout.null_condition`).
         scheduler: ``AmusedScheduler`` whose ``mask_token_id`` is the codebook size.
 
