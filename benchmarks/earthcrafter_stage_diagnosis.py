@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(p, "small", "fp32")
     p.add_argument("--num-tiles", type=int, default=6, help="held-out validation tiles")
+    p.add_argument("--first-tile", type=int, default=0, help="index of the first validation tile (others than the quality rows')")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--building-threshold-m", type=float, default=3.0)
     p.add_argument("--quick", action="store_true", help="smoke mode: untrained tiny preset, 2 tiles, 2 steps, CPU")
@@ -56,8 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.preset, args.device, args.num_tiles, args.steps = "tiny", "cpu", 2, 2
     check_model_arguments(args, "small")
-    if args.num_tiles < 1 or args.steps < 1:
-        raise ValueError("--num-tiles and --steps must be >= 1")
+    if args.num_tiles < 1 or args.steps < 1 or args.first_tile < 0:
+        raise ValueError("--num-tiles and --steps must be >= 1, --first-tile >= 0")
+    if args.guidance_scale is not None and not args.guidance_scale >= 1.0:
+        raise ValueError(f"--guidance-scale must be >= 1, got {args.guidance_scale}")
     return args
 
 
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
     tiles = make_dataset(preset, "validation", with_views=False)
     structures = {key: [] for key, _ in ROWS}
     maps, cells = [], []
-    for i in range(args.num_tiles):
+    guidance = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
+    for i in range(args.first_tile, args.first_tile + args.num_tiles):
         s = tiles[i]
         maps.append(s["semantic"].numpy())
         voxels = s["voxels"].to(args.device)
@@ -124,14 +129,16 @@ def main(argv=None) -> int:
                 generator=torch.Generator().manual_seed(i),
                 output_type="voxels",
                 callback_on_step_end=occupancy_forcing(forced, seen),
+                **guidance,
             )
             structures[key].append(out.voxels.coords[:, 1:].long().cpu().numpy())
         cells.append(cell_iou(seen["occupancy"][0, 0].cpu(), target))
     threshold = args.building_threshold_m / v
     results = {key: follow_semantic(structures[key], maps, L, threshold) for key, _ in ROWS}
     lines = [
-        f"EarthCrafter stage diagnosis, {args.pretrained or f'untrained {args.preset}'}, {args.num_tiles} held-out "
-        f"{L}^3 tiles at {v:g} m, {args.steps} flow steps",
+        f"EarthCrafter stage diagnosis, {args.pretrained or f'untrained {args.preset}'}, held-out {L}^3 tiles "
+        f"{args.first_tile}..{args.first_tile + args.num_tiles - 1} at {v:g} m, {args.steps} flow steps, guidance "
+        f"{args.guidance_scale or 'default'}",
         "",
         "| structure | building-column IoU | road / water cells flat |",
         "| --- | --- | --- |",
@@ -139,7 +146,13 @@ def main(argv=None) -> int:
         "",
         f"Occupancy stage: coarse-cell voxel IoU against the true cells {np.mean(cells):.3f} (mean over tiles).",
     ]
-    report = {"rows": results, "occupancy_cell_iou": float(np.mean(cells)), "num_tiles": args.num_tiles, "steps": args.steps}
+    report = {
+        "rows": results,
+        "occupancy_cell_iou": float(np.mean(cells)),
+        "tiles": [args.first_tile, args.first_tile + args.num_tiles - 1],
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+    }
     write_text_atomic(args.out / "results.json", json.dumps(report, indent=2))
     write_text_atomic(args.out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -139,14 +139,22 @@ def test_speed_quick(tmp_path, capsys):
 
 def test_stage_diagnosis_quick(tmp_path, capsys):
     diagnosis = load_script("benchmarks/earthcrafter_stage_diagnosis.py")
-    assert diagnosis.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert diagnosis.main(["--quick", "--first-tile", "1", "--guidance-scale", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
+    assert result["tiles"] == [1, 2] and result["guidance_scale"] == 2.0
     assert set(result["rows"]) == {key for key, _ in diagnosis.ROWS}
     # the ground truth follows its own map (the ceiling of the measure); every value is a fraction
     assert result["rows"]["ground truth"]["iou"] > 0.9 and result["rows"]["ground truth"]["flat"] == 1.0
     assert all(0.0 <= r[k] <= 1.0 for r in result["rows"].values() for k in ("iou", "flat"))
     assert 0.0 <= result["occupancy_cell_iou"] <= 1.0
     assert "Occupancy stage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--guidance-scale", "0.5"], ["--first-tile", "-1"]])
+def test_stage_diagnosis_refuses_bad_settings(tmp_path, flags):
+    diagnosis = load_script("benchmarks/earthcrafter_stage_diagnosis.py")
+    with pytest.raises(ValueError, match="guidance-scale|first-tile"):
+        diagnosis.main(["--quick", *flags, "--out", str(tmp_path)])
 
 
 def test_stage_diagnosis_teacher_forcing_replaces_the_occupancy_stage():

@@ -53,7 +53,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     },
     "flow": {
         "train_batch_size": 8,
-        "learning_rate": 1e-4,
+        "learning_rate": 5e-4,
         "cache_tiles": 256,
         "condition_probs": {"semantic": 0.45, "image": 0.45, "none": 0.1},
         "weighting_scheme": "logit_normal",
