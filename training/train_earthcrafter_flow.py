@@ -107,9 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset = load_preset(args)
     section = preset["training"]["flow"]
     parser.set_defaults(
-        train_batch_size=section["train_batch_size"],
-        learning_rate=section["learning_rate"],
-        cache_tiles=section["cache_tiles"],
+        train_batch_size=section["train_batch_size"], learning_rate=section["learning_rate"], cache_tiles=section["cache_tiles"]
     )
     args = parser.parse_args(argv)
     if args.cache_tiles < 1:
