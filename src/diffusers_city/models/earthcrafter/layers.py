@@ -74,14 +74,16 @@ class ColumnCondition(nn.Module):
         self.resolution = resolution
         self.proj = nn.Linear(context_dim, dim)
 
-    def forward(self, condition_map: torch.Tensor, coords: torch.Tensor, batch_size: int, model: str) -> torch.Tensor:
+    def forward(self, condition_map: torch.Tensor | None, coords: torch.Tensor, batch_size: int, model: str) -> torch.Tensor:
         """``[N, dim]`` features of the voxels ``coords`` ``[N, 4]`` (batch, x, y, z at ``resolution``)."""
+        if condition_map is None:
+            raise ValueError(f"{model} was built with column_condition: pass the condition's condition_map")
         d = self.proj.in_features
         if not isinstance(condition_map, torch.Tensor) or condition_map.dim() != 4 or condition_map.shape[:2] != (batch_size, d):
             raise ValueError(
                 f"{model}: condition_map must be [{batch_size}, {d}, g, g], got {getattr(condition_map, 'shape', None)}"
             )
-        pooled = torch.nn.functional.adaptive_avg_pool2d(condition_map, self.resolution)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(condition_map.to(self.proj.weight.dtype), self.resolution)
         b, x, y = coords[:, 0].long(), coords[:, 1].long(), coords[:, 2].long()
         return self.proj(pooled.permute(0, 2, 3, 1)[b, y, x])
 

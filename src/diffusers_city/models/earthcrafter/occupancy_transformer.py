@@ -116,9 +116,7 @@ class EarthCrafterOccupancyTransformer(ModelMixin, ConfigMixin):
         pos = self.pos_proj(positional_encoding_3d((grid + 0.5) * scale, self.config.hidden_dim).to(sample.dtype))
         h = self.patch_in(self._patchify(sample)) + pos.repeat(b, 1)
         if self.column is not None:
-            if condition_map is None:
-                raise ValueError(f"{type(self).__name__} was built with column_condition: pass the condition's condition_map")
-            h = h + self.column(condition_map.to(h.dtype), coords, b, type(self).__name__)
+            h = h + self.column(condition_map, coords, b, type(self).__name__)
         x = SparseTensor(h, coords.int(), batch_size=b, validate=False)
         emb = self.time_embed(timestep, b, device, h.dtype)
         context = pack_tokens(encoder_hidden_states, encoder_lengths).to(h.dtype)

@@ -160,9 +160,7 @@ class SparseFlowUNet(nn.Module):
         pos = positional_encoding_3d((sample.coords[:, 1:].float() + 0.5) * self.cell_size, self.pos_proj.in_features)
         feats = h.feats + self.pos_proj(pos.to(h.dtype))
         if self.column is not None:
-            if condition_map is None:
-                raise ValueError(f"{model} was built with column_condition: pass the condition's condition_map")
-            feats = feats + self.column(condition_map.to(h.dtype), sample.coords, b, model)
+            feats = feats + self.column(condition_map, sample.coords, b, model)
         h = h.replace(feats)
         skips = []
         for level, units in enumerate(self.down):
