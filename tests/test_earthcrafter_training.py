@@ -21,12 +21,13 @@ import assemble_earthcrafter  # noqa: E402
 import earthcrafter_common  # noqa: E402
 import train_earthcrafter_flow  # noqa: E402
 import train_earthcrafter_vae  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
 
 from diffusers_city.models import earthcrafter  # noqa: E402
 from diffusers_city.models.earthcrafter import EarthCrafterConditionEncoder, EarthCrafterOccupancyTransformer  # noqa: E402
 
 FAST = ["--cpu", "--report_to", "none", "--logging_steps", "1"]
-FLOW_FAST = [*FAST, "--validation_inference_steps", "2"]
+FLOW_FAST = [*FAST, "--validation_inference_steps", "2", "--held_out_tiles", "2"]
 PRESET = "tiny"
 
 
@@ -43,7 +44,7 @@ def struct_runs(tmp_path_factory) -> dict[str, Path]:
     runs = {name: root / name for name in ("struct_vae", "occupancy", "struct")}
     args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "2"]
     assert train_earthcrafter_vae.main([*args, "--model", "struct", "--output_dir", str(runs["struct_vae"])]) == 0
-    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
+    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2", "--held_out_tiles", "2"]
     assert train_earthcrafter_flow.main([*flow, "--model", "occupancy", "--output_dir", str(runs["occupancy"])]) == 0
     shared = ["--condition_encoder", str(runs["occupancy"] / "condition_encoder")]
     vae = ["--struct_vae", str(runs["struct_vae"] / "struct_vae")]
@@ -58,7 +59,7 @@ def tex_runs(struct_runs) -> dict[str, Path]:
     runs = {**struct_runs, "tex_vae": root / "tex_vae", "tex": root / "tex"}
     args = [*FAST, "--preset", PRESET, "--max_train_steps", "2", "--validation_steps", "2", "--train_batch_size", "1"]
     assert train_earthcrafter_vae.main([*args, "--model", "tex", "--output_dir", str(runs["tex_vae"])]) == 0
-    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2"]
+    flow = [*args, "--cache_tiles", "2", "--validation_inference_steps", "2", "--held_out_tiles", "1"]
     shared = ["--condition_encoder", str(runs["occupancy"] / "condition_encoder")]
     vae = ["--tex_vae", str(runs["tex_vae"] / "tex_vae")]
     assert train_earthcrafter_flow.main([*flow, "--model", "tex", *vae, *shared, "--output_dir", str(runs["tex"])]) == 0
@@ -88,7 +89,7 @@ def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(components, 
         == 0
     )
     assert (straight / "validation" / "step-2" / "occupancy_sample.png").is_file()
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.iterdir())) == 2  # the training tiles and the held-out tiles
 
     def no_rebuild(*_):
         raise AssertionError("the latent cache was built again")
@@ -109,6 +110,28 @@ def test_occupancy_flow_trains_resumes_exactly_and_reuses_its_cache(components, 
     assert changed, "training changed no weight"
     log = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
+    straight_log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert abs(straight_log[-1]["held_out_loss"] - log[-1]["held_out_loss"]) < 1e-6
+    assert len({r["held_out_loss"] for r in log}) == 3, "the held-out loss did not follow the training"
+
+
+def test_held_out_loss_scores_the_ema_weights_and_restores_the_model(struct_runs):
+    run = struct_runs["occupancy"]
+    args = train_earthcrafter_flow.parse_args([*FLOW_FAST, "--preset", PRESET, "--model", "occupancy", "--output_dir", str(run)])
+    (path,) = (run / "latent_cache").glob("occupancy-held-out-*.safetensors")
+    cache = train_earthcrafter_flow.LatentCache(path, torch.device("cpu"))
+    model = EarthCrafterOccupancyTransformer.from_pretrained(run / "occupancy_transformer").train()
+    encoder = EarthCrafterConditionEncoder.from_pretrained(run / "condition_encoder")
+    grid = model.config.grid_size
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = train_earthcrafter_flow.held_out_loss(model, encoder, cache, args, grid, 1.0)
+    assert plain == train_earthcrafter_flow.held_out_loss(model, encoder, cache, args, grid, 1.0)
+    ema = EMAModel(model.parameters())
+    for p in ema.shadow_params:
+        p.mul_(0.5)
+    with_ema = train_earthcrafter_flow.held_out_loss(model, encoder, cache, args, grid, 1.0, (ema, None))
+    assert abs(with_ema - plain) > 1e-6
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_condition_dropout_mixes_modes_per_item(components):

@@ -16,7 +16,13 @@ it back. Every step draws its tiles, posterior samples, noise levels (``training
 ``compute_density_for_timestep_sampling``) and condition modes from ``(seed, step)`` alone, so a
 resumed run repeats an uninterrupted one exactly. The latents' std, measured on the cache, is
 written to ``<output_dir>/latent_scale.json`` (``assemble_earthcrafter.py`` puts ``1 / std`` into
-the VAE config's ``scaling_factor``). Convention of diffusers' ``FlowMatchEulerDiscreteScheduler``:
+the VAE config's ``scaling_factor``).
+
+Held-out loss: ``--held_out_tiles`` validation tiles (from validation tile ``HELD_OUT_START`` on,
+past those the benchmarks report) are cached the same way; every logging step scores the flow
+loss on them with the same noise, noise levels and condition modes each time (``held_out_loss``,
+and ``held_out_loss_ema`` with the EMA weights), so the log shows when the flow starts to fit its
+cache rather than the data. Convention of diffusers' ``FlowMatchEulerDiscreteScheduler``:
 ``x_t = (1 - s) x0 + s noise``, target ``noise - x0``, ``timestep = 1000 s``.
 
 Writes ``<output_dir>/<model folder>`` and ``<output_dir>/condition_encoder`` (both or neither).
@@ -81,6 +87,7 @@ from diffusers_city.training_utils import (  # noqa: E402
 FOLDERS = {"occupancy": "occupancy_transformer", "struct": "struct_flow", "tex": "tex_flow"}
 VAES = {"struct": "struct_vae", "tex": "tex_vae"}
 SCALE_FILE = "latent_scale.json"
+HELD_OUT_START = 64  # first validation tile of the held-out loss; the benchmarks report tiles 0..13
 _SAVED = {"dtype": torch.float32, "use_safetensors": True}  # fp32 even from fp16 folders; never a pickle
 
 
@@ -101,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a trained EarthCrafterConditionEncoder folder to use frozen (default: train one jointly)",
     )
+    parser.add_argument("--held_out_tiles", type=int, default=32, help="validation tiles scored at every logging step (0: none)")
     parser.add_argument("--validation_inference_steps", type=int, default=10)
     add_init_from(parser)
     args = parser.parse_args(argv)
@@ -112,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.cache_tiles < 1:
         parser.error(f"--cache_tiles must be >= 1, got {args.cache_tiles}")
+    if args.held_out_tiles < 0:
+        parser.error(f"--held_out_tiles must be >= 0, got {args.held_out_tiles}")
     if args.condition_encoder is not None and not (args.condition_encoder / "config.json").is_file():
         parser.error(f"--condition_encoder {args.condition_encoder}: not a saved EarthCrafterConditionEncoder folder")
     if args.model in VAES:
@@ -177,11 +187,12 @@ def encode_batch(model: str, vae, batch: dict, cell: int) -> tuple[list[dict[str
     return items, torch.tensor([mean.voxel_size, *mean.origin, mean.stride], dtype=torch.float64)
 
 
-def cache_key(args: argparse.Namespace) -> str:
+def cache_key(args: argparse.Namespace, split: str, tiles: int) -> str:
     data = args.preset_data["training"]["data"]
     parts = {
         "model": args.model,
-        "tiles": args.cache_tiles,
+        "split": split,
+        "tiles": tiles,
         "data": data,
         "image_size": args.preset_data["components"]["condition_encoder"].get("image_size"),
     }
@@ -193,20 +204,22 @@ def cache_key(args: argparse.Namespace) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_cache(args: argparse.Namespace, vae, device: torch.device, path: Path) -> None:
-    """Encode ``--cache_tiles`` training tiles and write them as one safetensors file (atomically)."""
+def build_cache(args: argparse.Namespace, vae, device: torch.device, path: Path, split: str, count: int) -> None:
+    """Encode ``count`` tiles of ``split`` (the held-out ones from ``HELD_OUT_START`` on) and write
+    them as one safetensors file (atomically)."""
     preset = args.preset_data
     cell = cell_size(preset)
     tiles = []
-    loader = make_dataloader(preset, args, min(args.cache_tiles, 4), with_views=args.model == "tex")
+    start = 0 if split == "train" else HELD_OUT_START
+    loader = make_dataloader(preset, args, min(count, 4), split, start, with_views=args.model == "tex")
     for batch in loader:
         batch = to_device(batch, device)
         items, grid = encode_batch(args.model, vae, batch, cell)
         for item, semantic, image in zip(items, batch["semantic"], batch["image"]):
             tiles.append({**item, "semantic": semantic, "image": image})
-        if len(tiles) >= args.cache_tiles:
+        if len(tiles) >= count:
             break
-    tiles = tiles[: args.cache_tiles]
+    tiles = tiles[:count]
     counts = torch.tensor([0] + [t["coords"].shape[0] for t in tiles])
     tensors = {
         "offsets": counts.cumsum(0),
@@ -264,12 +277,15 @@ class LatentCache:
         }
 
 
-def prepare_cache(args: argparse.Namespace, accelerator, vae) -> LatentCache:
+def prepare_cache(args: argparse.Namespace, accelerator, vae, split: str = "train") -> LatentCache:
+    """The latent cache of ``--cache_tiles`` training tiles, or of ``--held_out_tiles`` validation tiles."""
+    count = args.cache_tiles if split == "train" else args.held_out_tiles
     folder = args.latent_cache_dir or Path(args.output_dir) / "latent_cache"
-    path = folder / f"{args.model}-{cache_key(args)}.safetensors"
+    prefix = args.model if split == "train" else f"{args.model}-held-out"
+    path = folder / f"{prefix}-{cache_key(args, split, count)}.safetensors"
     if accelerator.is_main_process and not path.is_file():
-        accelerator.print(f"encoding {args.cache_tiles} tiles into the latent cache {path}")
-        build_cache(args, vae, accelerator.device, path)
+        accelerator.print(f"encoding {count} {split} tiles into the latent cache {path}")
+        build_cache(args, vae, accelerator.device, path, split, count)
     accelerator.wait_for_everyone()
     return LatentCache(path, accelerator.device)
 
@@ -316,6 +332,33 @@ def flow_loss(model, encoder, x0, batch: dict, flow: dict, generator) -> torch.T
     sample = x0.replace(noisy) if isinstance(x0, SparseTensor) else noisy
     pred = _feats(model(sample, sigma * 1000, *condition).sample)
     return F.mse_loss(pred.float(), (noise - clean).float())
+
+
+@torch.no_grad()
+def held_out_loss(model, encoder, cache: LatentCache, args, grid: int, scale: float, emas=()) -> float:
+    """The flow loss over every tile of ``cache``, drawn from a fixed seed (the same draws at every
+    call), with the models' weights or, given ``emas`` (one per model, ``None`` for none), their EMA's."""
+    swapped = [(ema, m) for ema, m in zip(emas, (model, encoder)) if ema is not None]
+    for ema, module in swapped:
+        ema.store(module.parameters())
+        ema.copy_to(module.parameters())
+    modes = [(m, m.training) for m in (model, encoder)]
+    model.eval(), encoder.eval()
+    flow = args.preset_data["training"]["flow"]
+    total = 0.0
+    try:
+        for start in range(0, cache.num_tiles, args.train_batch_size):
+            idx = list(range(start, min(start + args.train_batch_size, cache.num_tiles)))
+            generator = step_generator(args.seed + 1, start, cache.device)
+            batch = cache.batch(idx, generator)
+            x0 = clean_sample(args.model, batch, grid, cache.geometry, scale)
+            total += float(flow_loss(model, encoder, x0, batch, flow, generator)) * len(idx)
+    finally:
+        for module, training in modes:
+            module.train(training)
+        for ema, module in swapped:
+            ema.restore(module.parameters())
+    return total / cache.num_tiles
 
 
 @torch.no_grad()
@@ -378,6 +421,16 @@ def validation_tile(args, vae, device, scale: float) -> dict:
     return {**batch, "x0": x0}
 
 
+def held_out_logs(model, encoder, held_out: LatentCache | None, args, grid: int, scale: float, emas) -> dict:
+    """``held_out_loss`` (and ``held_out_loss_ema`` when there are EMAs) for the step's log."""
+    if held_out is None:
+        return {}
+    logs = {"held_out_loss": held_out_loss(model, encoder, held_out, args, grid, scale)}
+    if any(ema is not None for ema in emas):
+        logs["held_out_loss_ema"] = held_out_loss(model, encoder, held_out, args, grid, scale, emas)
+    return logs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = args.preset_data
@@ -391,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = [model] if args.condition_encoder is not None else [model, encoder]
     vae = load_vae(args, device)
     cache = prepare_cache(args, accelerator, vae)
+    held_out = prepare_cache(args, accelerator, vae, "validation") if args.held_out_tiles else None
     out_dir = Path(args.output_dir)
     scale = 1.0
     if args.model in VAES:
@@ -446,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
             args,
             global_step,
             t0,
-            lambda: losses.logs(accelerator, step_loss, lr_scheduler),
+            lambda: (
+                losses.logs(accelerator, step_loss, lr_scheduler)
+                | held_out_logs(unwrap(model), unwrap(encoder), held_out, args, grid, scale, emas)
+            ),
             lambda: validation_images(args, unwrap(model), unwrap(encoder), vae, scheduler, val, scale),
         ):
             break
