@@ -62,15 +62,20 @@ def _stop(*processes: subprocess.Popen) -> None:
         process.wait()
 
 
-def kill_and_resume(script: str, args: list[str], output_dir: Path) -> tuple[int, int]:
-    """Run ``script`` until it has logged ``KILL_AFTER`` steps, SIGKILL it, resume a new process from
-    the newest checkpoint before its last logged step M up to M, and check that the resumed steps
-    log exactly what the killed run logged. Returns (resumed step, M)."""
-    env = {
+def script_env() -> dict[str, str]:
+    """The environment of a training script's process: one thread, the repo's sources importable."""
+    return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
+
+
+def kill_and_resume(script: str, args: list[str], output_dir: Path) -> tuple[int, int]:
+    """Run ``script`` until it has logged ``KILL_AFTER`` steps, SIGKILL it, resume a new process from
+    the newest checkpoint before its last logged step M up to M, and check that the resumed steps
+    log exactly what the killed run logged. Returns (resumed step, M)."""
+    env = script_env()
     base = [str(TRAINING / script), *args, "--output_dir", str(output_dir)]
     killed_err = open(output_dir.parent / "killed.stderr", "w+")  # noqa: SIM115 - read back on failure
     resumed_out = open(output_dir.parent / "resumed.out", "w+")  # noqa: SIM115
@@ -143,3 +148,31 @@ def test_sat2city_diffusion_stage_resumes_exactly_after_sigkill(stage, vae_dir, 
 def test_gaussiancity_resumes_exactly_after_sigkill(tmp_path):
     start, last = kill_and_resume("train_gaussiancity.py", GAUSSIANCITY, tmp_path / "gc")
     assert start < last
+
+
+def test_sigterm_stops_after_the_step_and_saves_checkpoint_and_weights(tmp_path):
+    out = tmp_path / "vae"
+    env = script_env()
+    args = [str(TRAINING / "train_sat2city_vae.py"), *SAT2CITY_TINY, "--checkpointing_steps", "1000", "--max_train_steps", "1000"]
+    with open(tmp_path / "run.log", "w+") as log:
+        run = subprocess.Popen(
+            [sys.executable, *args, "--output_dir", str(out)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while max(logged(out), default=0) < 2:
+                assert run.poll() is None and time.monotonic() < deadline, "the run stopped before step 2"
+                time.sleep(0.05)
+            run.send_signal(signal.SIGTERM)
+            code = run.wait(timeout=TIMEOUT)
+        finally:
+            _stop(run)
+        log.seek(0)
+        text = log.read()
+    assert code == 0, text[-3000:]
+    last = max(logged(out))
+    assert f"SIGTERM: stopping at step {last}" in text
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{last}"]
+    assert (out / f"checkpoint-{last}" / CHECKPOINT_MANIFEST).is_file()
+    assert (out / "dense_vae" / "config.json").is_file() and (out / "sparse_vae" / "config.json").is_file()
+    assert last < 1000

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -218,8 +221,6 @@ def test_push_folder_to_hub_writes_model_card(tmp_path, offline_hub):
 
 def test_out_of_time_follows_max_train_minutes(tmp_path):
     """No limit never stops; a passed limit stops; a limit not yet reached does not."""
-    import time
-
     start = time.time()
     accelerator = tu.setup_accelerator(parse(tmp_path))
     assert not tu.out_of_time(accelerator, parse(tmp_path), start - 3600)
@@ -557,3 +558,23 @@ def test_model_card_templates_ship_in_the_wheel():
         parse(Path("/nonexistent")), "org/s2c", "sat2city", {"title": "T", "description": "D", "stage": "VAEs", "preset": "tiny"}
     )
     assert card.startswith("# T") and "Sat2City" in card
+
+
+def test_sigterm_becomes_a_stop_request_once(tmp_path):
+    """After ``setup_accelerator`` the first SIGTERM only asks to stop (``out_of_time`` says so);
+    the handler then puts the previous one back; a new run starts without the request."""
+    before = signal.getsignal(signal.SIGTERM)
+    before = getattr(before, "previous", before)  # an earlier test's run installed one
+    try:
+        accelerator = tu.setup_accelerator(parse(tmp_path))
+        assert not tu.stop_requested() and not tu.out_of_time(accelerator, parse(tmp_path), time.time())
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not tu.stop_requested() and time.monotonic() < deadline:  # delivered between bytecodes
+            time.sleep(0.01)
+        assert tu.stop_requested() and tu.out_of_time(accelerator, parse(tmp_path), time.time())
+        assert signal.getsignal(signal.SIGTERM) is before
+        tu.request_stop_on_sigterm()
+        assert not tu.stop_requested()
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -78,6 +78,7 @@ from diffusers_city.training_utils import (
     save_checkpoint,
     setup_accelerator,
     step_seed,
+    stop_requested,
     training_parser,
 )
 
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             log_validation_images(accelerator, args, {"held_out": _side_by_side(frame, val_view.rgb.to(device))}, global_step)
         if time_is_up:
-            accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {global_step}")
+            why = "SIGTERM" if stop_requested() else f"--max_train_minutes {args.max_train_minutes}"
+            accelerator.print(f"{why}: stopping at step {global_step}")
             break
 
     accelerator.wait_for_everyone()

@@ -14,6 +14,10 @@ Every script runs under ``accelerate launch`` (CPU or 1..N GPUs). The flow is::
     if accelerator.is_main_process and args.push_to_hub:
         push_folder_to_hub(args, folder, "sat2city", {...})
 
+A SIGTERM (``timeout``, a cluster's preemption) asks the run to stop: at the end of the optimizer
+step it is in, it saves a checkpoint and its weights as at ``--max_train_minutes`` and exits
+normally (``stop_requested``); a second SIGTERM terminates it at once.
+
 Checkpoints hold safetensors and JSON only (no pickle, so loading one cannot run code) and a
 ``checkpoint.json`` manifest written last; ``maybe_resume`` refuses a checkpoint holding a pickle
 file and names a truncated or unfinished one.
@@ -31,7 +35,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import string
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -81,6 +87,8 @@ _CARD_HPARAMS = (
 # The accelerator made by the last `setup_accelerator` call, so `create_ema(model, args)` can
 # register the EMA weights for checkpointing without the accelerator being passed around.
 _current_accelerator: weakref.ReferenceType[Accelerator] | None = None
+# Set by the SIGTERM handler of `setup_accelerator`; `out_of_time` reads it.
+_stop_requested = False
 # The EMAs `save_checkpoint` / `maybe_resume` carry, per accelerator, in `create_ema` order.
 _emas: weakref.WeakKeyDictionary[Accelerator, list[EMAModel]] = weakref.WeakKeyDictionary()
 
@@ -211,7 +219,34 @@ def setup_accelerator(args: argparse.Namespace, run: dict[str, str] | None = Non
     if log_with is not None:
         accelerator.init_trackers(output_dir.resolve().name, config=_tracker_config(args))
     _current_accelerator = weakref.ref(accelerator)
+    request_stop_on_sigterm()
     return accelerator
+
+
+def request_stop_on_sigterm() -> None:
+    """Make the next SIGTERM a stop request (``stop_requested``) instead of the end of the process;
+    the handler is one-shot: it puts the previous one back, so a second SIGTERM acts as before.
+    Does nothing outside the main thread (where Python cannot install signal handlers)."""
+    global _stop_requested
+    _stop_requested = False
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    previous = getattr(previous, "previous", previous)  # an earlier run's handler: chain to what it replaced
+
+    def handler(signum, frame) -> None:
+        global _stop_requested
+        _stop_requested = True
+        signal.signal(signal.SIGTERM, previous)
+        logger.warning("SIGTERM: stopping after this optimizer step (checkpoint and weights are saved)")
+
+    handler.previous = previous
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_requested() -> bool:
+    """Whether a SIGTERM asked this process to stop since ``setup_accelerator``."""
+    return _stop_requested
 
 
 def check_output_dir(output_dir: str | Path, run: dict[str, str], resuming: bool) -> None:
@@ -261,14 +296,15 @@ def refuse_shipped_paths(paths: dict[str, str | Path | None], update_shipped: bo
 
 
 def out_of_time(accelerator: Accelerator, args: argparse.Namespace, start: float) -> bool:
-    """Whether ``--max_train_minutes`` has passed since ``start`` (``time.time()``) on any process.
+    """Whether ``--max_train_minutes`` has passed since ``start`` (``time.time()``), or a SIGTERM
+    asked to stop (``stop_requested``), on any process.
 
     Every process gets the same answer, so all of them stop at the same step and the collective
     checkpoint save that follows cannot hang on a process that kept training.
     """
-    if args.max_train_minutes is None:
-        return False
-    late = (time.time() - start) / 60 >= args.max_train_minutes
+    late = _stop_requested
+    if args.max_train_minutes is not None:
+        late = late or (time.time() - start) / 60 >= args.max_train_minutes
     if accelerator.num_processes == 1:
         return late
     flag = torch.tensor([float(late)], device=accelerator.device)
@@ -377,8 +413,8 @@ def finish_step(
 
     At ``--logging_steps`` it logs ``logs()`` (which may be a collective call, so it is made on
     every process), at ``--checkpointing_steps`` it saves a checkpoint, at ``--validation_steps``
-    the main process writes ``images()``, and past ``--max_train_minutes`` it saves a checkpoint
-    and says to stop, in this order on every run (an exact resume depends on it).
+    the main process writes ``images()``, and past ``--max_train_minutes`` (or after a SIGTERM) it
+    saves a checkpoint and says to stop, in this order on every run (an exact resume depends on it).
     """
     if step % args.logging_steps == 0:
         log_step(accelerator, args, logs(), step, start)
@@ -388,7 +424,8 @@ def finish_step(
         log_validation_images(accelerator, args, images(), step)
     if not out_of_time(accelerator, args, start):
         return False
-    accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
+    why = "SIGTERM" if _stop_requested else f"--max_train_minutes {args.max_train_minutes}"
+    accelerator.print(f"{why}: stopping at step {step}")
     save_checkpoint(accelerator, args, step)
     return True
 
