@@ -22,8 +22,10 @@ Held-out loss: ``--held_out_tiles`` validation tiles (from validation tile ``HEL
 past those the benchmarks report) are cached the same way; every logging step scores the flow
 loss on them with the same noise, noise levels and condition modes each time (``held_out_loss``,
 and ``held_out_loss_ema`` with the EMA weights), so the log shows when the flow starts to fit its
-cache rather than the data. Convention of diffusers' ``FlowMatchEulerDiscreteScheduler``:
-``x_t = (1 - s) x0 + s noise``, target ``noise - x0``, ``timestep = 1000 s``.
+cache rather than the data.
+
+Convention of diffusers' ``FlowMatchEulerDiscreteScheduler``: ``x_t = (1 - s) x0 + s noise``,
+target ``noise - x0``, ``timestep = 1000 s``.
 
 Writes ``<output_dir>/<model folder>`` and ``<output_dir>/condition_encoder`` (both or neither).
 One device (CPU or one GPU).
