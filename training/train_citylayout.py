@@ -400,17 +400,18 @@ def mask_tokens(
     b, h, w = tokens.shape
     ratio = cosine_mask_ratio(torch.rand(b, generator=generator))
     count = (ratio * h * w).floor().clamp(min=1)
-    rank = torch.rand(b, h * w, generator=generator).argsort(1).argsort(1)
-    masked = (rank < count[:, None]).reshape(b, h, w)
+    noise = torch.rand(b, h * w, generator=generator)
+    kth = noise.sort(1).values.gather(1, count.long()[:, None] - 1)
+    masked = (noise <= kth).reshape(b, h, w)  # the `count` smallest draws
     outpaint = torch.rand(b, generator=generator) < outpaint_prob
     sides = torch.rand(b, 4, generator=generator) < 0.5
     sides[torch.arange(b), torch.randint(4, (b,), generator=generator)] = True  # at least one band
     rows, cols = torch.arange(h)[:, None], torch.arange(w)[None]
-    for i in outpaint.nonzero().flatten().tolist():
-        top, bottom, left, right = sides[i].tolist()
-        context = (top & (rows < band)) | (bottom & (rows >= h - band)) | (left & (cols < band)) | (right & (cols >= w - band))
-        masked[i] = ~context
-    masked = masked.to(tokens.device)
+    bands = torch.stack(
+        [(rows < band).expand(h, w), (rows >= h - band).expand(h, w), (cols < band).expand(h, w), (cols >= w - band).expand(h, w)]
+    )
+    context = (sides[:, :, None, None] & bands).any(1)
+    masked = torch.where(outpaint[:, None, None], ~context, masked).to(tokens.device)
     return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked
 
 
